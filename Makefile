@@ -1,0 +1,34 @@
+# The two commands a new user types: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cas demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check cas cli tests bench
+
+bench: $(STAMP)
+	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cas cli tests bench
+	$(VENV)/bin/mypy cas cli
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

@@ -1,0 +1,67 @@
+"""The Remote protocol: what every transport (path, HTTP, S3) offers, and its contract.
+
+A remote is a dumb object store with compare-and-swap refs. All negotiation (what to
+send, what to fetch, merges) lives in cas.sync, which only calls these methods, so that
+a new transport is one module plus a fixture bound to tests/remote's contract suite.
+
+Contract, for every implementation:
+
+* Ids are always checked. ``send_pack`` hashes every object it receives and refuses the
+  whole batch (:class:`~cas.errors.CorruptObject` / :class:`~cas.errors.MalformedPack`)
+  if one does not match its id; a rejected object is never stored. ``fetch`` returns
+  bytes the *caller* verifies again (never trust the other side).
+* Idempotent: sending an object the remote already has is a no-op; repeating a
+  ``send_pack`` after a dropped connection is safe.
+* Closure: a remote never publishes (makes reachable from a ref) an object whose
+  references it does not hold. ``update_ref`` refuses a target the remote lacks.
+* A miss is a value: ``missing`` lists absent ids; ``fetch`` leaves absent ids out of
+  its result; ``list_refs`` of an empty remote is ``{}``.
+* ``update_ref`` is compare-and-swap: ``expected=None`` means "must not exist". On a
+  mismatch it raises :class:`~cas.errors.RefConflict` and changes nothing.
+* Errors: network failures and 5xx answers raise :class:`~cas.errors.TransientRemoteError`
+  (a retry may cure them); bad credentials :class:`~cas.errors.AuthError`; everything
+  else a :class:`~cas.errors.RemoteError` with the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+from cas.codec import ObjType
+from cas.digest import ObjectId
+
+#: One object on the wire: its id, type and raw (uncompressed) bytes.
+WireObject = tuple[ObjectId, ObjType, bytes]
+Progress = Callable[[int, int], None]  # (objects done, bytes done)
+
+
+@runtime_checkable
+class Remote(Protocol):
+    url: str
+
+    def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
+        """Every ref under ``prefix`` and its target. One request."""
+        ...
+
+    def missing(self, oids: Sequence[ObjectId]) -> list[ObjectId]:
+        """Which of ``oids`` the remote lacks. Implementations batch internally."""
+        ...
+
+    def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
+        """Upload objects (children before parents) in packs; returns bytes sent.
+
+        Objects are stored on the remote as each pack is accepted, so a transfer cut
+        half-way keeps its finished packs and a retry sends only what is still missing.
+        """
+        ...
+
+    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+        """Download the given objects (absent ones are left out), in packs."""
+        ...
+
+    def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:
+        """Compare-and-swap a ref; ``new=None`` deletes it."""
+        ...
+
+    def close(self) -> None: ...
