@@ -1,0 +1,164 @@
+"""The pack stream: how objects travel between stores (docs/format.md, "Pack stream").
+
+A pack is a header, one frame per object, and a trailer::
+
+    header   b"CASPACK" 0x00, u8 version (=1)
+    frame    u8 type | u8 flags | 32-byte id | u64 LE raw size | u64 LE payload size | payload
+    trailer  u8 0xFF | u64 LE object count | 32-byte BLAKE3 of every byte before the trailer
+
+``flags & 1`` means the payload is zstd-compressed; the id is always BLAKE3 of the raw
+bytes. The trailer makes truncation detectable: a stream cut anywhere fails to parse.
+Readers verify every object's id as it is decoded and reject the whole pack on the first
+bad frame, so a receiver stores a pack all or nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+import blake3
+import zstandard
+
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CorruptObject, FormatVersionError, MalformedPack
+
+MAGIC = b"CASPACK\x00"
+VERSION = 1
+END = 0xFF
+FLAG_ZSTD = 1
+_FRAME = struct.Struct("<BB32sQQ")
+_TRAILER = struct.Struct("<BQ32s")
+#: Objects smaller than this are sent as they are.
+COMPRESS_MIN = 512
+#: A pack is closed once it holds about this many payload bytes.
+PACK_BYTES = 8 << 20
+#: Refuse objects above this size in a pack (chunked blobs travel as chunks + index).
+MAX_OBJECT = 1 << 30
+
+WireObject = tuple[ObjectId, ObjType, bytes]
+
+
+def encode(objects: Iterable[WireObject], *, level: int = 3) -> Iterator[bytes]:
+    """Yield the bytes of one pack holding ``objects``, frame by frame."""
+    zc = zstandard.ZstdCompressor(level=level)
+    h = blake3.blake3()
+    count = 0
+    head = MAGIC + bytes((VERSION,))
+    h.update(head)
+    yield head
+    for oid, otype, data in objects:
+        flags, payload = 0, data
+        if len(data) >= COMPRESS_MIN:
+            packed = zc.compress(data)
+            if len(packed) < len(data) * 0.9:
+                flags, payload = FLAG_ZSTD, packed
+        frame = _FRAME.pack(int(otype), flags, oid.raw, len(data), len(payload))
+        h.update(frame)
+        h.update(payload)
+        count += 1
+        yield frame
+        yield payload
+    yield _TRAILER.pack(END, count, h.digest())
+
+
+def encode_bytes(objects: Iterable[WireObject], *, level: int = 3) -> bytes:
+    return b"".join(encode(objects, level=level))
+
+
+def batches(objects: Iterable[WireObject], max_bytes: int = PACK_BYTES) -> Iterator[list[WireObject]]:
+    """Split a stream of objects into lists of about ``max_bytes`` raw bytes each."""
+    batch: list[WireObject] = []
+    size = 0
+    for obj in objects:
+        batch.append(obj)
+        size += len(obj[2]) + 64
+        if size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _Reader:
+    def __init__(self, stream: BinaryIO) -> None:
+        self._s = stream
+        self.hash = blake3.blake3()
+
+    def exact(self, n: int, what: str, *, hashed: bool = True) -> bytes:
+        parts = []
+        left = n
+        while left:
+            chunk = self._s.read(left)
+            if not chunk:
+                raise MalformedPack(f"pack is truncated (in {what})")
+            parts.append(chunk)
+            left -= len(chunk)
+        data = b"".join(parts)
+        if hashed:
+            self.hash.update(data)
+        return data
+
+
+def decode(stream: BinaryIO, *, max_object: int = MAX_OBJECT) -> Iterator[WireObject]:
+    """Yield verified objects from a pack stream.
+
+    Raises MalformedPack on bad framing or truncation and CorruptObject when an object's
+    bytes do not hash to its id. Callers that must store all or nothing collect the
+    objects first (:func:`decode_all`).
+    """
+    r = _Reader(stream)
+    head = r.exact(len(MAGIC) + 1, "header")
+    if head[: len(MAGIC)] != MAGIC:
+        raise MalformedPack("not a cas pack (bad magic)")
+    if head[-1] != VERSION:
+        raise FormatVersionError(f"pack version {head[-1]} is not supported (this cas reads {VERSION})")
+    zd = zstandard.ZstdDecompressor()
+    count = 0
+    while True:
+        t = r.exact(1, "frame type", hashed=False)
+        if t[0] == END:
+            rest = r.exact(_TRAILER.size - 1, "trailer", hashed=False)
+            _, n, digest = _TRAILER.unpack(t + rest)
+            if n != count or digest != r.hash.digest():
+                raise MalformedPack("pack trailer does not match its contents")
+            if stream.read(1):
+                raise MalformedPack("unexpected bytes after the pack trailer")
+            return
+        r.hash.update(t)
+        rest = r.exact(_FRAME.size - 1, "frame header")
+        otype_code, flags, raw_id, raw_size, payload_size = _FRAME.unpack(t + rest)
+        try:
+            otype = ObjType(otype_code)
+        except ValueError as exc:
+            raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
+        if raw_size > max_object or payload_size > max_object:
+            raise MalformedPack(f"object of {raw_size} bytes exceeds the pack limit")
+        payload = r.exact(payload_size, "object payload")
+        if flags & FLAG_ZSTD:
+            try:
+                data = zd.decompress(payload, max_output_size=raw_size)
+            except zstandard.ZstdError as exc:
+                raise MalformedPack(f"bad compressed payload for {raw_id.hex()[:12]}") from exc
+        else:
+            data = payload
+        if len(data) != raw_size:
+            raise MalformedPack(f"object {raw_id.hex()[:12]} has the wrong size")
+        oid = ObjectId(raw_id)
+        actual = ObjectId.of(data)
+        if actual != oid:
+            raise CorruptObject(
+                f"object {oid.short()} in pack is corrupt: its bytes hash to {actual.short()}",
+                oid=oid,
+                expected=oid,
+                actual=actual,
+            )
+        count += 1
+        yield oid, otype, data
+
+
+def decode_all(stream: BinaryIO, **kw: int) -> list[WireObject]:
+    """Every object of a pack, or an error and nothing."""
+    return list(decode(stream, **kw))

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real store in tmp_path, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cas.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under CAS_TEST_DISALLOW_SKIP=1 (CI) a skipped test is a failure, not a pass."""
+    if os.environ.get("CAS_TEST_DISALLOW_SKIP") == "1" and report.skipped and report.when != "teardown":
+        if not hasattr(report, "wasxfail"):
+            report.outcome = "failed"
+            report.longrepr = f"skipped, but CAS_TEST_DISALLOW_SKIP=1: {report.longrepr}"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[Store]:
+    s = Store.init(store_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+class Cas:
+    """Runs the real `cas` executable in a subprocess, as a user would."""
+
+    def __init__(self, store: Path, env: dict[str, str]) -> None:
+        self.store = store
+        self.env = env
+
+    def __call__(self, *args: str, ok: bool | None = True, input: bytes | None = None,
+                 cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "cas_cli.main", "--store", str(self.store), *args]
+        proc = subprocess.run(cmd, capture_output=True, env=self.env, input=input.decode() if input else None,
+                              text=True, cwd=cwd, timeout=timeout)
+        if ok is True and proc.returncode != 0:
+            raise AssertionError(f"cas {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        if ok is False and proc.returncode == 0:
+            raise AssertionError(f"cas {' '.join(args)} unexpectedly succeeded:\n{proc.stdout}")
+        return proc
+
+
+@pytest.fixture
+def cas(store_path: Path, tmp_path: Path) -> Cas:
+    env = dict(os.environ)
+    env["CAS_AUTHOR"] = "tester@example"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    env.pop("CAS_DIR", None)
+    return Cas(store_path, env)
