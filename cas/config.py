@@ -30,3 +30,21 @@ def identity() -> str:
 def env_value(name: str, default: str | None = None) -> str | None:
     """Read one environment variable (so other modules need not touch os.environ)."""
     return os.environ.get(name, default)
+
+
+def s3_settings() -> dict[str, str | None]:
+    """S3 settings from the usual AWS variables (a remote's own config overrides them).
+
+    endpoint: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``; region: ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION``; credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``; ``AWS_PROFILE`` names a profile of ~/.aws/config.
+    """
+    env = os.environ.get
+    return {
+        "endpoint": env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+        "region": env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+        "access_key": env("AWS_ACCESS_KEY_ID"),
+        "secret_key": env("AWS_SECRET_ACCESS_KEY"),
+        "session_token": env("AWS_SESSION_TOKEN"),
+        "profile": env("AWS_PROFILE"),
+    }

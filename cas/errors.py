@@ -53,6 +53,12 @@ class BadRefName(UsageError):
     """A ref name does not follow the rules of docs/format.md."""
 
 
+class RequestTooLarge(UsageError):
+    """A request body exceeds the server's size limit."""
+
+    http_status = 413
+
+
 class NotFound(CasError):
     """A named thing does not exist."""
 
@@ -70,6 +76,10 @@ class ObjectNotFound(NotFound):
 
 class RefNotFound(NotFound):
     """A named ref or revision does not exist."""
+
+
+class RemoteNotFound(NotFound):
+    """No remote of that name is configured."""
 
 
 class AmbiguousId(UsageError):

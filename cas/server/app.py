@@ -1,0 +1,421 @@
+"""The ``cas serve`` ASGI application (Starlette): the HTTP side of the Remote protocol.
+
+Endpoints (docs/format.md, "HTTP protocol"; every one but health needs a bearer token
+when the server has tokens):
+
+=======  ===================  =======  ==================================================
+method   path                 scope    what
+=======  ===================  =======  ==================================================
+GET      /v1/health           none     liveness, versions and limits
+GET      /v1/refs?prefix=     read     ``{name: hex}``
+POST     /v1/missing          read     body: 32-byte ids; answer: the ones absent
+POST     /v1/fetch            read     body: 32-byte ids; answer: a pack of those present
+POST     /v1/packs            write    body: a pack; verified, closure-checked, stored
+PUT      /v1/refs/{name}      write    ``{"new": hex|null, "expected": hex|null}``: CAS
+=======  ===================  =======  ==================================================
+
+Every error is a :class:`~cas.errors.CasError` turned into JSON
+``{"error", "message", ...}`` with its ``http_status`` by ONE handler.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cas import pack, refs
+from cas.codec import STRUCTURED, ObjType
+from cas.digest import DIGEST_SIZE, ObjectId
+from cas.errors import (
+    AuthError,
+    CasError,
+    Forbidden,
+    MalformedPack,
+    RequestTooLarge,
+    UsageError,
+)
+from cas.objects import references
+from cas.server.auth import Scope, Tokens
+from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
+
+API = "/v1"
+ACCESS_LOG = logging.getLogger("cas.server.access")
+LOG = logging.getLogger("cas.server")
+#: Bytes per chunk of a streamed fetch answer: big enough to keep syscalls rare.
+_STREAM_CHUNK = 1 << 20
+MAX_FETCH_LEVEL = 6
+
+Scope_ = dict[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits. A pack larger than ``max_request`` is refused with 413."""
+
+    max_request: int = 256 << 20
+    max_ids: int = 1_000_000
+
+    @property
+    def as_dict(self) -> dict[str, int]:
+        return {"max_request": self.max_request, "max_ids": self.max_ids}
+
+
+class _Stores:
+    """One Store handle per worker thread.
+
+    Store handles share the LMDB env but each owns a zstd (de)compressor, and those are
+    not thread-safe; a handle per thread avoids a global lock around every read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[Store] = []
+        self._lock = threading.Lock()
+        # Packs are ingested one at a time: LMDB serializes writers anyway, and this keeps
+        # the closure check and the write of one pack from interleaving with another's.
+        self.write_lock = threading.Lock()
+        Store(path).close()  # fail at start-up, not on the first request
+
+    def get(self) -> Store:
+        s = getattr(self._local, "store", None)
+        if s is None:
+            s = Store(self.path)
+            self._local.store = s
+            with self._lock:
+                self._all.append(s)
+        return s
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._all:
+                s.close()
+            self._all.clear()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _authorize(request: Request, needed: Scope) -> None:
+    tokens: Tokens | None = request.app.state.tokens
+    if tokens is None:
+        return
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    rec = tokens.check(token.strip()) if kind.lower() == "bearer" and token else None
+    if rec is None:
+        raise AuthError(
+            "missing or unknown token",
+            hint="pass a token made with `cas token add` as 'Authorization: Bearer <token>'",
+        )
+    request.scope["cas.token"] = rec.name
+    if not rec.scope.allows(needed):
+        raise Forbidden(f"token {rec.name!r} lacks {needed.value} scope")
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds the limit."""
+    limit = request.app.state.limits.max_request
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request of {declared} bytes exceeds the server limit of {limit}")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise RequestTooLarge(f"request exceeds the server limit of {limit} bytes")
+    return bytes(buf)
+
+
+def _ids(body: bytes, limits: Limits) -> list[ObjectId]:
+    if len(body) % DIGEST_SIZE:
+        raise UsageError(f"id list must be a multiple of {DIGEST_SIZE} bytes, got {len(body)}")
+    n = len(body) // DIGEST_SIZE
+    if n > limits.max_ids:
+        raise RequestTooLarge(f"{n} ids in one request exceeds the limit of {limits.max_ids}")
+    return [ObjectId(body[i : i + DIGEST_SIZE]) for i in range(0, len(body), DIGEST_SIZE)]
+
+
+def _oid_or_none(value: Any, what: str) -> ObjectId | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be a hex id or null")
+    return ObjectId.parse(value)
+
+
+# -- pack ingest --------------------------------------------------------------------------
+
+
+def ingest(store: Store, data: bytes) -> dict[str, int]:
+    """Verify a whole pack, check its closure, then store it; all or nothing.
+
+    Every object is hashed by :func:`cas.pack.decode_all`. A structured object's
+    references must be earlier in the pack or already stored, so that no object lands
+    before what it names (invariant 1) even when a client sends a broken pack.
+    """
+    objects = pack.decode_all(io.BytesIO(data))
+    seen: set[ObjectId] = set()
+    wanted: list[ObjectId] = []
+    for oid, otype, raw in objects:
+        if otype == ObjType.CHUNK:
+            raise MalformedPack("chunks do not travel; send the whole blob")
+        if otype in STRUCTURED:
+            wanted.extend(r for r in references(otype, raw) if r not in seen)
+        seen.add(oid)
+    absent = store.missing(dict.fromkeys(wanted))
+    if absent:
+        raise MalformedPack(
+            f"pack is incomplete: it references {len(absent)} object(s) the server lacks, "
+            f"e.g. {absent[0].short()}",
+            hint="send referenced objects first (children before parents)",
+        )
+    small = []
+    for oid, otype, raw in objects:
+        if otype == ObjType.BLOB and len(raw) > CHUNK_THRESHOLD:
+            store.put_stream(io.BytesIO(raw))  # chunked like a local put of the same file
+        else:
+            small.append((oid, otype, raw))
+    store.put_verified(small)
+    return {"objects": len(objects), "bytes": len(data)}
+
+
+def _fetch_level(request: Request) -> int | None:
+    """The zstd level the client asked for (X-Cas-Pack-Level), clamped to cheap levels."""
+    raw = request.headers.get("x-cas-pack-level", "1").strip().lower()
+    if raw == "none":
+        return None
+    try:
+        # Capped: a client must not make the server spend minutes at level 19.
+        return max(-7, min(int(raw), MAX_FETCH_LEVEL))
+    except ValueError as exc:
+        raise UsageError(f"bad X-Cas-Pack-Level {raw!r}: a number or none") from exc
+
+
+def _pack_stream(stores: _Stores, ids: list[ObjectId], level: int | None) -> Iterator[bytes]:
+    """The pack of the requested objects that exist, in request order, streamed.
+
+    Each step may run on a different worker thread, so the store handle is looked up
+    per batch rather than captured once.
+    """
+
+    def objects() -> Iterator[pack.WireObject]:
+        for i in range(0, len(ids), 64):
+            got = stores.get().get_many(ids[i : i + 64])
+            for oid in ids[i : i + 64]:
+                if oid in got:
+                    otype, raw = got[oid]
+                    yield oid, otype, raw
+
+    buf: list[bytes] = []
+    size = 0
+    for part in pack.encode(objects(), level=level):
+        buf.append(part)
+        size += len(part)
+        if size >= _STREAM_CHUNK:
+            yield b"".join(buf)
+            buf, size = [], 0
+    yield b"".join(buf)
+
+
+# -- endpoints ----------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    state = request.app.state
+    return JSONResponse(
+        {
+            "status": "ok",
+            "store_format": STORE_FORMAT,
+            "pack_version": pack.VERSION,
+            "auth": state.tokens is not None,
+            **state.limits.as_dict,
+        }
+    )
+
+
+async def list_refs(request: Request) -> Response:
+    _authorize(request, Scope.READ)
+    prefix = request.query_params.get("prefix", "refs/")
+    found = await run_in_threadpool(lambda: request.app.state.stores.get().list_refs(prefix))
+    return JSONResponse({name: oid.hex for name, oid in found.items()})
+
+
+async def missing(request: Request) -> Response:
+    _authorize(request, Scope.READ)
+    ids = _ids(await _body(request), request.app.state.limits)
+    absent = await run_in_threadpool(lambda: request.app.state.stores.get().missing(ids))
+    return Response(b"".join(o.raw for o in absent), media_type="application/octet-stream")
+
+
+async def fetch(request: Request) -> Response:
+    _authorize(request, Scope.READ)
+    ids = _ids(await _body(request), request.app.state.limits)
+    # A sync iterator: Starlette runs it in the thread pool, one chunk at a time.
+    return StreamingResponse(
+        _pack_stream(request.app.state.stores, ids, _fetch_level(request)),
+        media_type="application/x-cas-pack",
+    )
+
+
+async def send_pack(request: Request) -> Response:
+    _authorize(request, Scope.WRITE)
+    data = await _body(request)
+    stores: _Stores = request.app.state.stores
+
+    def go() -> dict[str, int]:
+        with stores.write_lock:
+            return ingest(stores.get(), data)
+
+    return JSONResponse(await run_in_threadpool(go))
+
+
+async def update_ref(request: Request) -> Response:
+    _authorize(request, Scope.WRITE)
+    name = refs.check_name(request.path_params["name"])
+    try:
+        body = json.loads(await _body(request))
+        new = _oid_or_none(body.get("new"), "new")
+        expected = _oid_or_none(body.get("expected"), "expected")
+    except (ValueError, AttributeError) as exc:
+        raise UsageError(f"ref update body must be JSON {{new, expected}}: {exc}") from exc
+    who = request.scope.get("cas.token") or "anonymous"
+    old = await run_in_threadpool(
+        lambda: request.app.state.stores.get().set_ref(
+            name, new, expected=expected, who=f"cas serve ({who})", message="push"
+        )
+    )
+    return JSONResponse({"ref": name, "old": old.hex if old else None, "new": new.hex if new else None})
+
+
+# -- errors and access log ----------------------------------------------------------------
+
+
+async def _cas_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CasError)
+    headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthError else None
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # A bug, not a user error: keep the traceback for the operator, give the client JSON.
+    LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "InternalError", "message": f"internal error: {type(exc).__name__}"},
+        status_code=500,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    name = "NotFound" if exc.status_code == 404 else "HTTPError"
+    return JSONResponse(
+        {"error": name, "message": f"{request.method} {request.url.path}: {exc.detail}".lower()},
+        status_code=exc.status_code,
+    )
+
+
+class AccessLog:
+    """ASGI middleware: one log line per request (client, token, request, status, bytes, ms)."""
+
+    def __init__(self, app: Callable[[Scope_, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+        sent = 0
+        logged = False
+
+        def log() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
+            client = scope.get("client") or ("-", 0)
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = scope["path"] + (f"?{query}" if query else "")
+            ACCESS_LOG.info(
+                '%s %s "%s %s" %d %d %.1fms',
+                client[0],
+                scope.get("cas.token") or "-",
+                scope["method"],
+                target,
+                status or 500,
+                sent,
+                (time.perf_counter() - start) * 1000,
+            )
+
+        async def watch(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Logged before the last byte goes out, so that once a client has
+                    # its whole answer, the line is in the log (tests count requests).
+                    log()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            log()
+
+
+def create_app(
+    store_path: str | Path, tokens: Tokens | None, limits: Limits | None = None
+) -> Any:
+    """The ASGI app serving the store at ``store_path``.
+
+    ``tokens=None`` turns authentication off (``cas serve --no-auth``); otherwise every
+    endpoint but health needs a token of the right scope.
+    """
+    stores = _Stores(Path(store_path))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        stores.close()
+
+    app = Starlette(
+        routes=[
+            Route(f"{API}/health", health, methods=["GET"]),
+            Route(f"{API}/refs", list_refs, methods=["GET"]),
+            Route(f"{API}/refs/{{name:path}}", update_ref, methods=["PUT"]),
+            Route(f"{API}/missing", missing, methods=["POST"]),
+            Route(f"{API}/fetch", fetch, methods=["POST"]),
+            Route(f"{API}/packs", send_pack, methods=["POST"]),
+        ],
+        exception_handlers={
+            CasError: _cas_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.stores = stores
+    app.state.tokens = tokens
+    app.state.limits = limits or Limits()
+    return AccessLog(app)

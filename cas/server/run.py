@@ -1,0 +1,62 @@
+"""Run the cas ASGI app under uvicorn: host and port, TLS, access log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import uvicorn
+
+from cas.errors import UsageError
+from cas.server.app import ACCESS_LOG, Limits, create_app
+from cas.server.auth import Tokens
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Where access-log lines go: a file path, or None for stderr.
+    access_log: Path | None = None
+    limits: Limits = Limits()
+
+
+def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    return handler
+
+
+def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> None:
+    """Serve the store until interrupted (blocks).
+
+    uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
+    token name and bytes sent, which is what an operator audits.
+    """
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise UsageError("TLS needs both --tls-cert and --tls-key")
+    for p in (options.tls_cert, options.tls_key):
+        if p is not None and not p.is_file():
+            raise UsageError(f"TLS file not found: {p}")
+    app = create_app(store_path, tokens, options.limits)
+    ACCESS_LOG.setLevel(logging.INFO)
+    ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
+    ACCESS_LOG.propagate = False
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+        access_log=False,
+        log_level="info",
+        # Pack uploads are large; keep connections open between the requests of a push.
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=64 << 10,
+    )
+    uvicorn.Server(config).run()

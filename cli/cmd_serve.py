@@ -1,0 +1,131 @@
+"""Server commands: ``cas serve`` and ``cas token add|list|remove``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cas.errors import UsageError
+from cas.server.auth import Scope, Tokens, add_token, remove_token
+from cas_cli.context import Context, pass_ctx
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _parse_size(text: str) -> int:
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1] if t and t[-1] in _SIZE_UNITS else ""
+    number = t[: len(t) - len(unit)]
+    if not number.isdigit():
+        raise UsageError(f"not a size: {text!r}", hint="e.g. 256M, 1G, 65536")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port to bind.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read tokens from this JSON file instead of the store.",
+)
+@click.option("--no-auth", is_flag=True, help="Serve without tokens (trusted networks only).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM private key.")
+@click.option("--max-request", default="256M", show_default=True, help="Largest request body.")
+@click.option(
+    "--access-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append access-log lines here (default: stderr).",
+)
+@pass_ctx
+def serve(
+    ctx: Context,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    no_auth: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    max_request: str,
+    access_log: Path | None,
+) -> None:
+    """Serve this store over HTTP(S) for `cas push` / `cas pull`."""
+    from cas.server.app import Limits
+    from cas.server.run import ServeOptions
+    from cas.server.run import serve as run_server
+
+    tokens: Tokens | None = None
+    if not no_auth:
+        tokens = Tokens.from_file(token_file) if token_file else Tokens.from_store(ctx.store)
+        if not len(tokens):
+            raise UsageError(
+                "no tokens: nobody could use this server",
+                hint="make one with `cas token add NAME --scope write`, or pass --no-auth",
+            )
+    path = ctx.store.path
+    ctx.close()  # the server opens its own handles, one per worker thread
+    options = ServeOptions(
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        access_log=access_log,
+        limits=Limits(max_request=_parse_size(max_request)),
+    )
+    scheme = "https" if tls_cert else "http"
+    ctx.info(f"serving {path} on {scheme}://{host}:{port} ({'no auth' if no_auth else f'{len(tokens or [])} token(s)'})")
+    run_server(path, tokens, options)
+
+
+@click.group()
+def token() -> None:
+    """Manage the bearer tokens `cas serve` accepts."""
+
+
+_file_option = click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep tokens in this JSON file instead of the store.",
+)
+
+
+@token.command("add")
+@click.argument("name")
+@click.option("--scope", type=click.Choice(["read", "write"]), default="read", show_default=True)
+@_file_option
+@pass_ctx
+def token_add(ctx: Context, name: str, scope: str, token_file: Path | None) -> None:
+    """Make a token NAME and print it once (only its hash is kept)."""
+    store = None if token_file else ctx.store
+    secret = add_token(name, Scope.parse(scope), store=store, path=token_file)
+    ctx.emit({"name": name, "scope": scope, "token": secret}, secret)
+    ctx.info(f"token {name!r} ({scope}) created; it is shown only this once")
+
+
+@token.command("list")
+@_file_option
+@pass_ctx
+def token_list(ctx: Context, token_file: Path | None) -> None:
+    """List token names and scopes (never the tokens)."""
+    tokens = Tokens.from_file(token_file) if token_file else Tokens.from_store(ctx.store)
+    rows = [{"name": r.name, "scope": r.scope.value} for r in tokens.records()]
+    ctx.emit(rows, "\n".join(f"{r['name']}\t{r['scope']}" for r in rows) or "no tokens")
+
+
+@token.command("remove")
+@click.argument("name")
+@_file_option
+@pass_ctx
+def token_remove(ctx: Context, name: str, token_file: Path | None) -> None:
+    """Revoke token NAME."""
+    store = None if token_file else ctx.store
+    if not remove_token(name, store=store, path=token_file):
+        raise UsageError(f"no token named {name!r}")
+    ctx.emit({"name": name, "removed": True}, f"token {name!r} removed")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(token)

@@ -1,0 +1,217 @@
+"""Real servers for tests and benchmarks, on 127.0.0.1: `cas serve` and SeaweedFS (S3).
+
+Both run as subprocesses started by the test and killed after. A server that does not
+come up is an error (never a skip): CI runs with CAS_TEST_DISALLOW_SKIP=1 and a missing
+server must fail loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+S3_KEY, S3_SECRET, S3_REGION = "caskey", "cassecret", "us-east-1"
+
+
+def free_port(paired: int | None = None) -> int:
+    """A free TCP port on 127.0.0.1 (and, with ``paired``, port+paired free too)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if paired is None:
+            return port
+        if port + paired < 65536 and _is_free(port + paired):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+class CasServer:
+    """`cas serve` in a subprocess; ``url`` is ready once the health endpoint answers."""
+
+    def __init__(self, store: Path, workdir: Path, *args: str, scheme: str = "http") -> None:
+        self.store = store
+        self.port = free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        self.access_log = workdir / f"access-{self.port}.log"
+        cmd = [
+            sys.executable, "-c", "from cas_cli.main import main; main()", "--store", str(store), "serve",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--access-log", str(self.access_log), *args,
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "CAS_DIR"}
+        self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
+        self._wait()
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"cas serve exited with {self.proc.returncode}:\n{_tail(self.log)}")
+            try:
+                if httpx.get(self.url + "/v1/health", verify=False, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"cas serve did not answer within {timeout}s:\n{_tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_f.close()
+
+
+class Seaweed:
+    """SeaweedFS (`weed server` with its S3 gateway) bound to 127.0.0.1 on free ports.
+
+    Started as in docs/perf-baseline ("SeaweedFS: non-interactive install and start"):
+    loopback only, every port moved (each gRPC port is port+10000), a static S3 identity,
+    warmed up with a first PUT (the first write allocates volumes and takes seconds), and
+    killed with SIGKILL (SIGTERM takes 15-26 s).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.dir = workdir
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        conf = {
+            "identities": [
+                {
+                    "name": "cas",
+                    "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (workdir / "s3.json").write_text(json.dumps(conf))
+        ports = {name: free_port(paired=10000) for name in ("master", "volume", "filer", "s3")}
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        weed = VENV_BIN / "weed"
+        cmd = [
+            str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-dir={workdir / 'data'}", f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.config={workdir / 's3.json'}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-metricsPort=0",
+        ]
+        self.log = workdir / "weed.log"
+        self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT)
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_REGION,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        self._wait()
+
+    def _wait(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{_tail(self.log)}")
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"SeaweedFS did not start within {timeout}s:\n{_tail(self.log)}")
+        # Warm up: the first write allocates volumes and can take seconds.
+        while True:
+            try:
+                self.client.create_bucket(Bucket="caswarmup")
+                self.client.put_object(Bucket="caswarmup", Key="warm", Body=b"x")
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS not writable: {exc}\n{_tail(self.log)}") from exc
+                time.sleep(0.3)
+
+    def bucket(self, name: str) -> str:
+        """Create a bucket and warm it up (a bucket's first write allocates its volumes)."""
+        self.client.create_bucket(Bucket=name)
+        self.client.put_object(Bucket=name, Key="warmup", Body=b"x")
+        self.client.delete_object(Bucket=name, Key="warmup")
+        return name
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_f.close()
+
+
+def make_tls_cert(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class Served:
+    """A fresh store served by `cas serve`, with a write token and a read token."""
+
+    def __init__(self, workdir: Path, *args: str, scheme: str = "http") -> None:
+        from cas.server.auth import Scope, add_token
+        from cas.store import Store
+
+        self.store_path = workdir / "served-store"
+        with Store.init(self.store_path) as store:
+            self.write_token = add_token("writer", Scope.WRITE, store=store)
+            self.read_token = add_token("reader", Scope.READ, store=store)
+        self.server = CasServer(self.store_path, workdir, *args, scheme=scheme)
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
