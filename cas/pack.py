@@ -41,9 +41,13 @@ MAX_OBJECT = 1 << 30
 WireObject = tuple[ObjectId, ObjType, bytes]
 
 
-def encode(objects: Iterable[WireObject], *, level: int = 3) -> Iterator[bytes]:
-    """Yield the bytes of one pack holding ``objects``, frame by frame."""
-    zc = zstandard.ZstdCompressor(level=level)
+def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[bytes]:
+    """Yield the bytes of one pack holding ``objects``, frame by frame.
+
+    ``level=None`` sends every payload raw (fast links, where zstd costs more CPU time
+    than the bytes it saves take to send).
+    """
+    zc = zstandard.ZstdCompressor(level=level) if level is not None else None
     h = blake3.blake3()
     count = 0
     head = MAGIC + bytes((VERSION,))
@@ -51,7 +55,7 @@ def encode(objects: Iterable[WireObject], *, level: int = 3) -> Iterator[bytes]:
     yield head
     for oid, otype, data in objects:
         flags, payload = 0, data
-        if len(data) >= COMPRESS_MIN:
+        if zc is not None and len(data) >= COMPRESS_MIN:
             packed = zc.compress(data)
             if len(packed) < len(data) * 0.9:
                 flags, payload = FLAG_ZSTD, packed
@@ -64,17 +68,29 @@ def encode(objects: Iterable[WireObject], *, level: int = 3) -> Iterator[bytes]:
     yield _TRAILER.pack(END, count, h.digest())
 
 
-def encode_bytes(objects: Iterable[WireObject], *, level: int = 3) -> bytes:
+def encode_bytes(objects: Iterable[WireObject], *, level: int | None = 3) -> bytes:
     return b"".join(encode(objects, level=level))
 
 
 def batches(objects: Iterable[WireObject], max_bytes: int = PACK_BYTES) -> Iterator[list[WireObject]]:
-    """Split a stream of objects into lists of about ``max_bytes`` raw bytes each."""
+    """Split a stream of objects into lists of about ``max_bytes`` raw bytes each.
+
+    An object of half ``max_bytes`` or more travels alone in its own pack, so a pack
+    never holds more than about ``max_bytes`` and a cut transfer loses at most one
+    large object's progress.
+    """
     batch: list[WireObject] = []
     size = 0
     for obj in objects:
+        n = len(obj[2]) + 64
+        if n >= max_bytes // 2:
+            if batch:
+                yield batch
+                batch, size = [], 0
+            yield [obj]
+            continue
         batch.append(obj)
-        size += len(obj[2]) + 64
+        size += n
         if size >= max_bytes:
             yield batch
             batch, size = [], 0
@@ -162,3 +178,56 @@ def decode(stream: BinaryIO, *, max_object: int = MAX_OBJECT) -> Iterator[WireOb
 def decode_all(stream: BinaryIO, **kw: int) -> list[WireObject]:
     """Every object of a pack, or an error and nothing."""
     return list(decode(stream, **kw))
+
+
+# -- random access (S3 packs are read with ranged GETs; see docs/format.md, "S3 layout") --
+
+
+def frame_index(data: bytes) -> list[tuple[ObjectId, ObjType, int, int]]:
+    """``(id, type, offset, length)`` of every frame of an encoded pack, in order.
+
+    ``offset``/``length`` cover the frame header and payload, so the bytes
+    ``data[offset:offset + length]`` can later be fetched alone and read with
+    :func:`decode_frame`. The pack itself is not verified here (its writer made it).
+    """
+    out = []
+    pos = len(MAGIC) + 1
+    while data[pos] != END:
+        otype, _flags, raw_id, _raw, payload = _FRAME.unpack_from(data, pos)
+        length = _FRAME.size + payload
+        out.append((ObjectId(raw_id), ObjType(otype), pos, length))
+        pos += length
+    return out
+
+
+def decode_frame(frame: bytes | memoryview, *, max_object: int = MAX_OBJECT) -> WireObject:
+    """One object from the bytes of exactly one frame, verified against its id."""
+    if len(frame) < _FRAME.size:
+        raise MalformedPack("pack frame is truncated (in frame header)")
+    otype_code, flags, raw_id, raw_size, payload_size = _FRAME.unpack_from(frame, 0)
+    if len(frame) != _FRAME.size + payload_size:
+        raise MalformedPack(f"pack frame for {raw_id.hex()[:12]} has the wrong length")
+    if raw_size > max_object:
+        raise MalformedPack(f"object of {raw_size} bytes exceeds the pack limit")
+    try:
+        otype = ObjType(otype_code)
+    except ValueError as exc:
+        raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
+    payload = bytes(frame[_FRAME.size :])
+    if flags & FLAG_ZSTD:
+        try:
+            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_size)
+        except zstandard.ZstdError as exc:
+            raise MalformedPack(f"bad compressed payload for {raw_id.hex()[:12]}") from exc
+    else:
+        data = payload
+    oid = ObjectId(raw_id)
+    actual = ObjectId.of(data)
+    if len(data) != raw_size or actual != oid:
+        raise CorruptObject(
+            f"object {oid.short()} is corrupt: its bytes hash to {actual.short()}",
+            oid=oid,
+            expected=oid,
+            actual=actual,
+        )
+    return oid, otype, data

@@ -13,7 +13,8 @@ Contract, for every implementation:
 * Idempotent: sending an object the remote already has is a no-op; repeating a
   ``send_pack`` after a dropped connection is safe.
 * Closure: a remote never publishes (makes reachable from a ref) an object whose
-  references it does not hold. ``update_ref`` refuses a target the remote lacks.
+  references it does not hold. ``update_ref`` refuses a target the remote lacks with
+  :class:`~cas.errors.ObjectNotFound` and changes nothing.
 * A miss is a value: ``missing`` lists absent ids; ``fetch`` leaves absent ids out of
   its result; ``list_refs`` of an empty remote is ``{}``.
 * ``update_ref`` is compare-and-swap: ``expected=None`` means "must not exist". On a
@@ -65,3 +66,16 @@ class Remote(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RawPackSender(Protocol):
+    """Optional extension: upload a pack exactly as given (tests use it for bad packs).
+
+    ``send_pack_bytes`` takes the bytes of one whole pack (cas.pack framing), verifies
+    and stores it all or nothing, and returns the bytes sent. Malformed, truncated or
+    corrupt packs raise :class:`~cas.errors.MalformedPack` /
+    :class:`~cas.errors.CorruptObject` and leave the remote unchanged. Every transport
+    in cas offers it; callers test with ``hasattr``.
+    """
+
+    def send_pack_bytes(self, data: bytes) -> int: ...

@@ -1,0 +1,92 @@
+"""Bring a local branch up to a fetched commit: fast-forward, or merge manifests.
+
+The per-kind rules live with the manifest (``manifest.DEFAULT_RULES``: the faster
+autotune result wins, anything else keeps ours); a key both sides changed differently
+that no rule decides is a conflict. Conflicts are reported, and the branch is not moved
+unless the caller accepts our side for them (``allow_conflicts``), because a merge that
+silently drops one side of a conflict would be a lost update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cas import history, manifest
+from cas.digest import ObjectId
+from cas.errors import MergeConflict
+from cas.objects import Entry, EntryKey
+from cas.refs import load_commit, short_name
+from cas.store import Store
+
+Conflict = tuple[EntryKey, Entry | None, Entry | None]
+
+
+@dataclass
+class Integration:
+    """What happened to a branch: ``kind`` is created, up-to-date, fast-forward or merge."""
+
+    ref: str
+    kind: str
+    old: ObjectId | None
+    new: ObjectId | None
+    conflicts: list[Conflict] = field(default_factory=list)
+    resolved: list[tuple[EntryKey, Entry | None, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ref": self.ref,
+            "kind": self.kind,
+            "old": str(self.old) if self.old else None,
+            "new": str(self.new) if self.new else None,
+            "conflicts": [str(k) for k, _, _ in self.conflicts],
+            "resolved": [{"key": str(k), "rule": rule} for k, _, rule in self.resolved],
+        }
+
+
+def integrate(
+    store: Store,
+    ref: str,
+    theirs: ObjectId,
+    *,
+    message: str,
+    who: str,
+    allow_conflicts: bool = False,
+) -> Integration:
+    """Move ``ref`` to include ``theirs``: create, fast-forward, or write a merge commit.
+
+    The ref is moved by compare-and-swap against the value read here, so a concurrent
+    local commit makes this fail with RefConflict rather than be overwritten.
+    """
+    ours = store.get_ref(ref)
+    if ours is None:
+        store.set_ref(ref, theirs, expected=None, who=who, message=message)
+        return Integration(ref, "created", None, theirs)
+    if history.is_ancestor(store, theirs, ours):
+        return Integration(ref, "up-to-date", ours, ours)
+    if history.is_ancestor(store, ours, theirs):
+        store.set_ref(ref, theirs, expected=ours, who=who, message=message + " (fast-forward)")
+        return Integration(ref, "fast-forward", ours, theirs)
+    base_commit = history.merge_base(store, ours, theirs)
+    base = load_commit(store, base_commit).manifest if base_commit else manifest.EMPTY
+    result = manifest.merge(
+        store, base, load_commit(store, ours).manifest, load_commit(store, theirs).manifest
+    )
+    out = Integration(ref, "merge", ours, None, result.conflicts, result.resolved)
+    if result.conflicts and not allow_conflicts:
+        keys = ", ".join(str(k) for k, _, _ in result.conflicts[:3])
+        more = f" and {len(result.conflicts) - 3} more" if len(result.conflicts) > 3 else ""
+        raise MergeConflict(
+            f"merging into {short_name(ref)}: {len(result.conflicts)} conflicting entries ({keys}{more})",
+            hint="rerun with --ours to keep the local entries for them",
+            ref=ref,
+            conflicts=len(result.conflicts),
+        )
+    meta = {
+        "producer": "merge",
+        "resolved": [[str(k), rule] for k, _, rule in result.resolved],
+        "conflicts_kept_ours": [str(k) for k, _, _ in result.conflicts],
+    }
+    merged = history.commit(store, result.root, [ours, theirs], message, meta, author=who)
+    store.set_ref(ref, merged, expected=ours, who=who, message=message)
+    out.new = merged
+    return out

@@ -1,0 +1,342 @@
+"""Push, fetch, pull and clone over any Remote (docs/sync.md).
+
+Push offers what negotiate.plan_push finds, asks ``missing`` once, sends the rest in
+packs in closure order and then compare-and-swaps each remote ref. Fetch lists the
+remote's refs, walks what is new (cas.sync.walk, or cas.sync.partial for ``envs``) and
+then records the remote's branches in ``refs/remotes/<name>/*``. Pull integrates a
+fetched branch (cas.sync.merge); clone fills an empty store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from cas import pack, remotes_config
+from cas.config import identity
+from cas.digest import ObjectId
+from cas.errors import (
+    CorruptObject,
+    NonFastForward,
+    ObjectNotFound,
+    RefConflict,
+    RefNotFound,
+    TagExists,
+    UsageError,
+)
+from cas.history import is_ancestor
+from cas.refs import DEFAULT_BRANCH, HEADS, REMOTES, TAGS, branch_ref
+from cas.remote.base import Remote, WireObject
+from cas.store import Store
+from cas.sync import negotiate
+from cas.sync.merge import Integration, integrate
+from cas.sync.partial import fetch_partial
+from cas.sync.results import ProgressFn, RefUpdate, Result, Stats, tracking_ref
+from cas.sync.walk import PARALLEL, Walker, fetch_full, pipelined
+
+#: Objects read from the store at once while producing a push.
+READ_GROUP = 32
+
+
+# -- push ------------------------------------------------------------------------------
+
+
+def push(
+    store: Store,
+    remote: Remote,
+    refspecs: Sequence[tuple[str, str]],
+    *,
+    remote_name: str | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> Result:
+    """Publish local refs on ``remote``: ``refspecs`` pairs (local ref, remote ref).
+
+    A branch moves only forward unless ``force``; a tag never moves unless ``force``.
+    Every remote ref moves by compare-and-swap against the value listed at the start,
+    so a concurrent push to the same ref makes this one fail with "pull first".
+    """
+    start = time.monotonic()
+    result = Result()
+    remote_refs = remote.list_refs()
+    todo: list[RefUpdate] = []
+    for local_ref, remote_ref in refspecs:
+        new = store.get_ref(local_ref)
+        if new is None:
+            raise RefNotFound(f"no local ref {local_ref} to push", ref=local_ref)
+        old = remote_refs.get(remote_ref)
+        if old == new:
+            result.updates.append(RefUpdate(remote_ref, old, new, "up-to-date"))
+            continue
+        status = _push_status(store, remote.url, remote_ref, old, new, force)
+        todo.append(RefUpdate(remote_ref, old, new, status))
+    if todo:
+        plan = negotiate.plan_push(store, [u.new for u in todo if u.new], remote_refs.values())
+        candidates = plan.ordered()
+        _check_local(store, candidates)
+        absent = remote.missing(candidates) if candidates else []
+        _send(store, remote, absent, result.stats, progress, set(plan.leaves), plan.sizes)
+    for update in todo:
+        _publish(remote, update)
+        result.updates.append(update)
+        if remote_name and update.ref.startswith(HEADS) and update.new is not None:
+            tracking = f"{REMOTES}{remote_name}/{update.ref[len(HEADS):]}"
+            store.set_ref(tracking, update.new, who=identity(), message="push")
+    result.stats.seconds = time.monotonic() - start
+    return result
+
+
+def _push_status(
+    store: Store, url: str, ref: str, old: ObjectId | None, new: ObjectId, force: bool
+) -> str:
+    if old is None:
+        return "new"
+    if ref.startswith(TAGS):
+        if force:
+            return "forced"
+        raise TagExists(
+            f"tag {ref[len(TAGS):]} already exists on {url} (at {old.short()})",
+            hint="tags never move; use --force to move it anyway",
+            ref=ref,
+        )
+    if store.has(old):
+        old_commit, _ = negotiate.peel_local(store, old)
+        new_commit, _ = negotiate.peel_local(store, new)
+        if old_commit is not None and new_commit is not None:
+            if is_ancestor(store, old_commit, new_commit):
+                return "fast-forward"
+        why = "it would discard commits the remote has"
+    else:
+        why = "the remote has commits you do not have"
+    if force:
+        return "forced"
+    raise NonFastForward(
+        f"push to {ref} on {url} rejected: {why}",
+        hint="pull first (`cas pull`), or push --force to overwrite",
+        ref=ref,
+    )
+
+
+def _check_local(store: Store, ids: list[ObjectId]) -> None:
+    """Refuse to push from an incomplete store before anything is sent."""
+    lacking = store.missing(ids)
+    if lacking:
+        raise ObjectNotFound(
+            f"cannot push: object {lacking[0].short()} is referenced but not in this store"
+            + (f" ({len(lacking)} objects missing)" if len(lacking) > 1 else ""),
+            hint="run `cas fsck`; nothing was sent",
+            oid=lacking[0],
+        )
+
+
+def _publish(remote: Remote, update: RefUpdate) -> None:
+    try:
+        remote.update_ref(update.ref, update.new, update.old)
+    except RefConflict as exc:
+        raise RefConflict(
+            f"someone else pushed to {update.ref} on {remote.url} meanwhile; nothing was overwritten",
+            hint="pull first (`cas pull`), then push again",
+            ref=update.ref,
+        ) from exc
+
+
+def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
+    for i in range(0, len(ids), READ_GROUP):
+        group = ids[i : i + READ_GROUP]
+        got = store.get_many(group)
+        for oid in group:
+            if oid not in got:
+                raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
+            otype, data = got[oid]
+            yield oid, otype, data
+
+
+def _send(
+    store: Store,
+    remote: Remote,
+    ids: Sequence[ObjectId],
+    stats: Stats,
+    progress: ProgressFn | None,
+    leaves: set[ObjectId],
+    sizes: dict[ObjectId, int],
+) -> None:
+    if not ids:
+        return
+    total = sum(sizes.get(oid, 0) for oid in ids)  # blobs dominate; others count 0
+
+    def sent(batch: list[WireObject], wire: int) -> None:
+        stats.wire_bytes += wire
+        stats.objects += len(batch)
+        stats.bytes += sum(len(o[2]) for o in batch)
+        if progress:
+            progress("send", stats.objects, stats.bytes, len(ids), total)
+
+    # One send_pack per pack: each accepted pack is kept by the remote, so a transfer
+    # cut half-way resumes (next push, or RetryingRemote) with only what is missing.
+    # Blobs and envs reference nothing, so their packs may arrive in any order and go
+    # PARALLEL at a time (hashing and zstd release the GIL); nodes, commits and tags
+    # follow one pack at a time, in closure order, as the remote checks each pack.
+    cut = next((i for i, oid in enumerate(ids) if oid not in leaves), len(ids))
+    pipelined(pack.batches(_read_objects(store, ids[:cut])), remote.send_pack, sent, PARALLEL)
+    pipelined(pack.batches(_read_objects(store, ids[cut:])), remote.send_pack, sent, 1)
+
+
+# -- fetch -----------------------------------------------------------------------------
+
+
+def fetch(
+    store: Store,
+    remote: Remote,
+    *,
+    remote_name: str | None = None,
+    envs: set[ObjectId] | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> Result:
+    """Bring the remote's branches and tags into the store.
+
+    Branches land in ``refs/remotes/<remote_name>/*`` (stale ones are pruned); tags in
+    ``refs/tags/*``, never moving an existing local tag unless ``force``. With ``envs``
+    the fetch is partial (see :func:`fetch_partial` and docs/sync.md).
+    """
+    start = time.monotonic()
+    result = Result()
+    wanted = {
+        name: oid
+        for name, oid in remote.list_refs().items()
+        if name.startswith(HEADS) or name.startswith(TAGS)
+    }
+    walker = Walker(store, remote, result.stats, progress)
+    if envs is not None:
+        fetch_partial(walker, wanted, envs, remote_name, result)
+    else:
+        fetch_full(walker, list(wanted.values()))
+        result.tips = {n: o for n, o in wanted.items()}
+        _track(store, wanted, remote_name, force, result)
+    result.stats.seconds = time.monotonic() - start
+    return result
+
+
+def _track(
+    store: Store, wanted: dict[str, ObjectId], remote_name: str | None, force: bool, result: Result
+) -> None:
+    who = identity()
+    for name, oid in sorted(wanted.items()):
+        if name.startswith(TAGS):
+            old = store.get_ref(name)
+            if old == oid:
+                continue
+            if old is not None and not force:
+                note = f"local tag is at {old.short()}; tags never move without --force"
+                result.updates.append(RefUpdate(name, old, oid, "rejected", note))
+                continue
+            store.set_ref(name, oid, expected=old, who=who, message="fetch")
+            result.updates.append(RefUpdate(name, old, oid, "forced" if old else "new"))
+        elif remote_name:
+            ref = tracking_ref(remote_name, name)
+            old = store.set_ref(ref, oid, who=who, message="fetch")
+            if old != oid:
+                result.updates.append(RefUpdate(ref, old, oid, "new" if old is None else "updated"))
+    if not remote_name:
+        return
+    heads = {tracking_ref(remote_name, n) for n in wanted if n.startswith(HEADS)}
+    prefix = f"{REMOTES}{remote_name}/"
+    for ref, oid in store.list_refs(prefix).items():
+        if ref not in heads and not ref.startswith(prefix + "tags/"):
+            store.set_ref(ref, None, expected=oid, who=who, message="fetch: pruned")
+            result.updates.append(RefUpdate(ref, oid, None, "deleted"))
+
+
+# -- pull and clone ----------------------------------------------------------------------
+
+
+def remote_branch_tip(result: Result, branch: str) -> ObjectId:
+    """The local commit standing for the remote's ``branch`` after a fetch."""
+    ref = branch if branch.startswith("refs/") else HEADS + branch
+    tip = result.tips.get(ref)
+    if tip is None:
+        raise RefNotFound(f"the remote has no branch {branch}", ref=ref)
+    return tip
+
+
+def pull(
+    store: Store,
+    remote: Remote,
+    *,
+    branch: str,
+    remote_branch: str | None = None,
+    remote_name: str | None = None,
+    envs: set[ObjectId] | None = None,
+    force: bool = False,
+    allow_conflicts: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[Result, Integration]:
+    """Fetch, then bring local ``branch`` up to the remote's ``remote_branch``.
+
+    Fast-forwards when it can; otherwise writes a merge commit whose manifest is the
+    three-way merge under the per-kind rules (sync.merge.integrate).
+    """
+    fetched = fetch(
+        store, remote, remote_name=remote_name, envs=envs, force=force, progress=progress
+    )
+    other = remote_branch or branch
+    theirs = remote_branch_tip(fetched, other)
+    what = f"pull {remote_name or remote.url} {other}"
+    done = integrate(
+        store, branch_ref(branch), theirs, message=what, who=identity(), allow_conflicts=allow_conflicts
+    )
+    return fetched, done
+
+
+def clone(
+    store: Store,
+    remote: Remote,
+    *,
+    remote_name: str = "origin",
+    url: str | None = None,
+    envs: set[ObjectId] | None = None,
+    progress: ProgressFn | None = None,
+) -> Result:
+    """Fill an empty store (no refs) from ``remote``: every branch and tag.
+
+    A clone cut half-way leaves a store without refs; cloning again resumes it.
+
+    ``url`` (if given) is recorded as the remote's config. HEAD becomes ``main`` when the
+    remote has it, else its first branch.
+    """
+    if store.list_refs():
+        raise UsageError(
+            f"the store at {store.path} is not empty", hint="clone into a new directory"
+        )
+    known = {r.name: r.url for r in remotes_config.list_remotes(store)}
+    if url is not None and known.get(remote_name) != url:
+        # Re-running a cut clone finds its own config: that resumes, not an error.
+        remotes_config.add(store, remote_name, url)
+    fetched = fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress)
+    who = identity()
+    branches = []
+    for name, tip in sorted(fetched.tips.items()):
+        if name.startswith(HEADS) or (envs is not None and store.get_ref(name) is None):
+            # A partial clone cannot hold the remote's tag objects: its tags are
+            # lightweight tags of the local partial commits.
+            store.set_ref(name, tip, expected=None, who=who, message=f"clone from {remote.url}")
+            if name.startswith(HEADS):
+                branches.append(name)
+    if branches:
+        head = HEADS + DEFAULT_BRANCH if HEADS + DEFAULT_BRANCH in branches else branches[0]
+        store.set_meta("HEAD", head)
+    return fetched
+
+
+__all__ = [
+    "ProgressFn",
+    "RefUpdate",
+    "Result",
+    "Stats",
+    "clone",
+    "fetch",
+    "pull",
+    "push",
+    "remote_branch_tip",
+    "tracking_ref",
+]

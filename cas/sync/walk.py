@@ -1,0 +1,257 @@
+"""The fetch walk: verify what arrives, stage structured objects, promote bottom-up.
+
+Fetch walks the remote top-down (tags, commits, then manifest levels, skipping every
+subtree already held). Blobs and envs reference nothing and are stored as they arrive;
+commits and nodes wait in the staging area until the walk is complete and are then
+promoted children first in one transaction, so the local store never holds an object
+without its references and a cut fetch resumes from what it staged and stored.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from cas import pack
+from cas.codec import STRUCTURED, ObjType
+from cas.digest import ObjectId
+from cas.errors import CorruptObject, RemoteError
+from cas.objects import Commit, Tag, decode_object
+from cas.remote.base import Remote, WireObject
+from cas.store import CHUNK_THRESHOLD, Store
+from cas.sync import negotiate
+from cas.sync.results import ProgressFn, Stats
+
+#: Ids per ``fetch`` of structured objects (one level of a walk may take several).
+FETCH_IDS = 4096
+#: Raw bytes per ``fetch`` of blobs: one pack's worth, so a cut loses at most one pack.
+FETCH_BYTES = pack.PACK_BYTES
+#: Packs of blobs in flight at once, each way (they have no order to keep).
+PARALLEL = 2
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def pipelined(
+    jobs: Iterable[J], work: Callable[[J], R], done: Callable[[J, R], None], workers: int
+) -> None:
+    """Run ``work`` on up to ``workers`` jobs at once; ``done`` runs here, in job order."""
+    if workers <= 1:
+        for job in jobs:
+            done(job, work(job))
+        return
+    pending: deque[tuple[J, Future[R]]] = deque()
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            for job in jobs:
+                pending.append((job, pool.submit(work, job)))
+                if len(pending) >= workers:
+                    first, fut = pending.popleft()
+                    done(first, fut.result())
+            while pending:
+                first, fut = pending.popleft()
+                done(first, fut.result())
+        except BaseException:
+            for _, fut in pending:
+                fut.cancel()
+            raise
+
+
+class Walker:
+    """Fetches objects for a store, verifying each, staging the structured ones."""
+
+    def __init__(self, store: Store, remote: Remote, stats: Stats, progress: ProgressFn | None):
+        self.store = store
+        self.remote = remote
+        self.stats = stats
+        self.progress = progress
+
+    def structured(
+        self, oids: Sequence[ObjectId], expect: frozenset[ObjType]
+    ) -> dict[ObjectId, tuple[ObjType, bytes]]:
+        """The given objects from the stage, else from the remote (then staged)."""
+        out: dict[ObjectId, tuple[ObjType, bytes]] = {}
+        need = []
+        for oid in oids:
+            got = self.store.stage_get(oid)
+            if got is not None and got[0] in expect:
+                out[oid] = got
+            else:
+                need.append(oid)
+        for i in range(0, len(need), FETCH_IDS):
+            batch = need[i : i + FETCH_IDS]
+            objs = self._verified(batch, self.remote.fetch(batch), expect)
+            self._count(objs)
+            self.store.stage_put(objs)
+            out.update((oid, (t, d)) for oid, t, d in objs)
+        return out
+
+    def leaves(self, wanted: dict[ObjectId, int]) -> None:
+        """Fetch and store blobs and envs (no references: stored as they arrive).
+
+        Batches are fetched and verified PARALLEL at a time and stored in order as each
+        completes, so a cut fetch keeps every batch that finished before the cut.
+        """
+        ids = self.store.missing(list(wanted))
+        total = sum(wanted[o] for o in ids)
+        expect = frozenset({ObjType.BLOB, ObjType.ENV})
+        done_objects = done_bytes = 0
+
+        def work(batch: list[ObjectId]) -> list[WireObject]:
+            return self._verified(batch, self.remote.fetch(batch), expect)
+
+        def done(batch: list[ObjectId], objs: list[WireObject]) -> None:
+            # Stores are written here, on one thread: LMDB may grow its map only while
+            # no other transaction of this process is open.
+            nonlocal done_objects, done_bytes
+            small = [o for o in objs if not (o[1] == ObjType.BLOB and len(o[2]) > CHUNK_THRESHOLD)]
+            self.store.put_verified(small)
+            for _oid, otype, data in objs:
+                if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
+                    self.store.put_many([(otype, data)])  # chunked on disk
+            self._count(objs)
+            done_objects += len(objs)
+            done_bytes += sum(len(o[2]) for o in objs)
+            if self.progress:
+                self.progress("fetch", done_objects, done_bytes, len(ids), total)
+
+        pipelined(by_size(ids, wanted, FETCH_BYTES), work, done, PARALLEL)
+
+    def _count(self, objs: list[WireObject]) -> None:
+        self.stats.objects += len(objs)
+        self.stats.bytes += sum(len(o[2]) for o in objs)
+
+    def _verified(
+        self, asked: Sequence[ObjectId], got: list[WireObject], expect: frozenset[ObjType]
+    ) -> list[WireObject]:
+        """Check every object against its id and expected type; all or nothing."""
+        wanted = set(asked)
+        seen: set[ObjectId] = set()
+        url = self.remote.url
+        for oid, otype, data in got:
+            if oid not in wanted:
+                raise RemoteError(f"remote {url} sent {oid.short()}, which was not asked for", url=url)
+            actual = ObjectId.of(data)
+            if actual != oid:
+                raise CorruptObject(
+                    f"object {oid.short()} from {url} is corrupt: its bytes hash to {actual.short()}",
+                    hint="nothing of it was stored; check the remote with `cas fsck`",
+                    oid=oid,
+                    expected=oid,
+                    actual=actual,
+                )
+            if otype not in expect:
+                labels = "/".join(sorted(t.label for t in expect))
+                raise CorruptObject(
+                    f"object {oid.short()} from {url} is a {otype.label}, expected {labels}", oid=oid
+                )
+            if otype in STRUCTURED:
+                decode_object(otype, data)  # malformed bodies fail here, before staging
+            seen.add(oid)
+        absent = [o for o in asked if o not in seen]
+        if absent:
+            raise RemoteError(
+                f"remote {url} lacks object {absent[0].short()}"
+                + (f" and {len(absent) - 1} more" if len(absent) > 1 else "")
+                + " that its refs need",
+                hint="the remote is incomplete; nothing was stored here",
+                url=url,
+                oid=absent[0],
+            )
+        return got
+
+
+def by_size(ids: list[ObjectId], sizes: dict[ObjectId, int], limit: int) -> Iterator[list[ObjectId]]:
+    batch: list[ObjectId] = []
+    size = 0
+    for oid in ids:
+        n = sizes.get(oid, 0) + 64
+        if batch and (size + n > limit or len(batch) >= FETCH_IDS):
+            yield batch
+            batch, size = [], 0
+        batch.append(oid)
+        size += n
+    if batch:
+        yield batch
+
+
+TOPS = frozenset({ObjType.COMMIT, ObjType.TAG})
+NODES = frozenset({ObjType.NODE})
+
+
+def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> None:
+    """Bring ``tips`` and everything they reference into the store (closure kept)."""
+    store = walker.store
+    tags: list[ObjectId] = []
+    parents: dict[ObjectId, tuple[ObjectId, ...]] = {}
+    roots: list[ObjectId] = []
+    frontier = store.missing(unique(tips))
+    seen = set(frontier)
+    while frontier:
+        got = walker.structured(frontier, TOPS)
+        nxt: list[ObjectId] = []
+        for oid in frontier:
+            otype, data = got[oid]
+            if otype == ObjType.TAG:
+                tags.append(oid)
+                nxt.append(Tag.decode(data).target)
+            else:
+                c = Commit.decode(data)
+                parents[oid] = c.parents
+                roots.append(c.manifest)
+                nxt.extend(c.parents)
+        frontier = [o for o in store.missing(unique(nxt)) if o not in seen]
+        seen.update(frontier)
+    nodes = fetch_trees(walker, roots)
+    order = [*reversed(nodes), *parents_first(parents), *reversed(tags)]
+    store.promote(order)
+
+
+def fetch_trees(walker: Walker, roots: Sequence[ObjectId]) -> list[ObjectId]:
+    """Fetch the nodes of the trees at ``roots`` that are not stored, level by level,
+    then their missing blobs and envs. Returns the node ids in discovery order."""
+    store = walker.store
+    order: list[ObjectId] = []
+    raw_leaves: dict[bytes, int] = {}
+    frontier = store.missing(unique(roots))
+    seen = set(frontier)
+    while frontier:
+        got = walker.structured(frontier, NODES)
+        children: list[ObjectId] = []
+        for oid in frontier:
+            kids, rows = negotiate.node_links(got[oid][1])
+            order.append(oid)
+            for blob, env, size in rows:
+                raw_leaves.setdefault(blob, size)
+                raw_leaves.setdefault(env, 0)
+            children.extend(ObjectId(c) for c in kids)
+        # A stored subtree is complete (closure), so the walk stops at it.
+        frontier = [o for o in store.missing(unique(children)) if o not in seen]
+        seen.update(frontier)
+    walker.leaves({ObjectId(k): v for k, v in raw_leaves.items()})
+    return order
+
+
+def parents_first(parents: dict[ObjectId, tuple[ObjectId, ...]]) -> list[ObjectId]:
+    out: list[ObjectId] = []
+    done: set[ObjectId] = set()
+    for start in parents:
+        stack = [(start, False)]
+        while stack:
+            oid, expanded = stack.pop()
+            if expanded:
+                out.append(oid)
+                continue
+            if oid in done or oid not in parents:
+                continue
+            done.add(oid)
+            stack.append((oid, True))
+            stack.extend((p, False) for p in parents[oid] if p not in done)
+    return out
+
+
+def unique(ids: Iterable[ObjectId]) -> list[ObjectId]:
+    return list(dict.fromkeys(ids))

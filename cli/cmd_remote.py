@@ -1,0 +1,331 @@
+"""Remote commands: remote add|remove|list, fetch, pull, push, clone.
+
+Thin: parse, open the remote (a configured name or a URL), call cas.sync, print a
+summary. Progress bars appear only for transfers that last more than a second.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from cas import refs, remotes_config, sync
+from cas.config import env_value
+from cas.digest import ObjectId, is_hex_prefix
+from cas.errors import UsageError
+from cas.remote.base import Remote
+from cas.remote.retry import RetryingRemote
+from cas.store import Store
+from cas_cli.context import Context, pass_ctx
+
+#: Progress bars wait this long, so quick transfers print only their summary.
+BAR_DELAY = 1.0
+
+
+class Feedback:
+    """A :data:`cas.sync.ProgressFn` drawing rich bars once a transfer passes a second."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.start = time.monotonic()
+        self.bars: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, objects: int, done: int, total_objects: int, total: int) -> None:
+        if self.ctx.quiet or self.ctx.as_json:
+            return
+        if self.bars is None:
+            if time.monotonic() - self.start < BAR_DELAY:
+                return
+            self.bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[objects]} objects"),
+                console=self.ctx.err,
+                transient=True,
+            )
+            self.bars.start()
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bars.add_task(phase, total=total or None, objects=0)
+        self.bars.update(self.tasks[phase], completed=done, total=total or None, objects=objects)
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _open(ctx: Context, name_or_url: str | None) -> tuple[str | None, Remote]:
+    store = ctx.store
+    if name_or_url is None:
+        known = [r.name for r in remotes_config.list_remotes(store)]
+        if "origin" in known or not known:
+            name_or_url = "origin"
+        elif len(known) == 1:
+            name_or_url = known[0]
+        else:
+            raise UsageError(f"which remote? several are configured: {', '.join(known)}")
+    name, url, options = remotes_config.resolve(store, name_or_url)
+    return name, _connect(url, options)
+
+
+def _connect(url: str, options: dict[str, str]) -> Remote:
+    """Open ``url``; secrets come from environment variables named in the options."""
+    from cas.remote import open_remote, scheme_of
+
+    opts: dict[str, Any] = dict(options)
+    token_env = opts.pop("token_env", None)
+    if scheme_of(url) == "http" and "token" not in opts:
+        token = env_value(token_env) if token_env else env_value("CAS_TOKEN")
+        if token:
+            opts["token"] = token
+    return RetryingRemote(open_remote(url, **opts))
+
+
+def _absolute(url: str) -> str:
+    """A path remote is recorded absolute, so it means the same from any directory."""
+    from cas.remote import scheme_of
+
+    if scheme_of(url) == "path" and not url.lower().startswith("file://"):
+        return str(Path(url).expanduser().resolve())
+    return url
+
+
+def _envs(store: Store | None, values: tuple[str, ...]) -> set[ObjectId] | None:
+    """``--env current`` (this machine's torch env) or env ids; None when not given."""
+    if not values:
+        return None
+    out: set[ObjectId] = set()
+    for value in values:
+        if value == "current":
+            # Imported here: only the CLI may pull torch in, and only when asked.
+            from cas.torch.env import current_env
+
+            out.add(current_env().id)
+        elif len(value) == 64:
+            out.add(ObjectId.parse(value))
+        elif store is not None and is_hex_prefix(value):
+            out.add(store.resolve_unique(value))
+        else:
+            raise UsageError(f"not an env id: {value!r}", hint="give 'current' or a full env id")
+    return out
+
+
+def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any] | None = None) -> None:
+    s = result.stats
+    data = {"action": verb, **result.to_dict(), **(extra or {})}
+    if ctx.as_json:
+        ctx.emit(data)
+        return
+    if ctx.quiet:
+        return
+    lines = [
+        f"{verb} {s.objects} objects, {_size(s.bytes)}"
+        + (f" ({_size(s.wire_bytes)} on the wire)" if s.wire_bytes else "")
+        + f" in {s.seconds:.2f} s ({_size(s.rate)}/s)"
+    ]
+    for u in result.updates:
+        old = u.old.short() if u.old else "(none)"
+        new = u.new.short() if u.new else "(deleted)"
+        note = f" - {u.note}" if u.note else ""
+        lines.append(f"  {refs.short_name(u.ref)}: {old} -> {new} [{u.status}]{note}")
+    ctx.emit(data, escape("\n".join(lines)))
+
+
+# -- remote add|remove|list ------------------------------------------------------------------
+
+
+@click.group("remote")
+def remote_group() -> None:
+    """Manage named remotes (paths, http(s)://host:port, s3://bucket/prefix)."""
+
+
+@remote_group.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Transport option, e.g. endpoint=…, region=…, token_env=VAR.")
+@pass_ctx
+def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...]) -> None:
+    """Add remote NAME at URL."""
+    opts = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
+        opts[key] = value
+    cfg = remotes_config.add(ctx.store, name, _absolute(url), **opts)
+    ctx.emit(cfg.to_dict(), f"added remote {name} ({cfg.kind}): {url}")
+
+
+@remote_group.command("remove")
+@click.argument("name")
+@pass_ctx
+def remote_remove(ctx: Context, name: str) -> None:
+    """Remove remote NAME and its tracking refs."""
+    cfg = remotes_config.remove(ctx.store, name)
+    ctx.emit(cfg.to_dict(), f"removed remote {name}")
+
+
+@remote_group.command("list")
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs and options.")
+@pass_ctx
+def remote_list(ctx: Context, verbose: bool) -> None:
+    """List configured remotes."""
+    found = remotes_config.list_remotes(ctx.store)
+    if verbose:
+        text = "\n".join(
+            f"{r.name}  {r.url}" + "".join(f" {k}={v}" for k, v in sorted(r.options.items()))
+            for r in found
+        )
+    else:
+        text = "\n".join(r.name for r in found)
+    ctx.emit([r.to_dict() for r in found], text)
+
+
+# -- transfers -----------------------------------------------------------------------------------
+
+_env_option = click.option(
+    "--env", "envs", multiple=True, metavar="ENV",
+    help="Fetch only entries of this env: 'current' (this machine) or an env id. Repeatable.",
+)
+
+
+@click.command()
+@click.argument("remote", required=False)
+@_env_option
+@click.option("--force", is_flag=True, help="Let fetched tags replace local ones.")
+@pass_ctx
+def fetch(ctx: Context, remote: str | None, envs: tuple[str, ...], force: bool) -> None:
+    """Fetch branches and tags of REMOTE (default origin) into refs/remotes/REMOTE/."""
+    name, r = _open(ctx, remote)
+    feedback = Feedback(ctx)
+    try:
+        result = sync.fetch(ctx.store, r, remote_name=name, envs=_envs(ctx.store, envs),
+                            force=force, progress=feedback)
+    finally:
+        feedback.close()
+        r.close()
+    _summary(ctx, "fetched", result)
+
+
+@click.command()
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@_env_option
+@click.option("--force", is_flag=True, help="Let fetched tags replace local ones.")
+@click.option("--ours", is_flag=True, help="Keep local entries for conflicts no rule decides.")
+@pass_ctx
+def pull(ctx: Context, remote: str | None, branch: str | None, envs: tuple[str, ...],
+         force: bool, ours: bool) -> None:
+    """Fetch REMOTE and bring BRANCH (default: the current one) up to it."""
+    store = ctx.store
+    local = branch or refs.short_name(refs.head(store))
+    name, r = _open(ctx, remote)
+    feedback = Feedback(ctx)
+    try:
+        result, done = sync.pull(store, r, branch=local, remote_name=name,
+                                 envs=_envs(store, envs), force=force,
+                                 allow_conflicts=ours, progress=feedback)
+    finally:
+        feedback.close()
+        r.close()
+    _summary(ctx, "fetched", result, {"integration": done.to_dict()})
+    if ctx.as_json or ctx.quiet:
+        return
+    new = done.new.short() if done.new else "?"
+    lines = [f"{local}: {done.kind} -> {new}"]
+    for key, _, rule in done.resolved:
+        lines.append(f"  conflict on {key}: resolved by rule '{rule}'")
+    for key, _, _ in done.conflicts:
+        lines.append(f"  conflict on {key}: kept ours (no rule)")
+    ctx.out.print(escape("\n".join(lines)))
+
+
+def _refspecs(store: Store, specs: tuple[str, ...], all_: bool, tags: bool) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if all_:
+        out += [(r, r) for r in store.list_refs(refs.HEADS)]
+    if tags:
+        out += [(r, r) for r in store.list_refs(refs.TAGS)]
+    for spec in specs:
+        src, _, dst = spec.partition(":")
+        found = refs.find_ref(store, src)
+        if found is None or found[0].startswith(refs.REMOTES):
+            raise UsageError(f"no local branch or tag {src!r} to push")
+        full = found[0]
+        if dst:
+            kind = refs.TAGS if full.startswith(refs.TAGS) else refs.HEADS
+            target = refs.check_name(dst if dst.startswith("refs/") else kind + dst)
+        else:
+            target = full
+        out.append((full, target))
+    if not out:
+        out.append((refs.head(store), refs.head(store)))
+    return list(dict.fromkeys(out))
+
+
+@click.command()
+@click.argument("remote", required=False)
+@click.argument("specs", nargs=-1, metavar="[REF[:REMOTE_REF]]...")
+@click.option("--all", "all_", is_flag=True, help="Push every branch.")
+@click.option("--tags", is_flag=True, help="Push every tag.")
+@click.option("--force", is_flag=True, help="Allow non-fast-forward updates and moving tags.")
+@pass_ctx
+def push(ctx: Context, remote: str | None, specs: tuple[str, ...], all_: bool, tags: bool,
+         force: bool) -> None:
+    """Send branches/tags (default: the current branch) to REMOTE (default origin)."""
+    store = ctx.store
+    pairs = _refspecs(store, specs, all_, tags)
+    name, r = _open(ctx, remote)
+    feedback = Feedback(ctx)
+    try:
+        result = sync.push(store, r, pairs, remote_name=name, force=force, progress=feedback)
+    finally:
+        feedback.close()
+        r.close()
+    _summary(ctx, "pushed", result)
+
+
+@click.command()
+@click.argument("url")
+@click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_env_option
+@click.option("--name", "remote_name", default="origin", show_default=True,
+              help="Name of the remote in the new store.")
+@pass_ctx
+def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remote_name: str) -> None:
+    """Create a store at PATH (default --store) holding REMOTE's branches and tags."""
+    target = path or ctx.store_path
+    wanted = _envs(None, envs)
+    remotes_config.check_name(remote_name)
+    r = _connect(url, {})
+    feedback = Feedback(ctx)
+    try:
+        with Store.init(target) as store:
+            result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
+                                progress=feedback)
+    finally:
+        feedback.close()
+        r.close()
+    _summary(ctx, f"cloned into {target}:", result)
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (remote_group, fetch, pull, push, clone):
+        cli.add_command(cmd)

@@ -1,0 +1,41 @@
+"""Real servers for the HTTP and S3 remotes: `cas serve` and SeaweedFS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Seaweed, Served
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """`cas serve` over a fresh store, with tokens; stopped after the test."""
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS for the session (it takes seconds to start), killed at the end."""
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(seaweed: Seaweed) -> str:
+    return seaweed.bucket("cas-tests")
+
+
+@pytest.fixture
+def s3_url(s3_bucket: str) -> str:
+    """A fresh, empty remote: a new prefix in the shared bucket."""
+    return f"s3://{s3_bucket}/t-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,131 @@
+"""The pack stream: framing, compression, verification, all-or-nothing decoding."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas import pack
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CorruptObject, FormatVersionError, MalformedPack
+
+
+def obj(data: bytes, otype: ObjType = ObjType.BLOB) -> pack.WireObject:
+    return ObjectId.of(data), otype, data
+
+
+def roundtrip(objs: list[pack.WireObject]) -> list[pack.WireObject]:
+    return pack.decode_all(io.BytesIO(pack.encode_bytes(objs)))
+
+
+def test_empty_pack_is_header_and_trailer() -> None:
+    data = pack.encode_bytes([])
+    assert data[:9] == b"CASPACK\x00\x01"
+    assert len(data) == 9 + 41
+    assert roundtrip([]) == []
+
+
+def test_frame_layout_is_as_specified() -> None:
+    """docs/format.md section 7, byte by byte."""
+    body = b"hello"
+    data = pack.encode_bytes([obj(body)])
+    t, flags, raw_id, raw_size, payload_size = struct.unpack_from("<BB32sQQ", data, 9)
+    assert (t, flags, raw_id, raw_size, payload_size) == (0, 0, ObjectId.of(body).raw, 5, 5)
+    assert data[9 + 50 : 9 + 55] == body
+    end, count, digest = struct.unpack_from("<BQ32s", data, 9 + 55)
+    assert (end, count) == (0xFF, 1)
+    import blake3
+
+    assert digest == blake3.blake3(data[: 9 + 55]).digest()
+
+
+def test_compressible_objects_are_compressed_and_incompressible_are_not() -> None:
+    text = b"torch.compile " * 1000
+    noise = os.urandom(4000)
+    data = pack.encode_bytes([obj(text), obj(noise)])
+    assert len(data) < len(text) // 5 + len(noise) + 200
+    assert roundtrip([obj(text), obj(noise)]) == [obj(text), obj(noise)]
+    # The flags byte tells which: the first frame is zstd, the second raw.
+    assert data[10] == pack.FLAG_ZSTD
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=3000), st.sampled_from(list(ObjType))), max_size=8))
+def test_roundtrip_property(items: list[tuple[bytes, ObjType]]) -> None:
+    objs = [obj(data, t) for data, t in items]
+    assert roundtrip(objs) == objs
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.integers(min_value=0), st.binary(min_size=1, max_size=600))
+def test_any_truncation_is_detected(cut_seed: int, body: bytes) -> None:
+    data = pack.encode_bytes([obj(body), obj(b"second")])
+    cut = cut_seed % len(data)
+    with pytest.raises(MalformedPack):
+        pack.decode_all(io.BytesIO(data[:cut]))
+
+
+def test_flipped_payload_byte_is_a_corrupt_object() -> None:
+    data = bytearray(pack.encode_bytes([obj(b"abcdef" * 10)]))
+    data[9 + 50] ^= 1
+    with pytest.raises(CorruptObject, match="corrupt"):
+        pack.decode_all(io.BytesIO(bytes(data)))
+
+
+def test_flipped_header_byte_breaks_the_trailer_digest() -> None:
+    """A frame whose claimed id matches its bytes but was altered on the way."""
+    a = obj(b"one")
+    b = obj(b"two")
+    good = pack.encode_bytes([a])
+    forged = pack.encode_bytes([b])
+    # Splice b's frame into a's pack, keeping a's trailer.
+    spliced = good[:9] + forged[9:-41] + good[-41:]
+    with pytest.raises(MalformedPack, match="trailer"):
+        pack.decode_all(io.BytesIO(spliced))
+
+
+def test_unknown_type_version_and_trailing_bytes() -> None:
+    data = bytearray(pack.encode_bytes([obj(b"x")]))
+    bad_type = bytearray(data)
+    bad_type[9] = 42
+    with pytest.raises(MalformedPack, match="unknown object type"):
+        pack.decode_all(io.BytesIO(bytes(bad_type)))
+    bad_version = bytearray(data)
+    bad_version[8] = 2
+    with pytest.raises(FormatVersionError):
+        pack.decode_all(io.BytesIO(bytes(bad_version)))
+    with pytest.raises(MalformedPack, match="after the pack trailer"):
+        pack.decode_all(io.BytesIO(bytes(data) + b"\x00"))
+    with pytest.raises(MalformedPack, match="bad magic"):
+        pack.decode_all(io.BytesIO(b"GITPACK\x00\x01" + bytes(data[9:])))
+
+
+def test_oversized_object_is_refused_before_reading_it() -> None:
+    data = pack.encode_bytes([obj(b"y" * 100)])
+    with pytest.raises(MalformedPack, match="exceeds"):
+        pack.decode_all(io.BytesIO(data), max_object=50)
+
+
+def test_decode_is_streaming_and_stops_at_the_first_bad_object() -> None:
+    good, bad = obj(b"good"), (ObjectId.of(b"claimed"), ObjType.BLOB, b"actual")
+    it = pack.decode(io.BytesIO(pack.encode_bytes([good, bad])))
+    assert next(it) == good
+    with pytest.raises(CorruptObject):
+        next(it)
+
+
+def test_batches_bound_pack_size_and_isolate_large_objects() -> None:
+    small = [obj(os.urandom(100)) for _ in range(50)]
+    large = obj(os.urandom(600))
+    stream = [*small[:20], large, *small[20:]]
+    got = list(pack.batches(stream, max_bytes=1000))
+    assert [o for b in got for o in b] == stream  # order kept, nothing lost
+    assert [large] in got  # a large object travels alone
+    for b in got:
+        assert sum(len(o[2]) + 64 for o in b) < 1000 + 164
