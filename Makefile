@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check cas cli tests bench
+	$(VENV)/bin/mypy cas cli
 
 bench: $(STAMP)
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds

@@ -22,6 +22,7 @@ from cas.errors import CorruptObject, FormatVersionError
 MAGIC = b"cas"
 FORMAT_VERSION = 1
 HEADER_SIZE = len(MAGIC) + 2
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 class ObjType(enum.IntEnum):
@@ -60,6 +61,9 @@ def canonical(value: Any) -> Any:
         return [canonical(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        # msgpack would raise OverflowError; say what is wrong in the codec's own terms
+        raise ValueError(f"integer {value} does not fit in 64 bits")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot encode {type(value).__name__} canonically")

@@ -99,8 +99,8 @@ def hash_file(path: str | os.PathLike[str]) -> ObjectId:
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return ObjectId.of(b"")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return ObjectId.of(m)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            return ObjectId.of(view)
 
 
 def hash_stream(stream: BinaryIO, chunk_size: int = 1 << 20) -> ObjectId:

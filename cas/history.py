@@ -129,9 +129,10 @@ def merge_base(store: Store, a: ObjectId, b: ObjectId) -> ObjectId | None:
     common = ancestors(store, a) & ancestors(store, b)
     if not common:
         return None
-    # Keep only commits that are not ancestors of another common commit.
-    best = set(common)
+    # The best common ancestors are those that no other common commit descends from.
+    dominated: set[ObjectId] = set()
     for c in common:
-        for p in load_commit(store, c).parents:
-            best.discard(p)
+        if c not in dominated:
+            dominated |= ancestors(store, c) - {c}
+    best = common - dominated
     return max(best, key=lambda o: (load_commit(store, o).time, o.raw))

@@ -17,7 +17,7 @@ from cas.digest import ObjectId
 from cas.errors import ObjectNotFound, UsageError
 from cas.objects import Commit, Entry, EntryKey, Tag, decode_object
 from cas.store import Store
-from cas_cli.main import Context, pass_ctx
+from cas_cli.context import Context, pass_ctx
 
 
 def _when(ts: float) -> str:
@@ -238,7 +238,7 @@ def diff(ctx: Context, a: str, b: str, stat: bool) -> None:
         op = "+" if ch.old is None else "-" if ch.new is None else "~"
         rows.append((op, ch.key, ch.old, ch.new))
     if ctx.as_json:
-        ctx.emit([{"op": op, **_entry_json(k, (new or old)), "old_blob": old.blob.hex if old else None}
+        ctx.emit([{"op": op, **_entry_json(k, new or old), "old_blob": old.blob.hex if old else None}  # type: ignore[arg-type]
                   for op, k, old, new in rows])
         return
     if stat:
@@ -365,11 +365,12 @@ def gc(ctx: Context, grace: str, dry_run: bool) -> None:
     """Remove objects no ref or recent reflog entry reaches."""
     from cas.gc import gc as run_gc
 
-    report = run_gc(ctx.store, grace_seconds=_duration(grace), dry_run=dry_run)
-    d = report.to_dict() if hasattr(report, "to_dict") else vars(report)
+    report = run_gc(ctx.store, grace_seconds=int(_duration(grace)), dry_run=dry_run)
     verb = "would free" if dry_run else "freed"
-    ctx.emit(d, f"gc: {verb} {d.get('objects_freed', 0)} objects, {_size(d.get('bytes_freed', 0))} "
-                f"(kept {d.get('objects_kept', '?')})")
+    extra = f", expired {report.reflog_expired} reflog entries" if report.reflog_expired else ""
+    ctx.emit(report.to_dict(), f"gc: {verb} {report.objects_freed} objects, "
+                               f"{_size(report.stored_bytes_freed)} on disk "
+                               f"({_size(report.raw_bytes_freed)} raw); kept {report.objects_kept}{extra}")
 
 
 def _duration(text: str) -> float:
@@ -395,7 +396,7 @@ def stats(ctx: Context, rev: str | None) -> None:
     if rev or store.get_ref(refs.head(store)) is not None:
         root = refs.load_commit(store, refs.resolve(store, rev or "HEAD")).manifest
     s = run_stats(store, root)
-    d = s.to_dict() if hasattr(s, "to_dict") else vars(s)
+    d: dict[str, Any] = s.to_dict()
     if ctx.as_json:
         ctx.emit(d)
         return

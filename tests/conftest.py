@@ -13,6 +13,8 @@ import pytest
 from cas.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The installed console script, as a user runs it.
+CAS_EXE = str(Path(sys.executable).parent / "cas")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -46,7 +48,7 @@ class Cas:
 
     def __call__(self, *args: str, ok: bool | None = True, input: bytes | None = None,
                  cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "cas_cli.main", "--store", str(self.store), *args]
+        cmd = [CAS_EXE, "--store", str(self.store), *args]
         proc = subprocess.run(cmd, capture_output=True, env=self.env, input=input.decode() if input else None,
                               text=True, cwd=cwd, timeout=timeout)
         if ok is True and proc.returncode != 0:

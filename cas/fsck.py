@@ -1,0 +1,244 @@
+"""fsck: re-check a whole store and return what is wrong with it, never printing.
+
+Checks, in one pass over every object and then over the refs:
+
+* the record decodes (type code, flags, sizes) and its payload decompresses to the
+  recorded size;
+* with ``verify_hashes``, the bytes hash to the id (a chunked blob: the joined chunk
+  stream; each chunk is also checked on its own, as an object);
+* a structured object decodes, and every object it references is present (closure holds
+  for *every* stored object, not only reachable ones: gc keeps whatever a young object
+  references, so a violation anywhere is a real defect);
+* every ref points at a present commit or tag whose closure is complete;
+* objects no ref reaches are listed as ``dangling`` (information, not an error).
+
+Findings carry a ``kind``, the ``oid`` concerned (or the ref name) and a one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cas.codec import STRUCTURED, ObjType
+from cas.digest import Hasher, ObjectId
+from cas.errors import CasError
+from cas.objects import references
+from cas.store import Store
+
+CORRUPT = "corrupt"
+MISSING = "missing"
+BAD_REF = "bad-ref"
+DANGLING = "dangling"
+#: Finding kinds that are not errors.
+INFO_KINDS = frozenset({DANGLING})
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing fsck found: what kind, about which object (or ref), and why."""
+
+    kind: str
+    oid: ObjectId | None
+    message: str
+    ref: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind not in INFO_KINDS
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass
+class FsckReport:
+    """The result of :func:`fsck`: counts and findings (errors and information)."""
+
+    objects: int = 0
+    refs: int = 0
+    reachable: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.is_error]
+
+    @property
+    def dangling(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind == DANGLING]
+
+    @property
+    def checked(self) -> int:
+        """Objects examined (same as ``objects``)."""
+        return self.objects
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing but information was found."""
+        return not self.errors
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "objects": self.objects,
+            "refs": self.refs,
+            "reachable": self.reachable,
+            "findings": [
+                {"kind": f.kind, "oid": str(f.oid) if f.oid else None, "ref": f.ref,
+                 "message": f.message}
+                for f in self.findings
+            ],
+        }
+
+
+def fsck(
+    store: Store, *, verify_hashes: bool = True, progress: Progress | None = None
+) -> FsckReport:
+    """Check ``store`` and return a report; never raises for what it finds."""
+    return _Checker(store, verify_hashes).run(progress)
+
+
+class _Checker:
+    def __init__(self, store: Store, verify: bool) -> None:
+        self.store = store
+        self.verify = verify
+        self.report = FsckReport()
+        # id -> ids it references (structured objects and chunked blobs only)
+        self.links: dict[ObjectId, list[ObjectId]] = {}
+        self.types: dict[ObjectId, ObjType] = {}
+        self.damaged: set[ObjectId] = set()
+
+    def add(self, kind: str, oid: ObjectId | None, message: str, ref: str | None = None) -> None:
+        self.report.findings.append(Finding(kind, oid, message, ref))
+
+    def run(self, progress: Progress | None) -> FsckReport:
+        total = self.store.info()["objects"]
+        for oid in self.store.iter_ids():
+            self.report.objects += 1
+            self.check_object(oid)
+            if progress:
+                progress(self.report.objects, max(total, self.report.objects))
+        self.check_closure()
+        reachable = self.check_refs()
+        self.report.reachable = len(reachable)
+        for oid, otype in self.types.items():
+            if oid not in reachable:
+                self.add(DANGLING, oid, f"{otype.label} {oid.short()} is not reachable from any ref")
+        return self.report
+
+    def check_object(self, oid: ObjectId) -> None:
+        raw = self.store.raw_record(oid)
+        if raw is None:  # deleted by a concurrent gc since the id was listed
+            return
+        try:
+            rec = self.store.parse_record(oid, raw)
+            if rec.chunked:
+                self.links[oid] = self.store.chunk_ids(oid)
+                if self.verify:
+                    _verify_chunked(self.store, oid, rec.raw_size, self.links[oid])
+            else:
+                data = self.store.decode_payload(oid, raw)
+                if len(data) != rec.raw_size:
+                    raise CasError(
+                        f"{rec.type.label} {oid.short()} decodes to {len(data)} bytes, record says {rec.raw_size}"
+                    )
+                if self.verify and ObjectId.of(data) != oid:
+                    actual = ObjectId.of(data).short()
+                    raise CasError(f"{rec.type.label} {oid.short()} is corrupt: its bytes hash to {actual}")
+                if rec.type in STRUCTURED:
+                    refs = references(rec.type, data)
+                    if refs:
+                        self.links[oid] = refs
+            self.types[oid] = rec.type
+        except _MissingChunk as exc:
+            self.damaged.add(oid)
+            self.add(MISSING, exc.chunk, str(exc))
+        except CasError as exc:
+            self.damaged.add(oid)
+            self.add(CORRUPT, oid, _one_line(exc, oid))
+
+    def present(self, oid: ObjectId) -> bool:
+        return oid in self.types or oid in self.damaged
+
+    def check_closure(self) -> None:
+        # A chunk may already have been reported missing by the hash check of its blob.
+        seen = {f.oid for f in self.report.findings if f.kind == MISSING and f.oid}
+        for oid, refs in self.links.items():
+            for ref in refs:
+                if self.present(ref) or ref in seen:
+                    continue
+                if self.store.has(ref):  # written after the listing passed its id
+                    continue
+                seen.add(ref)
+                self.add(MISSING, ref, f"object {ref.short()} referenced by {oid.short()} is missing")
+
+    def check_refs(self) -> set[ObjectId]:
+        reachable: set[ObjectId] = set()
+        # With nothing damaged anywhere, one shared walk suffices; otherwise each ref walks
+        # on its own so that every ref whose closure is broken gets named.
+        shared = not self.report.errors
+        refs = self.store.list_refs("")
+        self.report.refs = len(refs)
+        for name, target in sorted(refs.items()):
+            if not self.present(target) and not self.store.has(target):
+                self.add(BAD_REF, target, f"ref {name} points at missing object {target.short()}", name)
+                continue
+            otype = self.types.get(target)
+            if otype is not None and otype not in (ObjType.COMMIT, ObjType.TAG):
+                self.add(BAD_REF, target, f"ref {name} points at a {otype.label}, not a commit or tag", name)
+            visited = reachable if shared else set()
+            broken = self.walk(target, visited)
+            reachable |= visited
+            if broken:
+                self.add(
+                    BAD_REF,
+                    target,
+                    f"ref {name} points at {target.short()} whose closure has {broken} missing or damaged object(s)",
+                    name,
+                )
+        return reachable
+
+    def walk(self, root: ObjectId, reachable: set[ObjectId]) -> int:
+        """Mark what ``root`` reaches into ``reachable``; count what is missing or damaged."""
+        broken: set[ObjectId] = set()
+        stack = [root]
+        while stack:
+            oid = stack.pop()
+            if oid in reachable or oid in broken:
+                continue
+            if oid not in self.types:
+                broken.add(oid)
+                continue
+            reachable.add(oid)
+            stack.extend(self.links.get(oid, ()))
+        return len(broken)
+
+
+class _MissingChunk(CasError):
+    def __init__(self, blob: ObjectId, chunk: ObjectId) -> None:
+        super().__init__(f"chunk {chunk.short()} of blob {blob.short()} is missing")
+        self.chunk = chunk
+
+
+def _verify_chunked(store: Store, oid: ObjectId, size: int, chunks: list[ObjectId]) -> None:
+    whole = Hasher()
+    for cid in chunks:
+        data = store.get(cid)
+        if data is None:
+            raise _MissingChunk(oid, cid)
+        whole.update(data)
+    if whole.size != size:
+        raise CasError(f"blob {oid.short()}: chunks join to {whole.size} bytes, record says {size}")
+    if whole.digest() != oid:
+        raise CasError(f"blob {oid.short()} is corrupt: its chunks hash to {whole.digest().short()}")
+
+
+def _one_line(exc: CasError, oid: ObjectId) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if oid.short() in text else f"object {oid.short()}: {text}"
+
+
+__all__ = ["BAD_REF", "CORRUPT", "DANGLING", "MISSING", "Finding", "FsckReport", "fsck"]

@@ -1,0 +1,151 @@
+"""stats: what a store holds, by object type, and what a ref's manifest holds.
+
+Counts come from the object records (no payload is read); per-ref entry counts read the
+ref's manifest through :mod:`cas.manifest`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CasError, RefNotFound
+from cas.objects import Commit, Tag
+from cas.store import Store
+
+
+@dataclass
+class TypeStats:
+    """Objects of one type: how many, their bytes, and what they take on disk."""
+
+    count: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "raw": self.raw_bytes, "stored": self.stored_bytes}
+
+
+@dataclass
+class Bucket:
+    """Manifest entries of one kind or one env: how many, and their artifacts' bytes."""
+
+    count: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class EntryStats:
+    """The entries of one manifest (of the commit a ref names), by kind and by env id."""
+
+    manifest: ObjectId
+    commit: ObjectId | None = None
+    entries: int = 0
+    entry_bytes: int = 0
+    by_kind: dict[str, Bucket] = field(default_factory=dict)
+    by_env: dict[str, Bucket] = field(default_factory=dict)
+
+
+@dataclass
+class Stats:
+    """The result of :func:`stats`.
+
+    ``raw_bytes`` is the uncompressed size of what is stored once: a chunked blob's
+    bytes are counted through its chunks (shared chunks once), not again at its record.
+    Per type, ``blob`` still shows each blob at its full size.
+    """
+
+    by_type: dict[str, TypeStats] = field(default_factory=dict)
+    objects: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    refs: int = 0
+    refs_by_namespace: dict[str, int] = field(default_factory=dict)
+    map_size: int = 0
+    used_bytes: int = 0
+    manifest: EntryStats | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            k: v for k, v in self.__dict__.items() if k not in ("by_type", "manifest")
+        }
+        out["by_type"] = {k: v.to_dict() for k, v in self.by_type.items()}
+        m = self.manifest
+        if m is not None:
+            out["manifest"] = m.manifest.hex
+            out["commit"] = m.commit.hex if m.commit else None
+            out["entries"] = m.entries
+            out["entry_bytes"] = m.entry_bytes
+            out["by_kind"] = {k: vars(b) for k, b in m.by_kind.items()}
+            out["by_env"] = {k: vars(b) for k, b in m.by_env.items()}
+        return out
+
+
+def stats(store: Store, target: str | ObjectId | None = None) -> Stats:
+    """Count the objects of ``store`` by type; with ``target``, also a manifest's entries.
+
+    ``target`` is a ref name, or the id of a commit, a tag or a manifest root.
+    """
+    out = Stats()
+    for rec in store.iter_records():
+        t = out.by_type.setdefault(rec.type.label, TypeStats())
+        t.count += 1
+        t.raw_bytes += rec.raw_size
+        t.stored_bytes += rec.stored_size
+        out.objects += 1
+        out.stored_bytes += rec.stored_size
+        if not rec.chunked:  # a chunked blob's bytes are its chunks' bytes
+            out.raw_bytes += rec.raw_size
+    refs = store.list_refs("")
+    out.refs = len(refs)
+    out.refs_by_namespace = dict(Counter(_namespace(name) for name in refs))
+    info = store.info()
+    out.map_size, out.used_bytes = info["map_size"], info["used_bytes"]
+    if target is not None:
+        out.manifest = entry_stats(store, target)
+    return out
+
+
+def _namespace(name: str) -> str:
+    parts = name.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else name
+
+
+def entry_stats(store: Store, target: str | ObjectId) -> EntryStats:
+    """Entries of a manifest, by kind and env; ``target`` as for :func:`stats`."""
+    if isinstance(target, str):
+        oid = store.get_ref(target)
+        if oid is None:
+            raise RefNotFound(f"no ref named {target}", ref=target)
+    else:
+        oid = target
+    commit_id: ObjectId | None = None
+    for _ in range(16):  # tags of tags, bounded
+        otype, data = store.require(oid)
+        if otype == ObjType.TAG:
+            oid = Tag.decode(data).target
+        elif otype == ObjType.COMMIT:
+            commit_id, oid = oid, Commit.decode(data).manifest
+        elif otype == ObjType.NODE:
+            break
+        else:
+            raise CasError(f"{oid.short()} is a {otype.label}, not a commit, tag or manifest")
+    out = EntryStats(oid, commit_id)
+    # Imported here: counting objects must work even where the manifest cannot load.
+    from cas import manifest
+
+    for key, entry in manifest.entries(store, oid):
+        out.entries += 1
+        out.entry_bytes += entry.size
+        for bucket in (
+            out.by_kind.setdefault(key.kind, Bucket()),
+            out.by_env.setdefault(key.env.hex, Bucket()),
+        ):
+            bucket.count += 1
+            bucket.bytes += entry.size
+    return out
+
+
+__all__ = ["Bucket", "EntryStats", "Stats", "TypeStats", "entry_stats", "stats"]

@@ -1,0 +1,149 @@
+"""Processes the crash and concurrency tests start (by exec or the "spawn" context, never
+fork: py-lmdb forbids using an environment across fork).
+
+Run as a script, ``python crash_workers.py writer STORE SEED`` writes snapshots forever
+(blobs, a manifest node, a commit, a compare-and-swap of a ref, now and then a gc) until
+it is killed; it prints ``ready`` once its store is open.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import RefConflict
+from cas.gc import gc
+from cas.objects import Commit, Entry, EntryKey, Env, ManifestNode
+from cas.store import CHUNK_SIZE, Store
+
+BRANCH = "refs/heads/main"
+
+
+def snapshot(store: Store, rnd: random.Random, parent: ObjectId | None, message: str) -> ObjectId:
+    """Write a small snapshot bottom-up (blobs, env, node, commit); return the commit id."""
+    sizes = [rnd.choice([100, 1000, 30_000, 200_000]) for _ in range(rnd.randint(1, 6))]
+    if rnd.random() < 0.1:
+        sizes.append(CHUNK_SIZE + rnd.randint(1, 1 << 20))  # a chunked blob now and then
+    blobs = [rnd.randbytes(n) if rnd.random() < 0.5 else bytes([rnd.randint(0, 9)]) * n for n in sizes]
+    ids = store.put_many([(ObjType.BLOB, b) for b in blobs])
+    env = store.put_object(Env({"device": "cpu", "writer": str(os.getpid())}))
+    rows = sorted(
+        (EntryKey(env, "inductor", f"{message}/{i}"), Entry(oid, len(b)))
+        for i, (oid, b) in enumerate(zip(ids, blobs, strict=True))
+    )
+    node = store.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))
+    parents = (parent,) if parent else ()
+    return store.put_object(Commit(node, parents, "crash-writer", int(time.time()), message))
+
+
+def writer(path: str, seed: int) -> None:
+    rnd = random.Random(seed)
+    store = Store.init(path)
+    print("ready", flush=True)
+    n = 0
+    while True:
+        n += 1
+        branch = BRANCH if rnd.random() < 0.7 else f"refs/heads/side{rnd.randint(0, 3)}"
+        tip = store.get_ref(branch)
+        commit = snapshot(store, rnd, tip, f"{seed}-{n}")
+        store.set_ref(branch, commit, expected=tip, message="crash writer")
+        if n % 7 == 0:
+            store.set_ref(f"refs/heads/side{rnd.randint(0, 3)}", None)  # leave garbage
+        if n % 5 == 0:
+            gc(store, grace_seconds=0)  # one process: nothing races this sweep
+
+
+def committer(path: str, worker: int, count: int, out: Any) -> None:
+    """Append ``count`` commits to BRANCH, racing the other committers; report retries."""
+    store = Store(path)
+    root = store.put_object(ManifestNode(0, 0))
+    retries = 0
+    for i in range(count):
+        while True:
+            tip = store.get_ref(BRANCH)
+            c = Commit(root, (tip,) if tip else (), f"w{worker}", time.time_ns(), f"{worker}-{i}")
+            cid = store.put_object(c)
+            try:
+                store.set_ref(BRANCH, cid, expected=tip)
+                break
+            except RefConflict:
+                retries += 1
+    store.close()
+    out.put(retries)
+
+
+def grower(path: str, megabytes: int, started: Event) -> None:
+    """Write ``megabytes`` of incompressible blobs in batches, growing the map."""
+    store = Store(path)
+    started.wait()
+    rnd = random.Random(7)
+    for _ in range(megabytes // 8):
+        store.put_many([(ObjType.BLOB, rnd.randbytes(1 << 20)) for _ in range(8)])
+    store.close()
+
+
+def reader(path: str, ids: list[bytes], started: Event, done: Event, out: Any) -> None:
+    """Read and verify known objects until ``done``; report (reads, errors)."""
+    store = Store(path)
+    started.set()
+    reads, errors = 0, []
+    oids = [ObjectId(i) for i in ids]
+    while not done.is_set() or reads < 50:
+        for oid in oids:
+            try:
+                got = store.get(oid)
+                if got is None or ObjectId.of(got) != oid:
+                    errors.append(f"bad read of {oid.short()}")
+            except Exception as exc:  # any error at all is a failure of the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+            reads += 1
+        store.info()  # begins read txns too, across the resizes
+    store.close()
+    out.put((reads, errors[:5]))
+
+
+
+
+def fill(path: str, early_hex: str) -> None:
+    """Write incompressible batches until the store refuses; print what happened as JSON."""
+    import json
+
+    from cas.errors import CasError
+
+    store = Store(path)
+    rnd = random.Random(3)
+    written = 0
+    try:
+        for _ in range(1000):
+            store.put_many([(ObjType.BLOB, rnd.randbytes(256 << 10)) for _ in range(4)])
+            written += 1
+        result: dict[str, Any] = {"error": None}
+    except CasError as exc:
+        result = {"error": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+    early = store.get(ObjectId.parse(early_hex))
+    result.update(batches=written, early_ok=early is not None and ObjectId.of(early).hex == early_hex)
+    print(json.dumps(result), flush=True)
+
+
+def check(path: str) -> None:
+    """Open the store afresh and print whether fsck is clean (for a parent process)."""
+    from cas.fsck import fsck
+
+    with Store(path) as store:
+        report = fsck(store)
+        print("clean" if report.ok else [str(f) for f in report.errors], flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "writer":
+        writer(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "fill":
+        fill(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "check":
+        check(sys.argv[2])
