@@ -1,0 +1,133 @@
+"""The models of the demo (and the tests and benchmark), and one demo phase per process.
+
+``python -m cas.torch.demo --store S --phase cold`` compiles the MLP in an empty torch
+cache dir and captures what it produced; ``--phase warm --ref R`` hydrates from the store
+into an empty cache dir first. Each prints one JSON line prefixed ``CAS-DEMO``:
+first-call time, hydrate time and torch's cache counters. ``cas demo`` runs both phases
+in fresh processes, so the warm start measured is the honest one a new machine gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from typing import Any
+
+__all__ = ["build", "cache_counters", "first_call"]
+
+
+def build(model: str, small: bool = False) -> tuple[Any, Any]:
+    """The named model (``mlp`` or ``transformer``) and one input batch.
+
+    Full sizes are the issue's: MLP 512→1024→1024→10 at batch 64, and
+    ``TransformerEncoderLayer(256, 8, 1024)`` on (8, 128, 256); ``small`` shrinks both.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if model == "mlp":
+        d_in, hid, batch = (64, 128, 16) if small else (512, 1024, 64)
+        mlp = nn.Sequential(
+            nn.Linear(d_in, hid), nn.ReLU(), nn.Linear(hid, hid), nn.ReLU(), nn.Linear(hid, 10)
+        )
+        return mlp, torch.randn(batch, d_in)
+    if model == "transformer":
+        # With the MHA fast path the layer runs as one fused aten op: nothing to compile.
+        torch.backends.mha.set_fastpath_enabled(False)
+        d, heads, ff, shape = (32, 4, 64, (2, 16, 32)) if small else (256, 8, 1024, (8, 128, 256))
+        layer = nn.TransformerEncoderLayer(
+            d_model=d, nhead=heads, dim_feedforward=ff, batch_first=True, dropout=0.0
+        )
+        return layer, torch.randn(*shape)
+    raise ValueError(f"unknown model {model!r}")
+
+
+def _step(compiled: Any, x: Any, train: bool) -> None:
+    import torch
+
+    if train:
+        compiled(x).sum().backward()
+    else:
+        with torch.no_grad():
+            compiled(x)
+
+
+def first_call(
+    model: str,
+    *,
+    train: bool = False,
+    small: bool = False,
+    dynamic: bool = False,
+    backend: str = "inductor",
+    extra_batches: tuple[int, ...] = (),
+) -> float:
+    """Compile ``model`` and make its first call (forward, or forward and backward);
+    returns the seconds that took. ``extra_batches`` then runs more batch sizes (e.g. to
+    make a dynamic graph take another guard variant), untimed.
+    """
+    import torch
+
+    net, x = build(model, small)
+    if not train:
+        net.eval()
+    compiled = torch.compile(net, dynamic=True if dynamic else None, backend=backend)
+    start = time.perf_counter()
+    _step(compiled, x, train)
+    elapsed = time.perf_counter() - start
+    for batch in extra_batches:
+        _step(compiled, torch.randn(batch, *x.shape[1:]), train)
+    return elapsed
+
+
+def cache_counters() -> dict[str, dict[str, int]]:
+    """Torch's inductor and aot_autograd counters (cache hits, misses, saves)."""
+    from torch._dynamo.utils import counters
+
+    return {k: dict(v) for k, v in counters.items() if k in ("inductor", "aot_autograd")}
+
+
+def _phase(args: argparse.Namespace) -> dict[str, Any]:
+    from cas.store import Store
+    from cas.torch.capture import capture, torch_cache_dir
+    from cas.torch.hydrate import hydrate
+
+    out: dict[str, Any] = {"phase": args.phase, "cache_dir": str(torch_cache_dir())}
+    if args.phase == "warm":
+        t0 = time.perf_counter()
+        with Store(args.store) as store:
+            res = hydrate(store, args.ref, background=True)
+        out["hydrate_s"] = time.perf_counter() - t0
+    out["first_call_s"] = first_call(args.model, small=args.small)
+    if args.phase == "warm":
+        res.wait()
+        out["hydrate"] = {"written": res.written, "by_kind": res.by_kind,
+                          "skipped_other_env": res.skipped_other_env}
+    out["counters"] = cache_counters()
+    if args.phase == "cold":
+        with Store(args.store) as store:
+            cap = capture(store, branch=args.branch, message=f"demo: {args.model} cold compile",
+                          compile_seconds=out["first_call_s"])
+        out["capture"] = cap.to_dict()
+    return out
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    p = argparse.ArgumentParser(prog="python -m cas.torch.demo")
+    p.add_argument("--store", required=True)
+    p.add_argument("--phase", choices=["cold", "warm"], required=True)
+    p.add_argument("--ref", default="main")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--model", default="mlp", choices=["mlp", "transformer"])
+    p.add_argument("--small", action="store_true")
+    out = _phase(p.parse_args())
+    print("CAS-DEMO " + json.dumps(out), flush=True)
+    os._exit(0)  # torch's interpreter teardown is slow and everything is written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The compile environment of the running process, as an :class:`~cas.objects.Env`.
+
+An entry is only ever served to a process whose env id equals the entry's env. The
+fields are exactly what decides whether torch's bytes are valid here:
+
+- ``torch_key``: ``torch._inductor.codecache.torch_key()``, a hash of every torch module
+  and ``_C`` itself, so bytes from another torch build never reach this one;
+- ``torch_version``, ``python``, ``triton``, ``cuda``, ``platform``, ``machine``;
+- device class: ``device`` (``cpu`` or ``cuda``), and for GPUs ``gpu`` (name) and
+  ``gpu_capability``; for CPUs ``cpu_isa`` and ``threads`` (the FX key hashes the thread
+  count, and the generated C++ hard-codes the vector width);
+- ``cache_key_tag``: ``torch.compiler.config.cache_key_tag``.
+
+Computing the env never runs a compiler: the CPU ISA comes from ATen's dispatch
+capability, not from ``pick_vec_isa()``, whose dry-compile probe costs seconds in an
+empty cache dir (and would defeat a warm start before hydrate could help).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import sys
+from typing import TYPE_CHECKING
+
+from cas.objects import Env
+
+if TYPE_CHECKING:
+    from cas.digest import ObjectId
+    from cas.store import Store
+
+__all__ = ["ENV_FORMAT", "current_env", "cpu_fingerprint", "ensure_env", "env_diff", "env_fields"]
+
+#: Bumped when the meaning of the fields changes; part of every env.
+ENV_FORMAT = "1"
+
+
+def _triton_version() -> str:
+    try:
+        import triton  # type: ignore[import-not-found]
+    except Exception:  # not installed (CPU wheels), or broken: treated as absent
+        return ""
+    return str(getattr(triton, "__version__", "unknown"))
+
+
+def _device_fields() -> dict[str, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return {
+            "device": "cuda",
+            "gpu": torch.cuda.get_device_name(0),
+            "gpu_capability": f"{major}.{minor}",
+        }
+    return {
+        "device": "cpu",
+        "cpu_isa": torch.backends.cpu.get_cpu_capability().lower(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def env_fields() -> dict[str, str]:
+    """Compute the env fields of this process now (uncached; see :func:`current_env`)."""
+    import torch
+    from torch._inductor.codecache import torch_key
+
+    fields = {
+        "format": ENV_FORMAT,
+        "torch_key": torch_key().hex(),
+        "torch_version": str(torch.__version__),
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "triton": _triton_version(),
+        "cuda": str(torch.version.cuda or ""),
+        "platform": sys.platform,
+        "machine": platform.machine(),
+        "cache_key_tag": str(torch.compiler.config.cache_key_tag or ""),
+    }
+    fields.update(_device_fields())
+    return fields
+
+
+@functools.cache
+def _cached_env(tag: str, threads: int) -> Env:
+    # Keyed on the two fields a process may change after start, so a set_num_threads or
+    # a new cache_key_tag gives a new env rather than a stale one.
+    del tag, threads
+    return Env(env_fields())
+
+
+def current_env() -> Env:
+    """The env of the running process, computed once (per thread count and key tag)."""
+    import torch
+
+    return _cached_env(str(torch.compiler.config.cache_key_tag or ""), torch.get_num_threads())
+
+
+def ensure_env(store: Store, env: Env | None = None) -> ObjectId:
+    """Store ``env`` (default: the current one) and return its id."""
+    env = env or current_env()
+    return store.put_object(env)
+
+
+def env_diff(a: Env, b: Env) -> list[tuple[str, str | None, str | None]]:
+    """Fields whose values differ between ``a`` and ``b``, sorted by name.
+
+    A field present in only one env shows ``None`` on the other side.
+    """
+    names = sorted(set(a.fields) | set(b.fields))
+    return [
+        (n, a.fields.get(n), b.fields.get(n))
+        for n in names
+        if a.fields.get(n) != b.fields.get(n)
+    ]
+
+
+@functools.cache
+def cpu_fingerprint() -> str:
+    """A short hash of this CPU's model and feature flags.
+
+    Compiled C++ kernels are built with ``-march=native``: they may use any instruction
+    this CPU has, so they are only handed to a CPU with the same model and flags (the
+    ``variant`` of ``cpp_kernel`` entries). Reading /proc/cpuinfo is cheap; where it does
+    not exist, the processor string stands in.
+    """
+    text = platform.processor() + platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name = line.split(":", 1)[0].strip()
+                if name in ("model name", "flags", "Features", "CPU part"):
+                    text += line
+                elif not line.strip():
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

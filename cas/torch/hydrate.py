@@ -1,0 +1,275 @@
+"""Hydrate: write the entries of a ref that fit this process into a torch cache dir.
+
+Torch's own lookup then decides every hit: the files land exactly where torch looks for
+them (see :mod:`cas.torch.kinds`), all guard variants of a key included. Two rules keep
+this never worse than no cache:
+
+- only entries whose env id equals this process's env are written (bytes from another
+  torch build never reach torch), and CPU-bound kinds only onto the same CPU model;
+- every blob is hashed before it is written; a corrupt or missing one costs a warning
+  and is skipped. Files are written atomically (temp file, then rename), so a
+  concurrent torch never reads half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas import manifest
+from cas.digest import Hasher, ObjectId
+from cas.errors import CorruptObject
+from cas.objects import Entry, EntryKey, Env
+from cas.refs import load_commit, resolve
+from cas.store import Store
+from cas.torch import kinds
+from cas.torch.env import cpu_fingerprint, current_env
+
+__all__ = ["HydrateResult", "hydrate", "hydrate_safely", "matching_entries"]
+
+
+@dataclass
+class HydrateResult:
+    """What a hydrate did, per entry: written, already there, or skipped and why."""
+
+    commit: ObjectId
+    cache_dir: str
+    written: int = 0
+    present: int = 0
+    skipped_other_env: int = 0
+    skipped_other_cpu: int = 0
+    corrupt: int = 0
+    bytes_written: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    other_envs: dict[str, int] = field(default_factory=dict)
+    #: Precompiled headers still being written in the background (see ``background``).
+    pending: int = 0
+    _thread: threading.Thread | None = field(default=None, repr=False, compare=False)
+
+    def wait(self, timeout: float | None = None) -> HydrateResult:
+        """Wait for background writes (if any); the counts are final afterwards."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        out["commit"] = str(self.commit)
+        return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if path.suffix == ".so":
+            os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def matching_entries(
+    store: Store, root: ObjectId, env: Env, result: HydrateResult
+) -> list[tuple[EntryKey, Entry]]:
+    """Entries of manifest ``root`` that may be written here; counts the others."""
+    env_id, cpu = env.id, f"cpu-{cpu_fingerprint()}"
+    out = []
+    for ek, entry in manifest.entries(store, root):
+        if ek.env != env_id:
+            result.skipped_other_env += 1
+            short = ek.env.short()
+            result.other_envs[short] = result.other_envs.get(short, 0) + 1
+        elif ek.kind in kinds.CPU_BOUND_KINDS and ek.variant != cpu:
+            result.skipped_other_cpu += 1
+        elif ek.kind in kinds.ALL_KINDS:
+            out.append((ek, entry))
+    return out
+
+
+def _count(result: HydrateResult, kind: str, size: int) -> None:
+    result.written += 1
+    result.bytes_written += size
+    result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
+
+
+def _blob(store: Store, ek: EntryKey, entry: Entry) -> bytes | None:
+    try:
+        data = store.get(entry.blob)
+    except Exception as exc:  # a corrupt record must not stop the others
+        warnings.warn(f"cas: cannot read {ek}: {exc}", stacklevel=3)
+        return None
+    if data is None or ObjectId.of(data) != entry.blob:
+        warnings.warn(f"cas: skipping {ek}: blob missing or corrupt", stacklevel=3)
+        return None
+    return data
+
+
+#: Entries at least this large are streamed to disk chunk by chunk (a precompiled
+#: header is ~150 MB): one chunk in memory, hashed as it is written.
+STREAM_MIN = 8 << 20
+
+
+def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path) -> bool:
+    """Write a large blob to ``path`` atomically, verifying its hash; False if corrupt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    hasher = Hasher()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in store.iter_blob(entry.blob):
+                hasher.update(chunk)
+                f.write(chunk)
+        if hasher.digest() != entry.blob:
+            raise CorruptObject(f"blob of {ek} is corrupt", oid=entry.blob)
+        os.replace(tmp, path)
+        return True
+    except Exception as exc:  # corrupt or unreadable: skip this entry, keep the others
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        warnings.warn(f"cas: skipping {ek}: {exc}", stacklevel=3)
+        return False
+
+
+def hydrate(
+    store: Store,
+    ref: str,
+    cache_dir: str | Path | None = None,
+    *,
+    env: Env | None = None,
+    check_policy: bool = True,
+    pch_dir: str | Path | None = None,
+    background: bool = False,
+) -> HydrateResult:
+    """Write the entries of ``ref`` that match ``env`` (default: this process's) into
+    ``cache_dir`` (default: torch's cache dir for this process); precompiled headers go
+    to ``pch_dir`` (default: torch's, under its default cache dir).
+
+    ``background``: for a process about to compile. Precompiled headers (~150 MB each)
+    are then written by a thread while torch traces, holding torch's own lock for that
+    header: torch, reaching it, waits for the file instead of building it. Call
+    ``result.wait()`` for final counts.
+
+    Raises :class:`~cas.errors.RefNotFound` for an unknown ref and
+    :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.torch.policy`)
+    forbids handing the ref's bytes to torch; everything per entry is counted in the
+    result instead of raised.
+    """
+    from cas.torch.capture import torch_cache_dir, torch_pch_dir
+
+    root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
+    commit = resolve(store, ref)
+    if check_policy:
+        from cas.torch.policy import check_ref_allowed
+
+        check_ref_allowed(store, ref)
+    result = HydrateResult(commit=commit, cache_dir=str(root_dir))
+    env = env or current_env()
+    root = load_commit(store, commit).manifest
+    deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
+    for ek, entry in matching_entries(store, root, env, result):
+        base = root_dir
+        if ek.kind in kinds.PCH_KINDS:
+            pch_dir = base = Path(pch_dir) if pch_dir is not None else torch_pch_dir()
+        if ek.kind not in kinds.GUARDED_KINDS and ek.kind != "gemm_timing":
+            # The path does not depend on the bytes: skip reading (a header is 150 MB).
+            path = base / kinds.path_for(ek.kind, ek.key, b"")
+            if path.exists():
+                result.present += 1
+                continue
+            if background and ek.kind in kinds.PCH_KINDS:
+                lock = _torch_header_lock(path)
+                if lock is not None:
+                    deferred.append((ek, entry, path, lock))
+                    continue
+            if entry.size >= STREAM_MIN:
+                if _stream(store, ek, entry, path):
+                    _count(result, ek.kind, entry.size)
+                else:
+                    result.corrupt += 1
+                continue
+        data = _blob(store, ek, entry)
+        if data is None:
+            result.corrupt += 1
+            continue
+        path = base / kinds.path_for(ek.kind, ek.key, data)
+        if path.exists():
+            if ek.kind != "gemm_timing":
+                result.present += 1
+                continue
+            data = kinds.merge_gemm_timings(path.read_bytes(), data)
+        _write_atomic(path, data)
+        _count(result, ek.kind, len(data))
+    if deferred:
+        _start_background(store, deferred, result)
+    return result
+
+
+def _torch_header_lock(path: Path) -> Any:
+    """Torch's file lock for the precompiled header at ``path``, acquired; None if taken.
+
+    Torch builds a missing header under ``<dir>/locks/<hash>.lock`` and skips the build if
+    the file exists once it holds the lock; holding it while writing makes torch wait.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_dir = path.parent / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # Released by the writer thread, so the lock must not be thread-local.
+    lock = FileLock(str(lock_dir / f"{path.name.split('.', 1)[0]}.lock"), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process is building or writing it: leave it to them
+        return None
+    return lock
+
+
+def _start_background(
+    store: Store, deferred: list[tuple[EntryKey, Entry, Path, Any]], result: HydrateResult
+) -> None:
+    # Its own handle keeps the store open even if the caller closes theirs meanwhile.
+    own = Store(store.path)
+    result.pending = len(deferred)
+
+    def run() -> None:
+        try:
+            for ek, entry, path, lock in deferred:
+                try:
+                    if _stream(own, ek, entry, path):
+                        _count(result, ek.kind, entry.size)
+                    else:
+                        result.corrupt += 1
+                finally:
+                    lock.release()
+                    result.pending -= 1
+        finally:
+            own.close()
+
+    result._thread = threading.Thread(target=run, name="cas-hydrate", daemon=False)
+    result._thread.start()
+
+
+def hydrate_safely(
+    store_path: str | Path, ref: str, cache_dir: str | Path | None = None, **kw: Any
+) -> HydrateResult | None:
+    """Hydrate, or warn once and return None: for callers about to compile anyway.
+
+    A missing, locked or corrupt store, an unknown ref or a policy refusal must never
+    make ``torch.compile`` fail or slower than without cas: the caller just compiles.
+    """
+    try:
+        with Store(store_path) as store:
+            return hydrate(store, ref, cache_dir, **kw)
+    except Exception as exc:  # anything at all: a cache must never break the compile
+        warnings.warn(f"cas: not hydrating from {store_path} ({ref}): {exc}", stacklevel=2)
+        return None
