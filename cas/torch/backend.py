@@ -1,0 +1,66 @@
+"""``torch.compile(model, backend="cas")``: Inductor, served from and recorded into a store.
+
+Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), so no
+import of cas is needed in the user's program. On the first graph it enables cas once for
+the process (see :func:`cas.torch.enable.enable`) with settings from the environment:
+
+* the store: ``$CAS_DIR`` (else the default store);
+* ``CAS_REF`` (default ``main``): the ref hydrated and served;
+* ``CAS_RECORD`` (default: the ref itself when it is a branch; nothing for a tag): the
+  branch that newly compiled artifacts are committed to at exit; ``CAS_RECORD=""`` turns
+  recording off.
+
+Then it hands the graph to Inductor (``compile_fx``) with ``mode`` and ``options``
+turned into Inductor config patches, as ``backend="inductor"`` would. If cas cannot be
+used, this is plain Inductor plus one warning.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+__all__ = ["cas_backend"]
+
+_once = threading.Lock()
+_started = False
+
+
+def _ensure_enabled() -> None:
+    global _started
+    with _once:
+        if _started:
+            return
+        _started = True
+    from cas.config import env_value
+    from cas.torch.enable import SAME_BRANCH, active_session, enable
+
+    if active_session() is not None:  # the program enabled cas itself: keep its choice
+        return
+    ref = env_value("CAS_REF") or "main"
+    record = env_value("CAS_RECORD", SAME_BRANCH)
+    enable(None, ref=ref, record=record or None)
+
+
+def _config_patches(mode: str | None, options: dict[str, Any] | None) -> dict[str, Any]:
+    import torch._inductor
+
+    patches: dict[str, Any] = {}
+    if mode and mode != "default":
+        patches.update(torch._inductor.list_mode_options(mode))
+    patches.update(options or {})
+    return patches
+
+
+def cas_backend(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
+    """A dynamo backend: enable cas for this process (once), then compile with Inductor."""
+    from torch._inductor.compile_fx import compile_fx
+
+    try:
+        _ensure_enabled()
+    except Exception as exc:  # cas must never be why torch.compile fails
+        from cas.torch.live import warn_once
+
+        warn_once("backend", f"cannot enable cas ({exc}); compiling with plain Inductor")
+    patches = _config_patches(kwargs.pop("mode", None), kwargs.pop("options", None))
+    return compile_fx(gm, example_inputs, config_patches=patches or None, **kwargs)

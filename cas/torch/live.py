@@ -1,0 +1,525 @@
+"""The live backend: torch's remote-cache get/put answered from the store.
+
+Torch 2.13 looks its FX graph, AOTAutograd, autotune and PGO remote caches up through
+``RemoteCache`` subclasses whose backend can be replaced class by class
+(``RemoteCache.backend_override_cls``, the hook torch's own tests use). :func:`install`
+points the four caches at a :class:`LiveCache`; torch still decides every hit (guards,
+version checks), we only hand it bytes.
+
+Wire shape (what torch's caches pass the backend):
+
+* key ``pt2:<cache_id>::<key>:c1``; ``cache_id`` names the cache (``fx-graph-v1``,
+  ``autograd-experimental``, ``dynamo-pgo``), or for autotune is a per-kernel-set hash;
+* value JSON bytes: ``{"data": base64(pickle), "time_taken_ms": n}`` for FX, AOT and PGO;
+  the best-config dict itself for autotune.
+
+Stored shape: the decoded pickle is the blob, keyed by torch's own cache key and the kind
+that capture and hydrate use (``inductor``, ``aot_autograd``, ``pgo``), so one entry
+serves hydrate, Mega-Cache export and the live path alike. The value is re-wrapped on
+get. Remote autotune keys (``<config-set hash>::<kernel hash>``) cannot be mapped to the
+local ``<xx>/<hash>.best_config`` path hydrate writes, so they get their own kind,
+``autotune_remote``.
+
+Safety (DESIGN invariant 6, "never worse than no cache"): only entries whose env id equals
+this process's env are served; every served blob is re-hashed and must match its id;
+anything that goes wrong is one warning and a miss, never an exception into torch. A put
+is buffered in memory and written by :meth:`LiveCache.flush` as one commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import socket
+import threading
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas import manifest
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CasError
+from cas.objects import Entry, EntryKey, Env
+from cas.store import Store
+from cas.torch.env import cpu_fingerprint
+from cas.torch.kinds import pgo_key, scan, variant_for
+
+__all__ = [
+    "AUTOTUNE_REMOTE",
+    "CasWarning",
+    "LiveCache",
+    "LiveStats",
+    "install",
+    "parse_backend_key",
+    "uninstall",
+    "warn_once",
+]
+
+#: Kind of remote autotune entries (their keys differ from the local .best_config paths).
+AUTOTUNE_REMOTE = "autotune_remote"
+
+#: torch's cache ids → our kinds. Any other cache id is a per-kernel autotune cache.
+_KIND_BY_CACHE_ID = {
+    "fx-graph-v1": "inductor",
+    "autograd-experimental": "aot_autograd",
+    "dynamo-pgo": "pgo",
+}
+_CACHE_ID_BY_KIND = {v: k for k, v in _KIND_BY_CACHE_ID.items()}
+#: Never served or recorded: its backend hash needs Triton, and it crashes without it.
+_IGNORED_CACHE_IDS = frozenset({"bundled-autotune-v1"})
+#: Kinds whose wire value is ``{"data": base64(pickle), ...}``.
+_WRAPPED_KINDS = frozenset({"inductor", "aot_autograd", "pgo"})
+LIVE_KINDS = frozenset({*_WRAPPED_KINDS, AUTOTUNE_REMOTE})
+#: Cache-dir files no remote cache carries; flush records the new ones.
+_SIDE_KINDS = frozenset({"cpp_kernel", "gemm_timing", "autotune", "triton_kernel"})
+
+
+class CasWarning(UserWarning):
+    """Something in cas went wrong; torch compiles normally instead."""
+
+
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def warn_once(topic: str, message: str) -> None:
+    """Emit ``message`` as a :class:`CasWarning`, at most once per ``topic`` per process.
+
+    "Never worse than no cache" means a broken store costs one warning, not one per
+    graph: a run with 50 graphs and a corrupt store must not print 50 lines.
+    """
+    with _warn_lock:
+        if topic in _warned:
+            return
+        _warned.add(topic)
+    warnings.warn(f"cas: {message}", CasWarning, stacklevel=3)
+
+
+def parse_backend_key(backend_key: str) -> tuple[str, str, str] | None:
+    """Split ``pt2:<cache_id>::<key>:c1`` into ``(kind, store key, cache_id)``.
+
+    Returns None for keys cas does not handle (unknown shape, bundled autotune).
+    """
+    if not backend_key.startswith("pt2:"):
+        return None
+    body = backend_key[4:]
+    body, sep, _version = body.rpartition(":c")
+    if not sep:
+        return None
+    cache_id, sep, key = body.partition("::")
+    if not sep or not cache_id or not key or cache_id in _IGNORED_CACHE_IDS:
+        return None
+    kind = _KIND_BY_CACHE_ID.get(cache_id)
+    if kind == "pgo":
+        return kind, pgo_key(key), cache_id  # capture stores PGO keys as file names
+    if kind is not None:
+        return kind, key, cache_id
+    # Autotune: one cache id per kernel config set, so it stays part of our key.
+    return AUTOTUNE_REMOTE, f"{cache_id}::{key}", cache_id
+
+
+@dataclass
+class LiveStats:
+    """What the live backend did in this process."""
+
+    gets: int = 0
+    hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    errors: int = 0
+    recorded: int = 0
+    skipped_other_env: int = 0
+    by_kind: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+
+    def bump(self, kind: str, what: str) -> None:
+        self.by_kind[kind][what] = self.by_kind[kind].get(what, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "by_kind"}
+        out["by_kind"] = {k: dict(v) for k, v in self.by_kind.items()}
+        return out
+
+
+@dataclass
+class _Pending:
+    entry: Entry
+    data: bytes
+
+
+class LiveCache:
+    """Serves torch's remote-cache traffic from one ref of a store, records new entries.
+
+    ``root`` is the manifest to serve from (None: serve nothing, e.g. when the policy
+    refused the ref); ``branch`` is where :meth:`flush` commits what torch put (None: do
+    not record). All methods are thread-safe and never raise into torch.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        env: Env,
+        *,
+        root: ObjectId | None,
+        branch: str | None,
+        message: str = "live: artifacts compiled by torch.compile",
+        metadata: dict[str, Any] | None = None,
+        base: ObjectId | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store = store
+        #: Commit a new ``branch`` starts from (the served ref), so it holds both.
+        self.base = base
+        #: Torch cache dir whose new C++ kernels / timings / Triton files flush records.
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.since = time.time() - 1.0
+        self.env = env
+        self.env_id = env.id
+        self.root = root
+        self.branch = branch
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.stats = LiveStats()
+        self._lock = threading.RLock()
+        self._index: dict[tuple[str, str], list[tuple[str, Entry]]] | None = None
+        self._foreign: dict[tuple[str, str], int] = {}
+        self._pending: dict[EntryKey, _Pending] = {}
+        self._owner_pid = os.getpid()
+
+    # -- serving ------------------------------------------------------------------------
+
+    def _build_index(self) -> dict[tuple[str, str], list[tuple[str, Entry]]]:
+        # One pass over the manifest, on the first get: the live kinds of this env by
+        # (kind, key), all guard variants, and how many entries other envs hold per key
+        # (for the "entry is for another env" warning).
+        index: dict[tuple[str, str], list[tuple[str, Entry]]] = defaultdict(list)
+        if self.root is not None:
+            for k, e in manifest.entries(self.store, self.root):
+                if k.kind not in LIVE_KINDS:
+                    continue
+                if k.env == self.env_id:
+                    index[(k.kind, k.key)].append((k.variant, e))
+                else:
+                    self._foreign[(k.kind, k.key)] = self._foreign.get((k.kind, k.key), 0) + 1
+        for variants in index.values():
+            variants.sort(key=lambda ve: ve[0])
+        return dict(index)
+
+    def _candidates(self, kind: str, key: str) -> list[tuple[str, Entry, bytes | None]]:
+        out: list[tuple[str, Entry, bytes | None]] = [
+            (k.variant, p.entry, p.data)
+            for k, p in self._pending.items()
+            if k.kind == kind and k.key == key
+        ]
+        if self._index is None:
+            try:
+                self._index = self._build_index()
+            except Exception:
+                self._index = {}  # an unreadable manifest is one warning, not one per get
+                raise
+        out.extend((v, e, None) for v, e in self._index.get((kind, key), []))
+        return out
+
+    def _verified_bytes(self, entry: Entry) -> bytes | None:
+        data = self.store.get(entry.blob)
+        if data is None:
+            warn_once("missing-blob", f"blob {entry.blob.short()} is missing from the store; compiling instead")
+            return None
+        if len(data) != entry.size or ObjectId.of(data) != entry.blob:
+            warn_once(
+                "corrupt-blob",
+                f"blob {entry.blob.short()} is corrupt (its bytes do not hash to its id); "
+                "compiling instead (run `cas fsck`)",
+            )
+            return None
+        return data
+
+    def get(self, backend_key: str) -> bytes | None:
+        """The wire value for ``backend_key``, or None (a miss). Never raises."""
+        try:
+            return self._get(backend_key)
+        except Exception as exc:  # never let cas break a compile
+            self.stats.errors += 1
+            warn_once("get-error", f"cache lookup failed ({type(exc).__name__}: {exc}); compiling instead")
+            return None
+
+    def _get(self, backend_key: str) -> bytes | None:
+        parsed = parse_backend_key(backend_key)
+        if parsed is None:
+            return None
+        kind, key, _ = parsed
+        with self._lock:
+            self.stats.gets += 1
+            candidates = self._candidates(kind, key)
+            for _variant, entry, data in candidates:
+                data = data if data is not None else self._verified_bytes(entry)
+                if data is not None:
+                    self.stats.hits += 1
+                    self.stats.bump(kind, "hits")
+                    return _wrap(kind, data, entry)
+            self.stats.misses += 1
+            self.stats.bump(kind, "misses")
+            if not candidates and self._foreign.get((kind, key)):
+                self.stats.skipped_other_env += 1
+                warn_once(
+                    "other-env",
+                    f"the store holds {kind} entry {key[:16]}… only for another environment; "
+                    f"compiling instead (see `cas explain {key}`)",
+                )
+        return None
+
+    # -- recording ----------------------------------------------------------------------
+
+    def put(self, backend_key: str, data: bytes) -> None:
+        """Buffer what torch stores, for the next :meth:`flush`. Never raises."""
+        try:
+            self._put(backend_key, data)
+        except Exception as exc:  # a put error must never crash compile (torch#AOT)
+            self.stats.errors += 1
+            warn_once("put-error", f"could not record a compiled artifact ({type(exc).__name__}: {exc})")
+
+    def _put(self, backend_key: str, value: bytes) -> None:
+        parsed = parse_backend_key(backend_key)
+        if parsed is None or self.branch is None:
+            return
+        kind, key, cache_id = parsed
+        blob, meta = _unwrap(kind, value)
+        meta.update({"producer": "live", "cache_id": cache_id})
+        # The same variant rule as capture (a hash of the guard expressions, read from
+        # the pickle without unpickling it), so live and captured entries coincide.
+        variant, guards = variant_for(kind, blob, "")
+        entry = Entry(ObjectId.of(blob), len(blob), guards, meta)
+        with self._lock:
+            self.stats.puts += 1
+            self.stats.bump(kind, "puts")
+            # A key torch writes again replaces what it replaced: PGO state evolves, and a
+            # compiled graph is only re-put when the one we served did not apply.
+            self._pending[EntryKey(self.env_id, kind, key, variant)] = _Pending(entry, blob)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _side_entries(self) -> dict[EntryKey, _Pending]:
+        """What Mega-Cache and the remote caches miss: files this process's compiles left
+        in the cache dir (C++ kernels, GEMM timings, Triton kernels and best configs).
+
+        Only files written since the session started, so a long-lived shared cache dir
+        does not pour unrelated old artifacts into the branch.
+        """
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return {}
+        cpu = cpu_fingerprint()
+        out: dict[EntryKey, _Pending] = {}
+        for found in scan(self.cache_dir):
+            if found.kind not in _SIDE_KINDS:
+                continue
+            try:
+                if found.path.stat().st_mtime < self.since:
+                    continue
+                data = found.path.read_bytes()
+            except OSError:  # removed under us: nothing to keep
+                continue
+            variant, guards = variant_for(found.kind, data, cpu)
+            entry = Entry(ObjectId.of(data), len(data), guards, {"producer": "live"})
+            out[EntryKey(self.env_id, found.kind, found.key, variant)] = _Pending(entry, data)
+        return out
+
+    def _tip_root(self) -> ObjectId | None:
+        from cas.refs import branch_ref, load_commit
+
+        assert self.branch is not None
+        ref = branch_ref(self.branch)
+        tip = self.store.get_ref(ref)
+        if tip is None and self.base is not None:
+            try:  # a new record branch starts at the served commit
+                self.store.set_ref(ref, self.base, expected=None, who="cas", message="branch for recording")
+            except CasError:
+                pass  # someone else created it meanwhile: commit on top of theirs
+            tip = self.store.get_ref(ref)
+        return load_commit(self.store, tip).manifest if tip is not None else None
+
+    def flush(self) -> ObjectId | None:
+        """Commit what torch compiled since the last flush to ``branch``.
+
+        Records the buffered remote-cache puts plus the new side files of the cache dir
+        (entries the branch already holds are left as they are). Returns the commit id,
+        or None when there was nothing new, no branch, or when called from a forked
+        child. Never raises: on a store error the entries stay buffered, one warning.
+        """
+        from cas.history import commit_changes
+        from cas.torch.policy import mark_local
+
+        with self._lock:
+            if self.branch is None or os.getpid() != self._owner_pid:
+                return None
+            try:
+                root = self._tip_root()
+                pending = dict(self._pending)
+                for k, p in self._side_entries().items():
+                    if root is None or manifest.lookup(self.store, root, k) is None:
+                        pending.setdefault(k, p)
+                if not pending:
+                    return None
+                self.store.put_many([(ObjType.BLOB, p.data) for p in pending.values()])
+                self.store.put_object(self.env)
+                oid = commit_changes(
+                    self.store,
+                    self.branch,
+                    {k: p.entry for k, p in pending.items()},
+                    self.message,
+                    self._commit_metadata(pending),
+                )
+                mark_local(self.store, oid)
+            except Exception as exc:
+                self.stats.errors += 1
+                warn_once("flush-error", f"could not record compiled artifacts: {exc}")
+                return None
+            for k in pending:
+                self._pending.pop(k, None)
+            self.stats.recorded += len(pending)
+            return oid
+
+    def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
+        kinds: dict[str, int] = defaultdict(int)
+        for k in pending:
+            kinds[k.kind] += 1
+        spent = sum(int(p.entry.meta.get("time_taken_ms", 0) or 0) for p in pending.values())
+        meta = {
+            "producer": "live",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": int(time.time()),
+            "env": self.env_id.hex,
+            "kinds": dict(kinds),
+            "entries": len(pending),
+            "compile_time_ms": spent,
+        }
+        meta.update(self.metadata)
+        return meta
+
+
+def _wrap(kind: str, data: bytes, entry: Entry) -> bytes:
+    if kind not in _WRAPPED_KINDS:
+        return data
+    value: dict[str, Any] = {"data": base64.b64encode(data).decode("ascii")}
+    if kind != "pgo":
+        value["time_taken_ms"] = int(entry.meta.get("time_taken_ms", 0) or 0)
+    return json.dumps(value).encode("ascii")
+
+
+def _unwrap(kind: str, value: bytes) -> tuple[bytes, dict[str, Any]]:
+    if kind not in _WRAPPED_KINDS:
+        json.loads(value)  # autotune records are JSON; refuse anything else
+        return bytes(value), {}
+    doc = json.loads(value)
+    try:
+        blob = base64.b64decode(doc["data"], validate=True)
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"unexpected {kind} cache value") from exc
+    meta: dict[str, Any] = {}
+    if "time_taken_ms" in doc:
+        meta["time_taken_ms"] = int(doc["time_taken_ms"])
+    return blob, meta
+
+
+# -- installing into torch -------------------------------------------------------------
+
+_OVERRIDDEN = ("RemoteFxGraphCache", "RemoteAOTAutogradCache", "RemoteAutotuneCache", "RemoteDynamoPGOCache")
+
+
+def _backend_class(live: LiveCache) -> Callable[[], Any]:
+    from torch._inductor.remote_cache import RemoteCacheBackend
+
+    class StoreBackend(RemoteCacheBackend[bytes]):  # type: ignore[misc]
+        """torch's remote-cache backend, answered by a LiveCache (created with no args)."""
+
+        def _get(self, key: str) -> bytes | None:
+            return live.get(key)
+
+        def _put(self, key: str, data: bytes) -> None:
+            live.put(key, data)
+
+    return StoreBackend
+
+
+def _flags() -> list[tuple[Any, str, str, Any]]:
+    """(object, attribute, kind, value to set) for each switch :func:`install` flips."""
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch._aot_autograd.autograd_cache as aot_cache
+    import torch._inductor.config as inductor_config
+
+    out: list[tuple[Any, str, str, Any]] = [
+        (inductor_config, "fx_graph_remote_cache", "inductor", True),
+        (inductor_config, "autotune_remote_cache", "autotune", True),
+        (dynamo_config, "automatic_dynamic_remote_pgo", "pgo", True),
+    ]
+    # Not functorch's `enable_remote_autograd_cache` flag: the functorch config is hashed
+    # into every AOTAutograd key, so flipping it would give entries keys that a process
+    # without cas (a plain capture) never looks up, and the other way round. The gate
+    # function is patched instead, where torch calls it (imported by name in two modules).
+    import torch._functorch._aot_autograd.graph_compile as graph_compile
+    import torch._functorch.aot_autograd as aot_autograd
+
+    for module in (aot_cache, graph_compile, aot_autograd):
+        if hasattr(module, "should_use_remote_autograd_cache"):
+            out.append((module, "should_use_remote_autograd_cache", "aot_autograd", _use_remote_aot))
+    return out
+
+
+def _use_remote_aot() -> bool:
+    import torch
+
+    return not torch.compiler.config.force_disable_caches
+
+
+_saved: list[tuple[Any, str, Any]] = []
+
+
+def _clear_aot_remote_cache() -> None:
+    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
+
+    cache_clear = getattr(AOTAutogradCache.get_remote_cache, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
+
+
+def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autograd", "autotune", "pgo")) -> None:
+    """Point torch's remote caches at ``live`` and turn them on.
+
+    Best before the first compile; AOTAutograd's ``get_remote_cache`` is
+    ``functools.cache``d, so its cache is cleared here to take effect afterwards too.
+    Cache keys stay exactly those of a process without cas (see :func:`_flags`).
+    The bundled autotune cache is never enabled: on Triton-less installs it crashes
+    compile (torch-internals.md §2).
+    """
+    from torch._inductor import remote_cache as rc
+
+    backend = _backend_class(live)
+    for name in _OVERRIDDEN:
+        getattr(rc, name).backend_override_cls = backend
+    wanted = set(kinds)
+    for module, flag, kind, value in _flags():
+        if kind in wanted:
+            if not any(m is module and f == flag for m, f, _ in _saved):
+                _saved.append((module, flag, getattr(module, flag)))
+            setattr(module, flag, value)
+    _clear_aot_remote_cache()
+
+
+def uninstall() -> None:
+    """Undo :func:`install`: torch's remote caches go back to how they were."""
+    from torch._inductor import remote_cache as rc
+
+    for name in _OVERRIDDEN:
+        getattr(rc, name).backend_override_cls = None
+    while _saved:
+        module, flag, value = _saved.pop()
+        setattr(module, flag, value)
+    _clear_aot_remote_cache()

@@ -1,0 +1,102 @@
+"""A torch.compile program for the live-backend tests, run in a fresh process.
+
+Optionally enables cas (``--store``), compiles the models named by ``--models``
+(``mlp``, ``mlp-wide``: the small MLP of workload.py, and one with another hidden size,
+so it is a different graph), runs each once (inference, training or both), checks the
+outputs against eager, and prints one ``CAS-LIVE {json}`` line. It exits normally
+(``--exit N``), so atexit handlers (cas's flush) run.
+
+    python tests/torch/live_workload.py --store S --record main --models mlp --mode both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+
+def build(name: str) -> tuple[Any, Any]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    hid = {"mlp": 48, "mlp-wide": 80}[name]
+    net = nn.Sequential(nn.Linear(32, hid), nn.ReLU(), nn.Linear(hid, 10))
+    return net, torch.randn(8, 32)
+
+
+def run(name: str, mode: str, backend: str, dynamic: bool) -> dict[str, Any]:
+    import torch
+
+    net, x = build(name)
+    compiled = torch.compile(net, backend=backend, dynamic=True if dynamic else None)
+    start = time.perf_counter()
+    if mode == "infer":
+        with torch.no_grad():
+            got, want = compiled(x), net(x)
+        err = float((got - want).abs().max())
+    else:
+        out = compiled(x)
+        out.sum().backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        net(x).sum().backward()
+        err = max(float((g - p.grad).abs().max()) for g, p in zip(grads, net.parameters(), strict=True))
+    return {"model": name, "mode": mode, "seconds": time.perf_counter() - start, "max_err": err}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--store")
+    p.add_argument("--ref", default="main")
+    p.add_argument("--record")
+    p.add_argument("--no-hydrate", action="store_true")
+    p.add_argument("--flush", action="store_true", help="call Session.flush() explicitly")
+    p.add_argument("--models", default="mlp")
+    p.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
+    p.add_argument("--backend", default="inductor")
+    p.add_argument("--dynamic", action="store_true")
+    p.add_argument("--exit", type=int, default=0)
+    args = p.parse_args()
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    out: dict[str, Any] = {}
+    session = None
+    if args.store:
+        import cas.torch
+
+        session = cas.torch.enable(
+            args.store, ref=args.ref, record=args.record, hydrate=not args.no_hydrate
+        )
+    modes = ["infer", "train"] if args.mode == "both" else [args.mode]
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    before = {str(p) for p in Path(cache_dir()).rglob("*.so")}
+    out["runs"] = [
+        run(m, mode, args.backend, args.dynamic) for m in args.models.split(",") for mode in modes
+    ]
+    if session is None:
+        from cas.torch.enable import active_session
+
+        session = active_session()
+    if session is not None and args.flush:
+        out["flushed"] = str(session.flush())
+    out["new_so"] = len({str(p) for p in Path(cache_dir()).rglob("*.so")} - before)
+    out["counters"] = {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}
+    out["session"] = session.stats() if session is not None else None
+    out["torch"] = torch.__version__
+    print("CAS-LIVE " + json.dumps(out, default=str), flush=True)
+    sys.exit(args.exit)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""``cas run -- CMD``: a program that knows nothing of cas starts warm and is recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from livekit import WORKLOAD, base_env, cas, copy_store, recorded
+
+from cas import manifest
+from cas.refs import load_commit, resolve
+from cas.store import Store
+
+
+def _keys(store: Store, ref: str) -> set:
+    return {k for k, _ in manifest.entries(store, load_commit(store, resolve(store, ref)).manifest)}
+
+
+def test_cas_run_serves_records_and_passes_the_exit_code_through(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    rec = recorded(tmp_path_factory)
+    store_path = copy_store(rec.store, tmp_path / "store")
+    run = cas("--store", str(store_path), "run", "--record", "exp", "--",
+              sys.executable, str(WORKLOAD), "--models", "mlp,mlp-wide", "--exit", "3")
+    assert run.rc == 3, run.stderr[-3000:]
+    assert run.out is not None and run.out["session"]["hydrated"]["written"] >= 4
+    assert run.counter("inductor", "fxgraph_cache_hit") == 1
+    assert run.counter("inductor", "fxgraph_cache_miss") == 1
+    summary = [line for line in run.stderr.splitlines() if line.startswith("cas run:")]
+    assert len(summary) == 1, run.stderr[-3000:]
+    assert "fx graph cache 1 hit / 1 miss" in summary[0]
+    assert "recorded on exp" in summary[0]
+    with Store(store_path) as store:
+        new = _keys(store, "exp") - _keys(store, "main")
+        assert {k.kind for k in new} >= {"inductor", "aot_autograd"}
+
+
+def test_cas_run_chains_an_existing_sitecustomize_and_spares_non_torch_programs(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['CHAINED'] = 'yes'\n")
+    probe = "import os, sys; print('PROBE', os.environ.get('CHAINED'), 'torch' in sys.modules)"
+    run = cas("--store", str(tmp_path / "store"), "run", "--", sys.executable, "-c", probe,
+              env=base_env(PYTHONPATH=str(site)))
+    assert run.rc == 0, run.stderr
+    assert "PROBE yes False" in run.stdout
+    assert "no process of the command imported torch" in run.stderr
+
+
+def test_cas_run_of_a_missing_command_is_one_clear_error(tmp_path: Path) -> None:
+    run = cas("--store", str(tmp_path / "store"), "run", "--", "no-such-program-xyz")
+    assert run.rc == 2
+    assert run.stderr.strip() == "cas: error: command not found: no-such-program-xyz"
