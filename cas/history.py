@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from cas import manifest
+from cas import manifest, provenance
 from cas.config import identity
 from cas.digest import ObjectId
 from cas.errors import RefConflict
@@ -54,7 +54,10 @@ def commit(
         raise ObjectNotFound(
             f"cannot commit: object {missing[0].short()} is not in the store", oid=missing[0]
         )
-    return store.put_object(c)
+    oid = store.put_object(c)
+    if not c.metadata.get("remote"):
+        provenance.mark_local(store, oid)
+    return oid
 
 
 def commit_changes(
@@ -77,6 +80,8 @@ def commit_changes(
         tip = store.get_ref(ref)
         base = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
         root = manifest.update(store, base, dict(changes))
+        if root == manifest.EMPTY:
+            manifest.build(store, [])  # make sure the empty manifest is stored
         parents = [tip] if tip is not None else []
         oid = commit(store, root, parents, message, metadata, author=author)
         try:

@@ -41,6 +41,24 @@ MAX_OBJECT = 1 << 30
 WireObject = tuple[ObjectId, ObjType, bytes]
 
 
+class Framed(tuple[ObjectId, ObjType, bytes]):
+    """A WireObject that also carries ``frame``: a zstd frame of its bytes, as a store
+    holds it (Store.get_many_frames).
+
+    :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its
+    ``level``: it costs no CPU (``level=None`` only means "spend none on zstd"), halves
+    the bytes on the wire and lets the receiver store the frame as it is once it has
+    verified it (Store.encode_verified). Everywhere else it is a plain 3-tuple.
+    """
+
+    frame: bytes
+
+    def __new__(cls, oid: ObjectId, otype: ObjType, data: bytes, frame: bytes) -> Framed:
+        self = super().__new__(cls, (oid, otype, data))
+        self.frame = frame
+        return self
+
+
 def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[bytes]:
     """Yield the bytes of one pack holding ``objects``, frame by frame.
 
@@ -53,9 +71,12 @@ def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[
     head = MAGIC + bytes((VERSION,))
     h.update(head)
     yield head
-    for oid, otype, data in objects:
+    for obj in objects:
+        oid, otype, data = obj
         flags, payload = 0, data
-        if zc is not None and len(data) >= COMPRESS_MIN:
+        if type(obj) is Framed:
+            flags, payload = FLAG_ZSTD, obj.frame
+        elif zc is not None and len(data) >= COMPRESS_MIN:
             packed = zc.compress(data)
             if len(packed) < len(data) * 0.9:
                 flags, payload = FLAG_ZSTD, packed
@@ -125,6 +146,19 @@ def decode(stream: BinaryIO, *, max_object: int = MAX_OBJECT) -> Iterator[WireOb
     bytes do not hash to its id. Callers that must store all or nothing collect the
     objects first (:func:`decode_all`).
     """
+    for oid, otype, data, _packed in decode_frames(stream, max_object=max_object):
+        yield oid, otype, data
+
+
+def decode_frames(
+    stream: BinaryIO, *, max_object: int = MAX_OBJECT
+) -> Iterator[tuple[ObjectId, ObjType, bytes, bytes | None]]:
+    """Like :func:`decode`, each object with its zstd payload as sent (None if sent raw).
+
+    The payload is a zstd frame whose decompression (with ``max_output_size`` = the raw
+    size, as the store reads it) was just verified against the id, so a receiver may
+    store it as it is instead of compressing the bytes again.
+    """
     r = _Reader(stream)
     head = r.exact(len(MAGIC) + 1, "header")
     if head[: len(MAGIC)] != MAGIC:
@@ -172,7 +206,7 @@ def decode(stream: BinaryIO, *, max_object: int = MAX_OBJECT) -> Iterator[WireOb
                 actual=actual,
             )
         count += 1
-        yield oid, otype, data
+        yield oid, otype, data, (payload if flags & FLAG_ZSTD else None)
 
 
 def decode_all(stream: BinaryIO, **kw: int) -> list[WireObject]:

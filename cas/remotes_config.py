@@ -126,3 +126,12 @@ def open_named(store: Store, name_or_url: str, **overrides: Any) -> tuple[str | 
     name, url, options = resolve(store, name_or_url)
     options.update(overrides)
     return name, open_remote(url, **options)
+
+
+def set_trusted(store: Store, name: str, trusted: bool = True) -> None:
+    """Mark remote ``name`` trusted: torch may unpickle what comes from it (policy)."""
+    store.set_meta(f"remote.{name}.trusted", "true" if trusted else None)
+
+
+def is_trusted(store: Store, name: str) -> bool:
+    return (store.get_meta(f"remote.{name}.trusted") or "").lower() == "true"

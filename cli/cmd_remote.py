@@ -160,9 +160,15 @@ def remote_group() -> None:
 @click.argument("url")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Transport option, e.g. endpoint=…, region=…, token_env=VAR.")
+@click.option("--trusted", is_flag=True,
+              help="Let torch load what is pulled from this remote (else only signed tags).")
 @pass_ctx
-def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...]) -> None:
-    """Add remote NAME at URL."""
+def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...], trusted: bool) -> None:
+    """Add remote NAME at URL.
+
+    With --trusted, torch may load artifacts pulled from it without a signed tag
+    (see docs/torch-live.md, trust policy); otherwise only signed tags are loaded.
+    """
     opts = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -170,7 +176,9 @@ def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...]) -> N
             raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
         opts[key] = value
     cfg = remotes_config.add(ctx.store, name, _absolute(url), **opts)
-    ctx.emit(cfg.to_dict(), f"added remote {name} ({cfg.kind}): {url}")
+    remotes_config.set_trusted(ctx.store, name, trusted)
+    trust = " (trusted)" if trusted else ""
+    ctx.emit(cfg.to_dict() | {"trusted": trusted}, f"added remote {name} ({cfg.kind}): {url}{trust}")
 
 
 @remote_group.command("remove")
@@ -308,8 +316,11 @@ def push(ctx: Context, remote: str | None, specs: tuple[str, ...], all_: bool, t
 @_env_option
 @click.option("--name", "remote_name", default="origin", show_default=True,
               help="Name of the remote in the new store.")
+@click.option("--trusted", is_flag=True,
+              help="Let torch load what comes from this remote (else only signed tags).")
 @pass_ctx
-def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remote_name: str) -> None:
+def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remote_name: str,
+          trusted: bool) -> None:
     """Create a store at PATH (default --store) holding REMOTE's branches and tags."""
     target = path or ctx.store_path
     wanted = _envs(None, envs)
@@ -318,6 +329,7 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
     feedback = Feedback(ctx)
     try:
         with Store.init(target) as store:
+            remotes_config.set_trusted(store, remote_name, trusted)
             result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
                                 progress=feedback)
     finally:

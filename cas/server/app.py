@@ -89,9 +89,9 @@ class _Stores:
         self._local = threading.local()
         self._all: list[Store] = []
         self._lock = threading.Lock()
-        # Packs are ingested one at a time: LMDB serializes writers anyway, and this keeps
-        # the closure check and the write of one pack from interleaving with another's.
-        self.write_lock = threading.Lock()
+        # Packs are written one group at a time: LMDB serializes writers anyway, and this
+        # keeps the closure check and the write of one pack from interleaving with another's.
+        self.commits = _Commits()
         Store(path).close()  # fail at start-up, not on the first request
 
     def get(self) -> Store:
@@ -164,37 +164,109 @@ def _oid_or_none(value: Any, what: str) -> ObjectId | None:
 # -- pack ingest --------------------------------------------------------------------------
 
 
-def ingest(store: Store, data: bytes) -> dict[str, int]:
+@dataclass
+class _Verified:
+    """A verified pack waiting for the writer (see :class:`_Commits`)."""
+
+    wanted: list[ObjectId]  # what its structured objects reference
+    big: list[bytes]  # blobs stored chunked, through Store.put_stream
+    records: list[tuple[ObjectId, ObjType, bytes]]  # the rest, encoded
+    done: bool = False
+    error: BaseException | None = None
+
+
+class _Commits:
+    """Group commit: the packs verified meanwhile are written in one LMDB transaction.
+
+    A durable commit costs two fsyncs, and a push keeps several packs in flight; so the
+    thread that gets the writer lock writes every pack then waiting, each checked for
+    closure in arrival order, and the others find theirs done. Each pack stays all or
+    nothing: one that fails its check is left out and gets the error, the others go in
+    together (children before parents, as they arrived). The closure check and the
+    writes of a group never interleave with another group's.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._queue: list[_Verified] = []
+
+    def write(self, store: Store, pack_: _Verified) -> None:
+        with self._mutex:
+            self._queue.append(pack_)
+        with self.lock:
+            if not pack_.done:
+                with self._mutex:
+                    group, self._queue = self._queue, []
+                _write_group(store, group)
+        if pack_.error is not None:
+            raise pack_.error
+
+
+def _write_group(store: Store, group: list[_Verified]) -> None:
+    for p in group:  # until written: a writer killed half-way must not report success
+        p.error = RuntimeError("pack was not written: the writer failed")
+    ok: list[_Verified] = []
+    written: set[ObjectId] = set()
+    try:
+        for p in group:
+            try:
+                absent = [o for o in store.missing(dict.fromkeys(p.wanted)) if o not in written]
+                if absent:
+                    raise MalformedPack(
+                        f"pack is incomplete: it references {len(absent)} object(s) the server "
+                        f"lacks, e.g. {absent[0].short()}",
+                        hint="send referenced objects first (children before parents)",
+                    )
+                for raw in p.big:
+                    store.put_stream(io.BytesIO(raw))  # chunked like a local put of the file
+            except Exception as exc:
+                p.error = exc
+                continue
+            ok.append(p)
+            written.update(oid for oid, _, _ in p.records)
+        try:
+            store.put_encoded([r for p in ok for r in p.records])
+        except Exception as exc:
+            for p in ok:
+                p.error = exc
+        else:
+            for p in ok:
+                p.error = None
+    finally:
+        for p in group:
+            p.done = True
+
+
+def ingest(store: Store, data: bytes, commits: _Commits | None = None) -> dict[str, int]:
     """Verify a whole pack, check its closure, then store it; all or nothing.
 
-    Every object is hashed by :func:`cas.pack.decode_all`. A structured object's
+    Every object is hashed by :func:`cas.pack.decode_frames`. A structured object's
     references must be earlier in the pack or already stored, so that no object lands
     before what it names (invariant 1) even when a client sends a broken pack.
+
+    Decoding, hashing and compressing take most of the time and touch no LMDB, so they
+    run outside the writer lock, while other packs are written; compressed frames are
+    stored as sent (Store.encode_verified). The closure check and the writes go through
+    ``commits`` (group commit).
     """
-    objects = pack.decode_all(io.BytesIO(data))
+    frames = list(pack.decode_frames(io.BytesIO(data)))
     seen: set[ObjectId] = set()
     wanted: list[ObjectId] = []
-    for oid, otype, raw in objects:
+    for oid, otype, raw, _ in frames:
         if otype == ObjType.CHUNK:
             raise MalformedPack("chunks do not travel; send the whole blob")
         if otype in STRUCTURED:
             wanted.extend(r for r in references(otype, raw) if r not in seen)
         seen.add(oid)
-    absent = store.missing(dict.fromkeys(wanted))
-    if absent:
-        raise MalformedPack(
-            f"pack is incomplete: it references {len(absent)} object(s) the server lacks, "
-            f"e.g. {absent[0].short()}",
-            hint="send referenced objects first (children before parents)",
-        )
-    small = []
-    for oid, otype, raw in objects:
-        if otype == ObjType.BLOB and len(raw) > CHUNK_THRESHOLD:
-            store.put_stream(io.BytesIO(raw))  # chunked like a local put of the same file
-        else:
-            small.append((oid, otype, raw))
-    store.put_verified(small)
-    return {"objects": len(objects), "bytes": len(data)}
+
+    def large(f: tuple[ObjectId, ObjType, bytes, bytes | None]) -> bool:
+        return f[1] == ObjType.BLOB and len(f[2]) > CHUNK_THRESHOLD
+
+    records = store.encode_verified(f for f in frames if not large(f))
+    verified = _Verified(wanted, [f[2] for f in frames if large(f)], records)
+    (commits or _Commits()).write(store, verified)
+    return {"objects": len(frames), "bytes": len(data)}
 
 
 def _fetch_level(request: Request) -> int | None:
@@ -281,8 +353,7 @@ async def send_pack(request: Request) -> Response:
     stores: _Stores = request.app.state.stores
 
     def go() -> dict[str, int]:
-        with stores.write_lock:
-            return ingest(stores.get(), data)
+        return ingest(stores.get(), data, stores.commits)
 
     return JSONResponse(await run_in_threadpool(go))
 

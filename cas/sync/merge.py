@@ -51,6 +51,7 @@ def integrate(
     message: str,
     who: str,
     allow_conflicts: bool = False,
+    remote: str | None = None,
 ) -> Integration:
     """Move ``ref`` to include ``theirs``: create, fast-forward, or write a merge commit.
 
@@ -83,6 +84,8 @@ def integrate(
         )
     meta = {
         "producer": "merge",
+        # merged-in entries came from ``remote``: the trust policy treats the commit so
+        **({"remote": remote} if remote else {}),
         "resolved": [[str(k), rule] for k, _, rule in result.resolved],
         "conflicts_kept_ours": [str(k) for k, _, _ in result.conflicts],
     }

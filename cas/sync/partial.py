@@ -48,6 +48,8 @@ def fetch_partial(
 
         metadata = {
             "producer": "partial-pull",
+            # the entries came from this remote: the trust policy treats the commit so
+            "remote": remote_name or walker.remote.url,
             "partial_of": str(commit_id),
             "partial_of_ref": str(tip),
             "envs": env_list,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from cas import pack, remotes_config
+from cas import pack, provenance, remotes_config
 from cas.config import identity
 from cas.digest import ObjectId
 from cas.errors import (
@@ -141,14 +141,16 @@ def _publish(remote: Remote, update: RefUpdate) -> None:
 
 
 def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
+    """The objects to push; those stored compressed carry their zstd frame (pack.Framed),
+    which travels and is stored remotely as it is, so no side compresses them again."""
     for i in range(0, len(ids), READ_GROUP):
         group = ids[i : i + READ_GROUP]
-        got = store.get_many(group)
+        got = store.get_many_frames(group)
         for oid in group:
             if oid not in got:
                 raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
-            otype, data = got[oid]
-            yield oid, otype, data
+            otype, data, frame = got[oid]
+            yield (oid, otype, data) if frame is None else pack.Framed(oid, otype, data, frame)
 
 
 def _send(
@@ -210,7 +212,8 @@ def fetch(
     if envs is not None:
         fetch_partial(walker, wanted, envs, remote_name, result)
     else:
-        fetch_full(walker, list(wanted.values()))
+        received = fetch_full(walker, list(wanted.values()))
+        provenance.mark_remote(store, received, remote_name or remote.url)
         result.tips = {n: o for n, o in wanted.items()}
         _track(store, wanted, remote_name, force, result)
     result.stats.seconds = time.monotonic() - start
@@ -283,7 +286,13 @@ def pull(
     theirs = remote_branch_tip(fetched, other)
     what = f"pull {remote_name or remote.url} {other}"
     done = integrate(
-        store, branch_ref(branch), theirs, message=what, who=identity(), allow_conflicts=allow_conflicts
+        store,
+        branch_ref(branch),
+        theirs,
+        message=what,
+        who=identity(),
+        allow_conflicts=allow_conflicts,
+        remote=remote_name or remote.url,
     )
     return fetched, done
 

@@ -182,8 +182,10 @@ TOPS = frozenset({ObjType.COMMIT, ObjType.TAG})
 NODES = frozenset({ObjType.NODE})
 
 
-def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> None:
-    """Bring ``tips`` and everything they reference into the store (closure kept)."""
+def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> list[ObjectId]:
+    """Bring ``tips`` and everything they reference into the store (closure kept).
+
+    Returns the commits that were received (for provenance)."""
     store = walker.store
     tags: list[ObjectId] = []
     parents: dict[ObjectId, tuple[ObjectId, ...]] = {}
@@ -208,6 +210,7 @@ def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> None:
     nodes = fetch_trees(walker, roots)
     order = [*reversed(nodes), *parents_first(parents), *reversed(tags)]
     store.promote(order)
+    return list(parents)
 
 
 def fetch_trees(walker: Walker, roots: Sequence[ObjectId]) -> list[ObjectId]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from cas import refs
+from cas import provenance, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import PolicyError
@@ -69,14 +69,12 @@ def _origin_key(oid: ObjectId) -> str:
 
 def mark_local(store: Store, oid: ObjectId) -> None:
     """Record that commit ``oid`` was made in this store (always trusted)."""
-    store.set_meta(_origin_key(oid), "local")
+    provenance.mark_local(store, oid)
 
 
 def mark_remote(store: Store, oids: list[ObjectId], remote: str) -> None:
-    """Record that commits ``oids`` were received from ``remote`` (for sync to call)."""
-    for oid in oids:
-        if store.get_meta(_origin_key(oid)) != "local":
-            store.set_meta(_origin_key(oid), f"remote:{remote}")
+    """Record that commits ``oids`` were received from ``remote`` (sync does this)."""
+    provenance.mark_remote(store, oids, remote)
 
 
 def remote_trusted(store: Store, name: str) -> bool:
@@ -158,7 +156,7 @@ def _untrusted_reach(store: Store) -> dict[ObjectId, str]:
 
 def commit_origin(store: Store, oid: ObjectId, reach: dict[ObjectId, str] | None = None) -> str | None:
     """The remote commit ``oid`` came from, or None for a local commit."""
-    origin = store.get_meta(_origin_key(oid))
+    origin = provenance.origin(store, oid)
     if origin == "local":
         return None
     if origin and origin.startswith("remote:"):
@@ -185,7 +183,7 @@ def check_ref_allowed(store: Store, ref: str) -> Verdict:
             raise PolicyError(
                 f"{ref} holds commit {c.short()} from untrusted remote {remote!r}; "
                 "its artifacts are not handed to torch",
-                hint=f"trust the remote (cas.torch.policy.set_remote_trusted, remote.{remote}.trusted) "
+                hint=f"trust the remote (cas remote add {remote} URL --trusted) "
                 "or use a tag signed by a trusted key",
                 ref=ref,
                 oid=c,
