@@ -121,5 +121,27 @@ def main() -> None:
     print("\n(fx, aot) hits per run:", json.dumps(hits))
 
 
+def test_backend_cas_bench(benchmark: Any) -> None:
+    """pytest entry (``make bench``): one side-by-side run of the MLP's front doors."""
+    base = Path(tempfile.mkdtemp(prefix="bench-live-mlp-"))
+    rows: dict[str, dict[str, Any]] = {}
+
+    def once() -> None:
+        store, cold = base / "store", base / "cold"
+        rows["cold + record"] = measure("mlp", "cold + record", store, cold)
+        rows["warm local"] = measure("mlp", "warm local", store, cold)
+        rows["backend=cas"] = measure("mlp", "backend=cas", store, base / "cas")
+
+    try:
+        benchmark.pedantic(once, rounds=1, iterations=1)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    secs = {w: r["seconds"] for w, r in rows.items()}
+    benchmark.extra_info.update(secs)
+    assert rows["backend=cas"]["fx_hit"] >= 1 and rows["backend=cas"]["aot_hit"] >= 1
+    assert secs["backend=cas"] <= 0.35 * secs["cold + record"]
+    assert secs["backend=cas"] <= 1.3 * secs["warm local"]
+
+
 if __name__ == "__main__":
     main()

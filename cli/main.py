@@ -62,15 +62,9 @@ def cli(ctx: click.Context, store_path: Path | None, as_json: bool, quiet: bool)
 
 
 def _register() -> None:
-    import importlib
+    from cas_cli import cmd_remote, cmd_serve, cmd_store, cmd_torch, cmd_torch_run
 
-    for name in ("cmd_store", "cmd_torch", "cmd_remote", "cmd_serve", "cmd_torch_run"):
-        try:
-            module = importlib.import_module(f"cas_cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cas_cli.{name}":
-                raise
-            continue
+    for module in (cmd_store, cmd_torch, cmd_torch_run, cmd_remote, cmd_serve):
         module.register(cli)
 
 
