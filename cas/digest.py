@@ -17,6 +17,8 @@ SHORT_SIZE = 12
 # Below this size, a multi-threaded hash costs more than it saves (perf-baseline.md).
 _THREADED_HASH_MIN = 1 << 20
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
+_blake3 = blake3.blake3
+_new = object.__new__
 
 
 class ObjectId:
@@ -42,7 +44,10 @@ class ObjectId:
         """The id of the given bytes."""
         if len(data) >= _THREADED_HASH_MIN:
             return cls(blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest())
-        return cls(blake3.blake3(data).digest())
+        # a digest is 32 bytes by construction: skip __init__'s checks (hot for small puts)
+        oid = _new(cls)
+        oid._raw = _blake3(data).digest()
+        return oid
 
     @property
     def raw(self) -> bytes:

@@ -66,7 +66,17 @@ STREAM_TXN_BYTES = 64 << 20
 
 #: Free space below which an I/O error at commit is taken for a full disk.
 _LOW_SPACE = 16 << 20
-_TIME = struct.Struct("<I")  # otime value: seconds since the epoch of the last write
+#: ``otime`` holds a write-time log: the ids written by a write transaction, 32 bytes
+#: each, concatenated, in records keyed by _LOG_KEY (u32 BE epoch seconds, u64 BE LMDB
+#: txn id, u32 BE part: sorted by time). Parts hold at most _LOG_PART bytes, so that a
+#: record fits in a leaf page (an overflow record needs contiguous free pages, which often
+#: means growing the file: a slower fsync). Records keyed by a 32-byte id with a u32 LE
+#: time (_TIME) are the per-object form of earlier versions; both are read, and gc's
+#: prune_times folds the old form into the log.
+_TIME = struct.Struct("<I")
+_LOG_KEY = struct.Struct(">IQI")
+_LOG_PART = 60 * DIGEST_SIZE
+_PART = struct.Struct(">I")
 
 #: Payloads larger than 4 samples are probed with one sample before a full compression.
 COMPRESS_SAMPLE = 4 << 10
@@ -623,17 +633,6 @@ class Store:
                     yield ObjectId(key)
             start = keys[-1]
 
-    def object_times(self) -> dict[ObjectId, int]:
-        """Every recorded write time (id -> epoch seconds), objects and staged alike."""
-
-        def go(txn: lmdb.Transaction) -> dict[ObjectId, int]:
-            return {
-                ObjectId(bytes(k)): _TIME.unpack(bytes(v))[0]
-                for k, v in txn.cursor(db=self._otime)
-            }
-
-        return self.read(go)
-
     def resolve_prefix(self, prefix: str, limit: int = 2) -> list[ObjectId]:
         """Ids that start with the hex ``prefix`` (at most ``limit``)."""
         prefix = prefix.lower()
@@ -679,8 +678,16 @@ class Store:
         """
         ids: list[ObjectId] = []
         batch = _Batch(self)
+        of, head = ObjectId.of, _HEAD.pack
         for otype, data in items:
-            if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
+            n = len(data)
+            if n < COMPRESS_MIN:  # the common small case, flat (as in _record, _Batch.add)
+                oid = of(data)
+                batch.records.append((oid, otype, head(otype, 0, n), data))
+                batch.size += n
+                if batch.size >= STREAM_TXN_BYTES:
+                    batch.flush()
+            elif otype == ObjType.BLOB and n > CHUNK_THRESHOLD:
                 view = memoryview(data)
                 chunks = [view[i : i + CHUNK_SIZE] for i in range(0, len(view), CHUNK_SIZE)]
                 oid = ObjectId.of(data)
@@ -742,22 +749,38 @@ class Store:
 
     def _write_records(self, records: list[tuple[ObjectId, ObjType, bytes]]) -> None:
         """Put encoded records in one write transaction, in order."""
+        self._write_parts([(oid, otype, b"", rec) for oid, otype, rec in records])
+
+    def _write_parts(self, parts: list[tuple[ObjectId, ObjType, bytes, bytes | memoryview]]) -> None:
+        """Put records given as (id, type, head, body) in one write transaction, in order.
+
+        The record is ``head + body`` (``head`` empty: ``body`` is the whole record). A
+        small plain record is joined here, just before its put, rather than when batched:
+        a batch of fresh 1 KiB joins costs more (new memory) than the join itself.
+        """
+        # Every write, new or not, stamps the object's time: gc keeps what was written
+        # within its grace period, so a writer that re-puts an old unreachable object
+        # before referencing it is safe from a racing gc. One log record for the batch.
+        written = b"".join([oid.raw for oid, _, _, _ in parts])
 
         def go(txn: lmdb.Transaction) -> None:
-            stamp = _TIME.pack(int(time.time()))
-            objects, otime = self._objects, self._otime
-            for oid, otype, rec in records:
-                key = oid.raw
-                # Every write, new or not, stamps the object's time: gc keeps what was
-                # written within its grace period, so a writer that re-puts an old
-                # unreachable object before referencing it is safe from a racing gc.
-                txn.put(key, stamp, db=otime)
-                if txn.put(key, rec, db=objects, overwrite=False):
-                    continue
-                # Immutability: existing content is a no-op, except that bytes first
-                # stored as a plain blob may gain their structured type.
-                if otype in codec.STRUCTURED and txn.get(key, b"\0", db=objects)[0] == ObjType.BLOB:
-                    txn.put(key, rec, db=objects)
+            objects = self._objects
+            # putmulti: one C loop (a generator, so each join is freed after its put)
+            _, added = txn.cursor(db=objects).putmulti(
+                ((oid.raw, head + body if head else body) for oid, _, head, body in parts),
+                overwrite=False,
+            )
+            self._stamp(txn, written)
+            if added == len(parts):
+                return
+            # Immutability: existing content is a no-op, except that bytes first stored
+            # as a plain blob may gain their structured type. (A record just added has
+            # its own type, so checking every structured one is enough.)
+            for oid, otype, head, body in parts:
+                if otype in codec.STRUCTURED:
+                    key = oid.raw
+                    if txn.get(key, b"\0", db=objects)[0] == ObjType.BLOB:
+                        txn.put(key, head + body if head else body, db=objects)
 
         self.write(go)
 
@@ -810,8 +833,7 @@ class Store:
         ids = list(oids)
 
         def go(txn: lmdb.Transaction) -> int:
-            for o in ids:
-                txn.delete(o.raw, db=self._otime)
+            self._forget(txn, {o.raw for o in ids})
             return sum(1 for o in ids if txn.delete(o.raw, db=self._objects))
 
         return self.write(go)
@@ -958,10 +980,9 @@ class Store:
         records = [(oid, self._record(otype, data)) for oid, otype, data in items]
 
         def go(txn: lmdb.Transaction) -> None:
-            stamp = _TIME.pack(int(time.time()))
             for oid, rec in records:
                 txn.put(oid.raw, rec, db=self._stage)
-                txn.put(oid.raw, stamp, db=self._otime)
+            self._stamp(txn, b"".join(oid.raw for oid, _ in records))
 
         self.write(go)
 
@@ -981,16 +1002,17 @@ class Store:
 
         def go(txn: lmdb.Transaction) -> int:
             moved = 0
-            stamp = _TIME.pack(int(time.time()))
+            stamped = []
             for oid in ids:
                 value = txn.get(oid.raw, db=self._stage)
                 if value is None:
                     continue
-                txn.put(oid.raw, stamp, db=self._otime)
+                stamped.append(oid.raw)
                 if txn.get(oid.raw, db=self._objects) is None:
                     txn.put(oid.raw, bytes(value), db=self._objects)
                     moved += 1
                 txn.delete(oid.raw, db=self._stage)
+            self._stamp(txn, b"".join(stamped))
             return moved
 
         return self.write(go)
@@ -998,9 +1020,14 @@ class Store:
     def stage_clear(self) -> int:
         def go(txn: lmdb.Transaction) -> int:
             n = txn.stat(self._stage)["entries"]
-            for key in txn.cursor(db=self._stage).iternext(keys=True, values=False):
-                if txn.get(key, db=self._objects) is None:
-                    txn.delete(key, db=self._otime)  # its write time goes with it
+            self._forget(  # a write time goes with what it dates
+                txn,
+                {
+                    bytes(key)
+                    for key in txn.cursor(db=self._stage).iternext(keys=True, values=False)
+                    if txn.get(key, db=self._objects) is None
+                },
+            )
             txn.drop(self._stage, delete=False)
             return int(n)
 
@@ -1008,26 +1035,101 @@ class Store:
 
     # -- maintenance (gc, fsck) ------------------------------------------------------------
     #
-    # ``otime`` maps an id to the time (u32 epoch seconds) it was last written, to the
-    # objects db or to the stage. It is gc's notion of "young": like git's mtimes, it
-    # protects objects a concurrent writer just stored from a sweep that did not see the
-    # ref that will name them.
+    # ``otime`` records when each id was last written, to the objects db or to the stage:
+    # a log with records per write transaction (see _LOG_KEY). It is gc's notion of
+    # "young": like git's mtimes, it protects objects a concurrent writer just stored
+    # from a sweep that did not see the ref that will name them. An id's time is the
+    # latest record that names it; gc's prune_times drops superseded and dead entries.
+
+    def _stamp(self, txn: lmdb.Transaction, ids: bytes) -> None:
+        """Log ``ids`` (raw ids, concatenated) as written now, in ``txn``."""
+        if not ids:
+            return
+        otime = self._otime
+        prefix = _LOG_KEY.pack(int(time.time()), txn.id(), 0)[:-4]
+        part = 0
+        if txn.get(prefix + bytes(4), db=otime) is not None:
+            # a second stamp in one txn: go on after the txn's last part
+            cur = txn.cursor(db=otime)
+            cur.set_range(prefix)
+            for key in cur.iternext(keys=True, values=False):
+                if not bytes(key).startswith(prefix):
+                    break
+                part = _LOG_KEY.unpack(bytes(key))[2] + 1
+        put = txn.put
+        for i in range(0, len(ids), _LOG_PART):
+            put(prefix + _PART.pack(part), ids[i : i + _LOG_PART], db=otime)
+            part += 1
+
+    def _times(self, txn: lmdb.Transaction) -> dict[bytes, int]:
+        """Every recorded write time (raw id -> latest epoch seconds), from ``otime``."""
+        log: dict[bytes, int] = {}
+        legacy: dict[bytes, int] = {}
+        for key, value in txn.cursor(db=self._otime):
+            if len(key) == DIGEST_SIZE:
+                legacy[bytes(key)] = _TIME.unpack(bytes(value))[0]
+                continue
+            when = _LOG_KEY.unpack(bytes(key))[0]
+            value = bytes(value)
+            # records come oldest first, so a later one overrides
+            log.update(dict.fromkeys(_split_ids(value), when))
+        for raw, when in legacy.items():
+            if log.get(raw, -1) < when:
+                log[raw] = when
+        return log
+
+    def _forget(self, txn: lmdb.Transaction, doomed: set[bytes]) -> None:
+        """Drop every write time of the ids in ``doomed``, in ``txn``."""
+        if not doomed:
+            return
+        changes: list[tuple[bytes, bytes]] = []
+        for key, value in txn.cursor(db=self._otime):
+            key = bytes(key)
+            if len(key) == DIGEST_SIZE:
+                if key in doomed:
+                    changes.append((key, b""))
+                continue
+            ids = _split_ids(bytes(value))
+            keep = [raw for raw in ids if raw not in doomed]
+            if len(keep) != len(ids):
+                changes.append((key, b"".join(keep)))
+        for key, value in changes:
+            if value:
+                txn.put(key, value, db=self._otime)
+            else:
+                txn.delete(key, db=self._otime)
+
+    def object_times(self) -> dict[ObjectId, int]:
+        """Every recorded write time (id -> epoch seconds), objects and staged alike."""
+        return {ObjectId(raw): when for raw, when in self.read(self._times).items()}
 
     def object_time(self, oid: ObjectId) -> int | None:
         """When ``oid`` was last written (epoch seconds), or None if never recorded."""
-        value = self.read(lambda txn: txn.get(oid.raw, db=self._otime))
-        return None if value is None else int(_TIME.unpack(bytes(value))[0])
+        raw = oid.raw
+
+        def go(txn: lmdb.Transaction) -> int | None:
+            old = txn.get(raw, db=self._otime)
+            found = None if old is None else int(_TIME.unpack(bytes(old))[0])
+            cur = txn.cursor(db=self._otime)
+            if not cur.last():
+                return found
+            for key, value in cur.iterprev():  # newest first: the first hit is the latest
+                if len(key) != DIGEST_SIZE and _holds(bytes(value), raw):
+                    when = int(_LOG_KEY.unpack(bytes(key))[0])
+                    return when if found is None else max(when, found)
+            return found
+
+        return self.read(go)
 
     def iter_stage(self) -> Iterator[tuple[Record, int | None]]:
         """Every staged object's record with its write time (a snapshot)."""
 
         def go(txn: lmdb.Transaction) -> list[tuple[Record, int | None]]:
+            times = self._times(txn)
             out = []
             for key, value in txn.cursor(db=self._stage):
                 oid = ObjectId(bytes(key))
-                stamp = txn.get(oid.raw, db=self._otime)
-                when = None if stamp is None else int(_TIME.unpack(bytes(stamp))[0])
-                out.append((self._decode_record(oid, value), when))
+                out.append((self._decode_record(oid, value), times.get(oid.raw)))
             return out
 
         yield from self.read(go)
@@ -1036,15 +1138,16 @@ class Store:
         """Drop staged objects written before ``before`` (or of unknown age)."""
 
         def go(txn: lmdb.Transaction) -> int:
+            times = self._times(txn)
             doomed = []
             for key in txn.cursor(db=self._stage).iternext(keys=True, values=False):
-                stamp = txn.get(key, db=self._otime)
-                if stamp is None or _TIME.unpack(bytes(stamp))[0] < before:
-                    doomed.append(bytes(key))
+                key = bytes(key)
+                when = times.get(key)
+                if when is None or when < before:
+                    doomed.append(key)
             for key in doomed:
                 txn.delete(key, db=self._stage)
-                if txn.get(key, db=self._objects) is None:
-                    txn.delete(key, db=self._otime)
+            self._forget(txn, {k for k in doomed if txn.get(k, db=self._objects) is None})
             return len(doomed)
 
         return self.write(go)
@@ -1058,26 +1161,30 @@ class Store:
         records of the objects deleted (or, with ``dry_run``, that would be).
         """
         ids = list(oids)
-        stamp = _TIME.pack(int(time.time()))
 
         def go(txn: lmdb.Transaction) -> list[Record]:
+            times = self._times(txn)
             gone = []
+            unknown = []
+            forget = set()
             for oid in ids:
                 value = txn.get(oid.raw, db=self._objects)
                 if value is None:
                     continue
-                when = txn.get(oid.raw, db=self._otime)
+                when = times.get(oid.raw)
                 if when is None:
-                    if not dry_run:
-                        txn.put(oid.raw, stamp, db=self._otime)
+                    unknown.append(oid.raw)
                     continue
-                if _TIME.unpack(bytes(when))[0] >= before:
+                if when >= before:
                     continue
                 gone.append(self._decode_record(oid, value))
                 if not dry_run:
                     txn.delete(oid.raw, db=self._objects)
                     if txn.get(oid.raw, db=self._stage) is None:
-                        txn.delete(oid.raw, db=self._otime)
+                        forget.add(oid.raw)
+            if not dry_run:
+                self._stamp(txn, b"".join(unknown))
+                self._forget(txn, forget)
             return gone
 
         return self.read(go) if dry_run else self.write(go)
@@ -1087,32 +1194,64 @@ class Store:
         return self._decode_record(oid, value)
 
     def prune_times(self) -> int:
-        """Drop write times of ids neither stored nor staged (left by older versions)."""
+        """Compact the write-time log; returns how many ids' times were dropped.
+
+        Drops the times of ids neither stored nor staged (and superseded entries: an id
+        keeps only its latest time), and folds per-object records of earlier versions
+        into the log. One transaction, so a crash leaves the log as it was.
+        """
 
         def go(txn: lmdb.Transaction) -> int:
-            doomed = [
-                bytes(k)
-                for k in txn.cursor(db=self._otime).iternext(keys=True, values=False)
-                if txn.get(k, db=self._objects) is None and txn.get(k, db=self._stage) is None
-            ]
-            for k in doomed:
-                txn.delete(k, db=self._otime)
-            return len(doomed)
+            otime = self._otime
+            records: dict[bytes, list[bytes]] = {}
+            latest: dict[bytes, bytes] = {}
+            legacy: list[bytes] = []
+            folded: set[bytes] = set()
+            for key, value in txn.cursor(db=otime):
+                key = bytes(key)
+                if len(key) == DIGEST_SIZE:
+                    legacy.append(key)
+                    lkey = _LOG_KEY.pack(_TIME.unpack(bytes(value))[0], 0, 0)
+                    folded.add(lkey)
+                    records.setdefault(lkey, []).append(key)
+                else:
+                    records.setdefault(key, []).extend(_split_ids(bytes(value)))
+            for key in sorted(records):  # oldest first: a later record overrides
+                latest.update(dict.fromkeys(records[key], key))
+            dead = {
+                raw
+                for raw in latest
+                if txn.get(raw, db=self._objects) is None and txn.get(raw, db=self._stage) is None
+            }
+            for key in legacy:
+                txn.delete(key, db=otime)
+            for key, ids in records.items():
+                keep = b"".join(
+                    raw for raw in dict.fromkeys(ids) if latest[raw] == key and raw not in dead
+                )
+                if len(keep) == len(ids) * DIGEST_SIZE and key not in folded:
+                    continue  # unchanged
+                if keep:
+                    txn.put(key, keep, db=otime)
+                else:
+                    txn.delete(key, db=otime)
+            return len(dead)
 
         return self.write(go)
 
     def stamp_missing(self, oids: Iterable[ObjectId]) -> int:
         """Give objects with no recorded write time the time now (their age starts now)."""
         ids = list(oids)
-        stamp = _TIME.pack(int(time.time()))
 
         def go(txn: lmdb.Transaction) -> int:
-            n = 0
-            for oid in ids:
-                if txn.get(oid.raw, db=self._otime) is None and txn.get(oid.raw, db=self._objects):
-                    txn.put(oid.raw, stamp, db=self._otime)
-                    n += 1
-            return n
+            times = self._times(txn)
+            missing = [
+                oid.raw
+                for oid in ids
+                if oid.raw not in times and txn.get(oid.raw, db=self._objects) is not None
+            ]
+            self._stamp(txn, b"".join(dict.fromkeys(missing)))
+            return len(set(missing))
 
         return self.write(go) if ids else 0
 
@@ -1178,27 +1317,46 @@ def _chunk_refs(oid: ObjectId, body: bytes | memoryview) -> list[tuple[bytes, in
     return list(_CHUNK_REF.iter_unpack(body))
 
 
+def _split_ids(value: bytes) -> list[bytes]:
+    """The 32-byte ids of a write-time log record."""
+    return [value[i : i + DIGEST_SIZE] for i in range(0, len(value), DIGEST_SIZE)]
+
+
+def _holds(value: bytes, raw: bytes) -> bool:
+    """True if the log record ``value`` names the id ``raw`` (at an id boundary)."""
+    i = value.find(raw)
+    while i >= 0:
+        if i % DIGEST_SIZE == 0:
+            return True
+        i = value.find(raw, i + 1)
+    return False
+
+
 def _chunked_record(size: int, refs: list[bytes]) -> bytes:
     return _HEAD.pack(int(ObjType.BLOB), FLAG_CHUNKED, size) + b"".join(refs)
 
 
 class _Batch:
-    """Encoded records waiting for a write txn, flushed every STREAM_TXN_BYTES in order."""
+    """Encoded records waiting for a write txn, flushed every STREAM_TXN_BYTES in order.
+
+    Entries are (id, type, head, body) as Store._write_parts takes them; put_many appends
+    small plain ones (head = record header, body = the bytes) itself.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.records: list[tuple[ObjectId, ObjType, bytes]] = []
+        self.records: list[tuple[ObjectId, ObjType, bytes, bytes | memoryview]] = []
         self.size = 0
 
     def add(self, oid: ObjectId, otype: ObjType, record: bytes) -> None:
-        self.records.append((oid, otype, record))
+        self.records.append((oid, otype, b"", record))
         self.size += len(record)
         if self.size >= STREAM_TXN_BYTES:
             self.flush()
 
     def flush(self) -> None:
         if self.records:
-            self.store._write_records(self.records)
+            self.store._write_parts(self.records)
         self.records, self.size = [], 0
 
 

@@ -269,12 +269,39 @@ def test_objects_without_write_time_are_never_swept(store_path: Path, store: Sto
     store.close()
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
-        txn.delete(oid.raw, db=env.open_db(b"otime", txn=txn))
+        txn.drop(env.open_db(b"otime", txn=txn), delete=False)  # as a cas without otime left it
     env.close()
     with Store(store_path) as s:
         assert gc(s, now=time.time() + 100 * DAY).objects_freed == 0
         stamped = s.object_time(oid)
         assert stamped is not None and abs(stamped - time.time()) < 60
+
+
+def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
+    store_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t0 = time.time()
+    old = store.put(b"stamped per object by an earlier cas")
+    store.close()
+    env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
+    with env.begin(write=True) as txn:  # the per-object form: 32-byte id -> u32 LE
+        db = env.open_db(b"otime", txn=txn)
+        txn.drop(db, delete=False)
+        txn.put(old.raw, struct.pack("<I", int(t0) - 30 * DAY), db=db)
+    env.close()
+    with Store(store_path) as s:
+        assert s.object_time(old) == int(t0) - 30 * DAY
+        monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+        young = [s.put(b"young %d" % i) for i in range(3)]
+        for _ in range(3):
+            s.put_many([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
+        assert gc(s, now=t0 + 1).objects_freed == 1  # the old one, past its grace
+        assert s.object_times() == dict.fromkeys(young, int(t0))
+        # compaction left one entry per live id, none of the old form
+        env = s._env
+        with env.begin() as txn:
+            values = [bytes(v) for k, v in txn.cursor(db=s._otime)]
+        assert sorted(len(v) for v in values) == [96]
 
 
 # -- stats -----------------------------------------------------------------------------

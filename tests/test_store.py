@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,18 @@ def test_threads_share_a_store(store: Store) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(64)))
     assert store.info()["objects"] == 64
+
+
+def test_write_time_log_splits_large_batches_and_extends_a_txn(store: Store) -> None:
+    # a batch's ids go in leaf-sized parts; a second stamp in one txn goes on after them
+    blobs = [b"log %d" % i for i in range(150)]
+    ids = store.put_many([(ObjType.BLOB, b) for b in blobs])
+    more = [ObjectId.of(b"more %d" % i) for i in range(70)]
+    store.write(lambda txn: (store._stamp(txn, b"".join(o.raw for o in more[:5])),
+                             store._stamp(txn, b"".join(o.raw for o in more[5:]))))
+    times = store.object_times()
+    assert set(times) == {*ids, *more}
+    assert all(abs((store.object_time(o) or 0) - time.time()) < 60 for o in (ids[-1], more[-1]))
+    with store._env.begin() as txn:
+        parts = [store_mod._LOG_KEY.unpack(bytes(k))[2] for k, _ in txn.cursor(db=store._otime)]
+    assert parts == [0, 1, 2, 0, 1, 2]  # 150 ids: 60 + 60 + 30; then 5, then 60 + 5
