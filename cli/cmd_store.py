@@ -95,10 +95,6 @@ def put(ctx: Context, files: tuple[str, ...]) -> None:
     ctx.emit(out, "\n".join(f"{o['id']}  {o['file']}" for o in out))
 
 
-def _resolve_any(store: Store, text: str) -> ObjectId:
-    return refs.resolve_object(store, text)
-
-
 @click.command()
 @click.argument("obj")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
@@ -106,7 +102,7 @@ def _resolve_any(store: Store, text: str) -> ObjectId:
 def cat(ctx: Context, obj: str, output: str | None) -> None:
     """Write the raw bytes of OBJ (an id, prefix or ref) to stdout, verified."""
     store = ctx.store
-    oid = _resolve_any(store, obj)
+    oid = refs.resolve_object(store, obj)
     rec = store.record(oid)
     if rec is None:
         raise ObjectNotFound(f"object {oid} not found", oid=oid)
@@ -187,7 +183,7 @@ def log(ctx: Context, rev: str, max_count: int | None, oneline: bool) -> None:
 def show(ctx: Context, obj: str) -> None:
     """Describe an object: commit, tag, manifest node, env or blob."""
     store = ctx.store
-    oid = _resolve_any(store, obj)
+    oid = refs.resolve_object(store, obj)
     otype, data = store.require(oid)
     rec = store.record(oid)
     base: dict[str, Any] = {"id": oid.hex, "type": otype.label, "size": len(data)}
@@ -348,8 +344,8 @@ def fsck(ctx: Context, no_verify: bool) -> None:
         task = bar.add_task("fsck", total=total)
         report = run_fsck(store, verify_hashes=not no_verify,
                           progress=lambda done, _total: bar.update(task, completed=done))
-    problems = [f for f in report.findings if f.kind != "dangling"]
-    ctx.emit(report.to_dict() if hasattr(report, "to_dict") else {"ok": not problems},
+    problems = report.errors
+    ctx.emit(report.to_dict(),
              "\n".join(f"{f.kind}: {f.message}" for f in report.findings)
              + (f"\nfsck: {len(problems)} problem(s) in {report.checked} objects" if problems
                 else f"fsck: ok, {report.checked} objects checked"))

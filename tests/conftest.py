@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import Served
 
 from cas.store import Store
 
@@ -65,3 +66,13 @@ def cas(store_path: Path, tmp_path: Path) -> Cas:
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     env.pop("CAS_DIR", None)
     return Cas(store_path, env)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """`cas serve` over a fresh store on 127.0.0.1, with tokens; stopped after the test."""
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from servers import Seaweed, Served
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    """`cas serve` over a fresh store, with tokens; stopped after the test."""
-    s = Served(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
+from servers import Seaweed
 
 
 @pytest.fixture(scope="session")
