@@ -17,7 +17,6 @@ Mark and sweep, with git's safety rules (docs/robustness.md, "Garbage collection
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -68,7 +67,7 @@ def gc(
     """Collect garbage in ``store``; see the module docstring for what is kept."""
     if grace_seconds < 0 or reflog_expiry_seconds < 0:
         raise CasError("gc periods must not be negative")
-    now = time.time() if now is None else now
+    now = store.clock() if now is None else now
     # Float, not whole seconds: write times are whole seconds rounded down, so with a
     # grace of 0 an object written earlier in this very second is already old.
     cutoff = now - grace_seconds

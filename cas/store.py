@@ -175,9 +175,17 @@ class Store:
     """A content-addressed object store with refs, in one LMDB environment."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = False, durable: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        durable: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Open the store at ``path`` (``create``: make it if absent).
+
+        ``clock`` gives the epoch seconds stamped on writes, ref updates and the reflog
+        (gc's grace periods are measured against it); tests pass a fake one.
 
         ``durable=False`` skips the fsync of each commit (LMDB ``sync=False``): a crash of
         the *machine* may lose the last commits, a crash of the process loses nothing.
@@ -186,6 +194,7 @@ class Store:
         """
         self.path = Path(path)
         self._durable = durable
+        self.clock = clock
         self._key = ""
         # zstd contexts must not be used by two threads at once (a server shares a Store
         # between threads), so each thread gets its own.
@@ -196,9 +205,15 @@ class Store:
     # -- life cycle ---------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str], *, durable: bool = True) -> Store:
+    def init(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
         """Create a store at ``path`` (or open the one already there)."""
-        return cls(path, create=True, durable=durable)
+        return cls(path, create=True, durable=durable, clock=clock)
 
     def _open(self, create: bool) -> None:
         data = self.path / "data.mdb"
@@ -253,7 +268,7 @@ class Store:
                 meta = dbs["meta"]
                 if txn.get(b"format", db=meta) is None:
                     txn.put(b"format", str(STORE_FORMAT).encode(), db=meta)
-                    txn.put(b"created", str(int(time.time())).encode(), db=meta)
+                    txn.put(b"created", str(int(self.clock())).encode(), db=meta)
         except lmdb.Error as exc:
             env.close()
             raise _translate(exc, key) from exc
@@ -876,7 +891,7 @@ class Store:
         value.
         """
         key = name.encode()
-        now = time.time()
+        now = self.clock()
 
         def go(txn: lmdb.Transaction) -> ObjectId | None:
             raw = txn.get(key, db=self._refs)
@@ -1046,7 +1061,7 @@ class Store:
         if not ids:
             return
         otime = self._otime
-        prefix = _LOG_KEY.pack(int(time.time()), txn.id(), 0)[:-4]
+        prefix = _LOG_KEY.pack(int(self.clock()), txn.id(), 0)[:-4]
         part = 0
         if txn.get(prefix + bytes(4), db=otime) is not None:
             # a second stamp in one txn: go on after the txn's last part

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Served
+from servers import Served, ServedPool
+from testclock import Clock
 
 from cas.store import Store
 
@@ -32,8 +33,13 @@ def store_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(store_path: Path) -> Iterator[Store]:
-    s = Store.init(store_path)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(store_path: Path, clock: Clock) -> Iterator[Store]:
+    s = Store.init(store_path, clock=clock)
     try:
         yield s
     finally:
@@ -68,11 +74,21 @@ def cas(store_path: Path, tmp_path: Path) -> Cas:
     return Cas(store_path, env)
 
 
+@pytest.fixture(scope="session")
+def served_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPool]:
+    pool = ServedPool(tmp_path_factory.mktemp("served"))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    """`cas serve` over a fresh store on 127.0.0.1, with tokens; stopped after the test."""
-    s = Served(tmp_path)
+def served(served_pool: ServedPool) -> Iterator[Served]:
+    """`cas serve` over a fresh store on 127.0.0.1, with tokens; stopped after the test
+    (started ahead of time by the session's pool)."""
+    s = served_pool.take()
     try:
         yield s
     finally:
-        s.stop()
+        served_pool.give_back(s)

@@ -7,12 +7,15 @@ server must fail loudly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -215,3 +218,58 @@ class Served:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class ServedPool:
+    """Fresh `cas serve` processes, each started ahead in the background.
+
+    Every test that asks for a server still gets its own process over its own empty store
+    (the contract tests need an empty remote), but the second or so a server takes to
+    start, and its graceful stop, overlap the tests before and after instead of adding to
+    them. One pool per test session; ``close`` stops what is left.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self._dir = workdir
+        self._ids = itertools.count()
+        self._ready: queue.Queue[Served | BaseException] = queue.Queue(maxsize=1)
+        self._closed = threading.Event()
+        self._stoppers: list[threading.Thread] = []
+        self._starter = threading.Thread(target=self._fill, daemon=True)
+        self._starter.start()
+
+    def _fill(self) -> None:
+        while not self._closed.is_set():
+            work = self._dir / f"served-{next(self._ids)}"
+            work.mkdir()
+            try:
+                item: Served | BaseException = Served(work)
+            except BaseException as exc:  # handed to the test that takes it
+                item = exc
+            self._ready.put(item)  # blocks while a spare is waiting
+
+    def take(self) -> Served:
+        item = self._ready.get(timeout=120)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def give_back(self, served: Served) -> None:
+        """Stop a used server without making the next test wait for it."""
+        t = threading.Thread(target=served.stop, daemon=True)
+        t.start()
+        self._stoppers.append(t)
+
+    def close(self) -> None:
+        self._closed.set()
+        while True:
+            try:
+                item = self._ready.get(timeout=0.1)
+            except queue.Empty:
+                if not self._starter.is_alive():
+                    break
+                continue
+            if isinstance(item, Served):
+                item.stop()
+        for t in self._stoppers:
+            t.join(15)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from testclock import Clock
 
 from cas import store as store_mod
 from cas.codec import ObjType
@@ -180,7 +181,7 @@ def test_gc_frees_old_garbage_and_keeps_reachable(store: Store) -> None:
     big = store.put(os.urandom(store_mod.CHUNK_SIZE + 1))  # chunked: chunks go with it
     before = stats(store)
 
-    report = gc(store, now=time.time() + 15 * DAY)
+    report = gc(store, now=store.clock() + 15 * DAY)
     assert report.objects_freed == 2 + 1 + 2
     assert report.freed_by_type == {"blob": 3, "chunk": 2}
     assert report.raw_bytes_freed == sum(map(len, junk)) + store_mod.CHUNK_SIZE + 1
@@ -195,19 +196,19 @@ def test_gc_keeps_young_garbage_and_dry_run_deletes_nothing(store: Store) -> Non
     loose = store.put(b"written a minute ago")
     assert gc(store).objects_freed == 0  # default 14-day grace
     assert store.get(loose) is not None
-    dry = gc(store, now=time.time() + 15 * DAY, dry_run=True)
+    dry = gc(store, now=store.clock() + 15 * DAY, dry_run=True)
     assert dry.objects_freed == 1 and dry.dry_run
     assert store.get(loose) is not None
 
 
-def test_gc_keeps_what_a_young_commit_references(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_keeps_what_a_young_commit_references(store: Store, clock: Clock) -> None:
     # An old blob, then (later) a commit that references it but no ref yet, as a writer
     # that crashed before moving its ref would leave. The blob must live as long as the
     # commit does, or a later `set_ref` to that commit would name an incomplete one.
-    t0 = time.time()
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0 - 30 * DAY)
+    t0 = clock.now
+    clock.now = t0 - 30 * DAY
     old_blob = store.put(b"old artifact")
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+    clock.now = t0
     env = store.put_object(Env({"d": "cpu"}))
     node = store.put_object(
         ManifestNode(0, 1, entries=((EntryKey(env, "pgo", "k"), Entry(old_blob, 12)),))
@@ -219,11 +220,11 @@ def test_gc_keeps_what_a_young_commit_references(store: Store, monkeypatch: pyte
     assert fsck(store).ok
 
 
-def test_gc_reflog_roots_and_expiry(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    t0 = time.time()
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0 - 30 * DAY)
+def test_gc_reflog_roots_and_expiry(store: Store, clock: Clock) -> None:
+    t0 = clock.now
+    clock.now = t0 - 30 * DAY
     c1 = snapshot(store, [b"first"], "1")  # objects written long ago...
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+    clock.now = t0
     store.set_ref("refs/heads/topic", c1)  # ...named today, then the branch deleted:
     store.set_ref("refs/heads/topic", None)  # only the reflog still names c1
     kept = gc(store, now=t0 + 5)
@@ -235,14 +236,14 @@ def test_gc_reflog_roots_and_expiry(store: Store, monkeypatch: pytest.MonkeyPatc
 
 
 def test_gc_clears_old_staged_objects_but_keeps_what_young_ones_need(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, clock: Clock
 ) -> None:
-    t0 = time.time()
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0 - 30 * DAY)
+    t0 = clock.now
+    clock.now = t0 - 30 * DAY
     blob = store.put(b"arrived before its manifest")
     stale = ManifestNode(0, 0)
     store.stage_put([(stale.id, ObjType.NODE, stale.encode())])
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+    clock.now = t0
     env = store.put_object(Env({"d": "cpu"}))
     fresh = ManifestNode(0, 1, entries=((EntryKey(env, "pgo", "k"), Entry(blob, 27)),))
     store.stage_put([(fresh.id, ObjType.NODE, fresh.encode())])
@@ -253,34 +254,33 @@ def test_gc_clears_old_staged_objects_but_keeps_what_young_ones_need(
     assert store.promote([fresh.id]) == 1 and fsck(store).ok
 
 
-def test_gc_spares_an_object_rewritten_after_the_mark(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_spares_an_object_rewritten_after_the_mark(store: Store, clock: Clock) -> None:
     # the sweep re-reads write times inside its transaction
-    t0 = time.time()
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0 - 30 * DAY)
+    t0 = clock.now
+    clock.now = t0 - 30 * DAY
     oid = store.put(b"about to be reused")
-    monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+    clock.now = t0
     store.put(b"about to be reused")  # a writer re-puts it before naming it
     assert store.sweep([oid], before=int(t0 - DAY)) == []
     assert store.has(oid)
 
 
-def test_objects_without_write_time_are_never_swept(store_path: Path, store: Store) -> None:
+def test_objects_without_write_time_are_never_swept(store_path: Path, store: Store, clock: Clock) -> None:
     oid = store.put(b"from an older cas")
     store.close()
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
         txn.drop(env.open_db(b"otime", txn=txn), delete=False)  # as a cas without otime left it
     env.close()
-    with Store(store_path) as s:
-        assert gc(s, now=time.time() + 100 * DAY).objects_freed == 0
-        stamped = s.object_time(oid)
-        assert stamped is not None and abs(stamped - time.time()) < 60
+    with Store(store_path, clock=clock) as s:
+        assert gc(s, now=clock.now + 100 * DAY).objects_freed == 0
+        assert s.object_time(oid) == int(clock.now)  # its age starts at this gc
 
 
 def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
-    store_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+    store_path: Path, store: Store, clock: Clock
 ) -> None:
-    t0 = time.time()
+    t0 = clock.now
     old = store.put(b"stamped per object by an earlier cas")
     store.close()
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
@@ -289,19 +289,20 @@ def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
         txn.drop(db, delete=False)
         txn.put(old.raw, struct.pack("<I", int(t0) - 30 * DAY), db=db)
     env.close()
-    with Store(store_path) as s:
+    with Store(store_path, clock=clock) as s:
         assert s.object_time(old) == int(t0) - 30 * DAY
-        monkeypatch.setattr(store_mod.time, "time", lambda: t0)
+        clock.now = t0
         young = [s.put(b"young %d" % i) for i in range(3)]
         for _ in range(3):
             s.put_many([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
         assert gc(s, now=t0 + 1).objects_freed == 1  # the old one, past its grace
         assert s.object_times() == dict.fromkeys(young, int(t0))
-        # compaction left one entry per live id, none of the old form
-        env = s._env
-        with env.begin() as txn:
-            values = [bytes(v) for k, v in txn.cursor(db=s._otime)]
-        assert sorted(len(v) for v in values) == [96]
+    # compaction left one entry per live id, none of the old form (docs/format.md, otime)
+    env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30, readonly=True)
+    with env.begin() as txn:
+        values = [bytes(v) for _, v in txn.cursor(db=env.open_db(b"otime", txn=txn, create=False))]
+    env.close()
+    assert sorted(len(v) for v in values) == [96]
 
 
 # -- stats -----------------------------------------------------------------------------
@@ -318,7 +319,6 @@ def test_stats_by_type(store: Store) -> None:
     assert s.objects == 5 and s.refs == 2
     assert s.refs_by_namespace == {"refs/heads": 1, "refs/tags": 1}
     assert s.raw_bytes == sum(v.raw_bytes for v in s.by_type.values())
-    assert struct.calcsize("<I") == 4  # otime values are u32 seconds (docs/robustness.md)
 
 
 def test_ref_stats_counts_entries_by_kind_and_env(store: Store) -> None:
@@ -362,7 +362,7 @@ def test_write_times_do_not_outlive_their_objects(store: Store) -> None:
     store.stage_clear()
     assert store.object_time(node.id) is None
     loose = store.put(b"garbage")
-    gc(store, now=time.time() + 15 * DAY)
+    gc(store, now=store.clock() + 15 * DAY)
     assert store.object_time(loose) is None and store.object_times() == {}
 
 

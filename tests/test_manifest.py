@@ -7,8 +7,6 @@ the ``slow`` tests at the end; they share one 10^6-entry store built once per mo
 from __future__ import annotations
 
 import random
-import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -360,35 +358,35 @@ def test_unresolved_conflicts_are_reported_and_keep_ours(store: Store, base: tup
     assert m.merge(store, root, ours, theirs, rules={"*": undecided}).conflicts == [(key, mine, yours)]
 
 
-# -- acceptance criteria at 10^6 entries ------------------------------------------------------
+# -- structural laws on a big tree (10^5 entries; 10^6, and every time figure, in bench/) ------
 
-BIG = 1_000_000
+BIG = 100_000
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, ObjectId, dict[EntryKey, Entry], float]]:
+def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, ObjectId, dict[EntryKey, Entry]]]:
     data = make_entries(BIG, seed=7)
-    store = Store.init(tmp_path_factory.mktemp("big") / "store")
-    # CPU time, not wall time: the machine running the suite is shared with other jobs.
-    t0 = time.process_time()
-    root = m.build(store, data)
-    elapsed = time.process_time() - t0
+    store = Store.init(tmp_path_factory.mktemp("big") / "store", durable=False)
     try:
-        yield store, root, data, elapsed
+        yield store, m.build(store, data), data
     finally:
         store.close()
 
 
-@pytest.mark.slow
-def test_big_build_is_fast_and_complete(big: tuple[Store, ObjectId, dict[EntryKey, Entry], float]) -> None:
-    store, root, _, elapsed = big
+Big = tuple[Store, ObjectId, dict[EntryKey, Entry]]
+
+
+def test_big_build_is_complete(big: Big) -> None:
+    store, root, data = big
     assert m.count(store, root) == BIG
-    assert elapsed < 60, f"building 10^6 entries took {elapsed:.0f}s of CPU (aim: < 60 s)"
+    assert list(m.check(store, root)) == []
+    rng = random.Random(5)
+    for k in rng.sample(list(data), 2000):
+        assert m.lookup(store, root, k) == data[k]
 
 
-@pytest.mark.slow
-def test_big_single_changes_write_at_most_8_nodes_and_64_kib(big: tuple[Store, ObjectId, dict[EntryKey, Entry], float]) -> None:
-    store, root, data, _ = big
+def test_big_single_changes_write_at_most_8_nodes_and_64_kib(big: Big) -> None:
+    store, root, data = big
     rng = random.Random(11)
     keys = list(data)
     worst_nodes = worst_bytes = 0
@@ -408,25 +406,8 @@ def test_big_single_changes_write_at_most_8_nodes_and_64_kib(big: tuple[Store, O
     assert worst_bytes <= 64 * 1024
 
 
-@pytest.mark.slow
-def test_big_lookup_median_is_under_50_us(big: tuple[Store, ObjectId, dict[EntryKey, Entry], float]) -> None:
-    store, root, data, _ = big
-    rng = random.Random(5)
-    keys = rng.sample(list(data), 2000)
-    for k in keys:  # warm up: the working set of a process is its own entries
-        m.lookup(store, root, k)
-    times = []
-    for k in keys:
-        t0 = time.process_time()  # CPU time: immune to other jobs taking the CPU
-        assert m.lookup(store, root, k) == data[k]
-        times.append(time.process_time() - t0)
-    median_us = statistics.median(times) * 1e6
-    assert median_us < 50, f"median lookup {median_us:.1f} us"
-
-
-@pytest.mark.slow
-def test_big_diff_reads_k_log_n_nodes(big: tuple[Store, ObjectId, dict[EntryKey, Entry], float]) -> None:
-    store, root, data, _ = big
+def test_big_diff_reads_k_log_n_nodes(big: Big) -> None:
+    store, root, data = big
     rng = random.Random(9)
     keys = list(data)
     for k in (1, 10, 100):
@@ -446,9 +427,8 @@ def test_big_diff_reads_k_log_n_nodes(big: tuple[Store, ObjectId, dict[EntryKey,
         assert res.root == other and stats.nodes_read == 0
 
 
-@pytest.mark.slow
-def test_big_build_equals_removals_then_updates(big: tuple[Store, ObjectId, dict[EntryKey, Entry], float]) -> None:
-    store, root, data, _ = big
+def test_big_build_equals_removals_then_updates(big: Big) -> None:
+    store, root, data = big
     keys = list(data)
     rng = random.Random(3)
     late = rng.sample(keys, 300)

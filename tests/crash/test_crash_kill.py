@@ -21,7 +21,6 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> Non
     path = tmp_path / "store"
     rnd = random.Random(1234)
     commits_seen = 0
-    started = time.monotonic()
     for i in range(KILLS):
         proc = subprocess.Popen(
             [sys.executable, str(WORKER), "writer", str(path), str(i)],
@@ -47,7 +46,6 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> Non
             commits_seen = max(commits_seen, _depth(store, tip))
     # the kills really interrupted work in progress, not idle processes
     assert commits_seen > KILLS // 2
-    assert time.monotonic() - started < 120
 
 
 def _depth(store: Store, tip: object) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed, Served
+from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed, ServedPool
 
 from cas.remote.base import Remote
 
@@ -39,10 +39,10 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
         server.stop()
 
 
-def _http(tmp_path: Path) -> Iterator[Endpoint]:
+def _http(pool: ServedPool) -> Iterator[Endpoint]:
     from cas.remote.http import HttpRemote
 
-    served = Served(tmp_path)
+    served = pool.take()
     log = served.server.access_log
 
     def count() -> int:
@@ -51,7 +51,7 @@ def _http(tmp_path: Path) -> Iterator[Endpoint]:
     try:
         yield Endpoint("http", served.url, lambda: HttpRemote(served.url, token=served.write_token), count)
     finally:
-        served.stop()
+        pool.give_back(served)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +78,6 @@ def _s3(seaweed: Seaweed, bucket: str) -> Iterator[Endpoint]:
 @pytest.fixture(params=["http", "s3"])
 def endpoint(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Endpoint]:
     if request.param == "http":
-        yield from _http(tmp_path)
+        yield from _http(request.getfixturevalue("served_pool"))
     else:
         yield from _s3(request.getfixturevalue("seaweed"), request.getfixturevalue("sync_bucket"))

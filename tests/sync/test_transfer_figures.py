@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -57,16 +56,13 @@ def test_push_of_k_new_entries_onto_100k_sends_o_k(big_pair: Path, tmp_path: Pat
     new_objects = _ids(local) - before
     new_bytes = sum(len(local.get(o)) for o in new_objects)
     counting = CountingRemote(inner)
-    start = time.monotonic()
     res = sync.push(local, counting, MAIN)
-    took = time.monotonic() - start
     assert set(counting.sent_ids) == new_objects  # exactly the new objects, each once
     assert len(counting.sent_ids) == len(new_objects)
     assert counting.sent_bytes <= 1.2 * new_bytes + 64 * 1024
     assert res.stats.wire_bytes <= 1.2 * new_bytes + 64 * 1024
     # list_refs, missing, a pack of blobs, a pack of nodes and the commit, update_ref
     assert counting.requests == 5
-    assert took < 10, f"push of {k} entries onto {BIG} took {took:.1f}s"
     # And a pull of the same change by a store at the old state fetches just that.
     shutil.copytree(big_pair, tmp_path / "other")
     other = Store(tmp_path / "other")
