@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cas demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check cas cli tests bench
 	$(VENV)/bin/mypy cas cli

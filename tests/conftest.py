@@ -27,6 +27,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             report.longrepr = f"skipped, but CAS_TEST_DISALLOW_SKIP=1: {report.longrepr}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers), the torch tests run in two groups,
+    one per worker, so that each session-wide cold compile happens once: the tests that
+    use ``captured`` (tests/torch/conftest.py) in one, the other torch tests (whose
+    ``recorded`` cold run is cached per process, tests/torch/livekit.py) in the other.
+    Everything else is spread over both workers as they free up."""
+    torch_dir = Path(__file__).parent / "torch"
+    for item in items:
+        if torch_dir in Path(item.path).parents:
+            captured = "captured" in getattr(item, "fixturenames", ())
+            item.add_marker(pytest.mark.xdist_group("torch-captured" if captured else "torch-other"))
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store"

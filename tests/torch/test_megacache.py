@@ -73,7 +73,8 @@ def test_import_then_export_loads_in_a_fresh_process_with_hits(
     assert counters["inductor"]["fxgraph_cache_hit"] >= 1
     assert counters["aot_autograd"]["autograd_cache_hit"] >= 1
     assert counters["inductor"].get("fxgraph_cache_miss", 0) == 0
-    assert torch_env.compiles() == []
+    # (torch still preprocesses its kernel header once per process, `g++ -E`: not a compile)
+    assert [c for c in torch_env.compiles() if " -E " not in f" {c} "] == []
 
 
 def test_import_of_a_broken_file_is_one_clear_error(torch_env: TorchEnv, tmp_path: Path) -> None:
