@@ -51,6 +51,7 @@ from cas.errors import (
 )
 from cas.objects import references
 from cas.server.auth import Scope, Tokens
+from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
 
 API = "/v1"
@@ -456,19 +457,31 @@ class AccessLog:
 
 
 def create_app(
-    store_path: str | Path, tokens: Tokens | None, limits: Limits | None = None
+    store_path: str | Path,
+    tokens: Tokens | None,
+    limits: Limits | None = None,
+    redis: RedisOptions | None = None,
 ) -> Any:
     """The ASGI app serving the store at ``store_path``.
 
     ``tokens=None`` turns authentication off (``cas serve --no-auth``); otherwise every
-    endpoint but health needs a token of the right scope.
+    endpoint but health needs a token of the right scope. ``redis`` also opens the Redis
+    door (cas.server.redis_door) in the same event loop, for the app's lifetime; a
+    misconfigured door (no env to serve, say) raises here, before anything listens.
     """
     stores = _Stores(Path(store_path))
+    door = RedisDoor(store_path, tokens, redis) if redis is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
-        yield
-        stores.close()
+        if door is not None:
+            await door.start()
+        try:
+            yield
+        finally:
+            if door is not None:
+                await door.stop()
+            stores.close()
 
     app = Starlette(
         routes=[
@@ -489,4 +502,5 @@ def create_app(
     app.state.stores = stores
     app.state.tokens = tokens
     app.state.limits = limits or Limits()
+    app.state.redis = door
     return AccessLog(app)

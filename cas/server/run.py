@@ -13,6 +13,7 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
+from cas.server.redis_door import RedisOptions
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ServeOptions:
     #: Where access-log lines go: a file path, or None for stderr.
     access_log: Path | None = None
     limits: Limits = Limits()
+    #: The Redis door (``--redis-port``), or None.
+    redis: RedisOptions | None = None
 
 
 def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
@@ -43,7 +46,7 @@ def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> Non
     for p in (options.tls_cert, options.tls_key):
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
-    app = create_app(store_path, tokens, options.limits)
+    app = create_app(store_path, tokens, options.limits, options.redis)
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False

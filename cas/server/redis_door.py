@@ -1,0 +1,484 @@
+"""The Redis door: stock torch and Triton use a cas store as their remote cache.
+
+torch's ``RedisRemoteCacheBackend`` and Triton's speak the Redis protocol through the
+``redis`` client package; this module speaks enough of it (RESP2 and RESP3) for them:
+the connect handshake (``HELLO``, ``AUTH``, ``CLIENT SETINFO``, ``SELECT 0``, ``PING``),
+then ``GET``/``MGET``/``EXISTS`` and ``SET``/``MSET``. It runs as an asyncio server in the
+event loop of the HTTP server (started from the app's lifespan), so one process serves
+both doors.
+
+How a Redis key becomes an entry (:func:`cas.torch.live.parse_backend_key`, the same
+mapping as the in-process live backend): ``pt2:<cache id>::<key>:c1`` is torch's FX,
+AOTAutograd, PGO or autotune cache, ``inductor:<kernel hash>:<file>`` Triton's. The key
+does not say which environment it belongs to (torch folds its version and build into the
+hash, but not in a form we can read back), so **one door serves one env**: the operator
+names it (``cas serve --redis-env``), or the served ref holds exactly one env. Entries
+of other envs are never served.
+
+* Reads answer from ``ref`` (a tag or a branch), re-read when it moves, if the trust
+  policy allows it (:func:`cas.torch.policy.check_ref_allowed`), plus the writes not yet
+  committed. Every value is re-hashed (BLAKE3) before it is served.
+* Writes (write-scope tokens only) are buffered and committed to ``branch`` in batches
+  (``batch`` entries, or every ``flush_every`` seconds, and at shutdown); the commit's
+  metadata names the token that wrote them, so a batch never mixes two tokens.
+* ``AUTH [user] <cas token>``: the password is a cas token; a read token gets
+  ``-NOPERM`` on ``SET``. Without AUTH a connection may only handshake, unless the
+  server runs without tokens or allows anonymous reads.
+* ``DEL``, ``FLUSHALL`` and every other command that would rewrite history are refused:
+  entries leave a store through ``cas gc``, not through a cache client.
+
+All store work happens on the event loop's thread (LMDB reads are memory-mapped and take
+microseconds; a batch commit takes milliseconds), which keeps the per-request cost to a
+parse and a dictionary lookup instead of a hop to a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cas import refs
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CasError, UsageError
+from cas.objects import Env
+from cas.server.auth import Scope, Tokens
+from cas.store import Store
+from cas.torch.live import LiveCache, parse_backend_key
+from cas.torch.policy import check_ref_allowed
+
+LOG = logging.getLogger("cas.server.redis")
+
+#: Largest bulk string accepted (a Redis value is at most 512 MB; torch's are far smaller).
+MAX_BULK = 512 << 20
+_MAX_ARGS = 1 << 16
+
+#: Called after each command: (command, key kind or "", outcome, bytes in, bytes out,
+#: seconds); outcome is "hit", "miss", "ok" or "error". The metrics module listens here.
+Observer = Callable[[str, str, str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """What the Redis door serves and where it records."""
+
+    port: int
+    host: str = "127.0.0.1"
+    #: Ref reads answer from (a tag or a branch); None: the write branch.
+    ref: str | None = None
+    #: Branch writes are committed to; None: the door is read-only.
+    branch: str | None = "main"
+    #: Env id (hex or unique prefix) of the clients; None: the only env of ``ref``.
+    env: str | None = None
+    batch: int = 256
+    flush_every: float = 5.0
+    #: Let connections that never AUTH read (e.g. a loopback-only fleet cache).
+    anonymous_read: bool = False
+
+
+class _Reply:
+    """RESP encoders for one connection (RESP2 until ``HELLO 3``)."""
+
+    def __init__(self) -> None:
+        self.proto = 2
+
+    def nil(self) -> bytes:
+        return b"_\r\n" if self.proto == 3 else b"$-1\r\n"
+
+    @staticmethod
+    def ok() -> bytes:
+        return b"+OK\r\n"
+
+    @staticmethod
+    def error(text: str) -> bytes:
+        return b"-" + text.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+
+    @staticmethod
+    def integer(n: int) -> bytes:
+        return b":%d\r\n" % n
+
+    def bulk(self, data: bytes | None) -> bytes:
+        if data is None:
+            return self.nil()
+        return b"$%d\r\n%s\r\n" % (len(data), data)
+
+    def array(self, items: list[bytes]) -> bytes:
+        return b"*%d\r\n" % len(items) + b"".join(items)
+
+    def map(self, pairs: list[tuple[bytes, bytes]]) -> bytes:
+        if self.proto == 3:
+            return b"%%%d\r\n" % len(pairs) + b"".join(k + v for k, v in pairs)
+        return self.array([x for kv in pairs for x in kv])
+
+
+class _ProtocolError(Exception):
+    """The client sent something that is not RESP; the connection is closed."""
+
+
+async def _read_command(reader: asyncio.StreamReader) -> tuple[list[bytes], int] | None:
+    """One command (a RESP array of bulk strings, or an inline line) and its size."""
+    line = await reader.readline()
+    if not line:
+        return None
+    if not line.endswith(b"\r\n"):
+        raise _ProtocolError("unterminated line")
+    if not line.startswith(b"*"):
+        return line.split(), len(line)  # inline command (redis-cli, telnet)
+    n = _length(line, _MAX_ARGS)
+    args, size = [], len(line)
+    for _ in range(n):
+        head = await reader.readline()
+        if not head.startswith(b"$"):
+            raise _ProtocolError("expected a bulk string")
+        length = _length(head, MAX_BULK)
+        data = await reader.readexactly(length + 2)
+        args.append(data[:-2])
+        size += len(head) + length + 2
+    return args, size
+
+
+def _length(line: bytes, limit: int) -> int:
+    try:
+        n = int(line[1:-2])
+    except ValueError as exc:
+        raise _ProtocolError("bad length") from exc
+    if not 0 <= n <= limit:
+        raise _ProtocolError(f"length {n} out of range")
+    return n
+
+
+class RedisDoor:
+    """Answers Redis commands from one store (see the module docstring)."""
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        tokens: Tokens | None,
+        options: RedisOptions,
+        observe: Observer | None = None,
+    ) -> None:
+        self.options = options
+        self.tokens = tokens
+        self.observe = observe
+        self.store = Store(Path(store_path))
+        self.read_ref = options.ref or options.branch
+        if self.read_ref is None:
+            raise UsageError("the Redis door needs a ref to read or a branch to write")
+        self.env = self._pick_env()
+        self._served_tip: ObjectId | None = None
+        self._writer: str | None = None
+        self._last_flush = time.monotonic()
+        tip = self._tip()
+        self.live = LiveCache(
+            self.store,
+            self.env,
+            root=None,
+            branch=options.branch,
+            message="redis: artifacts recorded through the Redis door",
+            metadata={"producer": "redis"},
+            base=tip,
+        )
+        self._refresh()
+        self._server: asyncio.base_events.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- env and ref ----------------------------------------------------------------------
+
+    def _tip(self) -> ObjectId | None:
+        assert self.read_ref is not None
+        found = refs.find_ref(self.store, self.read_ref)
+        return refs.peel(self.store, found[1]) if found else None
+
+    def _pick_env(self) -> Env:
+        wanted = self.options.env
+        if wanted is None:
+            tip = self._tip()
+            envs = sorted(_envs_of(self.store, tip)) if tip else []
+            if len(envs) != 1:
+                raise UsageError(
+                    f"cannot tell which env the Redis door serves: {self.read_ref} holds "
+                    f"{len(envs)} envs",
+                    hint="pass --redis-env ENV_ID (see `cas ls`), or --redis-env here",
+                )
+            wanted = envs[0].hex
+        oid = self.store.resolve_unique(wanted)
+        got = self.store.get_typed(oid)
+        if got is None or got[0] is not ObjType.ENV:
+            raise UsageError(f"env {wanted} is not in the store", hint="see `cas ls` for env ids")
+        return Env.decode(got[1])
+
+    def _refresh(self) -> None:
+        """Serve the read ref's current commit if it moved and the trust policy allows it."""
+        tip = self._tip()
+        if tip == self._served_tip:
+            return
+        self._served_tip = tip
+        root = None
+        if tip is not None:
+            try:
+                assert self.read_ref is not None
+                check_ref_allowed(self.store, self.read_ref)
+                root = refs.load_commit(self.store, tip).manifest
+            except CasError as exc:
+                LOG.warning("redis door serves nothing from %s: %s", self.read_ref, exc)
+        self.live.serve_from(root)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        self._refresh()
+        return self.live.get(key.decode("utf-8", "replace"))
+
+    def set(self, key: bytes, value: bytes, token: str) -> str | None:
+        """Buffer a write; returns an error text, or None when accepted."""
+        if self.options.branch is None:
+            return "READONLY cas: this Redis door records nothing (no --redis-branch)"
+        text = key.decode("utf-8", "replace")
+        if parse_backend_key(text) is None:
+            if text.startswith("pt2:"):
+                return None  # a torch cache cas does not keep (bundled autotune): dropped
+            return "ERR cas: not a torch or Triton remote-cache key"
+        if self._writer is not None and self._writer != token:
+            self.flush()  # one commit names one token
+        self._writer = token
+        self.live.metadata["token"] = token
+        before = self.live.stats.errors
+        self.live.put(text, value)
+        if self.live.stats.errors != before:
+            return "ERR cas: value is not what torch stores under this key"
+        if self.live.pending >= self.options.batch:
+            self.flush()
+        return None
+
+    def flush(self) -> ObjectId | None:
+        self._last_flush = time.monotonic()
+        if not self.live.pending:
+            return None
+        oid = self.live.flush()
+        if oid is not None:
+            LOG.info("redis door committed %s to %s (token %s)", oid.short(), self.options.branch, self._writer)
+        self._writer = None
+        return oid
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._connection, self.options.host, self.options.port, limit=1 << 20
+        )
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.options.flush_every))
+            if time.monotonic() - self._last_flush >= self.options.flush_every:
+                self.flush()
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.flush()
+        self.store.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, writer.get_extra_info("peername"))
+        try:
+            while True:
+                got = await _read_command(reader)
+                if got is None:
+                    break
+                args, size = got
+                start = time.perf_counter()
+                out, kind, outcome = session.run(args)
+                writer.write(out)
+                if self.observe is not None and args:
+                    name = args[0].decode("ascii", "replace").upper()
+                    self.observe(name, kind, outcome, size, len(out), time.perf_counter() - start)
+                if session.closing:
+                    break
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await writer.drain()
+            await writer.drain()
+        except (_ProtocolError, asyncio.IncompleteReadError, ValueError) as exc:
+            writer.write(_Reply.error(f"ERR protocol error: {exc}"))
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def _envs_of(store: Store, tip: ObjectId) -> set[ObjectId]:
+    from cas import manifest
+
+    root = refs.load_commit(store, tip).manifest
+    return {k.env for k, _ in manifest.entries(store, root)}
+
+
+_HANDSHAKE = frozenset({"HELLO", "AUTH", "PING", "QUIT", "CLIENT", "SELECT", "COMMAND", "ECHO", "RESET"})
+_REFUSED = frozenset(
+    {"DEL", "UNLINK", "FLUSHDB", "FLUSHALL", "EXPIRE", "PEXPIRE", "RENAME", "GETDEL", "GETEX", "SWAPDB"}
+)
+
+
+class _Session:
+    """The state of one connection: protocol version and who authenticated."""
+
+    def __init__(self, door: RedisDoor, peer: Any) -> None:
+        self.door = door
+        self.reply = _Reply()
+        self.closing = False
+        self.scope: Scope | None
+        if door.tokens is None:
+            self.token, self.scope = "anonymous", Scope.WRITE
+        elif door.options.anonymous_read:
+            self.token, self.scope = "anonymous", Scope.READ
+        else:
+            self.token, self.scope = "", None
+        self.peer = peer
+
+    def run(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        """(reply, key kind, outcome) for one command."""
+        if not args:
+            return b"", "", "ok"
+        name = args[0].decode("ascii", "replace").upper()
+        if self.scope is None and name not in _HANDSHAKE:
+            return self.reply.error("NOAUTH Authentication required."), "", "error"
+        handler = getattr(self, "cmd_" + name.lower(), None)
+        if name in _REFUSED:
+            return self.reply.error(f"ERR cas: {name} is refused: entries leave a store through `cas gc`"), "", "error"
+        if handler is None:
+            return self.reply.error(f"ERR unknown command '{name}'"), "", "error"
+        try:
+            return handler(args[1:])
+        except (IndexError, ValueError):
+            return self.reply.error(f"ERR wrong number or kind of arguments for '{name}'"), "", "error"
+
+    # handshake --------------------------------------------------------------------------
+
+    def _auth(self, user: bytes | None, password: bytes) -> bytes | None:
+        tokens = self.door.tokens
+        if tokens is None:
+            return None  # no auth on this server: any password is fine, as in Redis
+        rec = tokens.check(password.decode("utf-8", "replace"))
+        if rec is None:
+            return self.reply.error("WRONGPASS invalid username-password pair or user is disabled.")
+        self.token, self.scope = rec.name, rec.scope
+        return None
+
+    def cmd_auth(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        user, password = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+        err = self._auth(user, password)
+        return (err, "", "error") if err else (self.reply.ok(), "", "ok")
+
+    def cmd_hello(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        if args:
+            proto = int(args[0])
+            if proto not in (2, 3):
+                return self.reply.error("NOPROTO unsupported protocol version"), "", "error"
+        i = 1
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"AUTH":
+                err = self._auth(args[i + 1], args[i + 2])
+                if err:
+                    return err, "", "error"
+                i += 3
+            else:
+                i += 2  # SETNAME name
+        if args:
+            self.reply.proto = int(args[0])
+        r = self.reply
+        info = [
+            (r.bulk(b"server"), r.bulk(b"cas")),
+            (r.bulk(b"version"), r.bulk(b"7.0.0")),
+            (r.bulk(b"proto"), r.integer(r.proto)),
+            (r.bulk(b"id"), r.integer(1)),
+            (r.bulk(b"mode"), r.bulk(b"standalone")),
+            (r.bulk(b"role"), r.bulk(b"master")),
+            (r.bulk(b"modules"), r.array([])),
+        ]
+        return r.map(info), "", "ok"
+
+    def cmd_ping(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        return (self.reply.bulk(args[0]) if args else b"+PONG\r\n"), "", "ok"
+
+    def cmd_echo(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        return self.reply.bulk(args[0]), "", "ok"
+
+    def cmd_quit(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        self.closing = True
+        return self.reply.ok(), "", "ok"
+
+    def cmd_reset(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        self.reply.proto = 2
+        return b"+RESET\r\n", "", "ok"
+
+    def cmd_select(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        if int(args[0]) != 0:
+            return self.reply.error("ERR DB index is out of range"), "", "error"
+        return self.reply.ok(), "", "ok"
+
+    def cmd_client(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        sub = args[0].upper() if args else b""
+        if sub in (b"SETINFO", b"SETNAME"):
+            return self.reply.ok(), "", "ok"
+        if sub == b"ID":
+            return self.reply.integer(1), "", "ok"
+        return self.reply.error(f"ERR cas: CLIENT {sub.decode(errors='replace')} is not supported"), "", "error"
+
+    def cmd_command(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        return self.reply.array([]), "", "ok"
+
+    # data -------------------------------------------------------------------------------
+
+    def _get(self, key: bytes) -> tuple[bytes | None, str]:
+        parsed = parse_backend_key(key.decode("utf-8", "replace"))
+        value = self.door.get(key)
+        return value, parsed[0] if parsed else ""
+
+    def cmd_get(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        value, kind = self._get(args[0])
+        return self.reply.bulk(value), kind, "miss" if value is None else "hit"
+
+    def cmd_mget(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        got = [self._get(k) for k in args]
+        hits = sum(v is not None for v, _ in got)
+        kind = got[0][1] if got else ""
+        return self.reply.array([self.reply.bulk(v) for v, _ in got]), kind, "hit" if hits else "miss"
+
+    def cmd_exists(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        return self.reply.integer(sum(self._get(k)[0] is not None for k in args)), "", "ok"
+
+    def _set(self, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str]:
+        if self.scope is not Scope.WRITE:
+            return self.reply.error(f"NOPERM cas: token {self.token!r} has read scope only"), "", "error"
+        kind = ""
+        for key, value in pairs:
+            err = self.door.set(key, value, self.token)
+            if err:
+                return self.reply.error(err), "", "error"
+            parsed = parse_backend_key(key.decode("utf-8", "replace"))
+            kind = parsed[0] if parsed else kind
+        return self.reply.ok(), kind, "ok"
+
+    def cmd_set(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        # Options (EX, PX, NX, KEEPTTL, ...) are accepted and ignored: entries do not expire.
+        return self._set([(args[0], args[1])])
+
+    def cmd_mset(self, args: list[bytes]) -> tuple[bytes, str, str]:
+        if not args or len(args) % 2:
+            raise ValueError("MSET needs key value pairs")
+        return self._set(list(zip(args[::2], args[1::2], strict=True)))
