@@ -1,0 +1,194 @@
+"""The Redis door as the real `redis` client package sees it: handshake (RESP2 and RESP3),
+AUTH with cas tokens and their scopes, reads from the configured ref and env only, BLAKE3
+checks, batched commits that name the writing token, and refused history rewrites."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from servers import CasServer, free_port
+
+from cas import manifest
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.history import commit_changes
+from cas.objects import Entry, EntryKey, Env
+from cas.refs import load_commit, resolve
+from cas.server.auth import Scope, add_token
+from cas.store import Store
+
+ENV_A = Env({"torch_version": "2.13.0", "device": "cpu-a"})
+ENV_B = Env({"torch_version": "2.13.0", "device": "cpu-b"})
+FX_KEY = "pt2:fx-graph-v1::fgraphkey:c1"
+
+
+def wire(data: bytes, ms: int = 7) -> bytes:
+    """An FX cache value as torch puts it."""
+    return json.dumps({"data": base64.b64encode(data).decode(), "time_taken_ms": ms}).encode()
+
+
+@dataclass
+class Door:
+    server: CasServer
+    port: int
+    store: Path
+    write: str
+    read: str
+
+    def client(self, token: str | None, protocol: int = 3) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=token, protocol=protocol)
+
+
+def _seed(path: Path, origin: str | None = None) -> None:
+    """main holds the same FX key for env A and env B, with different bytes; its commit
+    was made here, or (``origin``) received from that remote."""
+    with Store(path) as s:
+        changes = {}
+        for env, data in ((ENV_A, b"graph for A"), (ENV_B, b"graph for B")):
+            s.put_object(env)
+            blob = s.put(data)
+            changes[EntryKey(env.id, "inductor", "fgraphkey", "")] = Entry(blob, len(data), None, {})
+        oid = commit_changes(s, "main", changes, "seed")
+        if origin is not None:  # what a pull from that remote records (commit marks local)
+            s.set_meta(f"origin.{oid.hex}", f"remote:{origin}")
+
+
+def start(tmp_path: Path, *args: str, seed: bool = True) -> Door:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        write = add_token("w", Scope.WRITE, store=s)
+        read = add_token("r", Scope.READ, store=s)
+        s.put_object(ENV_A)
+    if seed:
+        _seed(path)
+    port = free_port()
+    server = CasServer(
+        path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex[:12],
+        "--redis-flush-every", "0.2", *args,
+    )
+    return Door(server, port, path, write, read)
+
+
+@pytest.fixture
+def door(tmp_path: Path) -> Iterator[Door]:
+    d = start(tmp_path)
+    try:
+        yield d
+    finally:
+        d.server.stop()
+
+
+def _main_tip(path: Path) -> ObjectId:
+    with Store(path) as s:
+        return resolve(s, "main")
+
+
+def _wait_commit(path: Path, old: ObjectId) -> ObjectId:
+    for _ in range(200):
+        tip = _main_tip(path)
+        if tip != old:
+            return tip
+        time.sleep(0.05)
+    raise AssertionError("the door committed nothing")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_handshake_and_reads_serve_only_the_configured_env(door: Door, protocol: int) -> None:
+    c = door.client(door.read, protocol)
+    assert c.ping() is True
+    got = json.loads(c.get(FX_KEY))
+    assert base64.b64decode(got["data"]) == b"graph for A"
+    assert c.get("pt2:fx-graph-v1::absent:c1") is None
+    assert c.mget([FX_KEY, "pt2:fx-graph-v1::absent:c1"])[1] is None
+    assert c.exists(FX_KEY, "pt2:fx-graph-v1::absent:c1") == 1
+
+
+def test_auth_is_a_cas_token_and_scopes_apply(door: Door) -> None:
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        door.client(None).get(FX_KEY)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        door.client("cas_not-a-token").get(FX_KEY)
+    before = _main_tip(door.store)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        door.client(door.read).set("pt2:fx-graph-v1::new:c1", wire(b"x"))
+    time.sleep(0.5)
+    assert _main_tip(door.store) == before
+
+
+def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
+    before = _main_tip(door.store)
+    w = door.client(door.write)
+    w.set("pt2:fx-graph-v1::k1:c1", wire(b"one", 120))
+    w.set("pt2:autograd-experimental::k2:c1", wire(b"two", 30))
+    w.mset({"inductor:kernelhash:k.cubin": b"\x7fELF..."})
+    # Served at once, before the commit lands.
+    assert base64.b64decode(json.loads(w.get("pt2:fx-graph-v1::k1:c1"))["data"]) == b"one"
+    tip = _wait_commit(door.store, before)
+    with Store(door.store) as s:
+        commit = load_commit(s, tip)
+        assert commit.metadata["token"] == "w"
+        assert commit.metadata["producer"] == "redis"
+        assert commit.parents == (before,)
+        got = {(k.env, k.kind, k.key) for k, _ in manifest.entries(s, commit.manifest)}
+    assert {
+        (ENV_A.id, "inductor", "k1"),
+        (ENV_A.id, "aot_autograd", "k2"),
+        (ENV_A.id, "triton_remote", "kernelhash/k.cubin"),
+    } <= got
+    # A fresh connection reads them back from the branch.
+    assert door.client(door.read, 2).mget(["inductor:kernelhash:k.cubin"]) == [b"\x7fELF..."]
+
+
+def test_history_rewrites_and_foreign_keys_are_refused(door: Door) -> None:
+    w = door.client(door.write)
+    for call in (lambda: w.delete(FX_KEY), lambda: w.flushall(), lambda: w.set("user:1", b"x")):
+        with pytest.raises(redis.exceptions.ResponseError, match="cas"):
+            call()
+    assert w.get(FX_KEY) is not None
+
+
+def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        token = add_token("w", Scope.WRITE, store=s)
+        s.put_object(ENV_A)
+        good = b"graph bytes" * 10
+        blob = ObjectId.of(good)
+        # A fault below the store's own checks: bytes stored under an id they do not hash to.
+        s.put_verified([(blob, ObjType.BLOB, b"X" + good[1:])])
+        key = EntryKey(ENV_A.id, "inductor", "fgraphkey", "")
+        commit_changes(s, "main", {key: Entry(blob, len(good), None, {})}, "seed")
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
+    finally:
+        server.stop()
+
+
+def test_refs_from_untrusted_remotes_are_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        token = add_token("r", Scope.READ, store=s)
+    _seed(path, origin="stranger")
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
+    finally:
+        server.stop()
+
+
+def test_a_ref_with_several_envs_needs_redis_env(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    Store.init(path).close()
+    _seed(path)
+    with pytest.raises(RuntimeError, match="cannot tell which env the Redis door serves: main holds 2 envs"):
+        CasServer(path, tmp_path, "--no-auth", "--redis-port", str(free_port()))
