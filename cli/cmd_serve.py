@@ -48,7 +48,7 @@ def _parse_size(text: str) -> int:
     help="Env id (or prefix) the Redis door serves; `here` for this machine's "
     "(default: the only env of the ref).",
 )
-@click.option("--redis-batch", default=256, show_default=True, type=int, help="Entries per Redis commit.")
+@click.option("--redis-batch", default=1024, show_default=True, type=int, help="Entries per Redis commit.")
 @click.option(
     "--redis-flush-every", default=5.0, show_default=True, type=float, help="Seconds between Redis commits."
 )

@@ -37,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,9 @@ LOG = logging.getLogger("cas.server.redis")
 #: Largest bulk string accepted (a Redis value is at most 512 MB; torch's are far smaller).
 MAX_BULK = 512 << 20
 _MAX_ARGS = 1 << 16
+#: Memory for values already read, checked and re-wrapped (blobs are immutable, so a
+#: value stays right for as long as the served commit does).
+HOT_BYTES = 256 << 20
 
 #: Called after each command: (command, key kind or "", outcome, bytes in, bytes out,
 #: seconds); outcome is "hit", "miss", "ok" or "error". The metrics module listens here.
@@ -75,7 +80,7 @@ class RedisOptions:
     branch: str | None = "main"
     #: Env id (hex or unique prefix) of the clients; None: the only env of ``ref``.
     env: str | None = None
-    batch: int = 256
+    batch: int = 1024
     flush_every: float = 5.0
     #: Let connections that never AUTH read (e.g. a loopback-only fleet cache).
     anonymous_read: bool = False
@@ -165,25 +170,29 @@ class RedisDoor:
         self.options = options
         self.tokens = tokens
         self.observe = observe
-        self.store = Store(Path(store_path))
+        self.path = Path(store_path)
+        #: Used on the event loop's thread only (reads); commits use their own handle.
+        self.store = Store(self.path)
         self.read_ref = options.ref or options.branch
         if self.read_ref is None:
             raise UsageError("the Redis door needs a ref to read or a branch to write")
         self.env = self._pick_env()
-        self._served_tip: ObjectId | None = None
-        self._writer: str | None = None
-        self._last_flush = time.monotonic()
-        tip = self._tip()
-        self.live = LiveCache(
-            self.store,
-            self.env,
-            root=None,
-            branch=options.branch,
-            message="redis: artifacts recorded through the Redis door",
-            metadata={"producer": "redis"},
-            base=tip,
-        )
+        self._ref_full: str | None = None
+        self._ref_raw: ObjectId | None = None
+        self.reader = LiveCache(self.store, self.env, root=None, branch=None)
+        #: Served values of the current commit, already BLAKE3-checked: {key: wire value}.
+        self._hot: OrderedDict[str, bytes] = OrderedDict()
+        self._hot_bytes = 0
         self._refresh()
+        #: Accepted writes not yet committed, per token: {redis key: wire value}.
+        self._pending: dict[str, dict[str, bytes]] = {}
+        self._npending = 0
+        #: The batch being committed (still served until its commit is visible).
+        self._flushing: dict[str, bytes] = {}
+        self._flush_task: asyncio.Future[None] | None = None
+        self._last_flush = time.monotonic()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cas-redis-commit")
+        self._writer_store: Store | None = None
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -213,57 +222,109 @@ class RedisDoor:
         return Env.decode(got[1])
 
     def _refresh(self) -> None:
-        """Serve the read ref's current commit if it moved and the trust policy allows it."""
-        tip = self._tip()
-        if tip == self._served_tip:
+        """Serve the read ref's current commit if it moved and the trust policy allows it.
+
+        One LMDB read per request once the ref exists (its full name is kept).
+        """
+        assert self.read_ref is not None
+        if self._ref_full is None:
+            found = refs.find_ref(self.store, self.read_ref)
+            if found is None:
+                return
+            self._ref_full = found[0]
+        raw = self.store.get_ref(self._ref_full)
+        if raw == self._ref_raw:
             return
-        self._served_tip = tip
+        self._ref_raw = raw
         root = None
-        if tip is not None:
+        if raw is not None:
             try:
-                assert self.read_ref is not None
-                check_ref_allowed(self.store, self.read_ref)
-                root = refs.load_commit(self.store, tip).manifest
+                check_ref_allowed(self.store, self._ref_full)
+                root = refs.load_commit(self.store, refs.peel(self.store, raw)).manifest
             except CasError as exc:
                 LOG.warning("redis door serves nothing from %s: %s", self.read_ref, exc)
-        self.live.serve_from(root)
+        self.reader.serve_from(root)
+        self._hot.clear()
+        self._hot_bytes = 0
 
     # -- commands ---------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
+        text = key.decode("utf-8", "replace")
+        for batch in self._pending.values():
+            if text in batch:
+                return batch[text]
+        if text in self._flushing:
+            return self._flushing[text]
         self._refresh()
-        return self.live.get(key.decode("utf-8", "replace"))
+        value = self._hot.get(text)
+        if value is not None:
+            self._hot.move_to_end(text)
+            return value
+        value = self.reader.get(text)
+        if value is not None and len(value) <= HOT_BYTES // 64:
+            self._hot[text] = value
+            self._hot_bytes += len(value)
+            while self._hot_bytes > HOT_BYTES:
+                self._hot_bytes -= len(self._hot.popitem(last=False)[1])
+        return value
 
     def set(self, key: bytes, value: bytes, token: str) -> str | None:
-        """Buffer a write; returns an error text, or None when accepted."""
+        """Accept a write for the next batch; returns an error text, or None when accepted."""
         if self.options.branch is None:
             return "READONLY cas: this Redis door records nothing (no --redis-branch)"
         text = key.decode("utf-8", "replace")
-        if parse_backend_key(text) is None:
+        parsed = parse_backend_key(text)
+        if parsed is None:
             if text.startswith("pt2:"):
                 return None  # a torch cache cas does not keep (bundled autotune): dropped
             return "ERR cas: not a torch or Triton remote-cache key"
-        if self._writer is not None and self._writer != token:
-            self.flush()  # one commit names one token
-        self._writer = token
-        self.live.metadata["token"] = token
-        before = self.live.stats.errors
-        self.live.put(text, value)
-        if self.live.stats.errors != before:
-            return "ERR cas: value is not what torch stores under this key"
-        if self.live.pending >= self.options.batch:
-            self.flush()
+        # The value is decoded once, in the commit thread (a malformed one is dropped with
+        # a warning there): decoding it here too would double the CPU cost of a SET.
+        batch = self._pending.setdefault(token, {})
+        self._npending += text not in batch
+        batch[text] = value
+        if self._npending >= self.options.batch:
+            self.start_flush()
         return None
 
-    def flush(self) -> ObjectId | None:
+    # -- batch commits --------------------------------------------------------------------
+
+    def start_flush(self) -> None:
+        """Commit the pending writes in the commit thread, unless a commit is running."""
         self._last_flush = time.monotonic()
-        if not self.live.pending:
-            return None
-        oid = self.live.flush()
-        if oid is not None:
-            LOG.info("redis door committed %s to %s (token %s)", oid.short(), self.options.branch, self._writer)
-        self._writer = None
-        return oid
+        if not self._pending or self._flush_task is not None:
+            return
+        batches, self._pending, self._npending = self._pending, {}, 0
+        self._flushing = {k: v for batch in batches.values() for k, v in batch.items()}
+        loop = asyncio.get_running_loop()
+        self._flush_task = loop.run_in_executor(self._pool, self._commit, batches)
+        self._flush_task.add_done_callback(lambda _: self._flushed())
+
+    def _flushed(self) -> None:
+        self._flush_task = None
+        self._refresh()  # the new commit is visible before its entries leave _flushing
+        self._flushing = {}
+        if self._npending >= self.options.batch:
+            self.start_flush()
+
+    def _commit(self, batches: dict[str, dict[str, bytes]]) -> None:
+        """One commit per token on the write branch (runs in the commit thread)."""
+        if self._writer_store is None:
+            self._writer_store = Store(self.path)
+        assert self.options.branch is not None
+        for token, batch in batches.items():
+            rec = LiveCache(
+                self._writer_store, self.env, root=None, branch=self.options.branch,
+                message="redis: artifacts recorded through the Redis door",
+                metadata={"producer": "redis", "token": token},
+                base=self._ref_raw,
+            )
+            for key, value in batch.items():
+                rec.put(key, value)
+            oid = rec.flush()
+            if oid is not None:
+                LOG.info("redis door committed %s (%d entries, token %s)", oid.short(), len(batch), token)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -282,7 +343,7 @@ class RedisDoor:
         while True:
             await asyncio.sleep(min(1.0, self.options.flush_every))
             if time.monotonic() - self._last_flush >= self.options.flush_every:
-                self.flush()
+                self.start_flush()
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -290,7 +351,15 @@ class RedisDoor:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        self.flush()
+        while self._flush_task is not None or self._pending:
+            if self._flush_task is not None:
+                await self._flush_task
+                await asyncio.sleep(0)  # let its done-callback run
+            else:
+                self.start_flush()
+        self._pool.shutdown()
+        if self._writer_store is not None:
+            self._writer_store.close()
         self.store.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
