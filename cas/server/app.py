@@ -51,6 +51,8 @@ from cas.errors import (
 )
 from cas.objects import references
 from cas.server.auth import Scope, Tokens
+from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cas.server.metrics import Metrics, MetricsMiddleware
 from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
 
@@ -335,6 +337,7 @@ async def missing(request: Request) -> Response:
     _authorize(request, Scope.READ)
     ids = _ids(await _body(request), request.app.state.limits)
     absent = await run_in_threadpool(lambda: request.app.state.stores.get().missing(ids))
+    request.app.state.metrics.lookup("http", "object", "any", len(ids) - len(absent), len(absent))
     return Response(b"".join(o.raw for o in absent), media_type="application/octet-stream")
 
 
@@ -375,6 +378,13 @@ async def update_ref(request: Request) -> Response:
         )
     )
     return JSONResponse({"ref": name, "old": old.hex if old else None, "new": new.hex if new else None})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format (cas.server.metrics); read scope, like everything but health."""
+    _authorize(request, Scope.READ)
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 # -- errors and access log ----------------------------------------------------------------
@@ -470,7 +480,10 @@ def create_app(
     misconfigured door (no env to serve, say) raises here, before anything listens.
     """
     stores = _Stores(Path(store_path))
+    counters = Metrics(lambda: stores.get().info())
     door = RedisDoor(store_path, tokens, redis) if redis is not None else None
+    if door is not None:
+        door.observe = counters.redis_observer(door.env.id.short())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -491,6 +504,7 @@ def create_app(
             Route(f"{API}/missing", missing, methods=["POST"]),
             Route(f"{API}/fetch", fetch, methods=["POST"]),
             Route(f"{API}/packs", send_pack, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={
             CasError: _cas_error,
@@ -503,4 +517,5 @@ def create_app(
     app.state.tokens = tokens
     app.state.limits = limits or Limits()
     app.state.redis = door
-    return AccessLog(app)
+    app.state.metrics = counters
+    return AccessLog(MetricsMiddleware(app, counters, app.routes))
