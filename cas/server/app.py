@@ -50,6 +50,7 @@ from cas.errors import (
     UsageError,
 )
 from cas.objects import references
+from cas.server import web
 from cas.server.auth import Scope, Tokens
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cas.server.metrics import Metrics, MetricsMiddleware
@@ -505,6 +506,7 @@ def create_app(
             Route(f"{API}/fetch", fetch, methods=["POST"]),
             Route(f"{API}/packs", send_pack, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *web.routes(),
         ],
         exception_handlers={
             CasError: _cas_error,
