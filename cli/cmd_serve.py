@@ -42,7 +42,7 @@ def _parse_size(text: str) -> int:
 @click.option("--redis-port", type=int, help="Also open the Redis door (stock torch/Triton) on this port.")
 @click.option("--redis-ref", help="Ref the Redis door reads from (default: --redis-branch).")
 @click.option("--redis-branch", default="main", show_default=True, help="Branch Redis writes are committed to.")
-@click.option("--redis-read-only", is_flag=True, help="Record nothing from the Redis door.")
+@click.option("--redis-read-only", is_flag=True, help="Record nothing from the Redis door (SETs are dropped).")
 @click.option(
     "--redis-env",
     help="Env id (or prefix) the Redis door serves; `here` for this machine's "
@@ -96,7 +96,7 @@ def serve(
         redis = RedisOptions(
             port=redis_port,
             host=host,
-            ref=redis_ref,
+            ref=redis_ref or redis_branch,
             branch=None if redis_read_only else redis_branch,
             env=redis_env,
             batch=max(1, redis_batch),
@@ -117,7 +117,7 @@ def serve(
     scheme = "https" if tls_cert else "http"
     ctx.info(f"serving {path} on {scheme}://{host}:{port} ({'no auth' if no_auth else f'{len(tokens or [])} token(s)'})")
     if redis is not None:
-        ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref or redis.branch}, records to {redis.branch or 'nothing'})")
+        ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
     run_server(path, tokens, options)
 
 

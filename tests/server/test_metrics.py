@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+
 from server.test_redis_door import ENV_A, FX_KEY, start
 
 

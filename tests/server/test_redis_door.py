@@ -192,3 +192,18 @@ def test_a_ref_with_several_envs_needs_redis_env(tmp_path: Path) -> None:
     _seed(path)
     with pytest.raises(RuntimeError, match="cannot tell which env the Redis door serves: main holds 2 envs"):
         CasServer(path, tmp_path, "--no-auth", "--redis-port", str(free_port()))
+
+
+def test_a_read_only_door_drops_writes_and_may_serve_anonymous_readers(tmp_path: Path) -> None:
+    d = start(tmp_path, "--redis-read-only", "--redis-anonymous-read")
+    try:
+        before = _main_tip(d.store)
+        anonymous = d.client(None, 2)
+        assert anonymous.get(FX_KEY) is not None
+        assert anonymous.set("pt2:fx-graph-v1::new:c1", wire(b"x")) is True  # dropped quietly
+        assert d.client(d.read).set("pt2:fx-graph-v1::new:c1", wire(b"x")) is True
+        assert anonymous.get("pt2:fx-graph-v1::new:c1") is None
+        time.sleep(0.5)
+        assert _main_tip(d.store) == before
+    finally:
+        d.server.stop()
