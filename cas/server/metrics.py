@@ -79,23 +79,38 @@ class Metrics:
             "cas_lookups", "Cache lookups by outcome", ["door", "kind", "env", "result"], registry=r
         )
         r.register(_StoreCollector(store_info))
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._lookup_children: dict[tuple[str, str, str, str], Any] = {}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def request(self, door: str, route: str, status: str, failed: bool, n_in: int, n_out: int, secs: float) -> None:
-        self.requests.labels(door, route, status).inc()
+        key = (door, route, status)
+        children = self._children.get(key)
+        if children is None:
+            # ``labels()`` takes a lock and hashes the label tuple; the Redis door calls
+            # this once per command, so each label set's children are looked up once.
+            children = self._children[key] = (
+                self.requests.labels(door, route, status), self.errors.labels(door, route),
+                self.seconds.labels(door, route), self.received.labels(door), self.sent.labels(door),
+            )
+        requests, errors, seconds, received, sent = children
+        requests.inc()
         if failed:
-            self.errors.labels(door, route).inc()
-        self.seconds.labels(door, route).observe(secs)
-        self.received.labels(door).inc(n_in)
-        self.sent.labels(door).inc(n_out)
+            errors.inc()
+        seconds.observe(secs)
+        received.inc(n_in)
+        sent.inc(n_out)
 
     def lookup(self, door: str, kind: str, env: str, hits: int, misses: int) -> None:
-        if hits:
-            self.lookups.labels(door, kind, env, "hit").inc(hits)
-        if misses:
-            self.lookups.labels(door, kind, env, "miss").inc(misses)
+        for result, n in (("hit", hits), ("miss", misses)):
+            if n:
+                key = (door, kind, env, result)
+                child = self._lookup_children.get(key)
+                if child is None:
+                    child = self._lookup_children[key] = self.lookups.labels(*key)
+                child.inc(n)
 
     def redis_observer(self, env: str) -> Callable[[str, str, str, int, int, float], None]:
         """The Redis door's per-command callback, labelled with the env it serves."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -207,3 +208,16 @@ def test_a_read_only_door_drops_writes_and_may_serve_anonymous_readers(tmp_path:
         assert _main_tip(d.store) == before
     finally:
         d.server.stop()
+
+
+def test_pipelined_and_inline_commands(door: Door) -> None:
+    pipe = door.client(door.read).pipeline(transaction=False)
+    pipe.get(FX_KEY).get("pt2:fx-graph-v1::absent:c1").ping()
+    got = pipe.execute()
+    assert got[0] is not None and got[1] is None and got[2] is True
+    with socket.create_connection(("127.0.0.1", door.port)) as s:
+        s.sendall(b"PING\r\nECHO hi\r\nGET x\r\n")
+        answer = b""
+        while answer.count(b"\r\n") < 3:
+            answer += s.recv(4096)
+    assert answer == b"+PONG\r\n$2\r\nhi\r\n-NOAUTH Authentication required.\r\n"
