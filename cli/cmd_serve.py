@@ -115,10 +115,14 @@ def serve(
         redis=redis,
     )
     scheme = "https" if tls_cert else "http"
-    ctx.info(f"serving {path} on {scheme}://{host}:{port} ({'no auth' if no_auth else f'{len(tokens or [])} token(s)'})")
-    if redis is not None:
-        ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
-    run_server(path, tokens, options)
+
+    def announce() -> None:
+        auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
+        ctx.info(f"serving {path} on {scheme}://{host}:{port} ({auth})")
+        if redis is not None:
+            ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
+
+    run_server(path, tokens, options, announce)
 
 
 @click.group()

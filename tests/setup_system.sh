@@ -15,5 +15,8 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# A failed install (no network) is reported, not fatal: the tests that need the package
+# then skip loudly, which CI (CAS_TEST_DISALLOW_SKIP=1) counts as a failure.
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+    echo "setup_system: could not install ${need[*]}: tests that need them will skip" >&2
+fi

@@ -220,8 +220,10 @@ class RedisDoor:
                     hint="pass --redis-env ENV_ID (see `cas ls`), or --redis-env here",
                 )
             wanted = envs[0].hex
-        oid = self.store.resolve_unique(wanted)
-        got = self.store.get_typed(oid)
+        try:
+            got = self.store.get_typed(self.store.resolve_unique(wanted))
+        except (CasError, ValueError):
+            got = None
         if got is None or got[0] is not ObjType.ENV:
             raise UsageError(f"env {wanted} is not in the store", hint="see `cas ls` for env ids")
         return Env.decode(got[1])

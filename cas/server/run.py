@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -35,8 +36,11 @@ def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> None:
-    """Serve the store until interrupted (blocks).
+def serve(
+    store_path: Path, tokens: Tokens | None, options: ServeOptions, announce: Callable[[], None] | None = None
+) -> None:
+    """Serve the store until interrupted (blocks); ``announce`` runs once the app is built
+    (so a misconfiguration is reported before anything claims to be serving).
 
     uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
     token name and bytes sent, which is what an operator audits.
@@ -47,6 +51,8 @@ def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> Non
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
     app = create_app(store_path, tokens, options.limits, options.redis)
+    if announce is not None:
+        announce()
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False
