@@ -12,7 +12,12 @@ POST     /v1/missing          read     body: 32-byte ids; answer: the ones absen
 POST     /v1/fetch            read     body: 32-byte ids; answer: a pack of those present
 POST     /v1/packs            write    body: a pack; verified, closure-checked, stored
 PUT      /v1/refs/{name}      write    ``{"new": hex|null, "expected": hex|null}``: CAS
+GET      /metrics             read     Prometheus text format (cas.server.metrics)
+GET      /ui/...              read     the web view, token in a cookie (cas.server.web)
 =======  ===================  =======  ==================================================
+
+With ``redis=RedisOptions(...)`` the same event loop also runs the Redis door
+(cas.server.redis_door) for stock torch and Triton clients.
 
 Every error is a :class:`~cas.errors.CasError` turned into JSON
 ``{"error", "message", ...}`` with its ``http_status`` by ONE handler.
