@@ -221,3 +221,17 @@ def test_pipelined_and_inline_commands(door: Door) -> None:
         while answer.count(b"\r\n") < 3:
             answer += s.recv(4096)
     assert answer == b"+PONG\r\n$2\r\nhi\r\n-NOAUTH Authentication required.\r\n"
+
+
+def test_writes_pending_at_shutdown_are_committed(tmp_path: Path) -> None:
+    d = start(tmp_path, "--redis-flush-every", "600")
+    before = _main_tip(d.store)
+    try:
+        d.client(d.write).set("pt2:fx-graph-v1::late:c1", wire(b"late"))
+    finally:
+        d.server.stop()  # SIGINT: uvicorn's shutdown runs the door's last commit
+    with Store(d.store) as s:
+        tip = resolve(s, "main")
+        assert tip != before
+        keys = {k.key for k, _ in manifest.entries(s, load_commit(s, tip).manifest)}
+    assert "late" in keys
