@@ -9,7 +9,7 @@ both doors.
 
 How a Redis key becomes an entry (:func:`cas.torch.live.parse_backend_key`, the same
 mapping as the in-process live backend): ``pt2:<cache id>::<key>:c1`` is torch's FX,
-AOTAutograd, PGO or autotune cache, ``inductor:<kernel hash>:<file>`` Triton's. The key
+AOTAutograd, PGO or autotune cache, ``triton:<kernel hash>:<file>`` Triton's. The key
 does not say which environment it belongs to (torch folds its version and build into the
 hash, but not in a form we can read back), so **one door serves one env**: the operator
 names it (``cas serve --redis-env``), or the served ref holds exactly one env. Entries

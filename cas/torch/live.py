@@ -66,9 +66,10 @@ __all__ = [
 #: Kind of remote autotune entries (their keys differ from the local .best_config paths).
 AUTOTUNE_REMOTE = "autotune_remote"
 #: Kind of Triton's own remote-cache files (``triton.runtime.cache.RedisRemoteCacheBackend``:
-#: key ``inductor:<kernel hash>:<file name>``, value the file's bytes).
+#: key ``triton:<kernel hash>:<file name>``, value the file's bytes; older Tritons used the
+#: prefixes ``inductor:`` and ``pt2:``).
 TRITON_REMOTE = "triton_remote"
-_TRITON_PREFIXES = ("inductor:", "pt2:")
+_TRITON_PREFIXES = ("triton:", "inductor:", "pt2:")
 
 #: torch's cache ids → our kinds. Any other cache id is a per-kernel autotune cache.
 _KIND_BY_CACHE_ID = {
@@ -110,7 +111,7 @@ def warn_once(topic: str, message: str) -> None:
 def parse_backend_key(backend_key: str) -> tuple[str, str, str] | None:
     """Split ``pt2:<cache_id>::<key>:c1`` into ``(kind, store key, cache_id)``.
 
-    Triton's keys, ``inductor:<kernel hash>:<file>`` (older Tritons: ``pt2:``), give
+    Triton's keys, ``triton:<kernel hash>:<file>`` (older: ``inductor:``, ``pt2:``), give
     ``(TRITON_REMOTE, "<kernel hash>/<file>", "triton")``. Returns None for keys cas does
     not handle (unknown shape, bundled autotune).
     """

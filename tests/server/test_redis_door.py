@@ -128,7 +128,8 @@ def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
     w = door.client(door.write)
     w.set("pt2:fx-graph-v1::k1:c1", wire(b"one", 120))
     w.set("pt2:autograd-experimental::k2:c1", wire(b"two", 30))
-    w.mset({"inductor:kernelhash:k.cubin": b"\x7fELF..."})
+    w.set("triton:kernelhash:k.cubin", b"\x7fELF...")  # Triton's put; its get is MGET
+    w.mset({"inductor:oldhash:k.json": b"{}"})  # the key shape of older Tritons
     # Served at once, before the commit lands.
     assert base64.b64decode(json.loads(w.get("pt2:fx-graph-v1::k1:c1"))["data"]) == b"one"
     tip = _wait_commit(door.store, before)
@@ -142,9 +143,11 @@ def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
         (ENV_A.id, "inductor", "k1"),
         (ENV_A.id, "aot_autograd", "k2"),
         (ENV_A.id, "triton_remote", "kernelhash/k.cubin"),
+        (ENV_A.id, "triton_remote", "oldhash/k.json"),
     } <= got
     # A fresh connection reads them back from the branch.
-    assert door.client(door.read, 2).mget(["inductor:kernelhash:k.cubin"]) == [b"\x7fELF..."]
+    assert door.client(door.read, 2).mget(["triton:kernelhash:k.cubin", "triton:kernelhash:k.json"]) == [
+        b"\x7fELF...", None]
 
 
 def test_history_rewrites_and_foreign_keys_are_refused(door: Door) -> None:
