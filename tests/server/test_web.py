@@ -23,7 +23,7 @@ from cas.objects import Entry, EntryKey
 from cas.refs import create_tag
 from cas.server.auth import Scope, add_token
 from cas.store import Store
-from server.test_redis_door import ENV_A, FX_KEY, _seed
+from server.doorkit import ENV_A, FX_KEY, seed
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("CAS_TEST_ARTIFACTS", REPO / "build" / "artifacts")) / "web"
@@ -46,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, i
     path = work / "store"
     with Store.init(path) as s:
         read = add_token("viewer", Scope.READ, store=s)
-    _seed(path)
+    seed(path)
     with Store(path) as s:
         data = b"aot entry bytes"
         change = {EntryKey(ENV_A.id, "aot_autograd", "akey", ""): Entry(s.put(data), len(data), None,
