@@ -52,14 +52,13 @@ def seed(path: Path, origin: str | None = None) -> None:
             s.set_meta(f"origin.{oid.hex}", f"remote:{origin}")
 
 
-def start(tmp_path: Path, *args: str, seeded: bool = True) -> Door:
+def start(tmp_path: Path, *args: str) -> Door:
     path = tmp_path / "store"
     with Store.init(path) as s:
         write = add_token("w", Scope.WRITE, store=s)
         read = add_token("r", Scope.READ, store=s)
         s.put_object(ENV_A)
-    if seeded:
-        seed(path)
+    seed(path)
     port = free_port()
     server = CasServer(
         path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex[:12],

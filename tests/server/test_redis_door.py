@@ -187,3 +187,15 @@ def test_writes_pending_at_shutdown_are_committed(tmp_path: Path) -> None:
         assert tip != before
         keys = {k.key for k, _ in manifest.entries(s, load_commit(s, tip).manifest)}
     assert "late" in keys
+
+
+def test_a_commit_from_an_untrusted_remote_on_the_served_branch_stops_serving(door: Door) -> None:
+    c = door.client(door.read)
+    assert c.get(FX_KEY) is not None  # main is local: served
+    with Store(door.store) as s:
+        data = b"from elsewhere"
+        key = EntryKey(ENV_A.id, "inductor", "strangerkey", "")
+        oid = commit_changes(s, "main", {key: Entry(s.put(data), len(data), None, {})}, "pulled")
+        s.set_meta(f"origin.{oid.hex}", "remote:stranger")  # as a pull from it records
+    assert c.get("pt2:fx-graph-v1::strangerkey:c1") is None
+    assert c.get(FX_KEY) is None  # the whole ref is refused, not just the new commit
