@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean venv
+.PHONY: demo test bench lint clean venv system
 
 venv: $(STAMP)
 
@@ -17,13 +17,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/cas demo
 
-test: $(STAMP)
+# System packages for the Redis-door benchmark and the web-view browser test
+# (redis-server, chromium): installed with apt-get when missing and root, else reported.
+system:
+	bash tests/setup_system.sh
+
+test: $(STAMP) system
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check cas cli tests bench
 	$(VENV)/bin/mypy cas cli
 
-bench: $(STAMP)
+bench: $(STAMP) system
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
 lint: $(STAMP)

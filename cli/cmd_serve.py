@@ -39,6 +39,20 @@ def _parse_size(text: str) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append access-log lines here (default: stderr).",
 )
+@click.option("--redis-port", type=int, help="Also open the Redis door (stock torch/Triton) on this port.")
+@click.option("--redis-ref", help="Ref the Redis door reads from (default: --redis-branch).")
+@click.option("--redis-branch", default="main", show_default=True, help="Branch Redis writes are committed to.")
+@click.option("--redis-read-only", is_flag=True, help="Record nothing from the Redis door (SETs are dropped).")
+@click.option(
+    "--redis-env",
+    help="Env id (or prefix) the Redis door serves; `here` for this machine's "
+    "(default: the only env of the ref).",
+)
+@click.option("--redis-batch", default=1024, show_default=True, type=int, help="Entries per Redis commit.")
+@click.option(
+    "--redis-flush-every", default=5.0, show_default=True, type=float, help="Seconds between Redis commits."
+)
+@click.option("--redis-anonymous-read", is_flag=True, help="Let Redis clients that send no AUTH read.")
 @pass_ctx
 def serve(
     ctx: Context,
@@ -50,9 +64,18 @@ def serve(
     tls_key: Path | None,
     max_request: str,
     access_log: Path | None,
+    redis_port: int | None,
+    redis_ref: str | None,
+    redis_branch: str,
+    redis_read_only: bool,
+    redis_env: str | None,
+    redis_batch: int,
+    redis_flush_every: float,
+    redis_anonymous_read: bool,
 ) -> None:
-    """Serve this store over HTTP(S) for `cas push` / `cas pull`."""
+    """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
+    from cas.server.redis_door import RedisOptions
     from cas.server.run import ServeOptions
     from cas.server.run import serve as run_server
 
@@ -64,6 +87,22 @@ def serve(
                 "no tokens: nobody could use this server",
                 hint="make one with `cas token add NAME --scope write`, or pass --no-auth",
             )
+    redis = None
+    if redis_port is not None:
+        if redis_env == "here":
+            from cas.torch.env import ensure_env
+
+            redis_env = ensure_env(ctx.store).hex
+        redis = RedisOptions(
+            port=redis_port,
+            host=host,
+            ref=redis_ref or redis_branch,
+            branch=None if redis_read_only else redis_branch,
+            env=redis_env,
+            batch=max(1, redis_batch),
+            flush_every=redis_flush_every,
+            anonymous_read=redis_anonymous_read,
+        )
     path = ctx.store.path
     ctx.close()  # the server opens its own handles, one per worker thread
     options = ServeOptions(
@@ -73,10 +112,17 @@ def serve(
         tls_key=tls_key,
         access_log=access_log,
         limits=Limits(max_request=_parse_size(max_request)),
+        redis=redis,
     )
     scheme = "https" if tls_cert else "http"
-    ctx.info(f"serving {path} on {scheme}://{host}:{port} ({'no auth' if no_auth else f'{len(tokens or [])} token(s)'})")
-    run_server(path, tokens, options)
+
+    def announce() -> None:
+        auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
+        ctx.info(f"serving {path} on {scheme}://{host}:{port} ({auth})")
+        if redis is not None:
+            ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
+
+    run_server(path, tokens, options, announce)
 
 
 @click.group()

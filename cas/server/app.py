@@ -12,7 +12,12 @@ POST     /v1/missing          read     body: 32-byte ids; answer: the ones absen
 POST     /v1/fetch            read     body: 32-byte ids; answer: a pack of those present
 POST     /v1/packs            write    body: a pack; verified, closure-checked, stored
 PUT      /v1/refs/{name}      write    ``{"new": hex|null, "expected": hex|null}``: CAS
+GET      /metrics             read     Prometheus text format (cas.server.metrics)
+GET      /ui/...              read     the web view, token in a cookie (cas.server.web)
 =======  ===================  =======  ==================================================
+
+With ``redis=RedisOptions(...)`` the same event loop also runs the Redis door
+(cas.server.redis_door) for stock torch and Triton clients.
 
 Every error is a :class:`~cas.errors.CasError` turned into JSON
 ``{"error", "message", ...}`` with its ``http_status`` by ONE handler.
@@ -50,7 +55,11 @@ from cas.errors import (
     UsageError,
 )
 from cas.objects import references
+from cas.server import web
 from cas.server.auth import Scope, Tokens
+from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cas.server.metrics import Metrics, MetricsMiddleware
+from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
 
 API = "/v1"
@@ -334,6 +343,7 @@ async def missing(request: Request) -> Response:
     _authorize(request, Scope.READ)
     ids = _ids(await _body(request), request.app.state.limits)
     absent = await run_in_threadpool(lambda: request.app.state.stores.get().missing(ids))
+    request.app.state.metrics.lookup("http", "object", "any", len(ids) - len(absent), len(absent))
     return Response(b"".join(o.raw for o in absent), media_type="application/octet-stream")
 
 
@@ -374,6 +384,13 @@ async def update_ref(request: Request) -> Response:
         )
     )
     return JSONResponse({"ref": name, "old": old.hex if old else None, "new": new.hex if new else None})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format (cas.server.metrics); read scope, like everything but health."""
+    _authorize(request, Scope.READ)
+    body = await run_in_threadpool(request.app.state.metrics.render)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 # -- errors and access log ----------------------------------------------------------------
@@ -456,19 +473,34 @@ class AccessLog:
 
 
 def create_app(
-    store_path: str | Path, tokens: Tokens | None, limits: Limits | None = None
+    store_path: str | Path,
+    tokens: Tokens | None,
+    limits: Limits | None = None,
+    redis: RedisOptions | None = None,
 ) -> Any:
     """The ASGI app serving the store at ``store_path``.
 
     ``tokens=None`` turns authentication off (``cas serve --no-auth``); otherwise every
-    endpoint but health needs a token of the right scope.
+    endpoint but health needs a token of the right scope. ``redis`` also opens the Redis
+    door (cas.server.redis_door) in the same event loop, for the app's lifetime; a
+    misconfigured door (no env to serve, say) raises here, before anything listens.
     """
     stores = _Stores(Path(store_path))
+    counters = Metrics(lambda: stores.get().info())
+    door = RedisDoor(store_path, tokens, redis) if redis is not None else None
+    if door is not None:
+        door.observe = counters.redis_observer(door.env.id.short())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
-        yield
-        stores.close()
+        if door is not None:
+            await door.start()
+        try:
+            yield
+        finally:
+            if door is not None:
+                await door.stop()
+            stores.close()
 
     app = Starlette(
         routes=[
@@ -478,6 +510,8 @@ def create_app(
             Route(f"{API}/missing", missing, methods=["POST"]),
             Route(f"{API}/fetch", fetch, methods=["POST"]),
             Route(f"{API}/packs", send_pack, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            *web.routes(),
         ],
         exception_handlers={
             CasError: _cas_error,
@@ -489,4 +523,6 @@ def create_app(
     app.state.stores = stores
     app.state.tokens = tokens
     app.state.limits = limits or Limits()
-    return AccessLog(app)
+    app.state.redis = door
+    app.state.metrics = counters
+    return AccessLog(MetricsMiddleware(app, counters, app.routes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -13,6 +14,7 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
+from cas.server.redis_door import RedisOptions
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class ServeOptions:
     #: Where access-log lines go: a file path, or None for stderr.
     access_log: Path | None = None
     limits: Limits = Limits()
+    #: The Redis door (``--redis-port``), or None.
+    redis: RedisOptions | None = None
 
 
 def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
@@ -32,8 +36,11 @@ def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> None:
-    """Serve the store until interrupted (blocks).
+def serve(
+    store_path: Path, tokens: Tokens | None, options: ServeOptions, announce: Callable[[], None] | None = None
+) -> None:
+    """Serve the store until interrupted (blocks); ``announce`` runs once the app is built
+    (so a misconfiguration is reported before anything claims to be serving).
 
     uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
     token name and bytes sent, which is what an operator audits.
@@ -43,7 +50,9 @@ def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> Non
     for p in (options.tls_cert, options.tls_key):
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
-    app = create_app(store_path, tokens, options.limits)
+    app = create_app(store_path, tokens, options.limits, options.redis)
+    if announce is not None:
+        announce()
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False

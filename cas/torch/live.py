@@ -53,6 +53,7 @@ from cas.torch.kinds import pgo_key, scan, variant_for
 
 __all__ = [
     "AUTOTUNE_REMOTE",
+    "TRITON_REMOTE",
     "CasWarning",
     "LiveCache",
     "LiveStats",
@@ -64,6 +65,11 @@ __all__ = [
 
 #: Kind of remote autotune entries (their keys differ from the local .best_config paths).
 AUTOTUNE_REMOTE = "autotune_remote"
+#: Kind of Triton's own remote-cache files (``triton.runtime.cache.RedisRemoteCacheBackend``:
+#: key ``triton:<kernel hash>:<file name>``, value the file's bytes; older Tritons used the
+#: prefixes ``inductor:`` and ``pt2:``).
+TRITON_REMOTE = "triton_remote"
+_TRITON_PREFIXES = ("triton:", "inductor:", "pt2:")
 
 #: torch's cache ids → our kinds. Any other cache id is a per-kernel autotune cache.
 _KIND_BY_CACHE_ID = {
@@ -76,7 +82,7 @@ _CACHE_ID_BY_KIND = {v: k for k, v in _KIND_BY_CACHE_ID.items()}
 _IGNORED_CACHE_IDS = frozenset({"bundled-autotune-v1"})
 #: Kinds whose wire value is ``{"data": base64(pickle), ...}``.
 _WRAPPED_KINDS = frozenset({"inductor", "aot_autograd", "pgo"})
-LIVE_KINDS = frozenset({*_WRAPPED_KINDS, AUTOTUNE_REMOTE})
+LIVE_KINDS = frozenset({*_WRAPPED_KINDS, AUTOTUNE_REMOTE, TRITON_REMOTE})
 #: Cache-dir files no remote cache carries; flush records the new ones.
 _SIDE_KINDS = frozenset({"cpp_kernel", "gemm_timing", "autotune", "triton_kernel"})
 
@@ -105,14 +111,16 @@ def warn_once(topic: str, message: str) -> None:
 def parse_backend_key(backend_key: str) -> tuple[str, str, str] | None:
     """Split ``pt2:<cache_id>::<key>:c1`` into ``(kind, store key, cache_id)``.
 
-    Returns None for keys cas does not handle (unknown shape, bundled autotune).
+    Triton's keys, ``triton:<kernel hash>:<file>`` (older: ``inductor:``, ``pt2:``), give
+    ``(TRITON_REMOTE, "<kernel hash>/<file>", "triton")``. Returns None for keys cas does
+    not handle (unknown shape, bundled autotune).
     """
     if not backend_key.startswith("pt2:"):
-        return None
+        return _parse_triton_key(backend_key)
     body = backend_key[4:]
     body, sep, _version = body.rpartition(":c")
-    if not sep:
-        return None
+    if not sep or "::" not in body:
+        return _parse_triton_key(backend_key)
     cache_id, sep, key = body.partition("::")
     if not sep or not cache_id or not key or cache_id in _IGNORED_CACHE_IDS:
         return None
@@ -123,6 +131,15 @@ def parse_backend_key(backend_key: str) -> tuple[str, str, str] | None:
         return kind, key, cache_id
     # Autotune: one cache id per kernel config set, so it stays part of our key.
     return AUTOTUNE_REMOTE, f"{cache_id}::{key}", cache_id
+
+
+def _parse_triton_key(backend_key: str) -> tuple[str, str, str] | None:
+    for prefix in _TRITON_PREFIXES:
+        if backend_key.startswith(prefix):
+            kernel, sep, name = backend_key[len(prefix) :].partition(":")
+            if sep and kernel and name and "/" not in kernel and "/" not in name:
+                return TRITON_REMOTE, f"{kernel}/{name}", "triton"
+    return None
 
 
 @dataclass
@@ -193,6 +210,12 @@ class LiveCache:
         self._owner_pid = os.getpid()
 
     # -- serving ------------------------------------------------------------------------
+
+    def serve_from(self, root: ObjectId | None) -> None:
+        """Serve the manifest ``root`` from now on (a server's ref moved); None: nothing."""
+        with self._lock:
+            if root != self.root:
+                self.root, self._index, self._foreign = root, None, {}
 
     def _build_index(self) -> dict[tuple[str, str], list[tuple[str, Entry]]]:
         # One pass over the manifest, on the first get: the live kinds of this env by
@@ -415,6 +438,8 @@ def _wrap(kind: str, data: bytes, entry: Entry) -> bytes:
 
 
 def _unwrap(kind: str, value: bytes) -> tuple[bytes, dict[str, Any]]:
+    if kind == TRITON_REMOTE:
+        return bytes(value), {}  # Triton's kernel files, kept as they are
     if kind not in _WRAPPED_KINDS:
         json.loads(value)  # autotune records are JSON; refuse anything else
         return bytes(value), {}

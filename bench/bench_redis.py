@@ -1,0 +1,169 @@
+"""The Redis door against a real ``redis-server``, measured in the same run.
+
+8 client processes (the ``redis`` package, one connection each, one request at a time:
+how torch's remote cache talks) GET or SET torch-shaped values (``pt2:fx-graph-v1::…``
+keys, ``{"data": base64}`` JSON) of 1 KiB and 100 KiB, against:
+
+* **cas**: ``cas serve --redis-port`` on an LMDB store, writes committed in batches with
+  fsync (durable, with history and provenance);
+* **redis**: ``redis-server --save '' --appendonly no`` (a plain cache, as teams run it
+  for torch: nothing survives a restart).
+
+Rounds alternate between the two servers so machine load hits both alike; the fastest
+round of each is kept and ``ratio_of_redis_throughput`` (cas ops/s ÷ redis ops/s) goes in
+``benchmark.extra_info``. The goal is ≥ 0.5×; the assertion allows for a shared machine.
+Without ``redis-server`` (``tests/setup_system.sh`` installs it as root) the suite skips
+with a message saying so.
+
+Run: ``.venv/bin/pytest bench/bench_redis.py --benchmark-only
+--benchmark-columns=min,median,max,rounds`` (results: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import CasServer, free_port  # noqa: E402
+
+from cas.objects import Env  # noqa: E402
+from cas.store import Store  # noqa: E402
+
+CLIENTS = 8
+GOAL = 0.5
+#: Allowance for noise on a shared machine: assert goal * MARGIN.
+MARGIN = 0.6
+ROUNDS = 3
+KEYS = 64
+OPS = {1 << 10: 400, 100 << 10: 60}  # per client per round
+
+
+def value(size: int, i: int) -> bytes:
+    """A torch FX cache value of about ``size`` bytes on the wire."""
+    raw = os.urandom(size * 3 // 4 - 40)
+    return json.dumps({"data": base64.b64encode(raw).decode(), "time_taken_ms": i}).encode()
+
+
+def key(size: int, i: int) -> str:
+    return f"pt2:fx-graph-v1::f{size}x{i:04d}:c1"
+
+
+def _client(port: int, op: str, size: int, n: int, seed: int, start: Any, out: Any) -> None:
+    c = redis.Redis(host="127.0.0.1", port=port, protocol=2)
+    c.ping()
+    payload = [value(size, i) for i in range(4)]
+    start.wait()
+    t = time.perf_counter()
+    for j in range(n):
+        k = key(size, (seed * 7 + j) % KEYS)
+        if op == "get":
+            assert c.get(k) is not None
+        else:
+            c.set(key(size, KEYS + seed * n + j), payload[j % 4])
+    out.put(time.perf_counter() - t)
+
+
+def throughput(port: int, op: str, size: int) -> float:
+    """Requests per second of ``CLIENTS`` processes, from a common start to the last end."""
+    ctx = mp.get_context("fork")
+    start, out = ctx.Barrier(CLIENTS + 1), ctx.Queue()
+    n = OPS[size]
+    procs = [ctx.Process(target=_client, args=(port, op, size, n, i, start, out)) for i in range(CLIENTS)]
+    for p in procs:
+        p.start()
+    start.wait()
+    t = time.perf_counter()
+    for _ in procs:
+        out.get(timeout=300)
+    elapsed = time.perf_counter() - t
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    return CLIENTS * n / elapsed
+
+
+class RedisServer:
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (run tests/setup_system.sh as root): no baseline")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    work = tmp_path_factory.mktemp("redis-bench")
+    baseline = RedisServer(work)
+    env = Env({"bench": "redis-door"})
+    with Store.init(work / "store") as s:
+        s.put_object(env)
+    port = free_port()
+    cas = CasServer(work / "store", work, "--no-auth", "--redis-port", str(port), "--redis-env", env.id.hex,
+                    "--redis-flush-every", "1")
+    try:
+        for p in (port, baseline.port):
+            c = redis.Redis(port=p)
+            for size in OPS:
+                for i in range(KEYS):
+                    c.set(key(size, i), value(size, i))
+        time.sleep(2.5)  # the door's batch lands on main; GETs then read the branch
+        yield port, baseline.port
+    finally:
+        cas.stop()
+        baseline.stop()
+
+
+@pytest.mark.parametrize("size", list(OPS), ids=["1KiB", "100KiB"])
+@pytest.mark.parametrize("op", ["get", "set"])
+def test_redis_door_vs_redis_server(benchmark: Any, servers: tuple[int, int], op: str, size: int) -> None:
+    ours, theirs = servers
+    cas_best, redis_best = 0.0, 0.0
+
+    def rounds() -> None:
+        nonlocal cas_best, redis_best
+        for r in range(ROUNDS):
+            order = [(ours, True), (theirs, False)] if r % 2 == 0 else [(theirs, False), (ours, True)]
+            for port, is_cas in order:
+                got = throughput(port, op, size)
+                if is_cas:
+                    cas_best = max(cas_best, got)
+                else:
+                    redis_best = max(redis_best, got)
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    ratio = cas_best / redis_best
+    benchmark.extra_info.update(
+        {"cas_ops_per_s": round(cas_best), "redis_ops_per_s": round(redis_best),
+         "ratio_of_redis_throughput": round(ratio, 2), "clients": CLIENTS}
+    )
+    print(f"\n{op} {size} B: cas {cas_best:.0f}/s, redis-server {redis_best:.0f}/s, ratio {ratio:.2f}")
+    assert ratio >= GOAL * MARGIN, f"{op} {size} B: {ratio:.2f}x of redis-server (goal {GOAL}x)"

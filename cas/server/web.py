@@ -1,0 +1,266 @@
+"""The read-only web view of ``cas serve``, at ``/ui``: server-rendered (Jinja2), no script.
+
+Pages: refs and tags with hit rates (``/ui/``), a ref's commit log (``/ui/log/<ref>``), a
+commit with its diff against its first parent grouped by kind and env
+(``/ui/commit/<id>``), a ref's entries grouped by env and kind with sizes and compile time
+saved (``/ui/entries/<ref>``), and an explain box (``/ui/explain``) answering, for a torch
+cache key, what ``cas explain`` would for a process of a chosen env.
+
+Access: when the server has tokens, a page needs a token of read scope (any token), given
+once through the login form and kept in an HttpOnly, SameSite=Strict cookie. The view
+never writes to the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from cas import manifest, refs
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CasError
+from cas.history import log
+from cas.objects import Env
+from cas.server.auth import Tokens
+from cas.store import Store
+
+COOKIE = "cas_token"
+_HERE = Path(__file__).parent
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(_HERE / "templates"), autoescape=select_autoescape(["html"])
+)
+_TEMPLATES.filters["size"] = lambda n: _size(int(n))
+_TEMPLATES.filters["url"] = lambda s: quote(str(s), safe="/")
+_TEMPLATES.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t)))
+LOG_LIMIT = 200
+DIFF_LIMIT = 500
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@dataclass
+class Group:
+    """Entries of one (env, kind): how many, their bytes, compile time they save."""
+
+    env: str
+    kind: str
+    count: int = 0
+    bytes: int = 0
+    saved_ms: int = 0
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    keys: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _saved_ms(meta: Any) -> int:
+    value = meta.get("time_taken_ms", meta.get("compile_ms", 0)) if meta else 0
+    return int(value or 0)
+
+
+# -- what each page reads ---------------------------------------------------------------
+
+
+def _refs(store: Store) -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {"branches": [], "tags": [], "remotes": []}
+    for name, oid in sorted(store.list_refs("refs/").items()):
+        section = {"heads": "branches", "tags": "tags", "remotes": "remotes"}.get(name.split("/")[1])
+        if section:
+            out[section].append((refs.short_name(name), oid.hex))
+    return out
+
+
+def _log(store: Store, ref: str) -> list[dict[str, Any]]:
+    start = refs.resolve(store, ref)
+    return [
+        {"id": oid.hex, "short": oid.short(), "author": c.author, "time": c.time, "message": c.message,
+         "producer": c.metadata.get("producer", ""), "token": c.metadata.get("token", "")}
+        for oid, c in log(store, start, limit=LOG_LIMIT)
+    ]
+
+
+def _commit(store: Store, text: str) -> dict[str, Any]:
+    named = store.resolve_unique(text) if len(text) < 64 else ObjectId.parse(text)
+    oid = refs.peel(store, named)  # an annotated tag shows the commit it pins
+    commit = refs.load_commit(store, oid)
+    # A first commit is diffed against the empty manifest (a constant, never read).
+    base = refs.load_commit(store, commit.parents[0]).manifest if commit.parents else manifest.EMPTY
+    groups: dict[tuple[str, str], Group] = {}
+    shown = 0
+    for ch in manifest.diff(store, base, commit.manifest):
+        g = groups.setdefault((ch.key.env.short(), ch.key.kind), Group(ch.key.env.short(), ch.key.kind))
+        what = "added" if ch.old is None else "removed" if ch.new is None else "changed"
+        setattr(g, what, getattr(g, what) + 1)
+        entry = ch.new or ch.old
+        assert entry is not None
+        g.bytes += entry.size if ch.new is not None else 0
+        if shown < DIFF_LIMIT:
+            g.keys.append((what, ch.key.key + (f" #{ch.key.variant}" if ch.key.variant else ""), _size(entry.size)))
+            shown += 1
+    return {
+        "id": oid.hex, "short": oid.short(), "commit": commit,
+        "parents": [p.hex for p in commit.parents],
+        "groups": sorted(groups.values(), key=lambda g: (g.env, g.kind)),
+        "truncated": shown >= DIFF_LIMIT,
+    }
+
+
+def _entries(store: Store, ref: str) -> dict[str, Any]:
+    commit = refs.resolve(store, ref)
+    root = refs.load_commit(store, commit).manifest
+    groups: dict[tuple[str, str], Group] = {}
+    for k, e in manifest.entries(store, root):
+        g = groups.setdefault((k.env.short(), k.kind), Group(k.env.short(), k.kind))
+        g.count += 1
+        g.bytes += e.size
+        g.saved_ms += _saved_ms(e.meta)
+    by_env: dict[str, list[Group]] = defaultdict(list)
+    for (env, _), g in sorted(groups.items()):
+        by_env[env].append(g)
+    envs = {env: _env_fields(store, env) for env in by_env}
+    return {"commit": commit.hex, "by_env": dict(by_env), "envs": envs}
+
+
+def _env_fields(store: Store, short: str) -> dict[str, str]:
+    got = store.get_typed(store.resolve_unique(short))
+    return dict(Env.decode(got[1]).fields) if got and got[0] is ObjType.ENV else {}
+
+
+def _envs_of_ref(store: Store, ref: str) -> list[str]:
+    root = refs.load_commit(store, refs.resolve(store, ref)).manifest
+    return sorted({k.env.hex for k, _ in manifest.entries(store, root)})
+
+
+def _explain(store: Store, ref: str, key: str, env: str) -> list[str]:
+    from cas.torch.explain import explain_key  # imports no torch when ``here`` is given
+
+    got = store.get_typed(store.resolve_unique(env))
+    if got is None or got[0] is not ObjType.ENV:
+        return [f"{env}: not an env in this store"]
+    return explain_key(store, ref, key, here=Env.decode(got[1])).lines()
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+def _viewer(request: Request) -> str | None:
+    """Who is looking (a token's name), or None when a login is needed."""
+    tokens: Tokens | None = request.app.state.tokens
+    if tokens is None:
+        return "anonymous"
+    rec = tokens.check(request.cookies.get(COOKIE, ""))
+    return rec.name if rec is not None else None
+
+
+async def _page(request: Request, template: str, read: Any = None, **context: Any) -> Response:
+    who = _viewer(request)
+    if who is None:
+        return RedirectResponse(f"/ui/login?next={quote(request.url.path)}", status_code=303)
+    store = request.app.state.stores.get
+    status = 200
+    try:
+        data = await run_in_threadpool(lambda: read(store())) if read is not None else {}
+    except CasError as exc:
+        data, status = {"error": str(exc)}, exc.http_status
+    html = _TEMPLATES.get_template(template).render(who=who, **context, **data)
+    return HTMLResponse(html, status_code=status)
+
+
+async def index(request: Request) -> Response:
+    metrics = request.app.state.metrics
+    rates = [
+        {"door": d, "kind": k, "env": e, "hits": h, "misses": m,
+         "rate": f"{100 * h / (h + m):.0f}%" if h + m else "-"}
+        for (d, k, e), (h, m) in metrics.hit_rates().items()
+    ]
+    return await _page(request, "index.html", lambda s: {"refs": _refs(s)}, rates=rates)
+
+
+async def log_page(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    return await _page(request, "log.html", lambda s: {"commits": _log(s, ref)}, ref=ref)
+
+
+async def commit_page(request: Request) -> Response:
+    oid = request.path_params["oid"]
+    return await _page(request, "commit.html", lambda s: _commit(s, oid))
+
+
+async def entries_page(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    return await _page(request, "entries.html", lambda s: _entries(s, ref), ref=ref)
+
+
+async def explain_page(request: Request) -> Response:
+    q = request.query_params
+    ref, key = q.get("ref", "main"), q.get("key", "").strip()
+    door = request.app.state.redis
+    env = q.get("env") or (door.env.id.hex if door is not None else "")
+
+    def read(s: Store) -> dict[str, Any]:
+        try:
+            envs = _envs_of_ref(s, ref)
+        except CasError:
+            envs = []
+        chosen = env or (envs[0] if envs else "")
+        answer = _explain(s, ref, key, chosen) if key and chosen else []
+        return {"envs": envs, "env": chosen, "answer": answer}
+
+    return await _page(request, "explain.html", read, ref=ref, key=key)
+
+
+async def login(request: Request) -> Response:
+    target = request.query_params.get("next", "/ui/")
+    if not target.startswith("/ui"):
+        target = "/ui/"  # never redirect off the view
+    error = ""
+    if request.method == "POST":
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        token = form.get("token", [""])[0].strip()
+        tokens: Tokens | None = request.app.state.tokens
+        if tokens is None or tokens.check(token) is not None:
+            response = RedirectResponse(target, status_code=303)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/ui",
+                                secure=request.url.scheme == "https")
+            return response
+        error = "unknown token"
+    html = _TEMPLATES.get_template("login.html").render(who=None, error=error, next=target)
+    return HTMLResponse(html, status_code=401 if error else 200)
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+def routes() -> list[Any]:
+    return [
+        Route("/ui", lambda r: RedirectResponse("/ui/", status_code=307)),
+        Route("/ui/", index),
+        Route("/ui/login", login, methods=["GET", "POST"]),
+        Route("/ui/logout", logout),
+        Route("/ui/log/{ref:path}", log_page),
+        Route("/ui/commit/{oid}", commit_page),
+        Route("/ui/entries/{ref:path}", entries_page),
+        Route("/ui/explain", explain_page),
+        Mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="static"),
+    ]

@@ -1,0 +1,67 @@
+"""Helpers for the Redis door's tests: a store with tokens and seeded entries, served by
+`cas serve --redis-port` in a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from servers import CasServer, free_port
+
+from cas.history import commit_changes
+from cas.objects import Entry, EntryKey, Env
+from cas.server.auth import Scope, add_token
+from cas.store import Store
+
+ENV_A = Env({"torch_version": "2.13.0", "device": "cpu-a"})
+ENV_B = Env({"torch_version": "2.13.0", "device": "cpu-b"})
+FX_KEY = "pt2:fx-graph-v1::fgraphkey:c1"
+
+
+def wire(data: bytes, ms: int = 7) -> bytes:
+    """An FX cache value as torch puts it."""
+    return json.dumps({"data": base64.b64encode(data).decode(), "time_taken_ms": ms}).encode()
+
+
+@dataclass
+class Door:
+    server: CasServer
+    port: int
+    store: Path
+    write: str
+    read: str
+
+    def client(self, token: str | None, protocol: int = 3) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=token, protocol=protocol)
+
+
+def seed(path: Path, origin: str | None = None) -> None:
+    """main holds the same FX key for env A and env B, with different bytes; its commit
+    was made here, or (``origin``) received from that remote."""
+    with Store(path) as s:
+        changes = {}
+        for env, data in ((ENV_A, b"graph for A"), (ENV_B, b"graph for B")):
+            s.put_object(env)
+            blob = s.put(data)
+            changes[EntryKey(env.id, "inductor", "fgraphkey", "")] = Entry(blob, len(data), None, {})
+        oid = commit_changes(s, "main", changes, "seed")
+        if origin is not None:  # what a pull from that remote records (commit marks local)
+            s.set_meta(f"origin.{oid.hex}", f"remote:{origin}")
+
+
+def start(tmp_path: Path, *args: str) -> Door:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        write = add_token("w", Scope.WRITE, store=s)
+        read = add_token("r", Scope.READ, store=s)
+        s.put_object(ENV_A)
+    seed(path)
+    port = free_port()
+    server = CasServer(
+        path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex[:12],
+        "--redis-flush-every", "0.2", *args,
+    )
+    return Door(server, port, path, write, read)

@@ -1,0 +1,201 @@
+"""The Redis door as the real `redis` client package sees it: handshake (RESP2 and RESP3),
+AUTH with cas tokens and their scopes, reads from the configured ref and env only, BLAKE3
+checks, batched commits that name the writing token, and refused history rewrites."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from servers import CasServer, free_port
+
+from cas import manifest
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.history import commit_changes
+from cas.objects import Entry, EntryKey
+from cas.refs import load_commit, resolve
+from cas.server.auth import Scope, add_token
+from cas.store import Store
+from server.doorkit import ENV_A, FX_KEY, Door, seed, start, wire
+
+
+@pytest.fixture
+def door(tmp_path: Path) -> Iterator[Door]:
+    d = start(tmp_path)
+    try:
+        yield d
+    finally:
+        d.server.stop()
+
+
+def _main_tip(path: Path) -> ObjectId:
+    with Store(path) as s:
+        return resolve(s, "main")
+
+
+def _wait_commit(path: Path, old: ObjectId) -> ObjectId:
+    for _ in range(200):
+        tip = _main_tip(path)
+        if tip != old:
+            return tip
+        time.sleep(0.05)
+    raise AssertionError("the door committed nothing")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_handshake_and_reads_serve_only_the_configured_env(door: Door, protocol: int) -> None:
+    c = door.client(door.read, protocol)
+    assert c.ping() is True
+    got = json.loads(c.get(FX_KEY))
+    assert base64.b64decode(got["data"]) == b"graph for A"
+    assert c.get("pt2:fx-graph-v1::absent:c1") is None
+    assert c.mget([FX_KEY, "pt2:fx-graph-v1::absent:c1"])[1] is None
+    assert c.exists(FX_KEY, "pt2:fx-graph-v1::absent:c1") == 1
+
+
+def test_auth_is_a_cas_token_and_scopes_apply(door: Door) -> None:
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        door.client(None).get(FX_KEY)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        door.client("cas_not-a-token").get(FX_KEY)
+    before = _main_tip(door.store)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        door.client(door.read).set("pt2:fx-graph-v1::new:c1", wire(b"x"))
+    time.sleep(0.5)
+    assert _main_tip(door.store) == before
+
+
+def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
+    before = _main_tip(door.store)
+    w = door.client(door.write)
+    w.set("pt2:fx-graph-v1::k1:c1", wire(b"one", 120))
+    w.set("pt2:autograd-experimental::k2:c1", wire(b"two", 30))
+    w.set("triton:kernelhash:k.cubin", b"\x7fELF...")  # Triton's put; its get is MGET
+    w.mset({"inductor:oldhash:k.json": b"{}"})  # the key shape of older Tritons
+    # Served at once, before the commit lands.
+    assert base64.b64decode(json.loads(w.get("pt2:fx-graph-v1::k1:c1"))["data"]) == b"one"
+    tip = _wait_commit(door.store, before)
+    with Store(door.store) as s:
+        commit = load_commit(s, tip)
+        assert commit.metadata["token"] == "w"
+        assert commit.metadata["producer"] == "redis"
+        assert commit.parents == (before,)
+        got = {(k.env, k.kind, k.key) for k, _ in manifest.entries(s, commit.manifest)}
+    assert {
+        (ENV_A.id, "inductor", "k1"),
+        (ENV_A.id, "aot_autograd", "k2"),
+        (ENV_A.id, "triton_remote", "kernelhash/k.cubin"),
+        (ENV_A.id, "triton_remote", "oldhash/k.json"),
+    } <= got
+    # A fresh connection reads them back from the branch.
+    assert door.client(door.read, 2).mget(["triton:kernelhash:k.cubin", "triton:kernelhash:k.json"]) == [
+        b"\x7fELF...", None]
+
+
+def test_history_rewrites_and_foreign_keys_are_refused(door: Door) -> None:
+    w = door.client(door.write)
+    for call in (lambda: w.delete(FX_KEY), lambda: w.flushall(), lambda: w.set("user:1", b"x")):
+        with pytest.raises(redis.exceptions.ResponseError, match="cas"):
+            call()
+    assert w.get(FX_KEY) is not None
+
+
+def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        token = add_token("w", Scope.WRITE, store=s)
+        s.put_object(ENV_A)
+        good = b"graph bytes" * 10
+        blob = ObjectId.of(good)
+        # A fault below the store's own checks: bytes stored under an id they do not hash to.
+        s.put_verified([(blob, ObjType.BLOB, b"X" + good[1:])])
+        key = EntryKey(ENV_A.id, "inductor", "fgraphkey", "")
+        commit_changes(s, "main", {key: Entry(blob, len(good), None, {})}, "seed")
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
+    finally:
+        server.stop()
+
+
+def test_refs_from_untrusted_remotes_are_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        token = add_token("r", Scope.READ, store=s)
+    seed(path, origin="stranger")
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
+    finally:
+        server.stop()
+
+
+def test_a_ref_with_several_envs_needs_redis_env(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    Store.init(path).close()
+    seed(path)
+    with pytest.raises(RuntimeError, match="cannot tell which env the Redis door serves: main holds 2 envs"):
+        CasServer(path, tmp_path, "--no-auth", "--redis-port", str(free_port()))
+
+
+def test_a_read_only_door_drops_writes_and_may_serve_anonymous_readers(tmp_path: Path) -> None:
+    d = start(tmp_path, "--redis-read-only", "--redis-anonymous-read")
+    try:
+        before = _main_tip(d.store)
+        anonymous = d.client(None, 2)
+        assert anonymous.get(FX_KEY) is not None
+        assert anonymous.set("pt2:fx-graph-v1::new:c1", wire(b"x")) is True  # dropped quietly
+        assert d.client(d.read).set("pt2:fx-graph-v1::new:c1", wire(b"x")) is True
+        assert anonymous.get("pt2:fx-graph-v1::new:c1") is None
+        time.sleep(0.5)
+        assert _main_tip(d.store) == before
+    finally:
+        d.server.stop()
+
+
+def test_pipelined_and_inline_commands(door: Door) -> None:
+    pipe = door.client(door.read).pipeline(transaction=False)
+    pipe.get(FX_KEY).get("pt2:fx-graph-v1::absent:c1").ping()
+    got = pipe.execute()
+    assert got[0] is not None and got[1] is None and got[2] is True
+    with socket.create_connection(("127.0.0.1", door.port)) as s:
+        s.sendall(b"PING\r\nECHO hi\r\nGET x\r\n")
+        answer = b""
+        while answer.count(b"\r\n") < 3:
+            answer += s.recv(4096)
+    assert answer == b"+PONG\r\n$2\r\nhi\r\n-NOAUTH Authentication required.\r\n"
+
+
+def test_writes_pending_at_shutdown_are_committed(tmp_path: Path) -> None:
+    d = start(tmp_path, "--redis-flush-every", "600")
+    before = _main_tip(d.store)
+    try:
+        d.client(d.write).set("pt2:fx-graph-v1::late:c1", wire(b"late"))
+    finally:
+        d.server.stop()  # SIGINT: uvicorn's shutdown runs the door's last commit
+    with Store(d.store) as s:
+        tip = resolve(s, "main")
+        assert tip != before
+        keys = {k.key for k, _ in manifest.entries(s, load_commit(s, tip).manifest)}
+    assert "late" in keys
+
+
+def test_a_commit_from_an_untrusted_remote_on_the_served_branch_stops_serving(door: Door) -> None:
+    c = door.client(door.read)
+    assert c.get(FX_KEY) is not None  # main is local: served
+    with Store(door.store) as s:
+        data = b"from elsewhere"
+        key = EntryKey(ENV_A.id, "inductor", "strangerkey", "")
+        oid = commit_changes(s, "main", {key: Entry(s.put(data), len(data), None, {})}, "pulled")
+        s.set_meta(f"origin.{oid.hex}", "remote:stranger")  # as a pull from it records
+    assert c.get("pt2:fx-graph-v1::strangerkey:c1") is None
+    assert c.get(FX_KEY) is None  # the whole ref is refused, not just the new commit

@@ -1,0 +1,117 @@
+"""Stock torch, with no cas installed, uses a cas server as its remote cache through the
+Redis door: only environment variables are set in the client, whose misses are recorded
+as a commit and then hit by the next fresh process (a new machine: empty cache dir and
+empty TMPDIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+from servers import CasServer, free_port
+
+from cas import manifest
+from cas.refs import load_commit, resolve
+from cas.server.auth import Scope, add_token
+from cas.store import Store
+
+# Run as `python -I -S client.py SITE`: no site processing, so the editable install of cas
+# (a .pth hook) is not seen; SITE (the venv's site-packages) is added by hand for torch
+# and redis. The script checks that cas really is not importable.
+CLIENT = r'''
+import sys
+sys.path.append(sys.argv[1])
+import importlib.util, json, warnings
+warnings.filterwarnings("ignore")
+cas_found = importlib.util.find_spec("cas") is not None
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 10))
+x = torch.randn(8, 32)
+out = torch.compile(net)(x)
+out.sum().backward()
+grads = [p.grad.clone() for p in net.parameters()]
+net.zero_grad()
+want = net(x)
+want.sum().backward()
+err = max([float((out - want).abs().max())] +
+          [float((g - p.grad).abs().max()) for g, p in zip(grads, net.parameters())])
+print("RESULT " + json.dumps({"cas_found": cas_found, "max_err": err,
+                              "counters": {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}}))
+'''
+
+
+def _client(tmp: Path, port: int, token: str) -> dict:
+    for d in ("cache", "tmp", "home"):
+        (tmp / d).mkdir(parents=True)
+    script = tmp / "client.py"
+    script.write_text(CLIENT)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp / "home"),
+        "TMPDIR": str(tmp / "tmp"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp / "cache"),
+        "TORCHINDUCTOR_REDIS_URL": f"redis://:{token}@127.0.0.1:{port}",
+        "TORCHINDUCTOR_FX_GRAPH_REMOTE_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_REMOTE_CACHE": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(script), sysconfig.get_paths()["purelib"]],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    got = json.loads(line[len("RESULT "):])
+    assert got["cas_found"] is False
+    assert got["max_err"] < 1e-4
+    return got["counters"]
+
+
+@pytest.mark.slow
+def test_stock_torch_misses_are_recorded_then_hit_by_a_fresh_process(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        write = add_token("ci-writer", Scope.WRITE, store=s)
+        read = add_token("fleet", Scope.READ, store=s)
+    port = free_port()
+    server = CasServer(
+        path, tmp_path, "--redis-port", str(port), "--redis-env", "here", "--redis-flush-every", "0.2"
+    )
+    try:
+        first = _client(tmp_path / "first", port, write)
+        assert first["inductor"].get("fxgraph_cache_miss", 0) >= 1
+        assert first["aot_autograd"].get("autograd_cache_miss", 0) >= 1
+        assert first["inductor"].get("fxgraph_cache_hit", 0) == 0
+
+        assert {"inductor", "aot_autograd"} <= _recorded_kinds(path)
+
+        second = _client(tmp_path / "second", port, read)
+        assert second["inductor"].get("fxgraph_cache_hit", 0) >= 1
+        assert second["aot_autograd"].get("autograd_cache_hit", 0) >= 1
+        assert second["inductor"].get("fxgraph_cache_miss", 0) == 0
+        assert second["aot_autograd"].get("autograd_cache_miss", 0) == 0
+    finally:
+        server.stop()
+
+
+def _recorded_kinds(path: Path) -> set[str]:
+    """The kinds on main once the door's batch commits land; they name the writer."""
+    kinds: set[str] = set()
+    for _ in range(100):
+        with Store(path) as s:
+            if s.get_ref("refs/heads/main") is not None:
+                commit = load_commit(s, resolve(s, "main"))
+                assert commit.metadata["token"] == "ci-writer"
+                kinds = {k.kind for k, _ in manifest.entries(s, commit.manifest)}
+                if {"inductor", "aot_autograd"} <= kinds:
+                    break
+        time.sleep(0.1)
+    return kinds
