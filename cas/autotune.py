@@ -26,8 +26,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cas import history, manifest
 from cas.digest import ObjectId
-from cas.objects import Entry, EntryKey
+from cas.objects import Commit, Entry, EntryKey
+from cas.refs import load_commit
+from cas.store import Store
 
 __all__ = [
     "KIND",
@@ -35,12 +38,16 @@ __all__ = [
     "RECORD_FORMAT",
     "Record",
     "diff_records",
+    "diff_rows",
     "entry_meta",
     "from_best_config",
     "from_timing_file",
     "gemm_key",
+    "log_rows",
     "merge_lines",
     "parse_inputs_key",
+    "rows_of",
+    "show_rows",
 ]
 
 #: Manifest kind of autotune records.
@@ -284,10 +291,7 @@ class Row:
 
 def rows_of(pairs: Iterable[tuple[EntryKey, Entry]]) -> list[Row]:
     """The autotune-record entries among ``pairs``, ordered by op, shapes, device class."""
-    rows = [Row(k, e) for k, e in pairs if k.kind == KIND]
-    rows.sort(key=lambda r: (str(r.meta.get("op", "")), str(r.meta.get("shapes", "")),
-                             r.key.variant, r.key.key))
-    return rows
+    return sorted((Row(k, e) for k, e in pairs if k.kind == KIND), key=_order)
 
 
 @dataclass(frozen=True)
@@ -353,3 +357,59 @@ def merge_lines(
         out.append(f"{chosen.meta.get('op')} [{chosen.meta.get('shapes')}] on {key.variant}: "
                    f"{took} ({chosen.meta.get('choice')}) {times}".rstrip())
     return out
+
+
+# -- records in a store: log, show, diff ------------------------------------------------------
+
+
+def _changed_records(store: Store, oid: ObjectId, commit: Commit) -> Iterator[Row]:
+    parent = load_commit(store, commit.parents[0]).manifest if commit.parents else manifest.EMPTY
+    for key, _old, new in manifest.diff(store, parent, commit.manifest):
+        if key.kind == KIND and new is not None:
+            yield Row(key, new, oid)
+
+
+def log_rows(store: Store, start: ObjectId, limit: int | None = None) -> list[Row]:
+    """Records measured by the autotune commits reachable from ``start``, newest first.
+
+    Only commits made by recording (``metadata.producer == "autotune"``) count: a merge
+    that took a record from the other side did not measure it. ``limit`` counts commits.
+    """
+    rows: list[Row] = []
+    seen = 0
+    for oid, commit in history.log(store, start):
+        if commit.metadata.get("producer") != "autotune":
+            continue
+        rows.extend(sorted(_changed_records(store, oid, commit), key=_order))
+        seen += 1
+        if limit is not None and seen >= limit:
+            break
+    return rows
+
+
+def show_rows(store: Store, start: ObjectId) -> list[Row]:
+    """Every record in the manifest of commit ``start``, with the commit that measured it
+    (None when no autotune commit in its history holds that very record)."""
+    current = rows_of(manifest.entries(store, load_commit(store, start).manifest))
+    want = {r.entry.blob for r in current}
+    found: dict[ObjectId, ObjectId] = {}
+    for oid, commit in history.log(store, start):
+        if len(found) == len(want):
+            break
+        if commit.metadata.get("producer") == "autotune":
+            for row in _changed_records(store, oid, commit):
+                if row.entry.blob in want:
+                    found.setdefault(row.entry.blob, oid)
+    return [Row(r.key, r.entry, found.get(r.entry.blob)) for r in current]
+
+
+def diff_rows(store: Store, a: ObjectId, b: ObjectId) -> list[Delta]:
+    """How the records of commit ``b`` differ from those of commit ``a``."""
+    ra, rb = load_commit(store, a).manifest, load_commit(store, b).manifest
+    deltas = diff_records(manifest.diff(store, ra, rb))
+    deltas.sort(key=lambda d: _order(Row(d.key, d.new or d.old)))  # type: ignore[arg-type]
+    return deltas
+
+
+def _order(row: Row) -> tuple[str, str, str, str]:
+    return (str(row.meta.get("op", "")), str(row.meta.get("shapes", "")), row.key.variant, row.key.key)

@@ -1,10 +1,12 @@
 """A CPU max-autotune compile (freezing on) in a fresh process, for the autotune tests.
 
-    python tests/torch/autotune_workload.py STORE [--record BRANCH] [--hydrate REF]
+    python tests/torch/autotune_workload.py STORE [--record BRANCH] [--hydrate REF] [--device cuda]
 
 A model of three Linear layers of different sizes (three GEMM shapes) is compiled with
-``mode="max-autotune"`` and ``freezing=True``, so ``select_algorithm`` benchmarks the C++
-GEMM template against ``_mkl_linear`` for each shape. ``--hydrate`` writes a ref into
+``mode="max-autotune"``. On CPU ``freezing=True`` too, so ``select_algorithm`` benchmarks
+the C++ GEMM template against ``_mkl_linear`` for each shape. On CUDA (bench/gpu_check.py)
+the layers are larger, in bf16, with a LayerNorm and GELU, so Triton GEMM templates,
+pointwise/reduction kernels (``.best_config``) and coordinate descent are all tuned. ``--hydrate`` writes a ref into
 the (empty) cache dir first; ``--record`` commits the autotune records afterwards. Prints
 ``CAS-AUTOTUNE {json}``: benchmarks run (torch's counters), the choice torch picked per
 (op, inputs key), and what was hydrated and recorded.
@@ -14,26 +16,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import warnings
 from typing import Any
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
-#: (in, out) of the layers; batch 16. Three distinct GEMM shapes.
-LAYERS = ((64, 96), (96, 48), (48, 80))
-BATCH = 16
+#: (in, out) of the layers and the batch, per device. Three distinct GEMM shapes.
+LAYERS = {"cpu": ((64, 96), (96, 48), (48, 80)), "cuda": ((1024, 4096), (4096, 1024), (1024, 768))}
+BATCH = {"cpu": 16, "cuda": 512}
 
 
-def build() -> Any:
+def build(device: str) -> tuple[Any, Any]:
+    """The model and its input on ``device``."""
     import torch
 
     torch.manual_seed(0)
+    layers = LAYERS[device]
     mods: list[torch.nn.Module] = []
-    for i, (n_in, n_out) in enumerate(LAYERS):
+    for i, (n_in, n_out) in enumerate(layers):
         mods.append(torch.nn.Linear(n_in, n_out))
-        if i < len(LAYERS) - 1:
-            mods.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*mods).eval()
+        if i < len(layers) - 1:
+            mods += [torch.nn.LayerNorm(n_out), torch.nn.GELU()] if device == "cuda" else [torch.nn.ReLU()]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = torch.nn.Sequential(*mods).eval().to(device=device, dtype=dtype)
+    return model, torch.randn(BATCH[device], layers[0][0], device=device, dtype=dtype)
 
 
 def picked_choices() -> tuple[dict[str, str], Any]:
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("--record", default=None)
     parser.add_argument("--hydrate", default=None)
+    parser.add_argument("--device", default="cpu", choices=sorted(LAYERS))
     args = parser.parse_args()
 
     import torch
@@ -72,11 +80,15 @@ def main() -> None:
         if args.hydrate:
             res = hydrate(store, args.hydrate)
             out["hydrated"] = res.by_kind
-        inductor_config.freezing = True
+        inductor_config.freezing = args.device == "cpu"
         picked, _ = picked_choices()
-        model, x = build(), torch.randn(BATCH, LAYERS[0][0])
+        model, x = build(args.device)
+        start = time.perf_counter()
         with torch.no_grad(), autotune.observe() as seen, autotune.count_benchmarks() as counts:
             torch.compile(model, mode="max-autotune")(x)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+        out["seconds"] = round(time.perf_counter() - start, 3)
         out["benchmarks"] = counts
         out["picked"] = picked
         if args.record:
