@@ -11,6 +11,8 @@
 - :func:`write_records` is hydrate's half: the recorded choices written where torch
   looks them up, over whatever file a capture carried.
 - :func:`count_benchmarks` counts the autotune benchmarks torch runs (replay checks).
+- :func:`shard` and :func:`gather_records`: distributed autotune — each rank benchmarks
+  its share of the GEMM lookups, rank 0 commits the union.
 
 Torch internals touched (2.11–2.14): ``CacheBase.get_system`` (timing file name),
 ``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` and
@@ -45,12 +47,15 @@ from cas.torch.env import cpu_fingerprint, current_env
 __all__ = [
     "Observed",
     "RecordResult",
+    "Shard",
     "count_benchmarks",
     "device_class",
+    "gather_records",
     "observe",
     "provenance",
     "read_records",
     "record",
+    "shard",
     "write_records",
 ]
 
@@ -410,3 +415,74 @@ def records_for_here(
 def records_in(store: Store, root: ObjectId) -> Mapping[EntryKey, Entry]:
     """The autotune-record entries of a manifest."""
     return {ek: e for ek, e in manifest.entries(store, root) if ek.kind == autotune.KIND}
+
+
+# -- distributed autotune ------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """What :func:`shard` did in this process: GEMM lookups tuned here and left to others."""
+
+    rank: int
+    world: int
+    tuned: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def shard(rank: int, world: int) -> Iterator[Shard]:
+    """Benchmark only this rank's share of the GEMM autotuning of a compile.
+
+    Every rank compiles the same graphs, so they meet the same ``select_algorithm``
+    lookups in the same order; the i-th distinct (op, inputs) is benchmarked by rank
+    ``i % world`` — torch's own ``distributed_autotune`` assignment. Elsewhere the lookup
+    runs without a benchmark function: a cached result is used, and a miss returns no
+    timings, on which torch falls back to its ATen kernel and writes nothing. The shards'
+    records then meet in :func:`gather_records`.
+
+    Torch's ``distributed_max_autotune_gemm`` is not used: in torch 2.11–2.14 it covers
+    ``tuned_mm`` only (not addmm, bmm or the CPU ``packed_linear`` of freezing) and
+    exchanges the chosen template, not the times a record holds.
+    """
+    from torch._inductor.select_algorithm import AlgorithmSelectorCache
+
+    state = Shard(rank, world)
+    order: dict[str, int] = {}
+    orig = AlgorithmSelectorCache.lookup
+
+    def lookup(self: Any, choices: Any, op: str, inputs: str, benchmark: Any, *args: Any, **kwargs: Any) -> Any:
+        key = f"{op} {inputs}"
+        index = order.setdefault(key, len(order))
+        mine = index % world == rank
+        (state.tuned if mine else state.skipped).append(key)
+        return orig(self, choices, op, inputs, benchmark if mine else None, *args, **kwargs)
+
+    AlgorithmSelectorCache.lookup = lookup  # type: ignore[method-assign]
+    try:
+        yield state
+    finally:
+        AlgorithmSelectorCache.lookup = orig  # type: ignore[method-assign]
+
+
+def gather_records(records: Iterable[autotune.Record], group: Any = None) -> list[autotune.Record] | None:
+    """All ranks' records, on rank 0 (None elsewhere): ``gather_object`` over ``group``.
+
+    A record measured by several ranks (a key both had cached) is kept once, the faster.
+    """
+    import torch.distributed as dist
+
+    mine = [r.to_bytes() for r in records]
+    rank = dist.get_rank(group)
+    out: list[Any] | None = [None] * dist.get_world_size(group) if rank == 0 else None
+    dist.gather_object(mine, out, dst=0, group=group)
+    if out is None:
+        return None
+    best: dict[tuple[str, str], autotune.Record] = {}
+    for shard_bytes in out:
+        for data in shard_bytes:
+            rec = autotune.Record.from_bytes(data)
+            old = best.get((rec.key, rec.device_class))
+            if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):
+                best[(rec.key, rec.device_class)] = rec
+    return list(best.values())

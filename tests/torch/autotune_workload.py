@@ -1,6 +1,7 @@
 """A CPU max-autotune compile (freezing on) in a fresh process, for the autotune tests.
 
     python tests/torch/autotune_workload.py STORE [--record BRANCH] [--hydrate REF] [--device cuda]
+    python tests/torch/autotune_workload.py STORE --record BRANCH --ranks 2   # distributed
 
 A model of three Linear layers of different sizes (three GEMM shapes) is compiled with
 ``mode="max-autotune"``. On CPU ``freezing=True`` too, so ``select_algorithm`` benchmarks
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from typing import Any
@@ -25,6 +30,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 #: (in, out) of the layers and the batch, per device. Three distinct GEMM shapes.
 LAYERS = {"cpu": ((64, 96), (96, 48), (48, 80)), "cuda": ((1024, 4096), (4096, 1024), (1024, 768))}
 BATCH = {"cpu": 16, "cuda": 512}
+MARKER = "CAS-AUTOTUNE "
 
 
 def build(device: str) -> tuple[Any, Any]:
@@ -60,16 +66,85 @@ def picked_choices() -> tuple[dict[str, str], Any]:
     return picked, orig
 
 
+def compile_once(device: str) -> tuple[dict[str, Any], Any, dict[str, str]]:
+    """Compile the model and run it once: (figures, what observe() saw, choices picked)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from cas.torch import autotune
+
+    inductor_config.freezing = device == "cpu"
+    picked, _ = picked_choices()
+    model, x = build(device)
+    start = time.perf_counter()
+    with torch.no_grad(), autotune.observe() as seen, autotune.count_benchmarks() as counts:
+        torch.compile(model, mode="max-autotune")(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return {"seconds": round(time.perf_counter() - start, 3), "benchmarks": counts, "picked": picked}, seen, picked
+
+
+def one_rank(args: argparse.Namespace) -> dict[str, Any]:
+    """Rank ``args.rank`` of a distributed autotune: tune a shard, rank 0 commits the union."""
+    import torch.distributed as dist
+
+    from cas.store import Store
+    from cas.torch import autotune
+    from cas.torch.capture import torch_cache_dir
+
+    # Ranks on one machine must not share a timing file (torch rewrites it whole).
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], f"rank{args.rank}")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
+                            world_size=args.world)
+    with autotune.shard(args.rank, args.world) as part:
+        out, seen, _ = compile_once(args.device)
+    out.update(rank=args.rank, tuned=len(part.tuned), skipped=len(part.skipped))
+    union = autotune.gather_records(autotune.read_records(torch_cache_dir(), observed=seen,
+                                                          method="distributed_select_algorithm"))
+    if union is not None:
+        with Store(args.store) as store:
+            out["recorded"] = autotune.record(store, branch=args.record, records=union).to_dict()
+    dist.destroy_process_group()
+    return out
+
+
+def launch(args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``args.ranks`` processes of this script as one gloo job; their lines, and wall time."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, args.store, "--record", args.record or "main",
+                               "--device", args.device, "--rank", str(r), "--world", str(args.ranks),
+                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
+             for r in range(args.ranks)]
+    ranks = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=900)
+        lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+        if p.returncode or not lines:
+            raise SystemExit(f"rank failed ({p.returncode}):\n{stdout[-3000:]}")
+        ranks.append(json.loads(lines[-1][len(MARKER):]))
+    return {"wall_seconds": round(time.perf_counter() - start, 3), "ranks": ranks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("store")
     parser.add_argument("--record", default=None)
     parser.add_argument("--hydrate", default=None)
     parser.add_argument("--device", default="cpu", choices=sorted(LAYERS))
+    parser.add_argument("--ranks", type=int, default=0, help="Run a distributed autotune of N ranks.")
+    parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--world", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-
-    import torch
-    import torch._inductor.config as inductor_config
+    if args.ranks:
+        print(MARKER + json.dumps(launch(args)))
+        return
+    if args.rank is not None:
+        print(MARKER + json.dumps(one_rank(args)))
+        return
 
     from cas.store import Store
     from cas.torch import autotune
@@ -78,22 +153,12 @@ def main() -> None:
     out: dict[str, Any] = {}
     with Store(args.store) as store:
         if args.hydrate:
-            res = hydrate(store, args.hydrate)
-            out["hydrated"] = res.by_kind
-        inductor_config.freezing = args.device == "cpu"
-        picked, _ = picked_choices()
-        model, x = build(args.device)
-        start = time.perf_counter()
-        with torch.no_grad(), autotune.observe() as seen, autotune.count_benchmarks() as counts:
-            torch.compile(model, mode="max-autotune")(x)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-        out["seconds"] = round(time.perf_counter() - start, 3)
-        out["benchmarks"] = counts
-        out["picked"] = picked
+            out["hydrated"] = hydrate(store, args.hydrate).by_kind
+        figures, seen, _ = compile_once(args.device)
+        out.update(figures)
         if args.record:
             out["recorded"] = autotune.record(store, branch=args.record, observed=seen).to_dict()
-    print("CAS-AUTOTUNE " + json.dumps(out))
+    print(MARKER + json.dumps(out))
 
 
 if __name__ == "__main__":
