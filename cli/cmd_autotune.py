@@ -26,6 +26,14 @@ def _choice(text: object) -> str:
     return s.split("-", 1)[0] if "=" not in s.split("-", 1)[0] else s
 
 
+def _emit_rows(ctx: Context, title: str, rows: list[autotune.Row]) -> None:
+    if ctx.as_json:
+        ctx.emit([r.to_dict() for r in rows])
+        return
+    ctx.out.print(_rows_table(title, rows, True))
+    ctx.info(f"{len(rows)} records")
+
+
 def _rows_table(title: str, rows: list[autotune.Row], with_commit: bool) -> Table:
     table = Table(title=title, show_edge=False)
     for name in ("op", "shapes", "choice", "ms", "device", "host"):
@@ -54,12 +62,8 @@ def autotune_group() -> None:
 @pass_ctx
 def log_cmd(ctx: Context, rev: str, max_count: int | None) -> None:
     """Records measured by the autotune commits reachable from REV, newest first."""
-    rows = autotune.log_rows(ctx.store, refs.resolve(ctx.store, rev), max_count)
-    if ctx.as_json:
-        ctx.emit([r.to_dict() for r in rows])
-        return
-    ctx.out.print(_rows_table(f"autotune records measured up to {rev}", rows, True))
-    ctx.info(f"{len(rows)} records")
+    _emit_rows(ctx, f"autotune records measured up to {rev}",
+               autotune.log_rows(ctx.store, refs.resolve(ctx.store, rev), max_count))
 
 
 @autotune_group.command(name="show")
@@ -67,12 +71,7 @@ def log_cmd(ctx: Context, rev: str, max_count: int | None) -> None:
 @pass_ctx
 def show_cmd(ctx: Context, rev: str) -> None:
     """Every record in REV, with the commit that measured it."""
-    rows = autotune.show_rows(ctx.store, refs.resolve(ctx.store, rev))
-    if ctx.as_json:
-        ctx.emit([r.to_dict() for r in rows])
-        return
-    ctx.out.print(_rows_table(f"autotune records in {rev}", rows, True))
-    ctx.info(f"{len(rows)} records")
+    _emit_rows(ctx, f"autotune records in {rev}", autotune.show_rows(ctx.store, refs.resolve(ctx.store, rev)))
 
 
 @autotune_group.command(name="diff")
