@@ -126,6 +126,7 @@ class Observed:
 
     triton: dict[str, dict[str, float]] = field(default_factory=dict)
     gemm_times: dict[tuple[str, str], float] = field(default_factory=dict)
+    triton_benchmarks: int = 0  # benchmark_all_configs calls, with or without a cache path
 
 
 def _best_config_path(autotuner: Any) -> str | None:
@@ -172,6 +173,7 @@ def _patch_triton(seen: Observed) -> Any:
 
     def bench_all(self: Any, *args: Any, **kwargs: Any) -> Any:
         timings = orig_all(self, *args, **kwargs)
+        seen.triton_benchmarks += 1
         path = _best_config_path(self)
         if path is not None:
             seen.triton.setdefault(path, {}).update({_line(k.config): float(v) for k, v in timings.items()})
@@ -216,7 +218,7 @@ def count_benchmarks() -> Iterator[dict[str, int]]:
         undo()
         for n in names:
             out[n] = counters["inductor"][n] - before[n]
-        out["triton_benchmark_all_configs"] = len(seen.triton)
+        out["triton_benchmark_all_configs"] = seen.triton_benchmarks
 
 
 # -- reading and committing ---------------------------------------------------------------

@@ -66,6 +66,24 @@ def picked_choices() -> tuple[dict[str, str], Any]:
     return picked, orig
 
 
+def time_benchmarks() -> list[float]:
+    """Wrap ``select_algorithm``'s benchmark step: seconds spent in it, per call."""
+    from torch._inductor.select_algorithm import AlgorithmSelectorCache
+
+    spent: list[float] = []
+    orig = AlgorithmSelectorCache.benchmark
+
+    def benchmark(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    AlgorithmSelectorCache.benchmark = benchmark  # type: ignore[method-assign]
+    return spent
+
+
 def compile_once(device: str) -> tuple[dict[str, Any], Any, dict[str, str]]:
     """Compile the model and run it once: (figures, what observe() saw, choices picked)."""
     import torch
@@ -75,13 +93,16 @@ def compile_once(device: str) -> tuple[dict[str, Any], Any, dict[str, str]]:
 
     inductor_config.freezing = device == "cpu"
     picked, _ = picked_choices()
+    spent = time_benchmarks()
     model, x = build(device)
     start = time.perf_counter()
     with torch.no_grad(), autotune.observe() as seen, autotune.count_benchmarks() as counts:
         torch.compile(model, mode="max-autotune")(x)
         if device == "cuda":
             torch.cuda.synchronize()
-    return {"seconds": round(time.perf_counter() - start, 3), "benchmarks": counts, "picked": picked}, seen, picked
+    figures = {"seconds": round(time.perf_counter() - start, 3), "benchmarks": counts, "picked": picked,
+               "benchmark_seconds": round(sum(spent), 3)}
+    return figures, seen, picked
 
 
 def one_rank(args: argparse.Namespace) -> dict[str, Any]:
