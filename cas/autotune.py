@@ -47,6 +47,7 @@ __all__ = [
     "merge_lines",
     "parse_inputs_key",
     "rows_of",
+    "short_choice",
     "show_rows",
 ]
 
@@ -336,26 +337,36 @@ def diff_records(changes: Iterable[tuple[EntryKey, Entry | None, Entry | None]])
     return [Delta(k, a, b) for k, a, b in changes if k.kind == KIND]
 
 
-def merge_lines(
-    resolved: Iterable[tuple[EntryKey, Entry | None, str]], ours: Mapping[EntryKey, Entry | None]
-) -> list[str]:
-    """One line per autotune record a merge rule decided, for the merge commit message.
+def short_choice(text: object) -> str:
+    """A choice as a reader wants it: a GEMM choice ``<name>-<kwargs>-<code hash>`` by its
+    name, a Triton config line whole."""
+    value = str(text or "")
+    head = value.split("-", 1)[0]
+    return value if "=" in head else head
 
-    ``resolved`` is ``MergeResult.resolved``; ``ours`` maps those keys to our side.
+
+def merge_lines(
+    resolved: Iterable[tuple[EntryKey, Entry | None, str]],
+    ours: Mapping[EntryKey, Entry | None],
+    theirs: Mapping[EntryKey, Entry | None],
+) -> list[str]:
+    """One line per autotune record a merge rule decided, for the merge commit message:
+    which side's measurement was kept, both times, and the choice.
+
+    ``resolved`` is ``MergeResult.resolved``; ``ours``/``theirs`` map those keys to each side.
     """
     out = []
     for key, chosen, _rule in resolved:
         if key.kind != KIND or chosen is None:
             continue
-        mine = ours.get(key)
-        took = "theirs" if mine is None or chosen != mine else "ours"
-        old = Row(key, mine).time() if mine is not None else None
-        new = Row(key, chosen).time()
-        times = f"{old:.4g} ms vs {new:.4g} ms" if took == "theirs" and old and new else ""
-        if took == "ours" and mine is not None:
-            times = f"kept {Row(key, mine).time() or '?'} ms"
-        out.append(f"{chosen.meta.get('op')} [{chosen.meta.get('shapes')}] on {key.variant}: "
-                   f"{took} ({chosen.meta.get('choice')}) {times}".rstrip())
+        mine, other = ours.get(key), theirs.get(key)
+        took, lost = ("theirs", mine) if chosen != mine else ("ours", other)
+        won_ms, lost_ms = Row(key, chosen).time(), Row(key, lost).time() if lost is not None else None
+        other_side = "ours" if took == "theirs" else "theirs"
+        vs = f" vs {other_side} {lost_ms:.4g} ms" if lost_ms is not None else ""
+        won = f"{won_ms:.4g} ms" if won_ms is not None else "untimed"
+        out.append(f"{chosen.meta.get('op')} [{chosen.meta.get('shapes')}] on {key.variant}: kept {took}, "
+                   f"{won}{vs} ({short_choice(chosen.meta.get('choice'))})")
     return out
 
 

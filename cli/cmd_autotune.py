@@ -20,12 +20,6 @@ def _ms(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
 
-def _choice(text: object) -> str:
-    # GEMM choices are "<name>-<kwargs>-<code hash>": the name is what a reader wants.
-    s = str(text or "")
-    return s.split("-", 1)[0] if "=" not in s.split("-", 1)[0] else s
-
-
 def _emit_rows(ctx: Context, title: str, rows: list[autotune.Row]) -> None:
     if ctx.as_json:
         ctx.emit([r.to_dict() for r in rows])
@@ -43,7 +37,7 @@ def _rows_table(title: str, rows: list[autotune.Row], with_commit: bool) -> Tabl
     if with_commit:
         table.add_column("commit", no_wrap=True)
     for r in rows:
-        cells = [str(r.meta.get("op", "")), str(r.meta.get("shapes", "")), _choice(r.meta.get("choice")),
+        cells = [str(r.meta.get("op", "")), str(r.meta.get("shapes", "")), autotune.short_choice(r.meta.get("choice")),
                  _ms(r.meta.get("time_ms")), str(r.meta.get("device", "")), str(r.meta.get("host", ""))]
         if with_commit:
             cells.append(r.commit.hex[:10] if r.commit else "-")
@@ -93,8 +87,8 @@ def diff_cmd(ctx: Context, a: str, b: str) -> None:
         row = d.to_dict()
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
         verdict = row["verdict"]
-        cells = [str(row["op"]), str(row["shapes"]), d.key.variant[:24], _choice(row["old_choice"]),
-                 _ms(row["old_ms"]), _choice(row["new_choice"]), _ms(row["new_ms"]), ratio]
+        cells = [str(row["op"]), str(row["shapes"]), d.key.variant[:24], autotune.short_choice(row["old_choice"]),
+                 _ms(row["old_ms"]), autotune.short_choice(row["new_choice"]), _ms(row["new_ms"]), ratio]
         color = colors.get(verdict)
         table.add_row(*(escape(c) for c in cells), f"[{color}]{verdict}[/]" if color else verdict)
     ctx.out.print(table)

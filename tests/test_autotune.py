@@ -133,3 +133,19 @@ def test_log_show_and_diff_name_the_measuring_commit_and_the_speedup(store: Stor
     assert verdicts[recs[0].key] == ("speedup", pytest.approx(2.0))
     assert verdicts[recs[1].key] == ("regression", pytest.approx(0.5))
     assert recs[2].key not in verdicts
+
+
+def test_merge_commit_message_says_which_measurement_each_kernel_kept(store: Store) -> None:
+    from cas.sync.merge import integrate
+
+    recs = list(autotune.from_timing_file(CPU_FILE, "cache/4413", CPU_CLASS, PROV))
+    ours = commit_records(store, recs, [])
+    store.set_ref("refs/heads/main", ours, expected=None)
+    theirs = commit_records(store, [faster(recs[0], 0.5), faster(recs[1], 2.0)], [])
+    done = integrate(store, "refs/heads/main", theirs, message="pull b", who="t")
+    message = refs.load_commit(store, done.new).message
+    assert message.startswith("pull b\n\nautotune, faster measurement kept:\n")
+    lines = message.splitlines()[3:]
+    assert len(lines) == 2 and all(line.startswith("packed_linear [16x") for line in lines)
+    assert sum("kept theirs" in line for line in lines) == 1 and sum("kept ours" in line for line in lines) == 1
+    assert all(f"on {CPU_CLASS}" in line and "(_mkl_linear)" in line for line in lines)

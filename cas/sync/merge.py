@@ -82,10 +82,9 @@ def integrate(
             ref=ref,
             conflicts=len(result.conflicts),
         )
-    ours_root = load_commit(store, ours).manifest
-    tuned = autotune.merge_lines(
-        result.resolved, {k: manifest.lookup(store, ours_root, k) for k, _, _ in result.resolved
-                          if k.kind == autotune.KIND})
+    decided = [k for k, _, _ in result.resolved if k.kind == autotune.KIND]
+    sides = [{k: manifest.lookup(store, load_commit(store, c).manifest, k) for k in decided} for c in (ours, theirs)]
+    tuned = autotune.merge_lines(result.resolved, *sides)
     if tuned:  # say which measurement each tuned kernel kept, and why
         message = f"{message}\n\nautotune, faster measurement kept:\n" + "\n".join(tuned)
     meta = {
