@@ -280,9 +280,13 @@ class RecordResult:
 
 
 def _same_measurement(old: Entry, rec: autotune.Record) -> bool:
-    return (old.meta.get("choice") == autotune.entry_meta(rec)["choice"]
-            and old.meta.get("time_ms") == rec.time_ms
-            and old.meta.get("candidates") == len(rec.candidates))
+    # Re-reading a cache dir that hydrate filled gives back the records it wrote (same
+    # choice and times), or for Triton a .best_config with no times at all: neither is a
+    # new measurement, and the second must not replace a timed record.
+    if old.meta.get("choice") != autotune.entry_meta(rec)["choice"]:
+        return False
+    return rec.time_ms is None or (old.meta.get("time_ms") == rec.time_ms
+                                   and old.meta.get("candidates") == len(rec.candidates))
 
 
 def record(

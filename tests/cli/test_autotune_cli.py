@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from conftest import Cas
 
-
-def test_autotune_commands_on_a_store_without_commits_say_so(cas: Cas) -> None:
+def test_autotune_commands_on_a_store_without_commits_say_so(cas: Any) -> None:
     cas("init")
     for args in (("autotune", "show"), ("autotune", "log")):
         proc = cas(*args, ok=False)
         assert proc.stderr.startswith("cas: error: ") and "Traceback" not in proc.stderr
 
 
-def test_unknown_revisions_and_missing_dirs_are_one_line_errors(cas: Cas, tmp_path: Path) -> None:
+def test_unknown_revisions_and_missing_dirs_are_one_line_errors(cas: Any, tmp_path: Path) -> None:
     cas("init")
     for args in (("autotune", "diff", "main", "nope"), ("autotune", "show", "nope"),
                  ("autotune", "record", "--cache-dir", str(tmp_path / "missing"))):
@@ -23,7 +22,7 @@ def test_unknown_revisions_and_missing_dirs_are_one_line_errors(cas: Cas, tmp_pa
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("cas: error: ")
 
 
-def test_records_of_a_cache_dir_with_none_commit_nothing(cas: Cas, tmp_path: Path) -> None:
+def test_records_of_a_cache_dir_with_none_commit_nothing(cas: Any, tmp_path: Path) -> None:
     cas("init")
     (tmp_path / "empty").mkdir()
     out = json.loads(cas("--json", "autotune", "record", "--cache-dir", str(tmp_path / "empty")).stdout)

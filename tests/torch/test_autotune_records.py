@@ -45,14 +45,20 @@ def test_triton_best_config_round_trips_through_a_record(store: Store, tmp_path:
     torch_cache(src / kernel).save(config(XBLOCK=256, R0_BLOCK=16), 7_000_000, found_by_coordesc=True)
     torch_cache(src / "zz/czz999.py").save(config(XBLOCK=64), 2_000_000, triton_cache_hash="t")
 
-    res = autotune.record(store, src)
+    # What observe() sees of the autotuner's benchmark: each candidate config's time.
+    seen = autotune.Observed(triton={"zz/" + next((src / "zz").glob("*.best_config")).name: {
+        "XBLOCK=64,num_stages=2,num_warps=4": 0.011, "XBLOCK=128,num_stages=2,num_warps=4": 0.019}})
+    res = autotune.record(store, src, observed=seen)
     assert res.added == 2 and res.commit is not None
     commit = load_commit(store, res.commit)
     assert commit.message == f"autotune: 2 kernels on {res.device}"
-    recs = [records.Record.from_bytes(store.get(e.blob) or b"")
-            for k, e in autotune.records_in(store, commit.manifest).items()]
-    assert {r.method for r in recs} == {"coordinate_descent", "triton_autotune"}
-    assert autotune.record(store, src).commit is None  # nothing new: no commit
+    recs = {r.method: r for r in (records.Record.from_bytes(store.get(e.blob) or b"")
+                                  for e in autotune.records_in(store, commit.manifest).values())}
+    assert set(recs) == {"coordinate_descent", "triton_autotune"}
+    assert recs["triton_autotune"].time_ms == 0.011 and len(recs["triton_autotune"].candidates) == 2
+    assert recs["coordinate_descent"].time_ms is None  # torch keeps no kernel time
+    # re-reading the dir without the observed times is no new measurement: no commit
+    assert autotune.record(store, src).commit is None
 
     got = hydrate(store, "main", dst)
     assert got.by_kind == {records.KIND: 2}
