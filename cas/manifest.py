@@ -772,26 +772,37 @@ def _timing(entry: Entry | None) -> float | None:
     return None
 
 
+def _measured_at(entry: Entry) -> float:
+    value = entry.meta.get("measured_at")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else float("inf")  # type: ignore[arg-type]
+
+
 def _keep_ours(key: EntryKey, ours: Entry | None, theirs: Entry | None) -> Resolution:
     return DELETED if ours is None else ours
 
 
 def _faster(key: EntryKey, ours: Entry | None, theirs: Entry | None) -> Resolution:
     # The side with the lower measured time wins; a side with a time beats one without
-    # (a removal has none); ties and two untimed sides keep ours, so the rule is total.
+    # (a removal has none); equal times go to the earlier measurement (``measured_at``),
+    # and otherwise to ours, so the rule is total and both merge orders agree.
     mine, other = _timing(ours), _timing(theirs)
     if other is not None and (mine is None or other < mine):
         return theirs
+    if other is not None and other == mine and theirs is not None and ours is not None:
+        if _measured_at(theirs) < _measured_at(ours):
+            return theirs
     return _keep_ours(key, ours, theirs)
 
 
 OURS = Rule("ours", _keep_ours)
 FASTER = Rule("faster", _faster)
 
-#: kind -> rule; "*" is the fallback for kinds not listed.
-DEFAULT_RULES: Mapping[str, Resolver] = MappingProxyType(
-    {"autotune": FASTER, "gemm_timing": FASTER, "triton_autotune": FASTER, "*": OURS}
-)
+#: kind -> rule; "*" is the fallback for kinds not listed. Only autotune records
+#: (cas.autotune, one per tuned kernel and device class) carry a measured time; the raw
+#: files torch keeps (``autotune``/``autotune_remote``/``gemm_timing``) keep ours, and
+#: hydrate writes the records' choices over them.
+DEFAULT_RULES: Mapping[str, Resolver] = MappingProxyType({"autotune_record": FASTER, "*": OURS})
 
 
 @dataclass

@@ -317,17 +317,36 @@ def test_merge_is_the_union_of_both_sides(store: Store, base: tuple[ObjectId, di
 
 def test_autotune_conflicts_go_to_the_faster_entry(store: Store, base: tuple[ObjectId, dict[EntryKey, Entry]]) -> None:
     root, _ = base
-    k1, k2, k3 = (EntryKey(ENVS[0], kind, "mm") for kind in ("autotune", "gemm_timing", "triton_autotune"))
+    k1, k2, k3 = (EntryKey(ENVS[0], "autotune_record", name) for name in ("mm", "bmm", "addmm"))
     slow, fast = other_entry(1, time_ms=2.0), other_entry(2, time_ms=0.7)
     alias = other_entry(3, timing_ms=0.1)
     ours = m.update(store, root, {k1: slow, k2: fast, k3: slow})
     theirs = m.update(store, root, {k1: fast, k2: slow, k3: alias})
     res = m.merge(store, root, ours, theirs)
     assert res.conflicts == []
-    assert sorted(res.resolved, key=lambda r: r[0].kind) == [
-        (k1, fast, "faster"), (k2, fast, "faster"), (k3, alias, "faster")
+    assert sorted(res.resolved, key=lambda r: r[0].key) == [
+        (k3, alias, "faster"), (k2, fast, "faster"), (k1, fast, "faster")
     ]
     assert [m.lookup(store, res.root, k) for k in (k1, k2, k3)] == [fast, fast, alias]
+
+
+def test_equal_autotune_times_go_to_the_earlier_measurement(
+    store: Store, base: tuple[ObjectId, dict[EntryKey, Entry]]
+) -> None:
+    root, _ = base
+    key = EntryKey(ENVS[0], "autotune_record", "mm")
+    early, late = other_entry(1, time_ms=1.0, measured_at=100.0), other_entry(2, time_ms=1.0, measured_at=200.0)
+    a, b = m.update(store, root, {key: late}), m.update(store, root, {key: early})
+    assert m.lookup(store, m.merge(store, root, a, b).root, key) == early
+    assert m.lookup(store, m.merge(store, root, b, a).root, key) == early
+
+
+def test_raw_autotune_files_keep_ours(store: Store, base: tuple[ObjectId, dict[EntryKey, Entry]]) -> None:
+    root, _ = base
+    key = EntryKey(ENVS[0], "gemm_timing", "system-hash")
+    mine, yours = other_entry(1, time_ms=2.0), other_entry(2, time_ms=0.5)
+    res = m.merge(store, root, m.update(store, root, {key: mine}), m.update(store, root, {key: yours}))
+    assert res.resolved == [(key, mine, "ours")]
 
 
 def test_other_kinds_keep_ours_and_say_so(store: Store, base: tuple[ObjectId, dict[EntryKey, Entry]]) -> None:

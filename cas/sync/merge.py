@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cas import history, manifest
+from cas import autotune, history, manifest
 from cas.digest import ObjectId
 from cas.errors import MergeConflict
 from cas.objects import Entry, EntryKey
@@ -82,8 +82,14 @@ def integrate(
             ref=ref,
             conflicts=len(result.conflicts),
         )
+    decided = [k for k, _, _ in result.resolved if k.kind == autotune.KIND]
+    sides = [{k: manifest.lookup(store, load_commit(store, c).manifest, k) for k in decided} for c in (ours, theirs)]
+    tuned = autotune.merge_lines(result.resolved, *sides)
+    if tuned:  # say which measurement each tuned kernel kept, and why
+        message = f"{message}\n\nautotune, faster measurement kept:\n" + "\n".join(tuned)
     meta = {
         "producer": "merge",
+        **({"autotune": tuned} if tuned else {}),
         # merged-in entries came from ``remote``: the trust policy treats the commit so
         **({"remote": remote} if remote else {}),
         "resolved": [[str(k), rule] for k, _, rule in result.resolved],

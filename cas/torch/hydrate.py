@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import manifest
+from cas.autotune import KIND as AUTOTUNE_RECORD
 from cas.digest import Hasher, ObjectId
 from cas.errors import CorruptObject
 from cas.objects import Entry, EntryKey, Env
@@ -92,7 +93,7 @@ def matching_entries(
             result.other_envs[short] = result.other_envs.get(short, 0) + 1
         elif ek.kind in kinds.CPU_BOUND_KINDS and ek.variant != cpu:
             result.skipped_other_cpu += 1
-        elif ek.kind in kinds.ALL_KINDS:
+        elif ek.kind in kinds.ALL_KINDS or ek.kind == AUTOTUNE_RECORD:
             out.append((ek, entry))
     return out
 
@@ -177,7 +178,11 @@ def hydrate(
     env = env or current_env()
     root = load_commit(store, commit).manifest
     deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
+    records: list[tuple[EntryKey, Entry]] = []
     for ek, entry in matching_entries(store, root, env, result):
+        if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.autotune)
+            records.append((ek, entry))
+            continue
         base = root_dir
         if ek.kind in kinds.PCH_KINDS:
             pch_dir = base = Path(pch_dir) if pch_dir is not None else torch_pch_dir()
@@ -210,9 +215,24 @@ def hydrate(
             data = kinds.merge_gemm_timings(path.read_bytes(), data)
         _write_atomic(path, data)
         _count(result, ek.kind, len(data))
+    if records:
+        _write_autotune_records(store, records, root_dir, result)
     if deferred:
         _start_background(store, deferred, result)
     return result
+
+
+def _write_autotune_records(
+    store: Store, records: list[tuple[EntryKey, Entry]], root_dir: Path, result: HydrateResult
+) -> None:
+    from cas.torch.autotune import records_for_here, write_records
+
+    here, other = records_for_here(store, records)
+    result.skipped_other_cpu += other
+    written = write_records(here, root_dir)
+    if written:
+        result.by_kind[AUTOTUNE_RECORD] = written
+        result.written += written
 
 
 def _torch_header_lock(path: Path) -> Any:

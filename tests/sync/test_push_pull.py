@@ -182,14 +182,14 @@ def test_pull_fast_forwards(a: Store, b: Store, remote: LocalRemote) -> None:
 
 
 def test_pull_merges_with_per_kind_rules_and_reports(a: Store, b: Store, remote: LocalRemote) -> None:
-    add(a, "shared", kind="autotune", meta={"time_ms": 5.0})
+    add(a, "shared", kind="autotune_record", meta={"time_ms": 5.0})
     sync.push(a, remote, MAIN, remote_name="origin")
     sync.clone(b, remote)
     # Both sides re-tune the same kernel; a's result is faster.
-    add(a, "shared", 1, kind="autotune", meta={"time_ms": 1.0}, size=65)
+    add(a, "shared", 1, kind="autotune_record", meta={"time_ms": 1.0}, size=65)
     add(a, "only-a")
     sync.push(a, remote, MAIN, remote_name="origin")
-    add(b, "shared", 1, kind="autotune", meta={"time_ms": 3.0}, size=66)
+    add(b, "shared", 1, kind="autotune_record", meta={"time_ms": 3.0}, size=66)
     add(b, "only-b")
     _, done = sync.pull(b, remote, branch="main", remote_name="origin")
     assert done.kind == "merge"

@@ -1,0 +1,502 @@
+"""Autotune records from this process and cache dir: read, commit, hydrate, count.
+
+- :func:`read_records` turns the files torch left in a cache dir (the ``select_algorithm``
+  timing file, Triton ``.best_config`` files) and remote-autotune values into
+  :class:`cas.autotune.Record` s, with this process's provenance.
+- :func:`observe` is a context manager for the compiling process: it sees the Triton
+  benchmark timings torch does not keep (``.best_config`` holds only the winner) and
+  the moment each GEMM was measured.
+- :func:`record` commits the records that are new or changed: ``autotune: N kernels on
+  <device>``, an own commit.
+- :func:`write_records` is hydrate's half: the recorded choices written where torch
+  looks them up, over whatever file a capture carried.
+- :func:`count_benchmarks` counts the autotune benchmarks torch runs (replay checks).
+- :func:`shard` and :func:`gather_records`: distributed autotune — each rank benchmarks
+  its share of the GEMM lookups, rank 0 commits the union.
+
+Torch internals touched (2.11–2.14): ``CacheBase.get_system`` (timing file name),
+``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` and
+``AutotuneCache.local_cache`` (``runtime/triton_heuristics.py``,
+``runtime/autotune_cache.py``), ``counters["inductor"]["select_algorithm_autotune"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas import autotune, manifest
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.history import commit_changes
+from cas.objects import Entry, EntryKey
+from cas.refs import branch_ref, load_commit
+from cas.store import Store
+from cas.torch import kinds
+from cas.torch.env import cpu_fingerprint, current_env
+
+__all__ = [
+    "Observed",
+    "RecordResult",
+    "Shard",
+    "count_benchmarks",
+    "device_class",
+    "gather_records",
+    "observe",
+    "provenance",
+    "read_records",
+    "record",
+    "shard",
+    "write_records",
+]
+
+
+@functools.cache
+def device_class() -> str:
+    """The class of device results are valid for: ``cpu-<fingerprint>`` or
+    ``cuda-<name>-sm<major><minor>`` (the variant of every record measured here)."""
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+        return f"cuda-{name}-sm{major}{minor}"
+    return f"cpu-{cpu_fingerprint()}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def provenance(method: str = "") -> dict[str, Any]:
+    """Where, when and how this process measures: the ``provenance`` of its records."""
+    import torch
+
+    env = current_env().fields
+    rank, world = _rank()
+    prov: dict[str, Any] = {
+        "torch": str(torch.__version__),
+        "triton": env.get("triton", ""),
+        "host": platform.node(),
+        "time": round(time.time(), 3),
+        "rank": rank,
+        "world_size": world,
+    }
+    if method:
+        prov["method"] = method
+    if env.get("device") == "cuda":
+        prov.update(device=env["gpu"], capability=env["gpu_capability"], cuda=env.get("cuda", ""))
+    else:
+        prov.update(device=_cpu_model(), cpu=cpu_fingerprint(), isa=env.get("cpu_isa", ""),
+                    threads=int(env.get("threads", "0") or 0))
+    return prov
+
+
+# -- observing a compile ------------------------------------------------------------------
+
+
+@dataclass
+class Observed:
+    """What :func:`observe` saw: Triton timings per ``.best_config`` path (relative to the
+    cache dir), and when each GEMM lookup (op, inputs key) was benchmarked."""
+
+    triton: dict[str, dict[str, float]] = field(default_factory=dict)
+    gemm_times: dict[tuple[str, str], float] = field(default_factory=dict)
+    triton_benchmarks: int = 0  # benchmark_all_configs calls, with or without a cache path
+
+
+def _best_config_path(autotuner: Any) -> str | None:
+    # save_cache_hook is AutotuneCache.save bound to the kernel's cache; its local_cache
+    # is (cache, "<cache dir>/<xx>/<hash>.best_config").
+    owner = getattr(getattr(autotuner, "save_cache_hook", None), "__self__", None)
+    local = getattr(owner, "local_cache", None)
+    if not local:
+        return None
+    return os.path.join(*str(local[1]).split(os.sep)[-2:])
+
+
+def _line(cfg: Any) -> str:
+    return autotune.config_line({**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+
+
+@contextlib.contextmanager
+def observe() -> Iterator[Observed]:
+    """Watch torch autotune in this process; yields what it saw (filled as it goes)."""
+    from torch._inductor import select_algorithm
+
+    seen = Observed()
+
+    def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
+        key = select_algorithm.create_inputs_key(input_nodes)
+        seen.gemm_times[(name, key)] = round(time.time(), 3)
+
+    select_algorithm.add_feedback_saver(on_gemm)
+    undo = _patch_triton(seen)
+    try:
+        yield seen
+    finally:
+        undo()
+        cache = select_algorithm.get_algorithm_selector_cache()
+        cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+
+
+def _patch_triton(seen: Observed) -> Any:
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except ImportError:  # no Triton in this build: nothing to watch
+        return lambda: None
+    orig_all, orig_cd = CachingAutotuner.benchmark_all_configs, CachingAutotuner.coordinate_descent_tuning
+
+    def bench_all(self: Any, *args: Any, **kwargs: Any) -> Any:
+        timings = orig_all(self, *args, **kwargs)
+        seen.triton_benchmarks += 1
+        path = _best_config_path(self)
+        if path is not None:
+            seen.triton.setdefault(path, {}).update({_line(k.config): float(v) for k, v in timings.items()})
+        return timings
+
+    def coordesc(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = orig_cd(self, *args, **kwargs)
+        path = _best_config_path(self)
+        results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
+        if path is not None and results:
+            lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
+            seen.triton.setdefault(path, {}).update(lines)
+        return out
+
+    CachingAutotuner.benchmark_all_configs = bench_all  # type: ignore[method-assign]
+    CachingAutotuner.coordinate_descent_tuning = coordesc  # type: ignore[method-assign]
+
+    def undo() -> None:
+        CachingAutotuner.benchmark_all_configs = orig_all  # type: ignore[method-assign]
+        CachingAutotuner.coordinate_descent_tuning = orig_cd  # type: ignore[method-assign]
+
+    return undo
+
+
+@contextlib.contextmanager
+def count_benchmarks() -> Iterator[dict[str, int]]:
+    """Count autotune benchmarks run inside the block, by torch's own counters.
+
+    ``select_algorithm`` (GEMM templates) and coordinate descent have counters;
+    a Triton ``benchmark_all_configs`` has none and is counted by wrapping it.
+    """
+    from torch._dynamo.utils import counters
+
+    names = ("select_algorithm_autotune", "coordesc_tuning_bench")
+    before = {n: counters["inductor"][n] for n in names}
+    out: dict[str, int] = {n: 0 for n in (*names, "triton_benchmark_all_configs")}
+    seen = Observed()
+    undo = _patch_triton(seen)
+    try:
+        yield out
+    finally:
+        undo()
+        for n in names:
+            out[n] = counters["inductor"][n] - before[n]
+        out["triton_benchmark_all_configs"] = seen.triton_benchmarks
+
+
+# -- reading and committing ---------------------------------------------------------------
+
+
+def read_records(
+    cache_dir: Path,
+    *,
+    observed: Observed | None = None,
+    remote_values: Iterable[tuple[str, bytes]] = (),
+    method: str = "",
+) -> list[autotune.Record]:
+    """Every autotune result in ``cache_dir`` (and ``remote_values``) as records of this
+    process's device class and provenance."""
+    cls, prov = device_class(), provenance(method)
+    seen = observed or Observed()
+    out: list[autotune.Record] = []
+    for found in kinds.scan(Path(cache_dir)):
+        if found.kind not in ("gemm_timing", "autotune"):
+            continue
+        try:
+            content = found.path.read_bytes()
+        except OSError:
+            continue
+        rel = str(found.path.relative_to(cache_dir))
+        file_prov = {**prov, "time": round(found.path.stat().st_mtime, 3)}
+        if found.kind == "gemm_timing":
+            for rec in autotune.from_timing_file(content, rel, cls, file_prov):
+                at = seen.gemm_times.get((rec.op, str(rec.source.get("inputs_key"))))
+                out.append(_with_time(rec, at) if at is not None else rec)
+        else:
+            best = autotune.from_best_config(content, rel, cls, file_prov, timings=seen.triton.get(rel))
+            if best is not None:
+                out.append(best)
+    for key, value in remote_values:
+        best = autotune.from_best_config(value, key, cls, prov, remote=True)
+        if best is not None:
+            out.append(best)
+    return out
+
+
+def _with_time(rec: autotune.Record, at: float) -> autotune.Record:
+    return autotune.Record(**{**rec.__dict__, "provenance": {**rec.provenance, "time": at}})
+
+
+@dataclass
+class RecordResult:
+    """What :func:`record` committed: the commit (None: nothing new), counts, device."""
+
+    commit: ObjectId | None
+    device: str
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"commit": str(self.commit) if self.commit else None, "device": self.device,
+                "added": self.added, "changed": self.changed, "unchanged": self.unchanged}
+
+
+def _same_measurement(old: Entry, rec: autotune.Record) -> bool:
+    # Re-reading a cache dir that hydrate filled gives back the records it wrote (same
+    # choice and times), or for Triton a .best_config with no times at all: neither is a
+    # new measurement, and the second must not replace a timed record.
+    if old.meta.get("choice") != autotune.entry_meta(rec)["choice"]:
+        return False
+    return rec.time_ms is None or (old.meta.get("time_ms") == rec.time_ms
+                                   and old.meta.get("candidates") == len(rec.candidates))
+
+
+def record(
+    store: Store,
+    cache_dir: str | Path | None = None,
+    *,
+    branch: str = "main",
+    observed: Observed | None = None,
+    method: str = "",
+    author: str | None = None,
+    records: Iterable[autotune.Record] | None = None,
+) -> RecordResult:
+    """Commit the autotune results of ``cache_dir`` (default: torch's) on ``branch``.
+
+    One commit, ``autotune: N kernels on <device>``, holding only records that are new
+    or whose measurement changed; ``autotune_remote`` entries already on the branch are
+    read too. ``records`` replaces reading the dir (distributed shards, tests).
+    """
+    from cas.torch.capture import torch_cache_dir
+
+    env_id = store.put_object(current_env())
+    tip = store.get_ref(branch_ref(branch))
+    root = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
+    if records is None:
+        remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
+                  if ek.kind == "autotune_remote" and ek.env == env_id]
+        cdir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
+        records = read_records(cdir, observed=observed, remote_values=remote, method=method)
+    recs = list(records)
+    device = str(recs[0].provenance.get("device", "")) if recs else ""
+    result = RecordResult(commit=None, device=device)
+    chosen: dict[EntryKey, autotune.Record] = {}
+    for rec in recs:
+        ek = EntryKey(env_id, autotune.KIND, rec.key, rec.device_class)
+        old = manifest.lookup(store, root, ek)
+        if old is not None and _same_measurement(old, rec):
+            result.unchanged += 1
+            continue
+        result.changed += old is not None
+        chosen[ek] = rec
+    if not chosen:
+        return result
+    blobs = store.put_many([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
+    changes: dict[EntryKey, Entry | None] = {
+        ek: Entry(oid, len(rec.to_bytes()), None, autotune.entry_meta(rec))
+        for (ek, rec), oid in zip(chosen.items(), blobs, strict=True)
+    }
+    result.added = len(changes) - result.changed
+    hosts = sorted({str(r.provenance.get("host", "")) for r in chosen.values()})
+    ranks = sorted({int(r.provenance.get("rank", 0) or 0) for r in chosen.values()})
+    meta = {"producer": "autotune", "device": device, "device_class": recs[0].device_class,
+            "env": str(env_id), "kernels": len(changes), "hosts": hosts, "ranks": ranks,
+            "time": int(time.time())}
+    message = f"autotune: {len(changes)} kernels on {device or recs[0].device_class}"
+    result.commit = commit_changes(store, branch, changes, message, meta, author=author)
+    return result
+
+
+# -- hydrate --------------------------------------------------------------------------------
+
+
+def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
+    """Write each record's choice where torch looks it up; returns records written.
+
+    A GEMM record replaces its (op, inputs, precision) slot of the timing file with its
+    candidate times, so torch's lookup hits and picks the recorded winner; a Triton record
+    writes its ``.best_config`` as torch saved it. Records of another device class are
+    the caller's to filter out.
+    """
+    by_file: dict[str, list[autotune.Record]] = {}
+    written = 0
+    for rec in records:
+        rel = str(rec.source.get("path", ""))
+        if not rel or rec.source.get("remote") or not _confined(rel):
+            continue
+        if rec.op == "triton":
+            _write(Path(cache_dir) / rel, json.dumps(rec.source["content"]).encode())
+            written += 1
+        else:
+            by_file.setdefault(rel, []).append(rec)
+    for rel, recs in by_file.items():
+        path = Path(cache_dir) / rel
+        try:
+            data = json.loads(path.read_bytes()) if path.exists() else {}
+        except ValueError:
+            data = {}
+        data.setdefault("system", recs[0].source.get("system"))
+        cache = data.setdefault("cache", {})
+        for rec in recs:
+            src = rec.source
+            slot = cache.setdefault(src["op"], {}).setdefault(src["inputs_key"], {})
+            slot[src["precision"]] = dict(rec.candidates)
+            written += 1
+        _write(path, json.dumps(data, indent=4).encode())
+    return written
+
+
+def _confined(rel: str) -> bool:
+    # A record names a path under the cache dir; one that could leave it is ignored.
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def records_for_here(
+    store: Store, pairs: Iterable[tuple[EntryKey, Entry]]
+) -> tuple[list[autotune.Record], int]:
+    """The records among ``pairs`` measured on this device class, and how many were not."""
+    here, other, out = device_class(), 0, []
+    for ek, entry in pairs:
+        if ek.kind != autotune.KIND:
+            continue
+        if ek.variant != here:
+            other += 1
+            continue
+        data = store.get(entry.blob)
+        if data is None or ObjectId.of(data) != entry.blob:
+            continue
+        try:
+            out.append(autotune.Record.from_bytes(data))
+        except (ValueError, TypeError):
+            continue
+    return out, other
+
+
+def records_in(store: Store, root: ObjectId) -> Mapping[EntryKey, Entry]:
+    """The autotune-record entries of a manifest."""
+    return {ek: e for ek, e in manifest.entries(store, root) if ek.kind == autotune.KIND}
+
+
+# -- distributed autotune ------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """What :func:`shard` did in this process: GEMM lookups tuned here and left to others."""
+
+    rank: int
+    world: int
+    tuned: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def shard(rank: int, world: int) -> Iterator[Shard]:
+    """Benchmark only this rank's share of the GEMM autotuning of a compile.
+
+    Every rank compiles the same graphs, so they meet the same ``select_algorithm``
+    lookups in the same order; the i-th distinct (op, inputs) is benchmarked by rank
+    ``i % world`` — torch's own ``distributed_autotune`` assignment. Elsewhere the lookup
+    runs without a benchmark function: a cached result is used, and a miss returns no
+    timings, on which torch falls back to its ATen kernel and writes nothing. The shards'
+    records then meet in :func:`gather_records`.
+
+    Torch's ``distributed_max_autotune_gemm`` is not used: in torch 2.11–2.14 it covers
+    ``tuned_mm`` only (not addmm, bmm or the CPU ``packed_linear`` of freezing) and
+    exchanges the chosen template, not the times a record holds.
+    """
+    from torch._inductor.select_algorithm import AlgorithmSelectorCache
+
+    state = Shard(rank, world)
+    order: dict[str, int] = {}
+    orig = AlgorithmSelectorCache.lookup
+
+    def lookup(self: Any, choices: Any, op: str, inputs: str, benchmark: Any, *args: Any, **kwargs: Any) -> Any:
+        key = f"{op} {inputs}"
+        index = order.setdefault(key, len(order))
+        mine = index % world == rank
+        (state.tuned if mine else state.skipped).append(key)
+        return orig(self, choices, op, inputs, benchmark if mine else None, *args, **kwargs)
+
+    AlgorithmSelectorCache.lookup = lookup  # type: ignore[method-assign]
+    try:
+        yield state
+    finally:
+        AlgorithmSelectorCache.lookup = orig  # type: ignore[method-assign]
+
+
+def gather_records(records: Iterable[autotune.Record], group: Any = None) -> list[autotune.Record] | None:
+    """All ranks' records, on rank 0 (None elsewhere), exchanged over ``group``.
+
+    Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
+    CPU wheel does not bring). A record measured by several ranks (a key more than one had
+    cached) is kept once, the faster.
+    """
+    import torch
+    import torch.distributed as dist
+
+    data = json.dumps([r.to_bytes().decode() for r in records]).encode()
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    longest = max(int(s.item()) for s in sizes)
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    mine[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, mine, group=group)
+    if dist.get_rank(group) != 0:
+        return None
+    best: dict[tuple[str, str], autotune.Record] = {}
+    for buf, size in zip(bufs, sizes, strict=True):
+        for text in json.loads(bytes(buf[: int(size.item())].tolist())):
+            rec = autotune.Record.from_bytes(text.encode())
+            old = best.get((rec.key, rec.device_class))
+            if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):
+                best[(rec.key, rec.device_class)] = rec
+    return list(best.values())
