@@ -28,16 +28,22 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs two workers), the torch tests run in two groups,
-    one per worker, so that each session-wide cold compile happens once: the tests that
-    use ``captured`` (tests/torch/conftest.py) in one, the other torch tests (whose
-    ``recorded`` cold run is cached per process, tests/torch/livekit.py) in the other.
+    """Under pytest-xdist (`make test` runs two workers), torch tests that share a cold
+    compile run on one worker, so that each compile happens once per test run: the users of
+    ``captured`` (tests/torch/conftest.py) together, the users of livekit's ``recorded``
+    (cached per process) together, and every other torch module as a unit of its own.
     Everything else is spread over both workers as they free up."""
     torch_dir = Path(__file__).parent / "torch"
     for item in items:
-        if torch_dir in Path(item.path).parents:
-            captured = "captured" in getattr(item, "fixturenames", ())
-            item.add_marker(pytest.mark.xdist_group("torch-captured" if captured else "torch-other"))
+        if torch_dir not in Path(item.path).parents:
+            continue
+        if "captured" in getattr(item, "fixturenames", ()):
+            group = "torch-captured"
+        elif "recorded" in vars(getattr(item, "module", None) or object):
+            group = "torch-recorded"
+        else:
+            group = f"torch-{Path(item.path).stem}"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
