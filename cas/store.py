@@ -741,6 +741,14 @@ class Store:
                 out.append((oid, otype, b"".join((_HEAD.pack(otype, flags, n), payload))))
         return out
 
+    def encode_frame(
+        self, oid: ObjectId, otype: ObjType, raw_size: int, frame: bytes
+    ) -> tuple[ObjectId, ObjType, bytes]:
+        """A record for :meth:`put_encoded` holding ``frame`` as it is: a zstd frame the
+        caller has checked decompresses to exactly ``raw_size`` bytes hashing to ``oid``
+        (cas.pack.Frame.verify), so the bytes need never be held whole."""
+        return oid, otype, b"".join((_HEAD.pack(otype, FLAG_ZSTD, raw_size), frame))
+
     def put_encoded(self, records: list[tuple[ObjectId, ObjType, bytes]]) -> list[ObjectId]:
         """Store records from :meth:`encode_verified` in one transaction, in order."""
         if records:

@@ -221,14 +221,14 @@ class HttpRemote:
         received = 0
         for i in range(0, len(oids), FETCH_BATCH):
             body = b"".join(o.raw for o in oids[i : i + FETCH_BATCH])
-            objs, n = self._fetch_one(body)
+            objs, n = self._fetch_one(body, set(oids[i : i + FETCH_BATCH]))
             out.extend(objs)
             received += n
             if progress:
                 progress(len(out), received)
         return out
 
-    def _fetch_one(self, body: bytes) -> tuple[list[WireObject], int]:
+    def _fetch_one(self, body: bytes, want: set[ObjectId]) -> tuple[list[WireObject], int]:
         self.requests += 1
         try:
             with self._http.stream("POST", "/fetch", content=body) as resp:
@@ -236,8 +236,10 @@ class HttpRemote:
                     resp.read()
                     raise self._error(resp)
                 reader = _StreamReader(resp.iter_raw(1 << 20))
-                # decode verifies every id; a cut stream fails at the trailer.
-                objs = pack.decode_all(reader)  # type: ignore[arg-type]
+                # decode verifies every id, refuses any not asked for and decompresses
+                # in bounded steps (a hostile server's bomb costs one step); a cut
+                # stream fails at the trailer.
+                objs = pack.decode_all(reader, want=want)  # type: ignore[arg-type]
                 self.bytes_received += reader.consumed
                 return objs, reader.consumed
         except httpx.TransportError as exc:

@@ -67,14 +67,17 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits. A pack larger than ``max_request`` is refused with 413."""
+    """Per-request limits. A pack larger than ``max_request`` is refused with 413, and so
+    is one whose objects declare more than ``max_unpacked`` bytes in all (a client packs
+    at most PACK_BYTES, or one object of up to MAX_OBJECT alone; see cas.pack.batches)."""
 
     max_request: int = 256 << 20
     max_ids: int = 1_000_000
+    max_unpacked: int = pack.MAX_OBJECT + pack.PACK_BYTES
 
     @property
     def as_dict(self) -> dict[str, int]:
-        return {"max_request": self.max_request, "max_ids": self.max_ids}
+        return {"max_request": self.max_request, "max_ids": self.max_ids, "max_unpacked": self.max_unpacked}
 
 
 class _Stores:
@@ -169,7 +172,7 @@ class _Verified:
     """A verified pack waiting for the writer (see :class:`_Commits`)."""
 
     wanted: list[ObjectId]  # what its structured objects reference
-    big: list[bytes]  # blobs stored chunked, through Store.put_stream
+    big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
     records: list[tuple[ObjectId, ObjType, bytes]]  # the rest, encoded
     done: bool = False
     error: BaseException | None = None
@@ -218,8 +221,9 @@ def _write_group(store: Store, group: list[_Verified]) -> None:
                         f"lacks, e.g. {absent[0].short()}",
                         hint="send referenced objects first (children before parents)",
                     )
-                for raw in p.big:
-                    store.put_stream(io.BytesIO(raw))  # chunked like a local put of the file
+                for f in p.big:  # chunked like a local put of the file, never whole in memory
+                    if store.put_stream(f.reader()) != f.oid:
+                        raise MalformedPack(f"blob {f.oid.short()} changed while stored")
             except Exception as exc:
                 p.error = exc
                 continue
@@ -238,35 +242,52 @@ def _write_group(store: Store, group: list[_Verified]) -> None:
             p.done = True
 
 
-def ingest(store: Store, data: bytes, commits: _Commits | None = None) -> dict[str, int]:
+def ingest(
+    store: Store, data: bytes, commits: _Commits | None = None, limits: Limits | None = None
+) -> dict[str, int]:
     """Verify a whole pack, check its closure, then store it; all or nothing.
 
-    Every object is hashed by :func:`cas.pack.decode_frames`. A structured object's
-    references must be earlier in the pack or already stored, so that no object lands
-    before what it names (invariant 1) even when a client sends a broken pack.
+    Frames are taken one at a time (:func:`cas.pack.frames`) and each is verified in
+    bounded steps: a blob's content is hashed as it is decompressed and never held whole
+    (its zstd frame is stored as sent, a large one re-read as a stream into chunks), a
+    structured object is decoded alone, checked, and only its record kept. So memory
+    follows the size of the request, not what its frames expand to. A structured
+    object's references must be earlier in the pack or already stored, so that no
+    object lands before what it names (invariant 1) even when a client sends a broken
+    pack.
 
     Decoding, hashing and compressing take most of the time and touch no LMDB, so they
-    run outside the writer lock, while other packs are written; compressed frames are
-    stored as sent (Store.encode_verified). The closure check and the writes go through
-    ``commits`` (group commit).
+    run outside the writer lock, while other packs are written. The closure check and
+    the writes go through ``commits`` (group commit).
     """
-    frames = list(pack.decode_frames(io.BytesIO(data)))
     seen: set[ObjectId] = set()
     wanted: list[ObjectId] = []
-    for oid, otype, raw, _ in frames:
-        if otype == ObjType.CHUNK:
+    records: list[tuple[ObjectId, ObjType, bytes]] = []
+    big: list[pack.Frame] = []
+    count = unpacked = 0
+    budget = (limits or Limits()).max_unpacked
+    for f in pack.frames(io.BytesIO(data), max_object=min(pack.MAX_OBJECT, budget)):
+        count += 1
+        unpacked += f.raw_size
+        if unpacked > budget:  # from the frame headers, before decompressing this one
+            raise RequestTooLarge(f"pack unpacks to more than the server limit of {budget} bytes")
+        if f.otype == ObjType.CHUNK:
             raise MalformedPack("chunks do not travel; send the whole blob")
-        if otype in STRUCTURED:
-            wanted.extend(r for r in references(otype, raw) if r not in seen)
-        seen.add(oid)
-
-    def large(f: tuple[ObjectId, ObjType, bytes, bytes | None]) -> bool:
-        return f[1] == ObjType.BLOB and len(f[2]) > CHUNK_THRESHOLD
-
-    records = store.encode_verified(f for f in frames if not large(f))
-    verified = _Verified(wanted, [f[2] for f in frames if large(f)], records)
-    (commits or _Commits()).write(store, verified)
-    return {"objects": len(frames), "bytes": len(data)}
+        if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
+            raw = f.data()
+            wanted.extend(r for r in references(f.otype, raw) if r not in seen)
+            records.extend(store.encode_verified([(f.oid, f.otype, raw, f.packed)]))
+        elif f.raw_size > CHUNK_THRESHOLD:
+            f.verify()
+            big.append(f)
+        elif f.compressed:
+            f.verify()
+            records.append(store.encode_frame(f.oid, f.otype, f.raw_size, f.payload))
+        else:
+            records.extend(store.encode_verified([(f.oid, f.otype, f.data(), None)]))
+        seen.add(f.oid)
+    (commits or _Commits()).write(store, _Verified(wanted, big, records))
+    return {"objects": count, "bytes": len(data)}
 
 
 def _fetch_level(request: Request) -> int | None:
@@ -353,7 +374,7 @@ async def send_pack(request: Request) -> Response:
     stores: _Stores = request.app.state.stores
 
     def go() -> dict[str, int]:
-        return ingest(stores.get(), data, stores.commits)
+        return ingest(stores.get(), data, stores.commits, request.app.state.limits)
 
     return JSONResponse(await run_in_threadpool(go))
 
