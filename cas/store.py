@@ -39,6 +39,7 @@ from cas.codec import ObjType
 from cas.digest import DIGEST_SIZE, Hasher, ObjectId
 from cas.errors import (
     AmbiguousId,
+    BadRefTarget,
     CorruptObject,
     FormatVersionError,
     ObjectNotFound,
@@ -897,10 +898,8 @@ class Store:
                     expected=expected,
                     actual=old,
                 )
-            if new is not None and txn.get(new.raw, db=self._objects) is None:
-                raise ObjectNotFound(
-                    f"cannot point {name} at {new.short()}: object not in store", oid=new
-                )
+            if new is not None:
+                self._check_ref_target(txn, name, new)
             if old == new:
                 return old
             if new is None:
@@ -911,6 +910,16 @@ class Store:
             return old
 
         return self.write(go)
+
+    def _check_ref_target(self, txn: lmdb.Transaction, name: str, new: ObjectId) -> None:
+        """A ref names a stored commit or tag, nothing else (docs/format.md, invariant 1)."""
+        target = txn.get(new.raw, db=self._objects)
+        if target is None:
+            raise ObjectNotFound(f"cannot point {name} at {new.short()}: object not in store", oid=new)
+        code = int(target[0])
+        if code not in _REF_TARGETS:
+            label = _TYPE_OF[code].label if code in _TYPE_OF else "unknown object"
+            raise BadRefTarget(f"cannot point {name} at {new.short()}: a {label}, not a commit or tag", oid=new)
 
     def _log(
         self,
@@ -1366,6 +1375,10 @@ class _Batch:
         if self.records:
             self.store._write_parts(self.records)
         self.records, self.size = [], 0
+
+
+#: Record type codes a ref may point at (docs/format.md, invariant 1).
+_REF_TARGETS = frozenset({int(ObjType.COMMIT), int(ObjType.TAG)})
 
 
 def _read_full(stream: BinaryIO, n: int) -> bytes:

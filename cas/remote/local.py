@@ -12,11 +12,10 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 
-from cas import pack
+from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId
 from cas.errors import MalformedPack, ObjectNotFound, RemoteError, StoreNotFound
-from cas.objects import references
 from cas.refs import check_name
 from cas.remote.base import Progress, WireObject
 from cas.store import CHUNK_THRESHOLD, Store
@@ -84,7 +83,7 @@ class LocalRemote:
                 # Chunking is one store's disk layout; on the wire a blob travels whole.
                 raise MalformedPack("chunks do not travel; send the whole blob", oid=oid)
             if otype in STRUCTURED:
-                for ref in references(otype, body):
+                for ref in validate.check(otype, body):
                     if ref not in inside:
                         needed.setdefault(ref, oid)
         absent = self._store.missing(list(needed))

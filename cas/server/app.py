@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import pack, refs
+from cas import pack, refs, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
@@ -49,7 +49,6 @@ from cas.errors import (
     RequestTooLarge,
     UsageError,
 )
-from cas.objects import references
 from cas.server.auth import Scope, Tokens
 from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
 
@@ -59,6 +58,8 @@ LOG = logging.getLogger("cas.server")
 #: Bytes per chunk of a streamed fetch answer: big enough to keep syscalls rare.
 _STREAM_CHUNK = 1 << 20
 MAX_FETCH_LEVEL = 6
+#: A ref update body is ``{"new": hex, "expected": hex}``: about 150 bytes.
+MAX_REF_BODY = 4096
 
 Scope_ = dict[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -275,7 +276,7 @@ def ingest(
             raise MalformedPack("chunks do not travel; send the whole blob")
         if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
             raw = f.data()
-            wanted.extend(r for r in references(f.otype, raw) if r not in seen)
+            wanted.extend(r for r in validate.check(f.otype, raw) if r not in seen)
             records.extend(store.encode_verified([(f.oid, f.otype, raw, f.packed)]))
         elif f.raw_size > CHUNK_THRESHOLD:
             f.verify()
@@ -382,12 +383,17 @@ async def send_pack(request: Request) -> Response:
 async def update_ref(request: Request) -> Response:
     _authorize(request, Scope.WRITE)
     name = refs.check_name(request.path_params["name"])
+    raw = await _body(request)
+    if len(raw) > MAX_REF_BODY:
+        raise RequestTooLarge(f"a ref update of {len(raw)} bytes exceeds the limit of {MAX_REF_BODY}")
     try:
-        body = json.loads(await _body(request))
+        body = json.loads(raw)
+        if not isinstance(body, dict) or not body.keys() <= {"new", "expected"}:
+            raise ValueError("not an object with keys new, expected")
         new = _oid_or_none(body.get("new"), "new")
         expected = _oid_or_none(body.get("expected"), "expected")
-    except (ValueError, AttributeError) as exc:
-        raise UsageError(f"ref update body must be JSON {{new, expected}}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
+        raise UsageError(f"ref update body must be JSON {{new, expected}}: {str(exc)[:100]}") from exc
     who = request.scope.get("cas.token") or "anonymous"
     old = await run_in_threadpool(
         lambda: request.app.state.stores.get().set_ref(
