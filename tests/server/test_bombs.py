@@ -34,15 +34,6 @@ def peak_rss(pid: int | str) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = Served(tmp_path_factory.mktemp("bombs"), "--max-request", "1M")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def post_pack(s: Served, data: bytes) -> httpx.Response:
     return httpx.post(
         f"{s.url}/v1/packs",

@@ -5,7 +5,6 @@ and stores nothing; fsck finds a malformed object that got into a store behind i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,9 @@ from cas.objects import Commit, ManifestNode
 from cas.store import Store
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = Served(tmp_path_factory.mktemp("validation"))
-    try:
-        yield s
-    finally:
-        s.stop()
+@pytest.fixture
+def server(small: Served) -> Served:
+    return small
 
 
 def _auth(s: Served) -> dict[str, str]:
