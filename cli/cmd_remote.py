@@ -175,6 +175,8 @@ def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...], trus
         if not sep or not key:
             raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
         opts[key] = value
+    # `-o trusted=true` (older cas read it from the options) means --trusted
+    trusted = trusted or opts.pop("trusted", "").lower() == "true"
     cfg = remotes_config.add(ctx.store, name, _absolute(url), **opts)
     remotes_config.set_trusted(ctx.store, name, trusted)
     trust = " (trusted)" if trusted else ""
@@ -196,14 +198,20 @@ def remote_remove(ctx: Context, name: str) -> None:
 def remote_list(ctx: Context, verbose: bool) -> None:
     """List configured remotes."""
     found = remotes_config.list_remotes(ctx.store)
+    trust = {r.name: remotes_config.trust_of(ctx.store, remotes_config.trust_identity(ctx.store, r)) for r in found}
+
+    def shown(r: remotes_config.RemoteConfig) -> str:
+        why = trust[r.name]
+        return f"trusted ({why})" if why else "untrusted (artifacts reach torch only through signed tags)"
+
     if verbose:
         text = "\n".join(
-            f"{r.name}  {r.url}" + "".join(f" {k}={v}" for k, v in sorted(r.options.items()))
+            f"{r.name}  {r.url}" + "".join(f" {k}={v}" for k, v in sorted(r.options.items())) + f"  {shown(r)}"
             for r in found
         )
     else:
-        text = "\n".join(r.name for r in found)
-    ctx.emit([r.to_dict() for r in found], text)
+        text = "\n".join(f"{r.name}  {'trusted' if trust[r.name] else 'untrusted'}" for r in found)
+    ctx.emit([r.to_dict() | {"trusted": trust[r.name] is not None, "trust": shown(r)} for r in found], text)
 
 
 # -- transfers -----------------------------------------------------------------------------------
@@ -329,7 +337,7 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
     feedback = Feedback(ctx)
     try:
         with Store.init(target) as store:
-            remotes_config.set_trusted(store, remote_name, trusted)
+            remotes_config.set_trusted(store, remote_name, trusted, url=_absolute(url))
             result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
                                 progress=feedback)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from pathlib import Path
 
 import blake3
 
@@ -17,8 +18,21 @@ from cas.codec import ObjType
 from cas.digest import ObjectId
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MiB = 1 << 20
+#: The request limit of the servers under attack (tests/server/conftest.py ``small``),
+#: and the memory a process under attack may use beyond it.
+LIMIT = 1 * MiB
+HEADROOM = 128 * MiB
 BLOCK = 128 << 10
 GiB = 1 << 30
+
+
+def peak_rss(pid: int | str) -> int:
+    """The high-water mark of a process's resident memory (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
 
 
 def rle_frame(total: int, content_size: int | None = None, byte: int = 0) -> bytes:

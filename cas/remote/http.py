@@ -122,6 +122,7 @@ class HttpRemote:
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._server_id: str | None | bool = False  # False: not asked yet
 
     def __repr__(self) -> str:
         return f"HttpRemote({self.url!r})"
@@ -180,6 +181,18 @@ class HttpRemote:
     def health(self) -> dict[str, Any]:
         """The server's health answer (versions and limits); needs no token."""
         return dict(self._request("GET", "/health").json())
+
+    @property
+    def server_id(self) -> str | None:
+        """The served store's own id (health's ``store_id``), asked once; None if the
+        server has none. Part of this remote's identity (cas.provenance)."""
+        if self._server_id is False:
+            try:
+                sid = self.health().get("store_id")
+            except (CasError, ValueError, AttributeError):  # no id: the URL alone, pins fail closed
+                return None
+            self._server_id = sid if isinstance(sid, str) else None
+        return self._server_id if isinstance(self._server_id, str) else None
 
     def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
         got = self._request("GET", "/refs", params={"prefix": prefix}).json()

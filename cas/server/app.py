@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import pack, refs, validate
+from cas import pack, provenance, refs, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
@@ -96,7 +96,9 @@ class _Stores:
         # Packs are written one group at a time: LMDB serializes writers anyway, and this
         # keeps the closure check and the write of one pack from interleaving with another's.
         self.commits = _Commits()
-        Store(path).close()  # fail at start-up, not on the first request
+        with Store(path) as store:  # fail at start-up, not on the first request
+            #: The store's own id: clients record it with the URL as this server's identity.
+            self.store_id = provenance.store_id(store)
 
     def get(self) -> Store:
         s = getattr(self._local, "store", None)
@@ -340,6 +342,7 @@ async def health(request: Request) -> Response:
             "store_format": STORE_FORMAT,
             "pack_version": pack.VERSION,
             "auth": state.tokens is not None,
+            "store_id": state.stores.store_id,
             **state.limits.as_dict,
         }
     )
@@ -414,7 +417,7 @@ async def _cas_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # A bug, not a user error: keep the traceback for the operator, give the client JSON.
-    LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    LOG.error("%s %s failed", escaped(request.method), log_target(request.scope), exc_info=exc)
     return JSONResponse(
         {"error": "InternalError", "message": f"internal error: {type(exc).__name__}"},
         status_code=500,
@@ -428,6 +431,34 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         {"error": name, "message": f"{request.method} {request.url.path}: {exc.detail}".lower()},
         status_code=exc.status_code,
     )
+
+
+#: Every byte but printable ASCII (and the quote and backslash) is logged as \\xNN, so
+#: that one request is one line whatever its path holds (%0A, %00, invalid UTF-8).
+_ESCAPES = {i: f"\\x{i:02x}" for i in range(256) if not 0x21 <= i < 0x7F or i in (0x22, 0x5C)}
+#: Query parameters whose values are logged; any other value (a token passed as
+#: ?access_token=, a signature, ...) is logged as REDACTED.
+LOGGED_PARAMS = frozenset({b"prefix"})
+
+
+def escaped(text: str | bytes) -> str:
+    """``text`` as one printable ASCII line (bytes are read as Latin-1)."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    return raw.decode("latin-1").translate(_ESCAPES)
+
+
+def log_target(scope: Mapping[str, Any]) -> str:
+    """The request target for the access log: the path as sent (still percent-encoded),
+    query values other than LOGGED_PARAMS redacted, everything escaped."""
+    path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    query = scope.get("query_string", b"")
+    if query:
+        parts = []
+        for item in query.split(b"&"):
+            name, sep, value = item.partition(b"=")
+            parts.append(item if not sep or not value or name.lower() in LOGGED_PARAMS else name + b"=REDACTED")
+        path += b"?" + b"&".join(parts)
+    return escaped(path)
 
 
 class AccessLog:
@@ -451,14 +482,12 @@ class AccessLog:
                 return
             logged = True
             client = scope.get("client") or ("-", 0)
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{query}" if query else "")
             ACCESS_LOG.info(
                 '%s %s "%s %s" %d %d %.1fms',
                 client[0],
-                scope.get("cas.token") or "-",
-                scope["method"],
-                target,
+                escaped(str(scope.get("cas.token") or "-")),
+                escaped(scope["method"]),
+                log_target(scope),
                 status or 500,
                 sent,
                 (time.perf_counter() - start) * 1000,

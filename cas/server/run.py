@@ -13,6 +13,7 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
+from cas.server.protocol import LimitedHttpToolsProtocol
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> Non
         log_level="info",
         # Pack uploads are large; keep connections open between the requests of a push.
         timeout_keep_alive=30,
-        h11_max_incomplete_event_size=64 << 10,
+        # Limits on request heads (431): uvicorn's own h11 limit does nothing with httptools.
+        http=LimitedHttpToolsProtocol,
     )
     uvicorn.Server(config).run()

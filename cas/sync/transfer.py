@@ -213,7 +213,8 @@ def fetch(
         fetch_partial(walker, wanted, envs, remote_name, result)
     else:
         received = fetch_full(walker, list(wanted.values()))
-        provenance.mark_remote(store, received, remote_name or remote.url)
+        provenance.mark_remote(store, received, provenance.remote_identity(remote))
+        remotes_config.note_server(store, remote.url, provenance.server_id_of(remote))
         result.tips = {n: o for n, o in wanted.items()}
         _track(store, wanted, remote_name, force, result)
     result.stats.seconds = time.monotonic() - start
@@ -292,7 +293,7 @@ def pull(
         message=what,
         who=identity(),
         allow_conflicts=allow_conflicts,
-        remote=remote_name or remote.url,
+        remote=provenance.remote_identity(remote),
     )
     return fetched, done
 

@@ -14,24 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bombs import FAKE, GiB, bombs, raw_pack, rle_frame, zeros_id
+from bombs import FAKE, HEADROOM, LIMIT, GiB, bombs, peak_rss, raw_pack, rle_frame, zeros_id
 from servers import Served
 
 from cas.codec import ObjType
 from cas.store import Store
 
-MiB = 1 << 20
-LIMIT = 1 * MiB
-HEADROOM = 128 * MiB
 SHAPES = [name for name, _, _ in bombs()]
-
-
-def peak_rss(pid: int | str) -> int:
-    """The high-water mark of a process's resident memory (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def post_pack(s: Served, data: bytes) -> httpx.Response:
