@@ -343,7 +343,7 @@ class _Tree:
         if rid == _EMPTY_RAW:
             return _EMPTY_NODE  # a constant; build/update store it when it is a root
         oid = ObjectId(rid)
-        got = self.store.get_typed(oid)
+        got = self.store.get_typed(oid, verify=True)  # a damaged disk is an error, not a row
         if got is None:
             raise ObjectNotFound(
                 f"manifest node {oid.short()} is missing from the store",

@@ -47,6 +47,7 @@ from cas.errors import (
     StoreError,
     StoreFull,
     StoreNotFound,
+    UsageError,
 )
 
 STORE_FORMAT = 1
@@ -208,6 +209,12 @@ class Store:
                 raise StoreNotFound(
                     f"no cas store at {self.path}",
                     hint="run `cas init` or pass --store / set CAS_DIR",
+                    path=str(self.path),
+                )
+            if self.path.is_dir() and any(p.name != "lock.mdb" for p in self.path.iterdir()):
+                raise UsageError(
+                    f"{self.path} is not empty and holds no cas store",
+                    hint="choose a new or empty directory",
                     path=str(self.path),
                 )
             try:

@@ -6,6 +6,7 @@ summary. Progress bars appear only for transfers that last more than a second.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -335,15 +336,36 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
     remotes_config.check_name(remote_name)
     r = _connect(url, {})
     feedback = Feedback(ctx)
+    fresh = not (target / "data.mdb").exists()
+    created = not target.exists()
     try:
         with Store.init(target) as store:
             remotes_config.set_trusted(store, remote_name, trusted, url=_absolute(url))
-            result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
-                                progress=feedback)
+            try:
+                result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
+                                    progress=feedback)
+            except BaseException:
+                # Nothing received: leave nothing behind. Something received: keep it, so
+                # that `cas clone` again (or `cas fetch`) resumes from there.
+                fresh = fresh and next(store.iter_ids(), None) is None and not store.list_refs()
+                raise
+            fresh = False
+    except BaseException:
+        if fresh:
+            _remove_store(target, created)
+        raise
     finally:
         feedback.close()
         r.close()
     _summary(ctx, f"cloned into {target}:", result)
+
+
+def _remove_store(target: Path, created: bool) -> None:
+    """Remove a store this command made (the dir too if it made it)."""
+    for name in ("data.mdb", "lock.mdb"):
+        (target / name).unlink(missing_ok=True)
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def register(cli: click.Group) -> None:

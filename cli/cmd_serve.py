@@ -75,8 +75,8 @@ def serve(
         limits=Limits(max_request=_parse_size(max_request)),
     )
     scheme = "https" if tls_cert else "http"
-    ctx.info(f"serving {path} on {scheme}://{host}:{port} ({'no auth' if no_auth else f'{len(tokens or [])} token(s)'})")
-    run_server(path, tokens, options)
+    auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
+    run_server(path, tokens, options, ready=lambda: ctx.info(f"serving {path} on {scheme}://{host}:{port} ({auth})"))
 
 
 @click.group()

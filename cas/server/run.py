@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -33,11 +35,30 @@ def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error (busy port, bad address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port, or stop what is using it",
+        ) from exc
+
+
+def serve(
+    store_path: Path,
+    tokens: Tokens | None,
+    options: ServeOptions,
+    ready: Callable[[], None] | None = None,
+) -> None:
     """Serve the store until interrupted (blocks).
 
-    uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
-    token name and bytes sent, which is what an operator audits.
+    The port is bound, the TLS files checked and the store opened before ``ready`` is
+    called (the CLI prints "serving ..." there), so a server that cannot start never
+    claims it did. uvicorn's own access log is off: ours (cas.server.app.AccessLog) also
+    records the token name and bytes sent, which is what an operator audits.
     """
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("TLS needs both --tls-cert and --tls-key")
@@ -61,4 +82,11 @@ def serve(store_path: Path, tokens: Tokens | None, options: ServeOptions) -> Non
         # Limits on request heads (431): uvicorn's own h11 limit does nothing with httptools.
         http=LimitedHttpToolsProtocol,
     )
-    uvicorn.Server(config).run()
+    try:
+        config.load()  # TLS files are read here: a bad one fails now, not after "serving"
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot start the server: {exc}") from exc
+    sock = _listen(options.host, options.port)
+    if ready is not None:
+        ready()
+    uvicorn.Server(config).run(sockets=[sock])
