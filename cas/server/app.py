@@ -20,7 +20,6 @@ Every error is a :class:`~cas.errors.CasError` turned into JSON
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -38,19 +37,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import pack, provenance, refs, validate
-from cas.codec import STRUCTURED, ObjType
+from cas import pack, provenance, refs
 from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
     AuthError,
     CasError,
     Forbidden,
-    MalformedPack,
     RequestTooLarge,
     UsageError,
 )
+from cas.ingest import MAX_UNPACKED, Verified, verify, write_group
 from cas.server.auth import Scope, Tokens
-from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
+from cas.store import STORE_FORMAT, Store
 
 API = "/v1"
 ACCESS_LOG = logging.getLogger("cas.server.access")
@@ -74,7 +72,7 @@ class Limits:
 
     max_request: int = 256 << 20
     max_ids: int = 1_000_000
-    max_unpacked: int = pack.MAX_OBJECT + pack.PACK_BYTES
+    max_unpacked: int = MAX_UNPACKED
 
     @property
     def as_dict(self) -> dict[str, int]:
@@ -169,16 +167,9 @@ def _oid_or_none(value: Any, what: str) -> ObjectId | None:
 
 # -- pack ingest --------------------------------------------------------------------------
 
-
-@dataclass
-class _Verified:
-    """A verified pack waiting for the writer (see :class:`_Commits`)."""
-
-    wanted: list[ObjectId]  # what its structured objects reference
-    big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
-    records: list[tuple[ObjectId, ObjType, bytes]]  # the rest, encoded
-    done: bool = False
-    error: BaseException | None = None
+# Names kept for callers of the first versions (tests/server/test_ingest.py).
+_Verified = Verified
+_write_group = write_group
 
 
 class _Commits:
@@ -195,102 +186,33 @@ class _Commits:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._mutex = threading.Lock()
-        self._queue: list[_Verified] = []
+        self._queue: list[Verified] = []
 
-    def write(self, store: Store, pack_: _Verified) -> None:
+    def write(self, store: Store, pack_: Verified) -> None:
         with self._mutex:
             self._queue.append(pack_)
         with self.lock:
             if not pack_.done:
                 with self._mutex:
                     group, self._queue = self._queue, []
-                _write_group(store, group)
+                write_group(store, group)
         if pack_.error is not None:
             raise pack_.error
-
-
-def _write_group(store: Store, group: list[_Verified]) -> None:
-    for p in group:  # until written: a writer killed half-way must not report success
-        p.error = RuntimeError("pack was not written: the writer failed")
-    ok: list[_Verified] = []
-    written: set[ObjectId] = set()
-    try:
-        for p in group:
-            try:
-                absent = [o for o in store.missing(dict.fromkeys(p.wanted)) if o not in written]
-                if absent:
-                    raise MalformedPack(
-                        f"pack is incomplete: it references {len(absent)} object(s) the server "
-                        f"lacks, e.g. {absent[0].short()}",
-                        hint="send referenced objects first (children before parents)",
-                    )
-                for f in p.big:  # chunked like a local put of the file, never whole in memory
-                    if store.put_stream(f.reader()) != f.oid:
-                        raise MalformedPack(f"blob {f.oid.short()} changed while stored")
-            except Exception as exc:
-                p.error = exc
-                continue
-            ok.append(p)
-            written.update(oid for oid, _, _ in p.records)
-        try:
-            store.put_encoded([r for p in ok for r in p.records])
-        except Exception as exc:
-            for p in ok:
-                p.error = exc
-        else:
-            for p in ok:
-                p.error = None
-    finally:
-        for p in group:
-            p.done = True
 
 
 def ingest(
     store: Store, data: bytes, commits: _Commits | None = None, limits: Limits | None = None
 ) -> dict[str, int]:
-    """Verify a whole pack, check its closure, then store it; all or nothing.
+    """Verify a whole pack (:func:`cas.ingest.verify`: frame by frame, in memory that
+    follows the pack's size), then check its closure and store it through ``commits``
+    (group commit); all or nothing.
 
-    Frames are taken one at a time (:func:`cas.pack.frames`) and each is verified in
-    bounded steps: a blob's content is hashed as it is decompressed and never held whole
-    (its zstd frame is stored as sent, a large one re-read as a stream into chunks), a
-    structured object is decoded alone, checked, and only its record kept. So memory
-    follows the size of the request, not what its frames expand to. A structured
-    object's references must be earlier in the pack or already stored, so that no
-    object lands before what it names (invariant 1) even when a client sends a broken
-    pack.
-
-    Decoding, hashing and compressing take most of the time and touch no LMDB, so they
-    run outside the writer lock, while other packs are written. The closure check and
-    the writes go through ``commits`` (group commit).
+    Verifying takes most of the time and touches no LMDB, so it runs outside the writer
+    lock, while other packs are written.
     """
-    seen: set[ObjectId] = set()
-    wanted: list[ObjectId] = []
-    records: list[tuple[ObjectId, ObjType, bytes]] = []
-    big: list[pack.Frame] = []
-    count = unpacked = 0
-    budget = (limits or Limits()).max_unpacked
-    for f in pack.frames(io.BytesIO(data), max_object=min(pack.MAX_OBJECT, budget)):
-        count += 1
-        unpacked += f.raw_size
-        if unpacked > budget:  # from the frame headers, before decompressing this one
-            raise RequestTooLarge(f"pack unpacks to more than the server limit of {budget} bytes")
-        if f.otype == ObjType.CHUNK:
-            raise MalformedPack("chunks do not travel; send the whole blob")
-        if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
-            raw = f.data()
-            wanted.extend(r for r in validate.check(f.otype, raw) if r not in seen)
-            records.extend(store.encode_verified([(f.oid, f.otype, raw, f.packed)]))
-        elif f.raw_size > CHUNK_THRESHOLD:
-            f.verify()
-            big.append(f)
-        elif f.compressed:
-            f.verify()
-            records.append(store.encode_frame(f.oid, f.otype, f.raw_size, f.payload))
-        else:
-            records.extend(store.encode_verified([(f.oid, f.otype, f.data(), None)]))
-        seen.add(f.oid)
-    (commits or _Commits()).write(store, _Verified(wanted, big, records))
-    return {"objects": count, "bytes": len(data)}
+    verified = verify(store, data, max_unpacked=(limits or Limits()).max_unpacked)
+    (commits or _Commits()).write(store, verified)
+    return {"objects": verified.count, "bytes": len(data)}
 
 
 def _fetch_level(request: Request) -> int | None:

@@ -130,3 +130,21 @@ def test_client_refuses_bomb_from_hostile_server(hostile: ThreadingHTTPServer, t
     if dest.exists():
         with Store(dest) as store:
             assert store.missing([FAKE]) == [FAKE]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_path_remote_refuses_bombs_and_stores_nothing(tmp_path: Path, shape: str) -> None:
+    """The path remote ingests through the same code (cas.ingest): same refusals."""
+    from cas.errors import CasError
+    from cas.remote.local import LocalRemote
+
+    _, data, ids = next(b for b in bombs() if b[0] == shape)
+    Store.init(tmp_path / "remote").close()
+    remote = LocalRemote(tmp_path / "remote")
+    try:
+        with pytest.raises(CasError):
+            remote.send_pack_bytes(data)
+    finally:
+        remote.close()
+    with Store(tmp_path / "remote") as store:
+        assert store.missing(ids) == ids
