@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
@@ -361,6 +362,9 @@ _ESCAPES = {i: f"\\x{i:02x}" for i in range(256) if not 0x21 <= i < 0x7F or i in
 #: Query parameters whose values are logged; any other value (a token passed as
 #: ?access_token=, a signature, ...) is logged as REDACTED.
 LOGGED_PARAMS = frozenset({b"prefix"})
+#: Anything shaped like a token (cas.server.auth: ``cas_`` + 43 URL-safe characters),
+#: wherever it appears in a target, percent-encoded or not.
+_TOKEN = re.compile(rb"cas_[A-Za-z0-9_%-]{20,}")
 
 
 def escaped(text: str | bytes) -> str:
@@ -380,7 +384,7 @@ def log_target(scope: Mapping[str, Any]) -> str:
             name, sep, value = item.partition(b"=")
             parts.append(item if not sep or not value or name.lower() in LOGGED_PARAMS else name + b"=REDACTED")
         path += b"?" + b"&".join(parts)
-    return escaped(path)
+    return escaped(_TOKEN.sub(b"cas_REDACTED", path))
 
 
 class AccessLog:

@@ -74,11 +74,12 @@ def test_one_request_is_one_printable_log_line_without_secrets(small: Served) ->
     httpx.get(f"{small.url}/v1/refs%0A127.0.0.1 - \"GET /forged\" 200%00", headers=auth)
     httpx.get(f"{small.url}/v1/refs", params={"prefix": "refs/", "access_token": small.write_token,
                                                "token": small.read_token}, headers=auth)
+    httpx.get(f"{small.url}/v1/refs/{small.write_token}", headers=auth)  # a token in the path
     with _connect(small) as sock:  # invalid UTF-8 and controls, as no client library sends them
         sock.sendall(b"GET /v1/%ff%fe%01%0d%0a?x=%ff%0a HTTP/1.1\r\nHost: x\r\n\r\n")
         _status(sock)
     lines = _log_lines(small)[before:]
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     assert all(line.isprintable() and line.isascii() for line in lines)
     assert "forged" in lines[0] and "%0A" in lines[0]
     assert "prefix=refs" in lines[1] and "access_token=REDACTED" in lines[1]
