@@ -53,6 +53,15 @@ class BadRefName(UsageError):
     """A ref name does not follow the rules of docs/format.md."""
 
 
+class BadEntryKey(UsageError):
+    """An entry key does not match its kind's grammar (cas.entrykeys): it could name a
+    path outside a cache dir."""
+
+
+class BadRefTarget(UsageError):
+    """A ref would point at an object that is not a commit or a tag."""
+
+
 class RequestTooLarge(UsageError):
     """A request body exceeds the server's size limit."""
 

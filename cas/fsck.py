@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cas import validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import Hasher, ObjectId
 from cas.errors import CasError
-from cas.objects import references
 from cas.store import Store
 
 CORRUPT = "corrupt"
@@ -149,7 +149,7 @@ class _Checker:
                     actual = ObjectId.of(data).short()
                     raise CasError(f"{rec.type.label} {oid.short()} is corrupt: its bytes hash to {actual}")
                 if rec.type in STRUCTURED:
-                    refs = references(rec.type, data)
+                    refs = validate.check(rec.type, data)
                     if refs:
                         self.links[oid] = refs
             self.types[oid] = rec.type

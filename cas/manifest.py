@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 import blake3
 import msgpack
 
+from cas import entrykeys
 from cas.codec import ObjType, canonical, decode
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, ObjectNotFound, UsageError
@@ -113,6 +114,7 @@ def _row_hash(row: Row) -> bytes:
 def _row(key: EntryKey, entry: Entry) -> Row:
     if not (isinstance(key.kind, str) and isinstance(key.key, str) and isinstance(key.variant, str)):
         raise UsageError(f"entry key {key!r}: kind, key and variant must be text")
+    entrykeys.check(key.kind, key.key)
     if isinstance(entry.size, bool) or not isinstance(entry.size, int) or not 0 <= entry.size < 1 << 64:
         raise UsageError(f"entry {key}: size must be an integer in [0, 2^64)")
     if entry.guards is not None and not isinstance(entry.guards, str):
@@ -341,7 +343,7 @@ class _Tree:
         if rid == _EMPTY_RAW:
             return _EMPTY_NODE  # a constant; build/update store it when it is a root
         oid = ObjectId(rid)
-        got = self.store.get_typed(oid)
+        got = self.store.get_typed(oid, verify=True)  # a damaged disk is an error, not a row
         if got is None:
             raise ObjectNotFound(
                 f"manifest node {oid.short()} is missing from the store",

@@ -107,7 +107,7 @@ class Commit:
                 message=str(b["message"]),
                 metadata=dict(b.get("metadata") or {}),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptObject(f"malformed commit: {exc}") from exc
 
     @property
@@ -164,7 +164,7 @@ class Tag:
                 message=str(b["message"]),
                 signature=b.get("signature"),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptObject(f"malformed tag: {exc}") from exc
 
     @property

@@ -14,14 +14,15 @@ bad frame, so a receiver stores a pack all or nothing.
 
 from __future__ import annotations
 
+import io
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import BinaryIO
 
 import blake3
 import zstandard
 
-from cas.codec import ObjType
+from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, FormatVersionError, MalformedPack
 
@@ -37,6 +38,9 @@ COMPRESS_MIN = 512
 PACK_BYTES = 8 << 20
 #: Refuse objects above this size in a pack (chunked blobs travel as chunks + index).
 MAX_OBJECT = 1 << 30
+#: Refuse structured objects (commit, tag, env, manifest node) above this size: they are
+#: decoded whole to be checked, and real ones are kilobytes.
+MAX_STRUCTURED = 16 << 20
 
 WireObject = tuple[ObjectId, ObjType, bytes]
 
@@ -139,15 +143,159 @@ class _Reader:
         return data
 
 
-def decode(stream: BinaryIO, *, max_object: int = MAX_OBJECT) -> Iterator[WireObject]:
+#: Bytes decompressed per step: a frame's content is produced (and hashed) in steps of
+#: this size, so memory follows what a frame really holds, never what it claims.
+INFLATE_STEP = 1 << 20
+#: Above this size an object is hashed before it is kept in memory (a second pass
+#: decompresses it), so a lying frame costs one step of memory, not its declared size.
+VERIFY_FIRST = 16 << 20
+
+
+class Frame:
+    """One frame of a pack, its payload read but its content not yet kept.
+
+    ``verify()`` hashes the content step by step (bounded memory); ``data()`` returns
+    the content; ``reader()`` reads it as a stream (a large blob goes to the store that
+    way, never whole in memory). Every one of them refuses a payload whose content
+    differs from the declared ``raw_size`` before producing more than that.
+    """
+
+    __slots__ = ("oid", "otype", "raw_size", "payload", "compressed", "_verified")
+
+    def __init__(self, oid: ObjectId, otype: ObjType, raw_size: int, payload: bytes, compressed: bool) -> None:
+        self.oid = oid
+        self.otype = otype
+        self.raw_size = raw_size
+        self.payload = payload
+        self.compressed = compressed
+        self._verified = False
+
+    @property
+    def packed(self) -> bytes | None:
+        """The zstd frame as sent, or None when the payload is the raw bytes."""
+        return self.payload if self.compressed else None
+
+    def chunks(self) -> Iterator[bytes]:
+        """The content, in steps of at most INFLATE_STEP bytes (not verified here)."""
+        if not self.compressed:
+            if len(self.payload) != self.raw_size:
+                raise MalformedPack(f"object {self.oid.short()} has the wrong size")
+            yield self.payload
+            return
+        yield from inflate(self.payload, self.raw_size, what=f"object {self.oid.short()}")
+
+    def verify(self) -> None:
+        """Hash the content against the id without keeping it."""
+        if self._verified:
+            return
+        h = blake3.blake3()
+        for chunk in self.chunks():
+            h.update(chunk)
+        self._check(ObjectId(h.digest()))
+
+    def data(self) -> bytes:
+        """The verified content (hashed first, in steps, when large)."""
+        if self.raw_size > VERIFY_FIRST:
+            self.verify()
+        if not self.compressed:
+            data = self.payload
+        else:
+            buf = bytearray()
+            for chunk in self.chunks():
+                buf += chunk
+            data = bytes(buf)
+        if not self._verified:
+            self._check(ObjectId.of(data))
+        return data
+
+    def reader(self) -> BinaryIO:
+        """A file-like reader of the verified content (verified first, in steps)."""
+        self.verify()
+        if not self.compressed:
+            return io.BytesIO(self.payload)
+        return zstandard.ZstdDecompressor().stream_reader(self.payload)  # type: ignore[return-value]
+
+    def _check(self, actual: ObjectId) -> None:
+        if actual != self.oid:
+            raise CorruptObject(
+                f"object {self.oid.short()} in pack is corrupt: its bytes hash to {actual.short()}",
+                oid=self.oid,
+                expected=self.oid,
+                actual=actual,
+            )
+        self._verified = True
+
+
+def inflate(payload: bytes | memoryview, raw_size: int, *, what: str) -> Iterator[bytes]:
+    """The content of the zstd frame ``payload``, which must be exactly ``raw_size`` bytes.
+
+    The frame header's content size, when present, is checked before anything is
+    decompressed; the content is then produced in steps of INFLATE_STEP and refused as
+    soon as it passes ``raw_size``, so a bomb (a frame claiming a petabyte, a small frame
+    expanding to gigabytes, a frame without a content size) costs one step of memory.
+    """
+    try:
+        declared = zstandard.frame_content_size(payload)
+        one_frame = _frame_length(payload) == len(payload)
+    except (zstandard.ZstdError, struct.error) as exc:
+        raise MalformedPack(f"bad compressed payload for {what}") from exc
+    if declared not in (-1, raw_size):
+        raise MalformedPack(f"{what}: its zstd frame claims {declared} bytes, not the {raw_size} declared")
+    if not one_frame:
+        # A store reads the first frame only: bytes after it would be stored unread.
+        raise MalformedPack(f"bad compressed payload for {what}: not exactly one zstd frame")
+    reader = zstandard.ZstdDecompressor().stream_reader(payload)
+    left = raw_size
+    try:
+        while True:
+            chunk = reader.read(min(INFLATE_STEP, left + 1))
+            if not chunk:
+                break
+            left -= len(chunk)
+            if left < 0:
+                raise MalformedPack(f"{what} decompresses to more than its declared {raw_size} bytes")
+            yield chunk
+    except zstandard.ZstdError as exc:
+        raise MalformedPack(f"bad compressed payload for {what}") from exc
+    finally:
+        reader.close()
+    if left:
+        raise MalformedPack(f"{what} has the wrong size")
+
+
+_BLOCK = struct.Struct("<I")
+
+
+def _frame_length(payload: bytes | memoryview) -> int:
+    """Bytes taken by the zstd frame at the start of ``payload``, from its block headers
+    alone (what ZSTD_findFrameCompressedSize computes; python-zstandard lacks it)."""
+    pos = zstandard.frame_header_size(payload)
+    while True:
+        (head,) = _BLOCK.unpack(bytes(payload[pos : pos + 3]) + b"\0")
+        pos += 3
+        last, kind, size = head & 1, (head >> 1) & 3, head >> 3
+        if kind == 3:
+            raise zstandard.ZstdError("reserved block type")
+        pos += 1 if kind == 1 else size  # an RLE block holds one byte
+        if last:
+            break
+    if zstandard.get_frame_parameters(payload).has_checksum:
+        pos += 4
+    return pos
+
+
+def decode(
+    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+) -> Iterator[WireObject]:
     """Yield verified objects from a pack stream.
 
     Raises MalformedPack on bad framing or truncation and CorruptObject when an object's
-    bytes do not hash to its id. Callers that must store all or nothing collect the
-    objects first (:func:`decode_all`).
+    bytes do not hash to its id. ``want``, when given, is the set of ids the caller asked
+    for: any other object is refused before it is decompressed. Callers that must store
+    all or nothing collect the objects first (:func:`decode_all`).
     """
-    for oid, otype, data, _packed in decode_frames(stream, max_object=max_object):
-        yield oid, otype, data
+    for f in frames(stream, max_object=max_object, want=want):
+        yield f.oid, f.otype, f.data()
 
 
 def decode_frames(
@@ -155,9 +303,23 @@ def decode_frames(
 ) -> Iterator[tuple[ObjectId, ObjType, bytes, bytes | None]]:
     """Like :func:`decode`, each object with its zstd payload as sent (None if sent raw).
 
-    The payload is a zstd frame whose decompression (with ``max_output_size`` = the raw
-    size, as the store reads it) was just verified against the id, so a receiver may
-    store it as it is instead of compressing the bytes again.
+    The payload is a zstd frame whose content was just verified against the id (and
+    its header against the declared size), so a receiver may store it as it is instead
+    of compressing the bytes again.
+    """
+    for f in frames(stream, max_object=max_object):
+        yield f.oid, f.otype, f.data(), f.packed
+
+
+def frames(
+    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+) -> Iterator[Frame]:
+    """Yield the frames of a pack, framing checked, content not yet decompressed.
+
+    The caller verifies each (Frame.verify / data / reader) before using it; the
+    trailer is checked when the last frame has been taken. Sizes over ``max_object``
+    (MAX_STRUCTURED for a structured object) and ids outside ``want`` are refused from
+    the frame header alone, before the payload is read.
     """
     r = _Reader(stream)
     head = r.exact(len(MAGIC) + 1, "header")
@@ -165,7 +327,6 @@ def decode_frames(
         raise MalformedPack("not a cas pack (bad magic)")
     if head[-1] != VERSION:
         raise FormatVersionError(f"pack version {head[-1]} is not supported (this cas reads {VERSION})")
-    zd = zstandard.ZstdDecompressor()
     count = 0
     while True:
         t = r.exact(1, "frame type", hashed=False)
@@ -185,33 +346,26 @@ def decode_frames(
         except ValueError as exc:
             raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
         if raw_size > max_object or payload_size > max_object:
-            raise MalformedPack(f"object of {raw_size} bytes exceeds the pack limit")
-        payload = r.exact(payload_size, "object payload")
-        if flags & FLAG_ZSTD:
-            try:
-                data = zd.decompress(payload, max_output_size=raw_size)
-            except zstandard.ZstdError as exc:
-                raise MalformedPack(f"bad compressed payload for {raw_id.hex()[:12]}") from exc
-        else:
-            data = payload
-        if len(data) != raw_size:
-            raise MalformedPack(f"object {raw_id.hex()[:12]} has the wrong size")
-        oid = ObjectId(raw_id)
-        actual = ObjectId.of(data)
-        if actual != oid:
-            raise CorruptObject(
-                f"object {oid.short()} in pack is corrupt: its bytes hash to {actual.short()}",
-                oid=oid,
-                expected=oid,
-                actual=actual,
+            raise MalformedPack(
+                f"object of {max(raw_size, payload_size)} bytes exceeds the limit of {max_object}"
             )
+        if otype in STRUCTURED and raw_size > MAX_STRUCTURED:
+            raise MalformedPack(
+                f"{otype.name.lower()} of {raw_size} bytes exceeds the limit of {MAX_STRUCTURED}"
+            )
+        oid = ObjectId(raw_id)
+        if want is not None and oid not in want:
+            raise MalformedPack(f"pack holds object {oid.short()}, which was not asked for")
+        payload = r.exact(payload_size, "object payload")
         count += 1
-        yield oid, otype, data, (payload if flags & FLAG_ZSTD else None)
+        yield Frame(oid, otype, raw_size, payload, bool(flags & FLAG_ZSTD))
 
 
-def decode_all(stream: BinaryIO, **kw: int) -> list[WireObject]:
+def decode_all(
+    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+) -> list[WireObject]:
     """Every object of a pack, or an error and nothing."""
-    return list(decode(stream, **kw))
+    return list(decode(stream, max_object=max_object, want=want))
 
 
 # -- random access (S3 packs are read with ranged GETs; see docs/format.md, "S3 layout") --
@@ -247,21 +401,5 @@ def decode_frame(frame: bytes | memoryview, *, max_object: int = MAX_OBJECT) -> 
         otype = ObjType(otype_code)
     except ValueError as exc:
         raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
-    payload = bytes(frame[_FRAME.size :])
-    if flags & FLAG_ZSTD:
-        try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_size)
-        except zstandard.ZstdError as exc:
-            raise MalformedPack(f"bad compressed payload for {raw_id.hex()[:12]}") from exc
-    else:
-        data = payload
-    oid = ObjectId(raw_id)
-    actual = ObjectId.of(data)
-    if len(data) != raw_size or actual != oid:
-        raise CorruptObject(
-            f"object {oid.short()} is corrupt: its bytes hash to {actual.short()}",
-            oid=oid,
-            expected=oid,
-            actual=actual,
-        )
-    return oid, otype, data
+    f = Frame(ObjectId(raw_id), otype, raw_size, bytes(frame[_FRAME.size :]), bool(flags & FLAG_ZSTD))
+    return f.oid, f.otype, f.data()

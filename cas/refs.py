@@ -55,11 +55,20 @@ def check_name(name: str) -> str:
 
 
 def branch_ref(name: str) -> str:
-    return check_name(name if name.startswith("refs/") else HEADS + name)
+    return _under(HEADS, name, "branch")
 
 
 def tag_ref(name: str) -> str:
-    return check_name(name if name.startswith("refs/") else TAGS + name)
+    return _under(TAGS, name, "tag")
+
+
+def _under(prefix: str, name: str, what: str) -> str:
+    """The full ref of a branch or tag name, with git's extra rules for those: not
+    ``HEAD`` or ``@`` (they would shadow revisions), not starting with ``-`` (an option)."""
+    short = name[len(prefix) :] if name.startswith(prefix) else name
+    if short in ("HEAD", "@") or short.startswith("-"):
+        raise BadRefName(f"invalid {what} name: {short!r}", hint=f"a {what} is not named HEAD or @ and does not start with '-'")
+    return check_name(name if name.startswith("refs/") else prefix + name)
 
 
 def short_name(ref: str) -> str:
@@ -139,7 +148,7 @@ def peel(store: Store, oid: ObjectId) -> ObjectId:
 
 
 def load_commit(store: Store, oid: ObjectId) -> Commit:
-    otype, data = store.require(oid)
+    otype, data = store.require(oid, verify=True)  # read commands trust no disk
     if otype != ObjType.COMMIT:
         raise UsageError(f"{oid.short()} is a {otype.label}, not a commit")
     return Commit.decode(data)

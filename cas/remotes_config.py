@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cas import provenance
 from cas.errors import RemoteNotFound, UsageError
 from cas.remote import open_remote, scheme_of
 from cas.remote.base import Remote
@@ -74,11 +76,13 @@ def add(store: Store, name: str, url: str, **options: str) -> RemoteConfig:
 
 
 def remove(store: Store, name: str) -> RemoteConfig:
-    """Forget remote ``name`` and its tracking refs (``refs/remotes/<name>/*``)."""
+    """Forget remote ``name``, its tracking refs (``refs/remotes/<name>/*``) and the trust
+    given to its URL: re-adding it, or another URL under its name, starts untrusted."""
     found = get(store, name)
     data = _load(store)
     del data[name]
     _save(store, data)
+    set_trusted(store, name, False, url=found.url)
     for ref, oid in store.list_refs(f"refs/remotes/{name}/").items():
         store.set_ref(ref, None, expected=oid, message=f"remote {name} removed")
     return found
@@ -128,10 +132,66 @@ def open_named(store: Store, name_or_url: str, **overrides: Any) -> tuple[str | 
     return name, open_remote(url, **options)
 
 
-def set_trusted(store: Store, name: str, trusted: bool = True) -> None:
-    """Mark remote ``name`` trusted: torch may unpickle what comes from it (policy)."""
-    store.set_meta(f"remote.{name}.trusted", "true" if trusted else None)
+# -- trust, bound to identities (cas.provenance) -------------------------------------------
+
+_TRUST = "trust.remotes"  # JSON {normal url: {"name", "since", "server_id"?}}
+
+
+def _trust_table(store: Store) -> dict[str, dict[str, Any]]:
+    raw = store.get_meta(_TRUST)
+    return json.loads(raw) if raw else {}
+
+
+def set_trusted(store: Store, name: str, trusted: bool = True, *, url: str | None = None) -> None:
+    """Trust (or stop trusting) the remote at ``url`` (default: remote ``name``'s URL):
+    torch may unpickle what comes from it (policy). Trust is kept by URL, never by name;
+    the server's id is pinned at the first fetch after (:func:`note_server`)."""
+    key = provenance.normal_url(url or get(store, name).url)
+    table = _trust_table(store)
+    if trusted:
+        table[key] = {"name": name, "since": int(time.time())}
+    else:
+        table.pop(key, None)
+    store.set_meta(_TRUST, json.dumps(table, sort_keys=True) if table else None)
+    if not trusted:
+        store.set_meta(f"remote.{name}.trusted", None)  # the by-name flag of older cas
+
+
+def note_server(store: Store, url: str, server_id: str | None) -> None:
+    """Pin ``server_id`` to a trusted URL that has none yet (trust on first use): after
+    that, what another server sends from the same URL is not trusted."""
+    key = provenance.normal_url(url)
+    table = _trust_table(store)
+    rec = table.get(key)
+    if rec is not None and server_id and "server_id" not in rec:
+        rec["server_id"] = server_id
+        store.set_meta(_TRUST, json.dumps(table, sort_keys=True))
+
+
+def trust_of(store: Store, ident: str) -> str | None:
+    """Why what came from identity ``ident`` is trusted, or None if it is not."""
+    url, sid = provenance.split_identity(ident)
+    rec = _trust_table(store).get(url)
+    if rec is None:
+        return None
+    pin = rec.get("server_id")
+    if pin and pin != sid:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec["since"]))
+    pinned = f", server {pin[:12]}" if pin else ""
+    return f"--trusted given as {rec['name']} on {when}{pinned}"
+
+
+def trust_identity(store: Store, cfg: RemoteConfig) -> str:
+    """The identity a configured remote's trust is judged by: its URL and pinned server."""
+    pin = _trust_table(store).get(provenance.normal_url(cfg.url), {}).get("server_id")
+    return provenance.identity(cfg.url, pin)
 
 
 def is_trusted(store: Store, name: str) -> bool:
-    return (store.get_meta(f"remote.{name}.trusted") or "").lower() == "true"
+    """True if remote ``name``'s current URL is trusted."""
+    try:
+        url = get(store, name).url
+    except RemoteNotFound:
+        return False
+    return provenance.normal_url(url) in _trust_table(store)

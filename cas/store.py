@@ -39,6 +39,7 @@ from cas.codec import ObjType
 from cas.digest import DIGEST_SIZE, Hasher, ObjectId
 from cas.errors import (
     AmbiguousId,
+    BadRefTarget,
     CorruptObject,
     FormatVersionError,
     ObjectNotFound,
@@ -46,6 +47,7 @@ from cas.errors import (
     StoreError,
     StoreFull,
     StoreNotFound,
+    UsageError,
 )
 
 STORE_FORMAT = 1
@@ -222,6 +224,12 @@ class Store:
                 raise StoreNotFound(
                     f"no cas store at {self.path}",
                     hint="run `cas init` or pass --store / set CAS_DIR",
+                    path=str(self.path),
+                )
+            if self.path.is_dir() and any(p.name != "lock.mdb" for p in self.path.iterdir()):
+                raise UsageError(
+                    f"{self.path} is not empty and holds no cas store",
+                    hint="choose a new or empty directory",
                     path=str(self.path),
                 )
             try:
@@ -756,6 +764,14 @@ class Store:
                 out.append((oid, otype, b"".join((_HEAD.pack(otype, flags, n), payload))))
         return out
 
+    def encode_frame(
+        self, oid: ObjectId, otype: ObjType, raw_size: int, frame: bytes
+    ) -> tuple[ObjectId, ObjType, bytes]:
+        """A record for :meth:`put_encoded` holding ``frame`` as it is: a zstd frame the
+        caller has checked decompresses to exactly ``raw_size`` bytes hashing to ``oid``
+        (cas.pack.Frame.verify), so the bytes need never be held whole."""
+        return oid, otype, b"".join((_HEAD.pack(otype, FLAG_ZSTD, raw_size), frame))
+
     def put_encoded(self, records: list[tuple[ObjectId, ObjType, bytes]]) -> list[ObjectId]:
         """Store records from :meth:`encode_verified` in one transaction, in order."""
         if records:
@@ -904,10 +920,8 @@ class Store:
                     expected=expected,
                     actual=old,
                 )
-            if new is not None and txn.get(new.raw, db=self._objects) is None:
-                raise ObjectNotFound(
-                    f"cannot point {name} at {new.short()}: object not in store", oid=new
-                )
+            if new is not None:
+                self._check_ref_target(txn, name, new)
             if old == new:
                 return old
             if new is None:
@@ -918,6 +932,16 @@ class Store:
             return old
 
         return self.write(go)
+
+    def _check_ref_target(self, txn: lmdb.Transaction, name: str, new: ObjectId) -> None:
+        """A ref names a stored commit or tag, nothing else (docs/format.md, invariant 1)."""
+        target = txn.get(new.raw, db=self._objects)
+        if target is None:
+            raise ObjectNotFound(f"cannot point {name} at {new.short()}: object not in store", oid=new)
+        code = int(target[0])
+        if code not in _REF_TARGETS:
+            label = _TYPE_OF[code].label if code in _TYPE_OF else "unknown object"
+            raise BadRefTarget(f"cannot point {name} at {new.short()}: a {label}, not a commit or tag", oid=new)
 
     def _log(
         self,
@@ -1373,6 +1397,10 @@ class _Batch:
         if self.records:
             self.store._write_parts(self.records)
         self.records, self.size = [], 0
+
+
+#: Record type codes a ref may point at (docs/format.md, invariant 1).
+_REF_TARGETS = frozenset({int(ObjType.COMMIT), int(ObjType.TAG)})
 
 
 def _read_full(stream: BinaryIO, n: int) -> bytes:

@@ -6,6 +6,7 @@ summary. Progress bars appear only for transfers that last more than a second.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,8 @@ def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...], trus
         if not sep or not key:
             raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
         opts[key] = value
+    # `-o trusted=true` (older cas read it from the options) means --trusted
+    trusted = trusted or opts.pop("trusted", "").lower() == "true"
     cfg = remotes_config.add(ctx.store, name, _absolute(url), **opts)
     remotes_config.set_trusted(ctx.store, name, trusted)
     trust = " (trusted)" if trusted else ""
@@ -196,14 +199,20 @@ def remote_remove(ctx: Context, name: str) -> None:
 def remote_list(ctx: Context, verbose: bool) -> None:
     """List configured remotes."""
     found = remotes_config.list_remotes(ctx.store)
+    trust = {r.name: remotes_config.trust_of(ctx.store, remotes_config.trust_identity(ctx.store, r)) for r in found}
+
+    def shown(r: remotes_config.RemoteConfig) -> str:
+        why = trust[r.name]
+        return f"trusted ({why})" if why else "untrusted (artifacts reach torch only through signed tags)"
+
     if verbose:
         text = "\n".join(
-            f"{r.name}  {r.url}" + "".join(f" {k}={v}" for k, v in sorted(r.options.items()))
+            f"{r.name}  {r.url}" + "".join(f" {k}={v}" for k, v in sorted(r.options.items())) + f"  {shown(r)}"
             for r in found
         )
     else:
-        text = "\n".join(r.name for r in found)
-    ctx.emit([r.to_dict() for r in found], text)
+        text = "\n".join(f"{r.name}  {'trusted' if trust[r.name] else 'untrusted'}" for r in found)
+    ctx.emit([r.to_dict() | {"trusted": trust[r.name] is not None, "trust": shown(r)} for r in found], text)
 
 
 # -- transfers -----------------------------------------------------------------------------------
@@ -327,15 +336,36 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
     remotes_config.check_name(remote_name)
     r = _connect(url, {})
     feedback = Feedback(ctx)
+    fresh = not (target / "data.mdb").exists()
+    created = not target.exists()
     try:
         with Store.init(target) as store:
-            remotes_config.set_trusted(store, remote_name, trusted)
-            result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
-                                progress=feedback)
+            remotes_config.set_trusted(store, remote_name, trusted, url=_absolute(url))
+            try:
+                result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
+                                    progress=feedback)
+            except BaseException:
+                # Nothing received: leave nothing behind. Something received: keep it, so
+                # that `cas clone` again (or `cas fetch`) resumes from there.
+                fresh = fresh and next(store.iter_ids(), None) is None and not store.list_refs()
+                raise
+            fresh = False
+    except BaseException:
+        if fresh:
+            _remove_store(target, created)
+        raise
     finally:
         feedback.close()
         r.close()
     _summary(ctx, f"cloned into {target}:", result)
+
+
+def _remove_store(target: Path, created: bool) -> None:
+    """Remove a store this command made (the dir too if it made it)."""
+    for name in ("data.mdb", "lock.mdb"):
+        (target / name).unlink(missing_ok=True)
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def register(cli: click.Group) -> None:

@@ -115,14 +115,14 @@ def serve(
         redis=redis,
     )
     scheme = "https" if tls_cert else "http"
+    auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
 
-    def announce() -> None:
-        auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
+    def ready() -> None:
         ctx.info(f"serving {path} on {scheme}://{host}:{port} ({auth})")
         if redis is not None:
             ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
 
-    run_server(path, tokens, options, announce)
+    run_server(path, tokens, options, ready=ready)
 
 
 @click.group()

@@ -184,7 +184,7 @@ def show(ctx: Context, obj: str) -> None:
     """Describe an object: commit, tag, manifest node, env or blob."""
     store = ctx.store
     oid = refs.resolve_object(store, obj)
-    otype, data = store.require(oid)
+    otype, data = store.require(oid, verify=True)  # show what is on disk only if it is intact
     rec = store.record(oid)
     base: dict[str, Any] = {"id": oid.hex, "type": otype.label, "size": len(data)}
     if rec is not None:

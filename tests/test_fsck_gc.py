@@ -15,6 +15,7 @@ from testclock import Clock
 from cas import store as store_mod
 from cas.codec import ObjType
 from cas.digest import ObjectId
+from cas.errors import BadRefTarget
 from cas.fsck import BAD_REF, CORRUPT, DANGLING, MISSING, fsck
 from cas.gc import gc
 from cas.objects import Commit, Entry, EntryKey, Env, ManifestNode, Tag
@@ -152,11 +153,16 @@ def test_missing_chunk_of_large_blob(store_path: Path, store: Store) -> None:
 
 def test_ref_at_blob_or_missing_object_is_bad(store_path: Path, store: Store) -> None:
     blob = store.put(b"not a commit")
-    store.set_ref("refs/heads/odd", blob)
+    with pytest.raises(BadRefTarget):
+        store.set_ref("refs/heads/odd", blob)
     c = snapshot(store, [])
     store.set_ref("refs/heads/main", c)
     store.close()
     tamper(store_path, drop(c))
+    env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
+    with env.begin(write=True) as txn:  # a ref at a blob, behind cas's back
+        txn.put(b"refs/heads/odd", blob.raw, db=env.open_db(b"refs", txn=txn))
+    env.close()
     with Store(store_path) as s:
         bad = {f.ref: f.message for f in fsck(s).errors if f.kind == BAD_REF}
         assert set(bad) == {"refs/heads/odd", "refs/heads/main"}

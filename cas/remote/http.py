@@ -122,6 +122,7 @@ class HttpRemote:
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._server_id: str | None | bool = False  # False: not asked yet
 
     def __repr__(self) -> str:
         return f"HttpRemote({self.url!r})"
@@ -181,6 +182,18 @@ class HttpRemote:
         """The server's health answer (versions and limits); needs no token."""
         return dict(self._request("GET", "/health").json())
 
+    @property
+    def server_id(self) -> str | None:
+        """The served store's own id (health's ``store_id``), asked once; None if the
+        server has none. Part of this remote's identity (cas.provenance)."""
+        if self._server_id is False:
+            try:
+                sid = self.health().get("store_id")
+            except (CasError, ValueError, AttributeError):  # no id: the URL alone, pins fail closed
+                return None
+            self._server_id = sid if isinstance(sid, str) else None
+        return self._server_id if isinstance(self._server_id, str) else None
+
     def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
         got = self._request("GET", "/refs", params={"prefix": prefix}).json()
         return {name: ObjectId.parse(hex_) for name, hex_ in got.items()}
@@ -221,14 +234,14 @@ class HttpRemote:
         received = 0
         for i in range(0, len(oids), FETCH_BATCH):
             body = b"".join(o.raw for o in oids[i : i + FETCH_BATCH])
-            objs, n = self._fetch_one(body)
+            objs, n = self._fetch_one(body, set(oids[i : i + FETCH_BATCH]))
             out.extend(objs)
             received += n
             if progress:
                 progress(len(out), received)
         return out
 
-    def _fetch_one(self, body: bytes) -> tuple[list[WireObject], int]:
+    def _fetch_one(self, body: bytes, want: set[ObjectId]) -> tuple[list[WireObject], int]:
         self.requests += 1
         try:
             with self._http.stream("POST", "/fetch", content=body) as resp:
@@ -236,8 +249,10 @@ class HttpRemote:
                     resp.read()
                     raise self._error(resp)
                 reader = _StreamReader(resp.iter_raw(1 << 20))
-                # decode verifies every id; a cut stream fails at the trailer.
-                objs = pack.decode_all(reader)  # type: ignore[arg-type]
+                # decode verifies every id, refuses any not asked for and decompresses
+                # in bounded steps (a hostile server's bomb costs one step); a cut
+                # stream fails at the trailer.
+                objs = pack.decode_all(reader, want=want)  # type: ignore[arg-type]
                 self.bytes_received += reader.consumed
                 return objs, reader.consumed
         except httpx.TransportError as exc:

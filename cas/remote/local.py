@@ -7,19 +7,16 @@ exercises the same verify-then-store boundary as HTTP and S3 and counts real wir
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Iterable, Sequence
 
-from cas import pack
-from cas.codec import STRUCTURED, ObjType
+from cas import ingest, pack
 from cas.digest import ObjectId
-from cas.errors import MalformedPack, ObjectNotFound, RemoteError, StoreNotFound
-from cas.objects import references
+from cas.errors import ObjectNotFound, RemoteError, StoreNotFound
 from cas.refs import check_name
 from cas.remote.base import Progress, WireObject
-from cas.store import CHUNK_THRESHOLD, Store
+from cas.store import Store
 
 #: Objects per get_many when serving a fetch (bounds memory per read transaction).
 _FETCH_GROUP = 512
@@ -61,40 +58,16 @@ class LocalRemote:
         return sent
 
     def send_pack_bytes(self, data: bytes) -> int:
-        """Verify one whole pack and store it in one transaction, or store nothing."""
-        objects = pack.decode_all(io.BytesIO(data))
+        """Verify one whole pack and store it in one transaction, or store nothing
+        (cas.ingest: the same checks and bounded memory as `cas serve`)."""
+        verified = ingest.verify(self._store, data)
         # Verification above may run in several threads; writes go one at a time, since
         # LMDB may grow its map only while no other transaction of the process is open.
         with self._write_lock:
-            self._check_closure(objects)
-            small = [o for o in objects if not _is_large(o)]
-            self._store.put_verified(small)
-            # Large blobs are chunked on disk; put_many re-splits them (their id is
-            # already checked, and put_stream writes the blob record last).
-            for _oid, otype, body in (o for o in objects if _is_large(o)):
-                self._store.put_many([(otype, body)])
+            ingest.write_group(self._store, [verified])
+        if verified.error is not None:
+            raise verified.error
         return len(data)
-
-    def _check_closure(self, objects: list[WireObject]) -> None:
-        """Refuse a pack holding an object whose references are neither here nor in it."""
-        inside = {oid for oid, _, _ in objects}
-        needed: dict[ObjectId, ObjectId] = {}
-        for oid, otype, body in objects:
-            if otype == ObjType.CHUNK:
-                # Chunking is one store's disk layout; on the wire a blob travels whole.
-                raise MalformedPack("chunks do not travel; send the whole blob", oid=oid)
-            if otype in STRUCTURED:
-                for ref in references(otype, body):
-                    if ref not in inside:
-                        needed.setdefault(ref, oid)
-        absent = self._store.missing(list(needed))
-        if absent:
-            ref = absent[0]
-            raise MalformedPack(
-                f"object {needed[ref].short()} references {ref.short()}, which the remote lacks",
-                hint="objects must be sent after what they reference",
-                oid=needed[ref],
-            )
 
     def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
         out: list[WireObject] = []
@@ -125,5 +98,3 @@ class LocalRemote:
         return f"LocalRemote({self.url!r})"
 
 
-def _is_large(obj: WireObject) -> bool:
-    return obj[1] == ObjType.BLOB and len(obj[2]) > CHUNK_THRESHOLD

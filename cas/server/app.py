@@ -25,12 +25,12 @@ Every error is a :class:`~cas.errors.CasError` turned into JSON
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,24 +43,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import pack, refs
-from cas.codec import STRUCTURED, ObjType
+from cas import pack, provenance, refs
 from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
     AuthError,
     CasError,
     Forbidden,
-    MalformedPack,
     RequestTooLarge,
     UsageError,
 )
-from cas.objects import references
+from cas.ingest import MAX_UNPACKED, Verified, verify, write_group
 from cas.server import web
 from cas.server.auth import Scope, Tokens
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cas.server.metrics import Metrics, MetricsMiddleware
 from cas.server.redis_door import RedisDoor, RedisOptions
-from cas.store import CHUNK_THRESHOLD, STORE_FORMAT, Store
+from cas.store import STORE_FORMAT, Store
 
 API = "/v1"
 ACCESS_LOG = logging.getLogger("cas.server.access")
@@ -68,6 +66,8 @@ LOG = logging.getLogger("cas.server")
 #: Bytes per chunk of a streamed fetch answer: big enough to keep syscalls rare.
 _STREAM_CHUNK = 1 << 20
 MAX_FETCH_LEVEL = 6
+#: A ref update body is ``{"new": hex, "expected": hex}``: about 150 bytes.
+MAX_REF_BODY = 4096
 
 Scope_ = dict[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -76,14 +76,17 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits. A pack larger than ``max_request`` is refused with 413."""
+    """Per-request limits. A pack larger than ``max_request`` is refused with 413, and so
+    is one whose objects declare more than ``max_unpacked`` bytes in all (a client packs
+    at most PACK_BYTES, or one object of up to MAX_OBJECT alone; see cas.pack.batches)."""
 
     max_request: int = 256 << 20
     max_ids: int = 1_000_000
+    max_unpacked: int = MAX_UNPACKED
 
     @property
     def as_dict(self) -> dict[str, int]:
-        return {"max_request": self.max_request, "max_ids": self.max_ids}
+        return {"max_request": self.max_request, "max_ids": self.max_ids, "max_unpacked": self.max_unpacked}
 
 
 class _Stores:
@@ -101,7 +104,9 @@ class _Stores:
         # Packs are written one group at a time: LMDB serializes writers anyway, and this
         # keeps the closure check and the write of one pack from interleaving with another's.
         self.commits = _Commits()
-        Store(path).close()  # fail at start-up, not on the first request
+        with Store(path) as store:  # fail at start-up, not on the first request
+            #: The store's own id: clients record it with the URL as this server's identity.
+            self.store_id = provenance.store_id(store)
 
     def get(self) -> Store:
         s = getattr(self._local, "store", None)
@@ -172,16 +177,9 @@ def _oid_or_none(value: Any, what: str) -> ObjectId | None:
 
 # -- pack ingest --------------------------------------------------------------------------
 
-
-@dataclass
-class _Verified:
-    """A verified pack waiting for the writer (see :class:`_Commits`)."""
-
-    wanted: list[ObjectId]  # what its structured objects reference
-    big: list[bytes]  # blobs stored chunked, through Store.put_stream
-    records: list[tuple[ObjectId, ObjType, bytes]]  # the rest, encoded
-    done: bool = False
-    error: BaseException | None = None
+# Names kept for callers of the first versions (tests/server/test_ingest.py).
+_Verified = Verified
+_write_group = write_group
 
 
 class _Commits:
@@ -198,84 +196,33 @@ class _Commits:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._mutex = threading.Lock()
-        self._queue: list[_Verified] = []
+        self._queue: list[Verified] = []
 
-    def write(self, store: Store, pack_: _Verified) -> None:
+    def write(self, store: Store, pack_: Verified) -> None:
         with self._mutex:
             self._queue.append(pack_)
         with self.lock:
             if not pack_.done:
                 with self._mutex:
                     group, self._queue = self._queue, []
-                _write_group(store, group)
+                write_group(store, group)
         if pack_.error is not None:
             raise pack_.error
 
 
-def _write_group(store: Store, group: list[_Verified]) -> None:
-    for p in group:  # until written: a writer killed half-way must not report success
-        p.error = RuntimeError("pack was not written: the writer failed")
-    ok: list[_Verified] = []
-    written: set[ObjectId] = set()
-    try:
-        for p in group:
-            try:
-                absent = [o for o in store.missing(dict.fromkeys(p.wanted)) if o not in written]
-                if absent:
-                    raise MalformedPack(
-                        f"pack is incomplete: it references {len(absent)} object(s) the server "
-                        f"lacks, e.g. {absent[0].short()}",
-                        hint="send referenced objects first (children before parents)",
-                    )
-                for raw in p.big:
-                    store.put_stream(io.BytesIO(raw))  # chunked like a local put of the file
-            except Exception as exc:
-                p.error = exc
-                continue
-            ok.append(p)
-            written.update(oid for oid, _, _ in p.records)
-        try:
-            store.put_encoded([r for p in ok for r in p.records])
-        except Exception as exc:
-            for p in ok:
-                p.error = exc
-        else:
-            for p in ok:
-                p.error = None
-    finally:
-        for p in group:
-            p.done = True
+def ingest(
+    store: Store, data: bytes, commits: _Commits | None = None, limits: Limits | None = None
+) -> dict[str, int]:
+    """Verify a whole pack (:func:`cas.ingest.verify`: frame by frame, in memory that
+    follows the pack's size), then check its closure and store it through ``commits``
+    (group commit); all or nothing.
 
-
-def ingest(store: Store, data: bytes, commits: _Commits | None = None) -> dict[str, int]:
-    """Verify a whole pack, check its closure, then store it; all or nothing.
-
-    Every object is hashed by :func:`cas.pack.decode_frames`. A structured object's
-    references must be earlier in the pack or already stored, so that no object lands
-    before what it names (invariant 1) even when a client sends a broken pack.
-
-    Decoding, hashing and compressing take most of the time and touch no LMDB, so they
-    run outside the writer lock, while other packs are written; compressed frames are
-    stored as sent (Store.encode_verified). The closure check and the writes go through
-    ``commits`` (group commit).
+    Verifying takes most of the time and touches no LMDB, so it runs outside the writer
+    lock, while other packs are written.
     """
-    frames = list(pack.decode_frames(io.BytesIO(data)))
-    seen: set[ObjectId] = set()
-    wanted: list[ObjectId] = []
-    for oid, otype, raw, _ in frames:
-        if otype == ObjType.CHUNK:
-            raise MalformedPack("chunks do not travel; send the whole blob")
-        if otype in STRUCTURED:
-            wanted.extend(r for r in references(otype, raw) if r not in seen)
-        seen.add(oid)
-
-    def large(f: tuple[ObjectId, ObjType, bytes, bytes | None]) -> bool:
-        return f[1] == ObjType.BLOB and len(f[2]) > CHUNK_THRESHOLD
-
-    records = store.encode_verified(f for f in frames if not large(f))
-    verified = _Verified(wanted, [f[2] for f in frames if large(f)], records)
+    verified = verify(store, data, max_unpacked=(limits or Limits()).max_unpacked)
     (commits or _Commits()).write(store, verified)
-    return {"objects": len(frames), "bytes": len(data)}
+    return {"objects": verified.count, "bytes": len(data)}
 
 
 def _fetch_level(request: Request) -> int | None:
@@ -327,6 +274,7 @@ async def health(request: Request) -> Response:
             "store_format": STORE_FORMAT,
             "pack_version": pack.VERSION,
             "auth": state.tokens is not None,
+            "store_id": state.stores.store_id,
             **state.limits.as_dict,
         }
     )
@@ -363,7 +311,7 @@ async def send_pack(request: Request) -> Response:
     stores: _Stores = request.app.state.stores
 
     def go() -> dict[str, int]:
-        return ingest(stores.get(), data, stores.commits)
+        return ingest(stores.get(), data, stores.commits, request.app.state.limits)
 
     return JSONResponse(await run_in_threadpool(go))
 
@@ -371,12 +319,17 @@ async def send_pack(request: Request) -> Response:
 async def update_ref(request: Request) -> Response:
     _authorize(request, Scope.WRITE)
     name = refs.check_name(request.path_params["name"])
+    raw = await _body(request)
+    if len(raw) > MAX_REF_BODY:
+        raise RequestTooLarge(f"a ref update of {len(raw)} bytes exceeds the limit of {MAX_REF_BODY}")
     try:
-        body = json.loads(await _body(request))
+        body = json.loads(raw)
+        if not isinstance(body, dict) or not body.keys() <= {"new", "expected"}:
+            raise ValueError("not an object with keys new, expected")
         new = _oid_or_none(body.get("new"), "new")
         expected = _oid_or_none(body.get("expected"), "expected")
-    except (ValueError, AttributeError) as exc:
-        raise UsageError(f"ref update body must be JSON {{new, expected}}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
+        raise UsageError(f"ref update body must be JSON {{new, expected}}: {str(exc)[:100]}") from exc
     who = request.scope.get("cas.token") or "anonymous"
     old = await run_in_threadpool(
         lambda: request.app.state.stores.get().set_ref(
@@ -404,7 +357,7 @@ async def _cas_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # A bug, not a user error: keep the traceback for the operator, give the client JSON.
-    LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    LOG.error("%s %s failed", escaped(request.method), log_target(request.scope), exc_info=exc)
     return JSONResponse(
         {"error": "InternalError", "message": f"internal error: {type(exc).__name__}"},
         status_code=500,
@@ -418,6 +371,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         {"error": name, "message": f"{request.method} {request.url.path}: {exc.detail}".lower()},
         status_code=exc.status_code,
     )
+
+
+#: Every byte but printable ASCII (and the quote and backslash) is logged as \\xNN, so
+#: that one request is one line whatever its path holds (%0A, %00, invalid UTF-8).
+_ESCAPES = {i: f"\\x{i:02x}" for i in range(256) if not 0x21 <= i < 0x7F or i in (0x22, 0x5C)}
+#: Query parameters whose values are logged; any other value (a token passed as
+#: ?access_token=, a signature, ...) is logged as REDACTED.
+LOGGED_PARAMS = frozenset({b"prefix"})
+#: Anything shaped like a token (cas.server.auth: ``cas_`` + 43 URL-safe characters),
+#: wherever it appears in a target, percent-encoded or not.
+_TOKEN = re.compile(rb"cas_[A-Za-z0-9_%-]{20,}")
+
+
+def escaped(text: str | bytes) -> str:
+    """``text`` as one printable ASCII line (bytes are read as Latin-1)."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    return raw.decode("latin-1").translate(_ESCAPES)
+
+
+def log_target(scope: Mapping[str, Any]) -> str:
+    """The request target for the access log: the path as sent (still percent-encoded),
+    query values other than LOGGED_PARAMS redacted, everything escaped."""
+    path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    query = scope.get("query_string", b"")
+    if query:
+        parts = []
+        for item in query.split(b"&"):
+            name, sep, value = item.partition(b"=")
+            parts.append(item if not sep or not value or name.lower() in LOGGED_PARAMS else name + b"=REDACTED")
+        path += b"?" + b"&".join(parts)
+    return escaped(_TOKEN.sub(b"cas_REDACTED", path))
 
 
 class AccessLog:
@@ -441,14 +425,12 @@ class AccessLog:
                 return
             logged = True
             client = scope.get("client") or ("-", 0)
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{query}" if query else "")
             ACCESS_LOG.info(
                 '%s %s "%s %s" %d %d %.1fms',
                 client[0],
-                scope.get("cas.token") or "-",
-                scope["method"],
-                target,
+                escaped(str(scope.get("cas.token") or "-")),
+                escaped(scope["method"]),
+                log_target(scope),
                 status or 500,
                 sent,
                 (time.perf_counter() - start) * 1000,

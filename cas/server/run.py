@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
+from cas.server.protocol import LimitedHttpToolsProtocol
 from cas.server.redis_door import RedisOptions
 
 
@@ -36,14 +38,30 @@ def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def serve(
-    store_path: Path, tokens: Tokens | None, options: ServeOptions, announce: Callable[[], None] | None = None
-) -> None:
-    """Serve the store until interrupted (blocks); ``announce`` runs once the app is built
-    (so a misconfiguration is reported before anything claims to be serving).
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error (busy port, bad address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port, or stop what is using it",
+        ) from exc
 
-    uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
-    token name and bytes sent, which is what an operator audits.
+
+def serve(
+    store_path: Path,
+    tokens: Tokens | None,
+    options: ServeOptions,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve the store until interrupted (blocks).
+
+    The port is bound, the TLS files checked and the store opened before ``ready`` is
+    called (the CLI prints "serving ..." there), so a server that cannot start never
+    claims it did. uvicorn's own access log is off: ours (cas.server.app.AccessLog) also
+    records the token name and bytes sent, which is what an operator audits.
     """
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("TLS needs both --tls-cert and --tls-key")
@@ -51,8 +69,6 @@ def serve(
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
     app = create_app(store_path, tokens, options.limits, options.redis)
-    if announce is not None:
-        announce()
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False
@@ -66,6 +82,14 @@ def serve(
         log_level="info",
         # Pack uploads are large; keep connections open between the requests of a push.
         timeout_keep_alive=30,
-        h11_max_incomplete_event_size=64 << 10,
+        # Limits on request heads (431): uvicorn's own h11 limit does nothing with httptools.
+        http=LimitedHttpToolsProtocol,
     )
-    uvicorn.Server(config).run()
+    try:
+        config.load()  # TLS files are read here: a bad one fails now, not after "serving"
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot start the server: {exc}") from exc
+    sock = _listen(options.host, options.port)
+    if ready is not None:
+        ready()
+    uvicorn.Server(config).run(sockets=[sock])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cas import manifest
+from cas import manifest, provenance
 from cas.codec import ObjType
 from cas.config import identity
 from cas.digest import ObjectId
@@ -49,7 +49,7 @@ def fetch_partial(
         metadata = {
             "producer": "partial-pull",
             # the entries came from this remote: the trust policy treats the commit so
-            "remote": remote_name or walker.remote.url,
+            "remote": provenance.remote_identity(walker.remote),
             "partial_of": str(commit_id),
             "partial_of_ref": str(tip),
             "envs": env_list,

@@ -213,9 +213,12 @@ def fetch(
         fetch_partial(walker, wanted, envs, remote_name, result)
     else:
         received = fetch_full(walker, list(wanted.values()))
-        provenance.mark_remote(store, received, remote_name or remote.url)
+        provenance.mark_remote(store, received, provenance.remote_identity(remote))
+        remotes_config.note_server(store, remote.url, provenance.server_id_of(remote))
         result.tips = {n: o for n, o in wanted.items()}
         _track(store, wanted, remote_name, force, result)
+    if remote_name is not None and store.get_meta(CLONE_PENDING) == remote_name:
+        _finish_clone(store, remote.url, result.tips, envs is not None)
     result.stats.seconds = time.monotonic() - start
     return result
 
@@ -292,7 +295,7 @@ def pull(
         message=what,
         who=identity(),
         allow_conflicts=allow_conflicts,
-        remote=remote_name or remote.url,
+        remote=provenance.remote_identity(remote),
     )
     return fetched, done
 
@@ -308,12 +311,13 @@ def clone(
 ) -> Result:
     """Fill an empty store (no refs) from ``remote``: every branch and tag.
 
-    A clone cut half-way leaves a store without refs; cloning again resumes it.
+    A clone cut half-way leaves a store without local branches (meta ``clone.pending``);
+    cloning again, or fetching from the same remote, resumes it and makes them.
 
     ``url`` (if given) is recorded as the remote's config. HEAD becomes ``main`` when the
     remote has it, else its first branch.
     """
-    if store.list_refs():
+    if store.list_refs() and store.get_meta(CLONE_PENDING) != remote_name:
         raise UsageError(
             f"the store at {store.path} is not empty", hint="clone into a new directory"
         )
@@ -321,20 +325,32 @@ def clone(
     if url is not None and known.get(remote_name) != url:
         # Re-running a cut clone finds its own config: that resumes, not an error.
         remotes_config.add(store, remote_name, url)
-    fetched = fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress)
+    # Until the branches are made: a cut clone is finished by `cas clone` or `cas fetch`.
+    store.set_meta(CLONE_PENDING, remote_name)
+    return fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress)
+
+
+#: Meta key naming the remote of a clone not yet finished (its local branches not made).
+CLONE_PENDING = "clone.pending"
+
+
+def _finish_clone(store: Store, url: str, tips: dict[str, ObjectId], partial: bool) -> None:
+    """Make a clone's local branches (and a partial clone's tags), set HEAD, and mark the
+    clone done. Branches already made by a cut run are left as they are."""
     who = identity()
     branches = []
-    for name, tip in sorted(fetched.tips.items()):
-        if name.startswith(HEADS) or (envs is not None and store.get_ref(name) is None):
+    for name, tip in sorted(tips.items()):
+        if name.startswith(HEADS) or (partial and store.get_ref(name) is None):
             # A partial clone cannot hold the remote's tag objects: its tags are
             # lightweight tags of the local partial commits.
-            store.set_ref(name, tip, expected=None, who=who, message=f"clone from {remote.url}")
+            if store.get_ref(name) is None:
+                store.set_ref(name, tip, expected=None, who=who, message=f"clone from {url}")
             if name.startswith(HEADS):
                 branches.append(name)
     if branches:
         head = HEADS + DEFAULT_BRANCH if HEADS + DEFAULT_BRANCH in branches else branches[0]
         store.set_meta("HEAD", head)
-    return fetched
+    store.set_meta(CLONE_PENDING, None)
 
 
 __all__ = [

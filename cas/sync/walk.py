@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from cas import pack
+from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, RemoteError
-from cas.objects import Commit, Tag, decode_object
+from cas.objects import Commit, Tag
 from cas.remote.base import Remote, WireObject
 from cas.store import CHUNK_THRESHOLD, Store
 from cas.sync import negotiate
@@ -149,7 +149,7 @@ class Walker:
                     f"object {oid.short()} from {url} is a {otype.label}, expected {labels}", oid=oid
                 )
             if otype in STRUCTURED:
-                decode_object(otype, data)  # malformed bodies fail here, before staging
+                validate.check(otype, data)  # malformed bodies fail here, before staging
             seen.add(oid)
         absent = [o for o in asked if o not in seen]
         if absent:

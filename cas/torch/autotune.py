@@ -360,7 +360,7 @@ def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
     written = 0
     for rec in records:
         rel = str(rec.source.get("path", ""))
-        if not rel or rec.source.get("remote") or not _confined(rel):
+        if not rel or rec.source.get("remote") or not _confined(rel, Path(cache_dir)):
             continue
         if rec.op == "triton":
             _write(Path(cache_dir) / rel, json.dumps(rec.source["content"]).encode())
@@ -384,10 +384,13 @@ def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
     return written
 
 
-def _confined(rel: str) -> bool:
-    # A record names a path under the cache dir; one that could leave it is ignored.
+def _confined(rel: str, base: Path) -> bool:
+    # A record names a path under the cache dir; one that could leave it (``..``, an
+    # absolute path, a symlink pointing out) is ignored, as hydrate does for entry keys.
     parts = Path(rel).parts
-    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        return False
+    return (base / rel).resolve().is_relative_to(base.resolve())
 
 
 def _write(path: Path, data: bytes) -> None:

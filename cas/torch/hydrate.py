@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas import manifest
+from cas import entrykeys, manifest
 from cas.autotune import KIND as AUTOTUNE_RECORD
 from cas.digest import Hasher, ObjectId
 from cas.errors import CorruptObject
@@ -46,6 +46,8 @@ class HydrateResult:
     skipped_other_env: int = 0
     skipped_other_cpu: int = 0
     corrupt: int = 0
+    #: Entries whose key breaks its kind's grammar (cas.entrykeys): never written.
+    bad_keys: int = 0
     bytes_written: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     other_envs: dict[str, int] = field(default_factory=dict)
@@ -71,8 +73,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        if path.suffix == ".so":
-            os.chmod(tmp, 0o755)
+        os.chmod(tmp, kinds.file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -94,6 +95,11 @@ def matching_entries(
         elif ek.kind in kinds.CPU_BOUND_KINDS and ek.variant != cpu:
             result.skipped_other_cpu += 1
         elif ek.kind in kinds.ALL_KINDS or ek.kind == AUTOTUNE_RECORD:
+            problem = entrykeys.problem(ek.kind, ek.key)
+            if problem:
+                result.bad_keys += 1
+                warnings.warn(f"cas: skipping {ek}: {problem}", stacklevel=3)
+                continue
             out.append((ek, entry))
     return out
 
@@ -133,6 +139,7 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path) -> bool:
                 f.write(chunk)
         if hasher.digest() != entry.blob:
             raise CorruptObject(f"blob of {ek} is corrupt", oid=entry.blob)
+        os.chmod(tmp, kinds.file_mode(path))
         os.replace(tmp, path)
         return True
     except Exception as exc:  # corrupt or unreadable: skip this entry, keep the others
@@ -188,7 +195,7 @@ def hydrate(
             pch_dir = base = Path(pch_dir) if pch_dir is not None else torch_pch_dir()
         if ek.kind not in kinds.GUARDED_KINDS and ek.kind != "gemm_timing":
             # The path does not depend on the bytes: skip reading (a header is 150 MB).
-            path = base / kinds.path_for(ek.kind, ek.key, b"")
+            path = kinds.place(base, ek.kind, ek.key, b"")
             if path.exists():
                 result.present += 1
                 continue
@@ -207,7 +214,7 @@ def hydrate(
         if data is None:
             result.corrupt += 1
             continue
-        path = base / kinds.path_for(ek.kind, ek.key, data)
+        path = kinds.place(base, ek.kind, ek.key, data)
         if path.exists():
             if ek.kind != "gemm_timing":
                 result.present += 1

@@ -41,16 +41,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cas import entrykeys
+from cas.errors import BadEntryKey
+
 __all__ = [
     "ALL_KINDS",
     "CPU_BOUND_KINDS",
     "Found",
     "PCH_KINDS",
     "capture_window",
+    "file_mode",
     "compile_ms",
     "guards_of",
     "merge_gemm_timings",
     "path_for",
+    "place",
     "scan",
     "scan_pch",
     "variant_for",
@@ -165,6 +170,36 @@ def path_for(kind: str, key: str, content: bytes) -> str:
     if kind in ("autotune", "cpp_kernel", "cpp_pch"):
         return key
     raise ValueError(f"unknown artifact kind {kind!r}")
+
+
+def place(base: Path, kind: str, key: str, content: bytes) -> Path:
+    """``base / path_for(...)``, refused (BadEntryKey) unless the key matches its kind's
+    grammar and the path, symlinks resolved, lies inside ``base``."""
+    entrykeys.check(kind, key)
+    path = base / path_for(kind, key, content)
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise BadEntryKey(f"{kind} key {key[:80]!r} resolves outside {base}")
+    return path
+
+
+def file_mode(path: Path) -> int:
+    """The mode torch gives a file it writes there: 0o666 less the umask, 0o777 for a
+    shared library (it is built by the compiler, which makes it executable)."""
+    return (0o777 if path.suffix == ".so" else 0o666) & ~_UMASK
+
+
+def _umask() -> int:
+    # Read, not set-and-restore: os.umask() changes it for every thread meanwhile.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+_UMASK = _umask()
 
 
 def _files(d: Path) -> list[Path]:

@@ -8,14 +8,17 @@ Torch unpickles what its caches return, so an entry is code. The rule, kept simp
    hash-checked, so the whole snapshot is authenticated).
 2. Where a commit came from is decided from local facts only, first match wins:
    - ``origin.<commit hex>`` in the store's meta: ``local`` (written by cas when it
-     commits in this store: :func:`mark_local`) or ``remote:<name>`` (:func:`mark_remote`,
-     for sync to call when it receives commits);
-   - the commit's own metadata names a ``remote`` (sync's merge and partial-pull commits);
+     commits in this store: :func:`mark_local`) or ``remote:<identity>``
+     (:func:`mark_remote`, for sync to call when it receives commits; the identity is the
+     remote's URL and server id, never its name: cas.provenance);
+   - the commit's own metadata names a ``remote`` identity (sync's merge and
+     partial-pull commits);
    - the commit is reachable from ``refs/remotes/<name>/*`` of an untrusted remote:
      from that remote. Anything else is a local capture, always allowed.
-3. A remote is trusted when the meta key ``remote.<name>.trusted`` is ``true``
-   (:func:`set_remote_trusted`), or its configuration (cas.remotes_config) has the option
-   ``trusted=true``. Trusted keys are Ed25519 public keys listed in the meta
+3. A remote identity is trusted when its URL was given ``--trusted``
+   (cas.remotes_config.set_trusted; removing the remote drops it) and, once its server id
+   is pinned, the id matches. Bare names (older marks) use the meta key
+   ``remote.<name>.trusted`` (:func:`set_remote_trusted`). Trusted keys are Ed25519 public keys listed in the meta
    key ``trust.keys`` (:func:`add_trusted_key`); signatures need the ``cryptography``
    package, and without it no signature verifies (fail closed).
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from cas import provenance, refs
+from cas import provenance, refs, remotes_config
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import PolicyError
@@ -77,16 +80,19 @@ def mark_remote(store: Store, oids: list[ObjectId], remote: str) -> None:
     provenance.mark_remote(store, oids, remote)
 
 
-def remote_trusted(store: Store, name: str) -> bool:
-    """True if remote ``name`` is marked trusted (our meta key, or its config option)."""
-    if (store.get_meta(f"remote.{name}.trusted") or "").lower() == "true":
+def remote_trusted(store: Store, origin: str) -> bool:
+    """True if what came from ``origin`` may reach torch.
+
+    ``origin`` is a remote's identity (cas.provenance): trusted only if that URL was
+    trusted (``--trusted``) and, once pinned, by the same server. A bare name (a tracking
+    ref's remote, or a mark by older cas) is trusted by its by-name flag or its current
+    URL's trust.
+    """
+    if provenance.is_identity(origin):
+        return remotes_config.trust_of(store, origin) is not None
+    if (store.get_meta(f"remote.{origin}.trusted") or "").lower() == "true":
         return True
-    raw = store.get_meta("remotes")  # cas.remotes_config's table: {name: {"url", options}}
-    try:
-        options = json.loads(raw).get(name, {}) if raw else {}
-    except (ValueError, AttributeError):
-        return False
-    return str(options.get("trusted", "")).lower() == "true"
+    return remotes_config.is_trusted(store, origin)
 
 
 def set_remote_trusted(store: Store, name: str, trusted: bool = True) -> None:

@@ -34,7 +34,7 @@ def snapshot(store: Store, rnd: random.Random, parent: ObjectId | None, message:
     ids = store.put_many([(ObjType.BLOB, b) for b in blobs])
     env = store.put_object(Env({"device": "cpu", "writer": str(os.getpid())}))
     rows = sorted(
-        (EntryKey(env, "inductor", f"{message}/{i}"), Entry(oid, len(b)))
+        (EntryKey(env, "inductor", f"{message}-{i}"), Entry(oid, len(b)))
         for i, (oid, b) in enumerate(zip(ids, blobs, strict=True))
     )
     node = store.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))

@@ -57,7 +57,7 @@ def test_remote_add_list_remove(cli: Cli, tmp_path: Path) -> None:
     err = cli(a, "remote", "add", "origin", "/elsewhere", code=2).stderr
     assert "remote origin already exists" in err
     cli(a, "remote", "remove", "bucket")
-    assert cli(a, "remote", "list").stdout.split() == ["origin"]
+    assert cli(a, "remote", "list").stdout.split() == ["origin", "untrusted"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,94 @@
+"""uvicorn's httptools protocol with limits on a request's head (431 when passed).
+
+uvicorn enforces no limit on a request head when httptools parses it (its
+``h11_max_incomplete_event_size`` applies to h11 alone): a 256 MiB header line was read
+whole. This subclass counts the head as httptools parses it — the URL and each header
+through the parser's callbacks, and the raw bytes received while the head is still
+incomplete, which bounds what httptools buffers for one endless header — and answers
+431 with the server's JSON error body, then closes the connection, as soon as the head
+passes ``MAX_HEAD`` bytes or ``MAX_HEADERS`` headers. h11 was measured too: it enforces
+a size (as a 400) but parses bodies in pure Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+#: Largest request head (request line and headers), in bytes.
+MAX_HEAD = 64 << 10
+#: Most headers in one request.
+MAX_HEADERS = 100
+ACCESS_LOG = logging.getLogger("cas.server.access")
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol refusing request heads over MAX_HEAD bytes or MAX_HEADERS headers."""
+
+    _in_head = True
+    _raw = 0  # bytes received since the current head began
+    _head = 0  # bytes of URL and headers parsed so far
+    _count = 0
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._head, self._count = True, 0, 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        self._grow(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._raw = False, 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._raw = True, 0  # a pipelined request's head may follow
+        super().on_message_complete()
+
+    def _grow(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD or self._count > MAX_HEADERS:
+            raise _HeadTooLarge
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._raw += len(data)
+        super().data_received(data)  # _HeadTooLarge from a callback ends in send_400_response
+        if self._in_head and self._raw > MAX_HEAD and not self.transport.is_closing():
+            self._refuse()
+
+    def _refuse(self) -> None:
+        message = f"request head exceeds the server limit of {MAX_HEAD} bytes or {MAX_HEADERS} headers"
+        body = json.dumps({"error": "RequestTooLarge", "message": message}).encode()
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        client = self.client[0] if self.client else "-"
+        ACCESS_LOG.info('%s - "- -" 431 %d 0.0ms', client, len(body))
+        self.transport.write(head + body)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # A callback that raised _HeadTooLarge surfaces as a parser error: answer 431.
+        if self._head > MAX_HEAD or self._count > MAX_HEADERS:
+            self._refuse()
+        else:
+            super().send_400_response(msg)
+
+
+__all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol"]
