@@ -25,9 +25,17 @@ from cas.store import Store
 from cas_cli.context import Context, pass_ctx
 
 
-def _require_torch() -> None:
+def _require_torch(load: bool = True) -> None:
+    """Fail clearly without torch. ``load=False``: only check that it is installed (for
+    commands that do not need torch itself once cas knows this install's env)."""
     # torch warns on import when numpy is absent; numpy is not needed for compiling.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    if not load:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise TorchError("torch is not installed in this environment", hint="pip install torch")
+        return
     try:
         import torch  # noqa: F401
     except ImportError as exc:
@@ -73,7 +81,7 @@ def capture(ctx: Context, cache_dir: Path | None, message: str, branch: str) -> 
 @pass_ctx
 def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
     """Write the entries of REF that match this environment into a torch cache dir."""
-    _require_torch()
+    _require_torch(load=False)
     from cas.torch.hydrate import hydrate as do_hydrate
 
     res = do_hydrate(ctx.store, ref, cache_dir)
@@ -86,6 +94,14 @@ def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
         f"skipped: {res.skipped_other_env} of other envs, {res.skipped_other_cpu} of other CPUs, "
         f"{res.corrupt} corrupt"
     )
+    for line in _warmth_lines(res.warmth):
+        ctx.out.print(escape(line))
+
+
+def _warmth_lines(warmth: dict[str, Any]) -> list[str]:
+    if not warmth:
+        return []
+    return [warmth["headline"]] + [f"  {r['line']}" for r in warmth["rebuilds"]]
 
 
 @click.command("import-megacache")

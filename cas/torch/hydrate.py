@@ -50,6 +50,8 @@ class HydrateResult:
     other_envs: dict[str, int] = field(default_factory=dict)
     #: Precompiled headers still being written in the background (see ``background``).
     pending: int = 0
+    #: What torch will still rebuild here (:func:`cas.torch.warmth.predict`), as a dict.
+    warmth: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = field(default=None, repr=False, compare=False)
 
     def wait(self, timeout: float | None = None) -> HydrateResult:
@@ -166,6 +168,7 @@ def hydrate(
     result instead of raised.
     """
     from cas.torch.capture import torch_cache_dir, torch_pch_dir
+    from cas.torch.warmth import predict
 
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
@@ -176,6 +179,7 @@ def hydrate(
     result = HydrateResult(commit=commit, cache_dir=str(root_dir))
     env = env or current_env()
     root = load_commit(store, commit).manifest
+    result.warmth = predict(store, root, env, cpu_fingerprint()).to_dict()
     deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
     for ek, entry in matching_entries(store, root, env, result):
         base = root_dir
