@@ -194,6 +194,7 @@ def fetch(
     envs: set[ObjectId] | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> Result:
     """Bring the remote's branches and tags into the store.
 
@@ -210,7 +211,7 @@ def fetch(
     }
     walker = Walker(store, remote, result.stats, progress)
     if envs is not None:
-        fetch_partial(walker, wanted, envs, remote_name, result)
+        fetch_partial(walker, wanted, envs, remote_name, result, cpu_variant)
     else:
         received = fetch_full(walker, list(wanted.values()))
         provenance.mark_remote(store, received, remote_name or remote.url)
@@ -273,6 +274,7 @@ def pull(
     force: bool = False,
     allow_conflicts: bool = False,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> tuple[Result, Integration]:
     """Fetch, then bring local ``branch`` up to the remote's ``remote_branch``.
 
@@ -280,7 +282,8 @@ def pull(
     three-way merge under the per-kind rules (sync.merge.integrate).
     """
     fetched = fetch(
-        store, remote, remote_name=remote_name, envs=envs, force=force, progress=progress
+        store, remote, remote_name=remote_name, envs=envs, force=force, progress=progress,
+        cpu_variant=cpu_variant,
     )
     other = remote_branch or branch
     theirs = remote_branch_tip(fetched, other)
@@ -305,6 +308,7 @@ def clone(
     url: str | None = None,
     envs: set[ObjectId] | None = None,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> Result:
     """Fill an empty store (no refs) from ``remote``: every branch and tag.
 
@@ -321,7 +325,8 @@ def clone(
     if url is not None and known.get(remote_name) != url:
         # Re-running a cut clone finds its own config: that resumes, not an error.
         remotes_config.add(store, remote_name, url)
-    fetched = fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress)
+    fetched = fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress,
+                    cpu_variant=cpu_variant)
     who = identity()
     branches = []
     for name, tip in sorted(fetched.tips.items()):
