@@ -45,7 +45,8 @@ class Rebuild:
 
     def line(self) -> str:
         tool = "g++" if self.kind.startswith("cpp") else "compile"
-        return f"{self.reason}: ~{self.seconds:.0f} s of {tool}"
+        cost = f"~{self.seconds:.0f} s" if self.seconds >= 1 else "<1 s"
+        return f"{self.reason}: {cost} of {tool}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": self.count, "reason": self.reason,
