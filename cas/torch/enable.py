@@ -269,7 +269,11 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
         # hydrate warns once per skipped entry; a process gets one warning in all.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None)
+            # Headers (~150 MB) are written while the program goes on, under torch's own
+            # lock for each: torch waits for one it reaches; one never reached is dropped
+            # at exit, so a program that does not compile does not pay for it.
+            result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None,
+                             background=True)
     except Exception as exc:  # hydrate is an optimisation; the live path still serves
         warn_once("hydrate", f"hydrate failed ({exc}); serving through the live backend only")
         return
@@ -284,6 +288,7 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
         "present": result.present,
         "skipped_other_env": result.skipped_other_env,
         "corrupt": result.corrupt,
+        "pending": result.pending,
         "warmth": result.warmth,
     }
 

@@ -56,7 +56,9 @@ def _record(door: str, ma: dict[str, Any]) -> Path:
     if door == "enable":
         a.program("--enable", str(store))
     elif door == "backend":
-        a.program("--backend", "cas", extra={"CAS_DIR": str(store)})
+        proc = a.run(sys.executable, str(PROGRAM), "--backend", "cas", extra={"CAS_DIR": str(store)})
+        # backend="cas" ends by saying how warm the start was (A's own caches: fully).
+        assert "cas: start: fully warm" in proc.stderr, proc.stderr[-3000:]
     else:
         a.cas(store, "init")
         a.cas(store, "capture", "--cache-dir", str(a.root / "cache"), "-m", "after the fact")
