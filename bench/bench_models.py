@@ -149,7 +149,7 @@ def run(models: list[str], work: Path) -> dict[str, Any]:
         print(f"{m}: cas new machine ...", file=sys.stderr)
         out[m]["cas new machine"] = _measure([CAS, "--store", str(work / "store-b"), "--json", "run", "--ref",
                                               "main", "--", *me, m], _machine(work / f"b-{m}"))
-    out["bytes"] = {"push_wire": pushed.get("wire_bytes"), "clone_wire": cloned.get("wire_bytes"),
+    out["bytes"] = {"push_wire": pushed.get("wire_bytes"), "clone_wire": cloned.get("wire_bytes") or cloned.get("bytes"),
                     "clone_raw": cloned.get("bytes"), "headers_raw": _header_bytes(work / "store-b")}
     return out
 

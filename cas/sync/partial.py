@@ -36,8 +36,6 @@ def fetch_partial(
     """
     store = walker.store
     env_list = sorted(str(e) for e in envs)
-    if cpu_variant is not None:
-        env_list.append(cpu_variant)  # part of what the partial commit selected
     for name, tip in sorted(wanted.items()):
         ref = tracking_ref(remote_name or "_", name) if remote_name else None
         old = store.get_ref(ref) if ref else None
@@ -62,6 +60,8 @@ def fetch_partial(
             "partial_of_ref": str(tip),
             "envs": env_list,
         }
+        if cpu_variant is not None:
+            metadata["cpu"] = cpu_variant
         local = make_commit(
             store,
             root,
