@@ -16,6 +16,15 @@ def default_store_path() -> Path:
     return Path(base) / "cas"
 
 
+def torch_env_cache_dir() -> Path:
+    """Where cas keeps what it computed once per torch install (``$CAS_TORCH_ENV_CACHE``,
+    else ``${XDG_CACHE_HOME:-~/.cache}/cas-torch-env``)."""
+    if env := os.environ.get("CAS_TORCH_ENV_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cas-torch-env"
+
+
 def identity() -> str:
     """Who is acting: ``$CAS_AUTHOR``, else ``user@host``."""
     if env := os.environ.get("CAS_AUTHOR"):

@@ -127,6 +127,16 @@ def _envs(store: Store | None, values: tuple[str, ...]) -> set[ObjectId] | None:
     return out
 
 
+def _cpu(values: tuple[str, ...]) -> str | None:
+    """With ``--env current``, this CPU's variant: CPU-bound entries (C++ kernels,
+    precompiled headers) of other CPU models are then left on the remote."""
+    if "current" not in values:
+        return None
+    from cas.torch.env import cpu_fingerprint
+
+    return f"cpu-{cpu_fingerprint()}"
+
+
 def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any] | None = None) -> None:
     s = result.stats
     data = {"action": verb, **result.to_dict(), **(extra or {})}
@@ -219,7 +229,8 @@ def remote_list(ctx: Context, verbose: bool) -> None:
 
 _env_option = click.option(
     "--env", "envs", multiple=True, metavar="ENV",
-    help="Fetch only entries of this env: 'current' (this machine) or an env id. Repeatable.",
+    help="Fetch only entries of this env: 'current' (this machine, and of C++ kernels and "
+         "headers only those for this CPU) or an env id. Repeatable.",
 )
 
 
@@ -234,7 +245,7 @@ def fetch(ctx: Context, remote: str | None, envs: tuple[str, ...], force: bool) 
     feedback = Feedback(ctx)
     try:
         result = sync.fetch(ctx.store, r, remote_name=name, envs=_envs(ctx.store, envs),
-                            force=force, progress=feedback)
+                            force=force, progress=feedback, cpu_variant=_cpu(envs))
     finally:
         feedback.close()
         r.close()
@@ -258,7 +269,7 @@ def pull(ctx: Context, remote: str | None, branch: str | None, envs: tuple[str, 
     try:
         result, done = sync.pull(store, r, branch=local, remote_name=name,
                                  envs=_envs(store, envs), force=force,
-                                 allow_conflicts=ours, progress=feedback)
+                                 allow_conflicts=ours, progress=feedback, cpu_variant=_cpu(envs))
     finally:
         feedback.close()
         r.close()
@@ -343,7 +354,7 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
             remotes_config.set_trusted(store, remote_name, trusted, url=_absolute(url))
             try:
                 result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
-                                    progress=feedback)
+                                    progress=feedback, cpu_variant=_cpu(envs))
             except BaseException:
                 # Nothing received: leave nothing behind. Something received: keep it, so
                 # that `cas clone` again (or `cas fetch`) resumes from there.

@@ -6,12 +6,7 @@ the store commands stay fast and work without torch.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,13 +16,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from cas.errors import TorchError, UsageError
-from cas.store import Store
 from cas_cli.context import Context, pass_ctx
 
 
-def _require_torch() -> None:
+def _require_torch(load: bool = True) -> None:
+    """Fail clearly without torch. ``load=False``: only check that it is installed (for
+    commands that do not need torch itself once cas knows this install's env)."""
     # torch warns on import when numpy is absent; numpy is not needed for compiling.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    if not load:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise TorchError("torch is not installed in this environment", hint="pip install torch")
+        return
     try:
         import torch  # noqa: F401
     except ImportError as exc:
@@ -73,7 +75,7 @@ def capture(ctx: Context, cache_dir: Path | None, message: str, branch: str) -> 
 @pass_ctx
 def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
     """Write the entries of REF that match this environment into a torch cache dir."""
-    _require_torch()
+    _require_torch(load=False)
     from cas.torch.hydrate import hydrate as do_hydrate
 
     res = do_hydrate(ctx.store, ref, cache_dir)
@@ -86,6 +88,14 @@ def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
         f"skipped: {res.skipped_other_env} of other envs, {res.skipped_other_cpu} of other CPUs, "
         f"{res.corrupt} corrupt, {res.bad_keys} with unsafe keys"
     )
+    for line in _warmth_lines(res.warmth):
+        ctx.out.print(escape(line))
+
+
+def _warmth_lines(warmth: dict[str, Any]) -> list[str]:
+    if not warmth:
+        return []
+    return [warmth["headline"]] + [f"  {r['line']}" for r in warmth["rebuilds"]]
 
 
 @click.command("import-megacache")
@@ -131,75 +141,10 @@ def export_megacache(ctx: Context, ref: str, output: Path) -> None:
         ctx.out.print(_kinds_table(f"wrote {output} ({len(data)} bytes)", counts))
 
 
-# --- demo ----------------------------------------------------------------------------------
-
-
-def _phase(ctx: Context, phase: str, machine: Path, extra: list[str]) -> dict[str, Any]:
-    # A fresh "machine": empty torch cache dir, and an empty $TMPDIR, under which torch
-    # keeps its default dir (precompiled headers), so nothing is shared between phases.
-    (machine / "tmp").mkdir(parents=True)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(machine / "cache"), TMPDIR=str(machine / "tmp"))
-    cmd = [sys.executable, "-m", "cas.torch.demo", "--store", str(ctx.store_path), "--phase", phase, *extra]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("CAS-DEMO "):
-            out: dict[str, Any] = json.loads(line[len("CAS-DEMO "):])
-            out["process_s"] = time.perf_counter() - start
-            return out
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    raise TorchError(f"demo {phase} process failed (exit {proc.returncode}): {tail[0]}")
-
-
-def _hits(counters: dict[str, dict[str, int]]) -> str:
-    ind, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
-    return (f"fx graph hit {ind.get('fxgraph_cache_hit', 0)} miss {ind.get('fxgraph_cache_miss', 0)}, "
-            f"aot autograd hit {aot.get('autograd_cache_hit', 0)} miss {aot.get('autograd_cache_miss', 0)}")
-
-
-@click.command()
-@click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True)
-@click.option("--small", is_flag=True, help="A smaller model (faster; for tests).")
-@click.option("-b", "--branch", default="main", show_default=True)
-@pass_ctx
-def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
-    """Compile a model cold with capture, then start a fresh process warm from the store."""
-    _require_torch()
-    if not (ctx.store_path / "data.mdb").exists():
-        ctx.info(f"creating store {ctx.store_path}")
-        Store.init(ctx.store_path).close()
-    extra = ["--model", model, "--branch", branch, "--ref", branch] + (["--small"] if small else [])
-    with tempfile.TemporaryDirectory(prefix="cas-demo-") as tmp:
-        ctx.info(f"1/2 compiling {model} cold in a fresh process (empty torch caches), capturing into {ctx.store_path} ...")
-        cold = _phase(ctx, "cold", Path(tmp) / "cold", extra)
-        cap = cold["capture"]
-        ctx.info(f"    first call {cold['first_call_s']:.2f} s; captured {cap['added']} new entries {cap['by_kind']}")
-        ctx.info("2/2 fresh process, empty torch caches: hydrate from the store, then compile ...")
-        warm = _phase(ctx, "warm", Path(tmp) / "warm", extra)
-    warm_total = warm["hydrate_s"] + warm["first_call_s"]
-    data = {"model": model, "store": str(ctx.store_path), "branch": branch,
-            "commit": cap["commit"], "cold": cold, "warm": warm,
-            "speedup": cold["first_call_s"] / warm_total if warm_total else None}
-    ctx.emit(data, None)
-    if ctx.as_json:
-        return
-    table = Table(title=f"cas demo: {model}, first compiled call", show_edge=False)
-    for col in ("run", "hydrate", "first call", "total", "caches"):
-        table.add_column(col)
-    table.add_row("cold", "-", f"{cold['first_call_s']:.2f} s", f"{cold['first_call_s']:.2f} s",
-                  _hits(cold["counters"]))
-    table.add_row("warm from cas", f"{warm['hydrate_s']:.2f} s", f"{warm['first_call_s']:.2f} s",
-                  f"{warm_total:.2f} s", _hits(warm["counters"]))
-    ctx.out.print(table)
-    commit = cap["commit"] or "(nothing new; entries were already in the store)"
-    ctx.out.print(f"hydrated {warm['hydrate']['written']} entries {warm['hydrate']['by_kind']}; "
-                  f"speedup {data['speedup']:.1f}x; capture commit {commit} on {branch}")
-
-
 # `run` and `explain` (the live backend's commands) are registered by the other torch
 # engineer below; add them to the tuple in register().
 
-COMMANDS: tuple[click.Command, ...] = (capture, hydrate, import_megacache, export_megacache, demo)
+COMMANDS: tuple[click.Command, ...] = (capture, hydrate, import_megacache, export_megacache)
 
 
 def register(cli: click.Group) -> None:

@@ -86,7 +86,20 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         total["recorded"] += int((s.get("live") or {}).get("recorded", 0))
         total["hydrated"] += int((s.get("hydrated") or {}).get("written", 0))
         total["commits"].extend(s.get("commits") or [])
+    total["warmth"] = _warmth(lines)
     return total
+
+
+def _warmth(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' warmth reports as one: what torch rebuilt, and what hydrate said
+    it would (the toolchain lines only hydrate can tell apart)."""
+    from cas.torch.warmth import combine
+
+    seen = [s.get("warmth") or {} for s in lines]
+    out = combine(seen).to_dict()
+    predicted = combine([w.get("predicted") or {} for w in seen])
+    out["predicted"] = predicted.to_dict()
+    return out
 
 
 def _read_stats(path: Path) -> list[dict[str, Any]]:
@@ -112,7 +125,13 @@ def _summary_text(t: dict[str, Any], record: str | None) -> str:
     if record:
         commits = ", ".join(c[:12] for c in t["commits"]) or "no commit: nothing new"
         text += f"; {t['recorded']} new entries recorded on {record} ({commits})"
-    return text
+    warmth = t["warmth"]
+    lines = [text, f"cas run: {warmth['headline']}"]
+    lines += [f"  {r['line']}" for r in warmth["rebuilds"]]
+    known = {r["reason"] for r in warmth["rebuilds"]}
+    lines += [f"  expected: {r['line']}" for r in warmth["predicted"]["rebuilds"]
+              if "compiler" in r["reason"] and r["reason"] not in known]
+    return "\n".join(lines)
 
 
 def register(cli: click.Group) -> None:

@@ -62,9 +62,17 @@ def cli(ctx: click.Context, store_path: Path | None, as_json: bool, quiet: bool)
 
 
 def _register() -> None:
-    from cas_cli import cmd_autotune, cmd_remote, cmd_serve, cmd_store, cmd_torch, cmd_torch_run
+    from cas_cli import (
+        cmd_autotune,
+        cmd_demo,
+        cmd_remote,
+        cmd_serve,
+        cmd_store,
+        cmd_torch,
+        cmd_torch_run,
+    )
 
-    for module in (cmd_store, cmd_torch, cmd_torch_run, cmd_remote, cmd_serve, cmd_autotune):
+    for module in (cmd_store, cmd_torch, cmd_torch_run, cmd_demo, cmd_remote, cmd_serve, cmd_autotune):
         module.register(cli)
 
 

@@ -20,8 +20,13 @@ def fetch_partial(
     envs: set[ObjectId],
     remote_name: str | None,
     result: Result,
+    cpu_variant: str | None = None,
 ) -> None:
     """Fetch only the entries of ``envs``, as local commits (docs/sync.md, Partial pulls).
+
+    With ``cpu_variant`` (``cpu-<fingerprint>``), entries built for one CPU model (their
+    variant starts with ``cpu-``: C++ kernels, precompiled headers, GEMM timings) are
+    fetched only for that CPU: a 150 MB header travels only to a machine it fits.
 
     The remote's commit cannot be stored here (its manifest would be incomplete), so
     each remote ref becomes a local commit whose manifest is the selected entries, with
@@ -42,7 +47,8 @@ def fetch_partial(
         # would read as "every other env's entries were deleted".
         parents = [old] if old is not None and "partial_of" in meta else []
         commit_id, commit = fetch_top(walker, tip)
-        selected = [(k, e) for k, e in remote_entries(walker, commit.manifest) if k.env in envs]
+        selected = [(k, e) for k, e in remote_entries(walker, commit.manifest)
+                    if k.env in envs and _fits(k, cpu_variant)]
         walker.leaves({**{e.blob: e.size for _, e in selected}, **{k.env: 0 for k, _ in selected}})
         root = manifest.build(store, selected)
 
@@ -54,6 +60,8 @@ def fetch_partial(
             "partial_of_ref": str(tip),
             "envs": env_list,
         }
+        if cpu_variant is not None:
+            metadata["cpu"] = cpu_variant
         local = make_commit(
             store,
             root,
@@ -65,6 +73,10 @@ def fetch_partial(
         if ref:
             store.set_ref(ref, local, expected=old, who=identity(), message="partial fetch")
             result.updates.append(RefUpdate(ref, old, local, "partial", f"of {commit_id.short()}"))
+
+
+def _fits(key: EntryKey, cpu_variant: str | None) -> bool:
+    return cpu_variant is None or not key.variant.startswith("cpu-") or key.variant == cpu_variant
 
 
 def fetch_top(walker: Walker, tip: ObjectId) -> tuple[ObjectId, Commit]:

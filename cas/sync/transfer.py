@@ -194,6 +194,7 @@ def fetch(
     envs: set[ObjectId] | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> Result:
     """Bring the remote's branches and tags into the store.
 
@@ -210,7 +211,7 @@ def fetch(
     }
     walker = Walker(store, remote, result.stats, progress)
     if envs is not None:
-        fetch_partial(walker, wanted, envs, remote_name, result)
+        fetch_partial(walker, wanted, envs, remote_name, result, cpu_variant)
     else:
         received = fetch_full(walker, list(wanted.values()))
         provenance.mark_remote(store, received, provenance.remote_identity(remote))
@@ -276,6 +277,7 @@ def pull(
     force: bool = False,
     allow_conflicts: bool = False,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> tuple[Result, Integration]:
     """Fetch, then bring local ``branch`` up to the remote's ``remote_branch``.
 
@@ -283,7 +285,8 @@ def pull(
     three-way merge under the per-kind rules (sync.merge.integrate).
     """
     fetched = fetch(
-        store, remote, remote_name=remote_name, envs=envs, force=force, progress=progress
+        store, remote, remote_name=remote_name, envs=envs, force=force, progress=progress,
+        cpu_variant=cpu_variant,
     )
     other = remote_branch or branch
     theirs = remote_branch_tip(fetched, other)
@@ -308,6 +311,7 @@ def clone(
     url: str | None = None,
     envs: set[ObjectId] | None = None,
     progress: ProgressFn | None = None,
+    cpu_variant: str | None = None,
 ) -> Result:
     """Fill an empty store (no refs) from ``remote``: every branch and tag.
 
@@ -327,7 +331,8 @@ def clone(
         remotes_config.add(store, remote_name, url)
     # Until the branches are made: a cut clone is finished by `cas clone` or `cas fetch`.
     store.set_meta(CLONE_PENDING, remote_name)
-    return fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress)
+    return fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress,
+                 cpu_variant=cpu_variant)
 
 
 #: Meta key naming the remote of a clone not yet finished (its local branches not made).

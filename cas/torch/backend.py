@@ -10,6 +10,9 @@ the process (see :func:`cas.torch.enable.enable`) with settings from the environ
   branch that newly compiled artifacts are committed to at exit; ``CAS_RECORD=""`` turns
   recording off.
 
+At exit it logs (logger ``cas``, level WARNING, so Python shows it by default) whether
+the start was fully warm and what torch rebuilt (:mod:`cas.torch.warmth`).
+
 Then it hands the graph to Inductor (``compile_fx``) with ``mode`` and ``options``
 turned into Inductor config patches, as ``backend="inductor"`` would. If cas cannot be
 used, this is plain Inductor plus one warning.
@@ -17,6 +20,8 @@ used, this is plain Inductor plus one warning.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 from typing import Any
 
@@ -39,7 +44,19 @@ def _ensure_enabled() -> None:
         return
     ref = env_value("CAS_REF") or "main"
     record = env_value("CAS_RECORD", SAME_BRANCH)
-    enable(None, ref=ref, record=record or None)
+    session = enable(None, ref=ref, record=record or None)
+    if session.enabled:
+        atexit.register(_report, session)
+
+
+def _report(session: Any) -> None:
+    """At exit: log how warm the start was (logger ``cas``; shown by default)."""
+    try:
+        warmth = session.warmth()
+    except Exception:  # exit path: nothing sensible to report to
+        return
+    lines = [f"cas: {warmth['headline']}"] + [f"  {r['line']}" for r in warmth["rebuilds"]]
+    logging.getLogger("cas").warning("\n".join(lines))
 
 
 def _config_patches(mode: str | None, options: dict[str, Any] | None) -> dict[str, Any]:

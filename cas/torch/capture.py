@@ -29,7 +29,7 @@ from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import kinds, megacache
+from cas.torch import cxx, kinds, megacache
 from cas.torch.env import cpu_fingerprint, current_env
 
 __all__ = [
@@ -67,23 +67,17 @@ class CaptureResult:
 
 
 def torch_cache_dir() -> Path:
-    """Torch's cache dir for this process (``TORCHINDUCTOR_CACHE_DIR`` or its default)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    """Torch's cache dir for this process (``TORCHINDUCTOR_CACHE_DIR`` or its default),
+    derived as torch derives it, without importing torch."""
+    from cas.config import env_value
 
-    return Path(cache_dir())
+    found = env_value("TORCHINDUCTOR_CACHE_DIR")
+    return Path(found) if found else cxx.default_cache_dir()
 
 
 def torch_pch_dir() -> Path:
     """Where torch keeps precompiled headers: under its *default* cache dir."""
-    from torch._inductor import codecache
-
-    # _HEADER_DIR is fixed when codecache is imported; fall back to how torch derives it.
-    found = getattr(codecache, "_HEADER_DIR", None)
-    if found:
-        return Path(found)
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return Path(default_cache_dir()) / "precompiled_headers"
+    return cxx.header_dir()
 
 
 def process_artifacts() -> list[Artifact]:
@@ -97,12 +91,13 @@ def process_artifacts() -> list[Artifact]:
 
 
 def dir_artifacts(cache_dir: Path, pch_dir: Path | None = None) -> list[Artifact]:
-    """Every artifact in a torch cache dir, read into memory, plus the precompiled
-    headers in ``pch_dir`` built while that cache dir was being filled."""
+    """Every artifact in a torch cache dir, read into memory, plus the finished
+    precompiled headers in ``pch_dir`` (all of them: each is named by torch for the
+    compiler, flags and header it fits, and travels once per CPU, see
+    :mod:`cas.torch.cxx`)."""
     found_all = list(kinds.scan(cache_dir))
-    since = kinds.capture_window(found_all)
-    if pch_dir is not None and since is not None:
-        found_all += kinds.scan_pch(pch_dir, since)
+    if pch_dir is not None:
+        found_all += cxx.headers(pch_dir)
     out = []
     for found in found_all:
         try:
@@ -136,6 +131,7 @@ def commit_artifacts(
     env = env or current_env()
     env_id = store.put_object(env)
     cpu = cpu_fingerprint()
+    tools: dict[str, str] | None = None
     root = _tip_root(store, branch)
     chosen: dict[EntryKey, tuple[Artifact, str | None]] = {}
     result = CaptureResult(commit=None, env=env_id)
@@ -156,7 +152,11 @@ def commit_artifacts(
     spent_ms = 0
     for (ek, (art, guards)), oid in zip(chosen.items(), blobs, strict=True):
         ms = kinds.compile_ms(ek.kind, art.content)
-        changes[ek] = Entry(oid, len(art.content), guards, {"compile_ms": ms} if ms is not None else {})
+        meta: dict[str, Any] = {"compile_ms": ms} if ms is not None else {}
+        if ek.kind in cxx.TOOLCHAIN_KINDS:
+            tools = cxx.toolchain() if tools is None else tools
+            meta.update(tools)
+        changes[ek] = Entry(oid, len(art.content), guards, meta)
         # Inductor entries only: an AOT entry's time already includes its FX graphs'.
         spent_ms += ms if ms is not None and ek.kind == "inductor" else 0
         result.by_kind[ek.kind] = result.by_kind.get(ek.kind, 0) + 1

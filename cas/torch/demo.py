@@ -1,17 +1,14 @@
-"""The models of the demo (and the tests and benchmark), and one demo phase per process.
+"""The models of the demo (and the tests and benchmark), and the demo's program.
 
-``python -m cas.torch.demo --store S --phase cold`` compiles the MLP in an empty torch
-cache dir and captures what it produced; ``--phase warm --ref R`` hydrates from the store
-into an empty cache dir first. Each prints one JSON line prefixed ``CAS-DEMO``:
-first-call time, hydrate time and torch's cache counters. ``cas demo`` runs both phases
-in fresh processes, so the warm start measured is the honest one a new machine gets.
+``python -m cas.torch.demo [--model mlp] [--small]`` compiles the model, calls it once
+and prints one JSON line prefixed ``CAS-DEMO``: first-call time and torch's cache
+counters. ``cas demo`` runs it under ``cas run`` on two "machines" (see the command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from typing import Any
@@ -90,43 +87,18 @@ def cache_counters() -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in counters.items() if k in ("inductor", "aot_autograd")}
 
 
-def _phase(args: argparse.Namespace) -> dict[str, Any]:
-    from cas.store import Store
-    from cas.torch.capture import capture, torch_cache_dir
-    from cas.torch.hydrate import hydrate
-
-    out: dict[str, Any] = {"phase": args.phase, "cache_dir": str(torch_cache_dir())}
-    if args.phase == "warm":
-        t0 = time.perf_counter()
-        with Store(args.store) as store:
-            res = hydrate(store, args.ref, background=True)
-        out["hydrate_s"] = time.perf_counter() - t0
-    out["first_call_s"] = first_call(args.model, small=args.small)
-    if args.phase == "warm":
-        res.wait()
-        out["hydrate"] = {"written": res.written, "by_kind": res.by_kind,
-                          "skipped_other_env": res.skipped_other_env}
-    out["counters"] = cache_counters()
-    if args.phase == "cold":
-        with Store(args.store) as store:
-            cap = capture(store, branch=args.branch, message=f"demo: {args.model} cold compile",
-                          compile_seconds=out["first_call_s"])
-        out["capture"] = cap.to_dict()
-    return out
-
-
 def main() -> None:
+    """The demo's program: compile the model, call it once, print one ``CAS-DEMO`` line.
+
+    It knows nothing of cas: ``cas demo`` runs it under ``cas run``, as a user would.
+    """
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     p = argparse.ArgumentParser(prog="python -m cas.torch.demo")
-    p.add_argument("--store", required=True)
-    p.add_argument("--phase", choices=["cold", "warm"], required=True)
-    p.add_argument("--ref", default="main")
-    p.add_argument("--branch", default="main")
     p.add_argument("--model", default="mlp", choices=["mlp", "transformer"])
     p.add_argument("--small", action="store_true")
-    out = _phase(p.parse_args())
-    print("CAS-DEMO " + json.dumps(out), flush=True)
-    os._exit(0)  # torch's interpreter teardown is slow and everything is written
+    args = p.parse_args()
+    seconds = first_call(args.model, small=args.small)
+    print("CAS-DEMO " + json.dumps({"first_call_s": seconds, "counters": cache_counters()}), flush=True)
 
 
 if __name__ == "__main__":

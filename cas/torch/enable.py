@@ -25,6 +25,7 @@ from typing import Any
 from cas.digest import ObjectId
 from cas.errors import CasError, PolicyError, RefNotFound
 from cas.store import Store
+from cas.torch.hooks import after_import
 from cas.torch.live import LiveCache, install, uninstall, warn_once
 
 __all__ = ["SAME_BRANCH", "Session", "active_session", "bootstrap_from_env", "enable"]
@@ -53,6 +54,7 @@ class Session:
     commits: list[ObjectId] = field(default_factory=list)
     closed: bool = False
     owns_store: bool = True
+    installed: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -85,13 +87,32 @@ class Session:
             out["live"] = self.live.stats.to_dict()
         return out
 
+    def warmth(self) -> dict[str, Any]:
+        """How warm this process's start was, so far: what torch built or compiled
+        (:func:`cas.torch.warmth.observed`) and what hydrate predicted it would."""
+        from cas.torch import cxx
+        from cas.torch.warmth import observed
+
+        seen: dict[str, dict[str, int]] = {}
+        if "torch._dynamo" in sys.modules:  # else nothing was compiled
+            try:
+                from torch._dynamo.utils import counters
+
+                seen = {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}
+            except Exception:
+                seen = {}
+        out = observed(cxx.built_here(), seen).to_dict()
+        out["predicted"] = (self.hydrated or {}).get("warmth") or {}
+        out["counters"] = seen
+        return out
+
     def close(self) -> None:
         """Flush, take the live backend out of torch, and close the store."""
         global _active
         if self.closed:
             return
         self.flush()
-        if self.live is not None:
+        if self.installed:
             uninstall()
         if self.store is not None and self.owns_store:
             self.store.close()
@@ -143,9 +164,9 @@ def enable(
         _start(session, store, hydrate=hydrate, live=live, cache_dir=cache_dir, message=message)
     except Exception as exc:  # enable never raises: torch compiles without cas
         warn_once("enable", f"cannot use the store ({exc}); compiling without cas")
-        if session.live is not None:
+        if session.installed:
             uninstall()
-            session.live = None
+        session.live = None
     with _lock:
         _active = session
     if record is not None:
@@ -163,8 +184,11 @@ def _start(
     message: str | None,
 ) -> None:
     from cas.refs import load_commit
+    from cas.torch import cxx
     from cas.torch.env import current_env
     from cas.torch.policy import check_ref_allowed
+
+    cxx.track()  # the C++ files torch will ask for, by name, for record and the summary
 
     try:
         opened, session.store_path = _open_store(store, create=session.record is not None)
@@ -203,7 +227,9 @@ def _start(
             base=session.commit,
             cache_dir=cache_dir if cache_dir is not None else _torch_cache_dir(),
         )
-        install(session.live)
+        # Installed once torch imports dynamo (before its first compile), so a program
+        # that never compiles never imports the dynamo/inductor stack for cas.
+        after_import("torch._dynamo", lambda _module: _install(session))
 
 
 def _branch_of(store: Store, ref: str) -> str | None:
@@ -220,9 +246,19 @@ def _branch_of(store: Store, ref: str) -> str | None:
 
 
 def _torch_cache_dir() -> str:
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    from cas.torch.capture import torch_cache_dir
 
-    return cache_dir()
+    return str(torch_cache_dir())
+
+
+def _install(session: Session) -> None:
+    if session.live is None or session.closed:
+        return
+    try:
+        install(session.live)
+        session.installed = True
+    except Exception as exc:  # inside the user's import of torch._dynamo: never raise
+        warn_once("install", f"cannot serve torch's caches ({exc}); compiling without the live backend")
 
 
 def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] | None) -> None:
@@ -233,7 +269,11 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
         # hydrate warns once per skipped entry; a process gets one warning in all.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None)
+            # Headers (~150 MB) are written while the program goes on, under torch's own
+            # lock for each: torch waits for one it reaches; one never reached is dropped
+            # at exit, so a program that does not compile does not pay for it.
+            result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None,
+                             background=True)
     except Exception as exc:  # hydrate is an optimisation; the live path still serves
         warn_once("hydrate", f"hydrate failed ({exc}); serving through the live backend only")
         return
@@ -248,6 +288,8 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
         "present": result.present,
         "skipped_other_env": result.skipped_other_env,
         "corrupt": result.corrupt,
+        "pending": result.pending,
+        "warmth": result.warmth,
     }
 
 
@@ -313,12 +355,8 @@ def _write_stats(session: Session, path: str) -> None:
         session.flush()
         stats = session.stats()
         stats["pid"] = os.getpid()
-        try:
-            from torch._dynamo.utils import counters
-
-            stats["counters"] = {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}
-        except Exception:
-            stats["counters"] = {}
+        stats["warmth"] = session.warmth()
+        stats["counters"] = stats["warmth"].pop("counters")
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(stats, default=str) + "\n")
     except Exception:  # exit path: nothing sensible left to report to

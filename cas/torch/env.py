@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import json
+import os
 import platform
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas.objects import Env
@@ -64,11 +68,10 @@ def _device_fields() -> dict[str, str]:
 def env_fields() -> dict[str, str]:
     """Compute the env fields of this process now (uncached; see :func:`current_env`)."""
     import torch
-    from torch._inductor.codecache import torch_key
 
     fields = {
         "format": ENV_FORMAT,
-        "torch_key": torch_key().hex(),
+        "torch_key": _torch_key_hex(),
         "torch_version": str(torch.__version__),
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
@@ -91,10 +94,113 @@ def _cached_env(tag: str, threads: int) -> Env:
 
 
 def current_env() -> Env:
-    """The env of the running process, computed once (per thread count and key tag)."""
+    """The env of the running process, computed once (per thread count and key tag).
+
+    In a process that has not imported torch (``cas hydrate``, ``cas explain``), the
+    fields come from a small cache keyed by the torch install and this machine
+    (:func:`_machine_stamp`), so the command does not spend seconds importing torch;
+    the first such process on a machine imports torch and fills it.
+    """
+    if "torch" not in sys.modules:
+        stamp = _machine_stamp()
+        cached = _read_cache("env", stamp) if stamp else None
+        if cached is not None:
+            return Env(json.loads(cached))
+        import torch
+
+        env = _cached_env(str(torch.compiler.config.cache_key_tag or ""), torch.get_num_threads())
+        if stamp:  # torch was imported just now, so its threads are this machine's default
+            _write_cache("env", stamp, json.dumps(dict(env.fields), sort_keys=True))
+        return env
     import torch
 
     return _cached_env(str(torch.compiler.config.cache_key_tag or ""), torch.get_num_threads())
+
+
+# -- the per-install caches -------------------------------------------------------------
+#
+# torch_key() hashes every file of torch (~0.1-1 s, and importing the inductor stack to
+# call it costs more). It only changes when torch's files do, so it is kept per install:
+# the install's path plus the size and mtime of the files that a reinstall or upgrade
+# rewrites. Rejected: hashing torch's files ourselves (as slow as torch_key itself).
+
+#: Environment variables that change what torch reports for the env fields.
+_ENV_VARS = ("TORCH_COMPILE_CACHE_KEY_TAG", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "ATEN_CPU_CAPABILITY", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+
+
+@functools.cache
+def _install_stamp() -> str | None:
+    """A hash naming this torch install (None when torch is not installed)."""
+    try:
+        spec = importlib.util.find_spec("torch")  # finds it without importing it
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    root = Path(spec.origin).parent
+    parts = [str(root), ENV_FORMAT, platform.python_version(), sys.implementation.name]
+    for path in [root / "__init__.py", root / "version.py", *sorted(root.glob("_C*.so")),
+                 *sorted((root / "lib").glob("libtorch*.so"))]:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _machine_stamp() -> str | None:
+    """The install stamp plus what decides the device fields on this machine."""
+    install = _install_stamp()
+    if install is None:
+        return None
+    from cas.config import env_value
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 0
+    parts = [install, cpu_fingerprint(), str(os.cpu_count()), str(cores),
+             str(os.path.exists("/dev/nvidiactl")), str(os.path.exists("/dev/kfd"))]
+    parts += [f"{v}={env_value(v) or ''}" for v in _ENV_VARS]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _read_cache(kind: str, stamp: str) -> str | None:
+    from cas.config import torch_env_cache_dir
+
+    try:
+        return (torch_env_cache_dir() / f"{kind}-{stamp}").read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _write_cache(kind: str, stamp: str, value: str) -> None:
+    from cas.config import torch_env_cache_dir
+
+    directory = torch_env_cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{kind}-{stamp}.{os.getpid()}.tmp"
+        tmp.write_text(value, encoding="utf-8")
+        os.replace(tmp, directory / f"{kind}-{stamp}")
+    except OSError:  # a read-only home: compute again next time
+        pass
+
+
+def _torch_key_hex() -> str:
+    """``torch_key().hex()``, from the per-install cache when this install was seen."""
+    stamp = _install_stamp()
+    cached = _read_cache("torch-key", stamp) if stamp else None
+    if cached and len(cached) == 64:
+        return cached
+    from torch._inductor.codecache import torch_key
+
+    value = str(torch_key().hex())
+    if stamp:
+        _write_cache("torch-key", stamp, value)
+    return value
 
 
 def ensure_env(store: Store, env: Env | None = None) -> ObjectId:

@@ -135,9 +135,12 @@ class EnvReport:
     commit: ObjectId
     here: ObjectId
     envs: list[dict[str, Any]] = field(default_factory=list)
+    #: What torch will still rebuild from this env's entries (CPU, toolchain, headers).
+    warmth: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, "commit": str(self.commit), "env_here": str(self.here), "envs": self.envs}
+        return {"ref": self.ref, "commit": str(self.commit), "env_here": str(self.here), "envs": self.envs,
+                "warmth": self.warmth}
 
     def lines(self) -> list[str]:
         out = [f"this process: env {self.here.short()}; {self.ref} ({self.commit.short()}) holds {len(self.envs)} env(s)"]
@@ -145,6 +148,7 @@ class EnvReport:
             kinds = ", ".join(f"{k} {n}" for k, n in sorted(e["kinds"].items()))
             if e["matches"]:
                 out.append(f"  {e['env'][:12]}  applies here  {e['entries']} entries ({kinds})")
+                out.extend(f"      will not hit: {r['line']}" for r in self.warmth.get("rebuilds", []))
                 continue
             out.append(f"  {e['env'][:12]}  does not apply  {e['entries']} entries ({kinds}); differs in:")
             out.extend(f"      {d['field']}: entry has {d['entry']!r}, this process has {d['here']!r}" for d in e["diff"])
@@ -153,14 +157,15 @@ class EnvReport:
 
 def explain_env(store: Store, ref: str, here: Env | None = None) -> EnvReport:
     """For each env holding entries in ``ref``: does it apply here, and if not, why."""
-    from cas.torch.env import current_env
+    from cas.torch.env import cpu_fingerprint, current_env
+    from cas.torch.warmth import predict
 
     here = here or current_env()
     commit, root = _root(store, ref)
     counts: dict[ObjectId, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for ek, _ in manifest.entries(store, root):
         counts[ek.env][ek.kind] += 1
-    report = EnvReport(ref, commit, here.id)
+    report = EnvReport(ref, commit, here.id, warmth=predict(store, root, here, cpu_fingerprint()).to_dict())
     cache: dict[ObjectId, Diff | None] = {}
     for env_id in sorted(counts, key=lambda e: (e != here.id, e)):
         diff = _diff(store, env_id, here, cache)

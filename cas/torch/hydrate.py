@@ -13,6 +13,7 @@ this never worse than no cache:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import tempfile
@@ -53,13 +54,23 @@ class HydrateResult:
     other_envs: dict[str, int] = field(default_factory=dict)
     #: Precompiled headers still being written in the background (see ``background``).
     pending: int = 0
+    #: What torch will still rebuild here (:func:`cas.torch.warmth.predict`), as a dict.
+    warmth: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = field(default=None, repr=False, compare=False)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def wait(self, timeout: float | None = None) -> HydrateResult:
         """Wait for background writes (if any); the counts are final afterwards."""
         if self._thread is not None:
             self._thread.join(timeout)
         return self
+
+    def cancel(self, timeout: float | None = 10.0) -> None:
+        """Stop background writes: a header not finished is removed, never left half
+        written (torch then builds it, if it ever asks). Runs at exit, so a program that
+        never compiles does not wait ~1 s for 150 MB it will not use."""
+        self._cancel.set()
+        self.wait(timeout)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -127,14 +138,22 @@ def _blob(store: Store, ek: EntryKey, entry: Entry) -> bytes | None:
 STREAM_MIN = 8 << 20
 
 
-def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path) -> bool:
-    """Write a large blob to ``path`` atomically, verifying its hash; False if corrupt."""
+class _Cancelled(Exception):
+    pass
+
+
+def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path,
+            cancel: threading.Event | None = None) -> bool | None:
+    """Write a large blob to ``path`` atomically, verifying its hash; False if corrupt,
+    None if ``cancel`` was set meanwhile (nothing is left behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     hasher = Hasher()
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in store.iter_blob(entry.blob):
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled
                 hasher.update(chunk)
                 f.write(chunk)
         if hasher.digest() != entry.blob:
@@ -142,6 +161,10 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path) -> bool:
         os.chmod(tmp, kinds.file_mode(path))
         os.replace(tmp, path)
         return True
+    except _Cancelled:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
     except Exception as exc:  # corrupt or unreadable: skip this entry, keep the others
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -174,6 +197,7 @@ def hydrate(
     result instead of raised.
     """
     from cas.torch.capture import torch_cache_dir, torch_pch_dir
+    from cas.torch.warmth import predict
 
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
@@ -184,6 +208,7 @@ def hydrate(
     result = HydrateResult(commit=commit, cache_dir=str(root_dir))
     env = env or current_env()
     root = load_commit(store, commit).manifest
+    result.warmth = predict(store, root, env, cpu_fingerprint()).to_dict()
     deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
     records: list[tuple[EntryKey, Entry]] = []
     for ek, entry in matching_entries(store, root, env, result):
@@ -272,9 +297,10 @@ def _start_background(
         try:
             for ek, entry, path, lock in deferred:
                 try:
-                    if _stream(own, ek, entry, path):
+                    done = _stream(own, ek, entry, path, result._cancel)
+                    if done:
                         _count(result, ek.kind, entry.size)
-                    else:
+                    elif done is not None:
                         result.corrupt += 1
                 finally:
                     lock.release()
@@ -282,8 +308,11 @@ def _start_background(
         finally:
             own.close()
 
-    result._thread = threading.Thread(target=run, name="cas-hydrate", daemon=False)
+    # A daemon thread, cancelled at exit: Python joins non-daemon threads before atexit
+    # handlers run, which would make every process wait for headers it may never use.
+    result._thread = threading.Thread(target=run, name="cas-hydrate", daemon=True)
     result._thread.start()
+    atexit.register(result.cancel)
 
 
 def hydrate_safely(

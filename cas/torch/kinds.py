@@ -49,7 +49,6 @@ __all__ = [
     "CPU_BOUND_KINDS",
     "Found",
     "PCH_KINDS",
-    "capture_window",
     "file_mode",
     "compile_ms",
     "guards_of",
@@ -57,7 +56,6 @@ __all__ = [
     "path_for",
     "place",
     "scan",
-    "scan_pch",
     "variant_for",
 ]
 
@@ -248,28 +246,6 @@ def scan(cache_dir: Path) -> Iterator[Found]:
             for f in _files(kdir):
                 if not f.name.endswith((".lock", ".tmp")):
                     yield Found("triton_kernel", f"{dev.name}/{kdir.name}/{f.name}", f)
-
-
-def scan_pch(pch_dir: Path, since: float) -> Iterator[Found]:
-    """Precompiled headers in ``pch_dir`` written at or after ``since`` (epoch seconds).
-
-    The dir is shared by every torch process of the user, so only headers built while
-    the captured cache dir was being filled are taken (see :func:`capture_window`).
-    """
-    for f in _files(Path(pch_dir)):
-        if f.name.endswith(".gch") and f.stat().st_mtime >= since:
-            yield Found("cpp_pch", f.name, f)
-
-
-def capture_window(found: list[Found], slack: float = 60.0) -> float | None:
-    """When the artifacts in ``found`` started to be written, less ``slack`` seconds."""
-    times = []
-    for f in found:
-        try:
-            times.append(f.path.stat().st_mtime)
-        except OSError:
-            continue
-    return min(times) - slack if times else None
 
 
 def merge_gemm_timings(existing: bytes, incoming: bytes) -> bytes:

@@ -33,6 +33,7 @@ import binascii
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -49,7 +50,7 @@ from cas.errors import CasError
 from cas.objects import Entry, EntryKey, Env
 from cas.store import Store
 from cas.torch.env import cpu_fingerprint
-from cas.torch.kinds import pgo_key, scan, variant_for
+from cas.torch.kinds import Found, pgo_key, scan, variant_for
 
 __all__ = [
     "AUTOTUNE_REMOTE",
@@ -83,8 +84,8 @@ _IGNORED_CACHE_IDS = frozenset({"bundled-autotune-v1"})
 #: Kinds whose wire value is ``{"data": base64(pickle), ...}``.
 _WRAPPED_KINDS = frozenset({"inductor", "aot_autograd", "pgo"})
 LIVE_KINDS = frozenset({*_WRAPPED_KINDS, AUTOTUNE_REMOTE, TRITON_REMOTE})
-#: Cache-dir files no remote cache carries; flush records the new ones.
-_SIDE_KINDS = frozenset({"cpp_kernel", "gemm_timing", "autotune", "triton_kernel"})
+#: GPU cache-dir files no remote cache carries; flush records those written meanwhile.
+_GPU_SIDE_KINDS = frozenset({"autotune", "triton_kernel"})
 
 
 class CasWarning(UserWarning):
@@ -329,30 +330,59 @@ class LiveCache:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _side_entries(self) -> dict[EntryKey, _Pending]:
-        """What Mega-Cache and the remote caches miss: files this process's compiles left
-        in the cache dir (C++ kernels, GEMM timings, Triton kernels and best configs).
+    def _side_entries(self, root: ObjectId | None) -> dict[EntryKey, _Pending]:
+        """What the remote caches miss, found by torch's own names: the C++ kernels, the
+        ISA-probe kernel and the precompiled headers this process asked torch for
+        (:mod:`cas.torch.cxx`), the GEMM timing file, and this process's Mega-Cache
+        artifacts (FX/AOT entries torch found in its local cache dir are never put to a
+        remote cache, yet a new machine needs them). GPU files (Triton kernels, best
+        configs) written since the session started are added from the cache dir.
 
-        Only files written since the session started, so a long-lived shared cache dir
-        does not pour unrelated old artifacts into the branch.
+        Entries ``root`` already holds are skipped before their bytes are read.
         """
-        if self.cache_dir is None or not self.cache_dir.is_dir():
-            return {}
+        from cas.torch import cxx
+
         cpu = cpu_fingerprint()
         out: dict[EntryKey, _Pending] = {}
-        for found in scan(self.cache_dir):
-            if found.kind not in _SIDE_KINDS:
+        tools = cxx.toolchain() if self.cache_dir is not None else {}
+        for found in self._side_files():
+            ek = EntryKey(self.env_id, found.kind, found.key, variant_for(found.kind, b"", cpu)[0])
+            if ek in out or (root is not None and manifest.lookup(self.store, root, ek) is not None):
                 continue
             try:
-                if found.path.stat().st_mtime < self.since:
-                    continue
                 data = found.path.read_bytes()
             except OSError:  # removed under us: nothing to keep
                 continue
-            variant, guards = variant_for(found.kind, data, cpu)
-            entry = Entry(ObjectId.of(data), len(data), guards, {"producer": "live"})
-            out[EntryKey(self.env_id, found.kind, found.key, variant)] = _Pending(entry, data)
+            meta: dict[str, Any] = {"producer": "live"}
+            if found.kind in cxx.TOOLCHAIN_KINDS:
+                meta.update(tools)
+            out[ek] = _Pending(Entry(ObjectId.of(data), len(data), None, meta), data)
+        for art in _process_artifacts():
+            key = pgo_key(art.key) if art.kind == "pgo" else art.key
+            variant, guards = variant_for(art.kind, art.content, cpu)
+            ek = EntryKey(self.env_id, art.kind, key, variant)
+            if ek in out or ek in self._pending:
+                continue
+            if root is not None and manifest.lookup(self.store, root, ek) is not None:
+                continue
+            entry = Entry(ObjectId.of(art.content), len(art.content), guards, {"producer": "live"})
+            out[ek] = _Pending(entry, art.content)
         return out
+
+    def _side_files(self) -> list[Found]:
+        if self.cache_dir is None:
+            return []
+        from cas.torch import cxx
+
+        found = list(cxx.tracked_artifacts(self.cache_dir)) + list(cxx.gemm_timings(self.cache_dir))
+        if self.cache_dir.is_dir():
+            for f in scan(self.cache_dir):
+                try:
+                    if f.kind in _GPU_SIDE_KINDS and f.path.stat().st_mtime >= self.since:
+                        found.append(f)
+                except OSError:
+                    continue
+        return found
 
     def _tip_root(self) -> ObjectId | None:
         from cas.refs import branch_ref, load_commit
@@ -382,12 +412,13 @@ class LiveCache:
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
                 return None
+            if not self._pending and "torch._dynamo" not in sys.modules:
+                return None  # torch compiled nothing in this process
             try:
                 root = self._tip_root()
                 pending = dict(self._pending)
-                for k, p in self._side_entries().items():
-                    if root is None or manifest.lookup(self.store, root, k) is None:
-                        pending.setdefault(k, p)
+                for k, p in self._side_entries(root).items():
+                    pending.setdefault(k, p)
                 if not pending:
                     return None
                 self.store.put_many([(ObjType.BLOB, p.data) for p in pending.values()])
@@ -426,6 +457,15 @@ class LiveCache:
         }
         meta.update(self.metadata)
         return meta
+
+
+def _process_artifacts() -> list[Any]:
+    try:
+        from cas.torch.capture import process_artifacts
+
+        return process_artifacts()
+    except Exception:  # Mega-Cache unavailable: the remote-cache puts still count
+        return []
 
 
 def _wrap(kind: str, data: bytes, entry: Entry) -> bytes:

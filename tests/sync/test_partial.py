@@ -77,3 +77,32 @@ def test_partial_pull_after_a_full_one_keeps_the_full_entries(tmp_path: Path) ->
     assert_complete(local)
     origin.close()
     local.close()
+
+
+def test_partial_pull_for_a_cpu_leaves_other_cpus_headers_on_the_remote(tmp_path: Path) -> None:
+    import os
+
+    from cas import history
+    from cas.codec import ObjType
+    from cas.objects import Entry, EntryKey
+
+    origin = new_store(tmp_path / "origin")
+    env_id = origin.put_object(ENV_A)
+    headers = {cpu: os.urandom(40_000) for cpu in ("cpu-aaaa", "cpu-bbbb")}
+    blobs = dict(zip(headers, origin.put_many((ObjType.BLOB, d) for d in headers.values()), strict=True))
+    changes: dict[EntryKey, Entry | None] = {
+        EntryKey(env_id, "cpp_pch", "h1.h.gch", cpu): Entry(blobs[cpu], len(d), None, {})
+        for cpu, d in headers.items()
+    }
+    history.commit_changes(origin, "main", changes, "headers for two CPUs")
+    add(origin, "graph", 2, env=ENV_A)  # not CPU-bound: always comes
+    remote = CountingRemote(LocalRemote(tmp_path / "origin"))
+    local = new_store(tmp_path / "local")
+    sync.clone(local, remote, envs={ENV_A.id}, cpu_variant="cpu-aaaa")
+    got = entries_of(local, "main")
+    assert {k.variant for k in got if k.kind == "cpp_pch"} == {"cpu-aaaa"}
+    assert sum(1 for k in got if k.kind == "inductor") == 2
+    assert not local.has(blobs["cpu-bbbb"]) and remote.fetched_bytes < 80_000
+    assert_complete(local)
+    origin.close()
+    local.close()

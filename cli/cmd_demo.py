@@ -1,0 +1,168 @@
+"""``cas demo``: the README workflow, end to end, on loopback.
+
+1. machine A (an empty torch cache dir and an empty ``TMPDIR``): ``cas run --record``
+   of a program that compiles a model, into the store (``--store``, default store);
+2. ``cas serve`` on 127.0.0.1 (a fresh server store), and ``cas push`` of the branch;
+3. ``cas clone --env current --trusted`` into a second store;
+4. machine B (empty cache dir, empty ``TMPDIR``): ``cas run --ref`` of the same program
+   from the clone;
+5. a table: times, torch's cache hits, C++ compiler runs, bytes moved; the server stops.
+
+Every step is the real command line in its own process, so what the demo shows is what
+a user gets. Nothing leaves the machine: the server listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cas.errors import TorchError
+from cas_cli.context import Context, pass_ctx
+
+CAS = [sys.executable, "-m", "cas_cli.main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _machine(root: Path) -> dict[str, str]:
+    """A new machine's env: empty torch cache dir, empty ``TMPDIR``."""
+    (root / "cache").mkdir(parents=True)
+    (root / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CAS_DIR", "TORCHINDUCTOR_CACHE_DIR")}
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(root / "cache"), TMPDIR=str(root / "tmp"))
+    return env
+
+
+def _cas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CAS, *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TorchError(f"demo step `cas {' '.join(args[:3])}` failed (exit {proc.returncode}): {tail[0]}")
+    return proc
+
+
+def _json_tail(text: str) -> dict[str, Any]:
+    """The last JSON document in ``text`` (``cas --json`` output, or a summary line)."""
+    start = text.rfind("\n{")
+    start = 0 if start < 0 else start + 1
+    while start >= 0:
+        try:
+            out: dict[str, Any] = json.loads(text[start:])
+            return out
+        except ValueError:
+            start = text.rfind("\n{", 0, max(start - 1, 0))
+            start = -1 if start < 0 else start + 1
+    return {}
+
+
+def _run_machine(store: Path, root: Path, program: list[str], *run_args: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    proc = _cas("--store", str(store), "--json", "run", *run_args, "--", *program, env=_machine(root))
+    wall = time.perf_counter() - start
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CAS-DEMO ")), None)
+    if line is None:
+        raise TorchError("the demo program printed no result", hint=proc.stderr.strip()[-300:])
+    out: dict[str, Any] = json.loads(line[len("CAS-DEMO "):])
+    summary: dict[str, Any] = next(
+        (json.loads(ln) for ln in reversed(proc.stderr.splitlines()) if ln.startswith("{")), {})
+    builds = sum(int(r["count"]) for r in summary.get("warmth", {}).get("rebuilds", [])
+                 if str(r["kind"]).startswith("cpp"))
+    out.update(wall_s=wall, summary=summary, cxx_builds=builds)
+    return out
+
+
+def _serve(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    _cas("--store", str(store), "init")
+    with open(log, "wb") as out:
+        server = subprocess.Popen([*CAS, "--store", str(store), "serve", "--host", "127.0.0.1",
+                                   "--port", str(port), "--no-auth"], stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise TorchError(f"cas serve exited early (exit {server.returncode})", hint=f"see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    raise TorchError("cas serve did not start listening within 60 s")
+
+
+def _hits(counters: dict[str, dict[str, int]]) -> str:
+    ind, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    return (f"fx {ind.get('fxgraph_cache_hit', 0)} hit / {ind.get('fxgraph_cache_miss', 0)} miss, "
+            f"aot {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
+
+
+def _moved(result: dict[str, Any]) -> int:
+    """Bytes a transfer put on the wire (raw bytes when it does not say)."""
+    return int(result.get("wire_bytes") or result.get("bytes") or 0)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@click.command()
+@click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True)
+@click.option("--small", is_flag=True, help="A smaller model (faster; for tests).")
+@click.option("-b", "--branch", default="main", show_default=True)
+@pass_ctx
+def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
+    """Record a compile, push it through a loopback `cas serve`, clone, and start warm."""
+    program = [sys.executable, "-m", "cas.torch.demo", "--model", model] + (["--small"] if small else [])
+    with tempfile.TemporaryDirectory(prefix="cas-demo-") as tmp:
+        work = Path(tmp)
+        ctx.info(f"1/4 machine A: cas run --record {branch} -- python -m cas.torch.demo (compiles cold) ...")
+        a = _run_machine(ctx.store_path, work / "a", program, "--record", branch)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        ctx.info(f"2/4 cas serve on {url}; cas push {branch} ...")
+        server = _serve(work / "server-store", port, work / "serve.log")
+        try:
+            pushed = _json_tail(_cas("--store", str(ctx.store_path), "--json", "push", url, branch).stdout)
+            ctx.info("3/4 cas clone --env current --trusted into a second store ...")
+            clone = work / "b-store"
+            cloned = _json_tail(_cas("--json", "clone", url, str(clone), "--env", "current", "--trusted").stdout)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        ctx.info(f"4/4 machine B (empty torch caches and TMPDIR): cas run --ref {branch} ...")
+        b = _run_machine(clone, work / "b", program, "--ref", branch)
+    moved = {"push": _moved(pushed), "clone": _moved(cloned)}
+    data = {"model": model, "store": str(ctx.store_path), "branch": branch, "machine_a": a,
+            "machine_b": b, "bytes_moved": moved, "speedup": a["first_call_s"] / b["first_call_s"]}
+    ctx.emit(data, None)
+    if ctx.as_json:
+        return
+    table = Table(title=f"cas demo: {model}, README workflow over loopback", show_edge=False)
+    for col in ("machine", "first call", "process", "torch caches", "C++ compiler runs", "bytes moved"):
+        table.add_column(col)
+    table.add_row("A: cas run --record (cold)", f"{a['first_call_s']:.2f} s", f"{a['wall_s']:.2f} s",
+                  _hits(a["counters"]), str(a["cxx_builds"]), f"push {_mb(moved['push'])}")
+    table.add_row("B: cas run --ref (clone)", f"{b['first_call_s']:.2f} s", f"{b['wall_s']:.2f} s",
+                  _hits(b["counters"]), str(b["cxx_builds"]), f"clone {_mb(moved['clone'])}")
+    ctx.out.print(table)
+    warm = b["summary"].get("warmth", {})
+    ctx.out.print(f"machine B {warm.get('headline', 'start: ?')}; first call {data['speedup']:.1f}x faster "
+                  f"than cold; server stopped")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo)
