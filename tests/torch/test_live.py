@@ -94,6 +94,11 @@ def test_autotune_and_pgo_round_trip_through_torchs_remote_caches(tmp_path: Path
     from cas.torch.env import current_env
     from cas.torch.live import AUTOTUNE_REMOTE, LiveCache, install, uninstall
 
+    from torch.compiler._cache import CacheArtifactManager
+
+    # A flush records the process's Mega-Cache artifacts too; start from none, as a fresh
+    # process would (other in-process tests of this worker may have left some).
+    CacheArtifactManager.clear()
     store = Store.init(tmp_path / "store")
     best = {"XBLOCK": 128, "num_warps": 4, "num_stages": 1, "configs_hash": "abc"}
     state = b"\x80\x04pgo code state"
