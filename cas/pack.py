@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping
 from typing import BinaryIO
 
 import blake3
@@ -43,6 +43,34 @@ MAX_OBJECT = 1 << 30
 MAX_STRUCTURED = 16 << 20
 
 WireObject = tuple[ObjectId, ObjType, bytes]
+#: What a fetching caller knows in advance: the types each id may have (Remote.fetch).
+Expect = Mapping[ObjectId, Collection[ObjType]]
+
+
+def check_expected(
+    oid: ObjectId, otype: ObjType, raw_size: int | None, types: Collection[ObjType] | None, source: str
+) -> None:
+    """Refuse, from a frame or record header alone, an object that is not of the
+    ``types`` its caller expects (None: any), or a structured object over MAX_STRUCTURED.
+
+    Called before the object's content is read or decompressed, so that a remote naming
+    a 1 GiB blob where a commit belongs costs nothing. ``source`` names the remote;
+    ``raw_size`` is None where only the type is known yet (an S3 pack index).
+    """
+    if types is not None and otype not in types:
+        labels = " or ".join(sorted(t.label for t in types)) or "nothing"
+        size = "" if raw_size is None else f" of {raw_size} bytes"
+        raise CorruptObject(
+            f"object {oid.short()} from {source} is a {otype.label}{size}, expected a {labels}",
+            oid=oid,
+            url=source,
+        )
+    if otype in STRUCTURED and raw_size is not None and raw_size > MAX_STRUCTURED:
+        raise MalformedPack(
+            f"{otype.label} {oid.short()} from {source} is {raw_size} bytes, "
+            f"over the limit of {MAX_STRUCTURED}",
+            url=source,
+        )
 
 
 class Framed(tuple[ObjectId, ObjType, bytes]):
@@ -285,16 +313,23 @@ def _frame_length(payload: bytes | memoryview) -> int:
 
 
 def decode(
-    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+    stream: BinaryIO,
+    *,
+    max_object: int = MAX_OBJECT,
+    want: Container[ObjectId] | None = None,
+    expect: Expect | None = None,
+    source: str = "pack",
 ) -> Iterator[WireObject]:
     """Yield verified objects from a pack stream.
 
     Raises MalformedPack on bad framing or truncation and CorruptObject when an object's
     bytes do not hash to its id. ``want``, when given, is the set of ids the caller asked
-    for: any other object is refused before it is decompressed. Callers that must store
-    all or nothing collect the objects first (:func:`decode_all`).
+    for: any other object is refused before it is decompressed; so is one whose type is
+    not among those ``expect`` gives for its id (:func:`check_expected`, errors naming
+    ``source``). Callers that must store all or nothing collect the objects first
+    (:func:`decode_all`).
     """
-    for f in frames(stream, max_object=max_object, want=want):
+    for f in frames(stream, max_object=max_object, want=want, expect=expect, source=source):
         yield f.oid, f.otype, f.data()
 
 
@@ -312,14 +347,20 @@ def decode_frames(
 
 
 def frames(
-    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+    stream: BinaryIO,
+    *,
+    max_object: int = MAX_OBJECT,
+    want: Container[ObjectId] | None = None,
+    expect: Expect | None = None,
+    source: str = "pack",
 ) -> Iterator[Frame]:
     """Yield the frames of a pack, framing checked, content not yet decompressed.
 
     The caller verifies each (Frame.verify / data / reader) before using it; the
     trailer is checked when the last frame has been taken. Sizes over ``max_object``
-    (MAX_STRUCTURED for a structured object) and ids outside ``want`` are refused from
-    the frame header alone, before the payload is read.
+    (MAX_STRUCTURED for a structured object), ids outside ``want`` and types other than
+    ``expect`` names for the id are refused from the frame header alone, before the
+    payload is read.
     """
     r = _Reader(stream)
     head = r.exact(len(MAGIC) + 1, "header")
@@ -356,16 +397,23 @@ def frames(
         oid = ObjectId(raw_id)
         if want is not None and oid not in want:
             raise MalformedPack(f"pack holds object {oid.short()}, which was not asked for")
+        if expect is not None:
+            check_expected(oid, otype, raw_size, expect.get(oid), source)
         payload = r.exact(payload_size, "object payload")
         count += 1
         yield Frame(oid, otype, raw_size, payload, bool(flags & FLAG_ZSTD))
 
 
 def decode_all(
-    stream: BinaryIO, *, max_object: int = MAX_OBJECT, want: Container[ObjectId] | None = None
+    stream: BinaryIO,
+    *,
+    max_object: int = MAX_OBJECT,
+    want: Container[ObjectId] | None = None,
+    expect: Expect | None = None,
+    source: str = "pack",
 ) -> list[WireObject]:
     """Every object of a pack, or an error and nothing."""
-    return list(decode(stream, max_object=max_object, want=want))
+    return list(decode(stream, max_object=max_object, want=want, expect=expect, source=source))
 
 
 # -- random access (S3 packs are read with ranged GETs; see docs/format.md, "S3 layout") --
@@ -388,8 +436,18 @@ def frame_index(data: bytes) -> list[tuple[ObjectId, ObjType, int, int]]:
     return out
 
 
-def decode_frame(frame: bytes | memoryview, *, max_object: int = MAX_OBJECT) -> WireObject:
-    """One object from the bytes of exactly one frame, verified against its id."""
+def decode_frame(
+    frame: bytes | memoryview,
+    *,
+    max_object: int = MAX_OBJECT,
+    types: Collection[ObjType] | None = None,
+    source: str = "pack",
+) -> WireObject:
+    """One object from the bytes of exactly one frame, verified against its id.
+
+    Its header is checked first (:func:`check_expected` with ``types``): a frame of
+    another type, or a structured one over MAX_STRUCTURED, is never decompressed.
+    """
     if len(frame) < _FRAME.size:
         raise MalformedPack("pack frame is truncated (in frame header)")
     otype_code, flags, raw_id, raw_size, payload_size = _FRAME.unpack_from(frame, 0)
@@ -401,5 +459,6 @@ def decode_frame(frame: bytes | memoryview, *, max_object: int = MAX_OBJECT) -> 
         otype = ObjType(otype_code)
     except ValueError as exc:
         raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
+    check_expected(ObjectId(raw_id), otype, raw_size, types, source)
     f = Frame(ObjectId(raw_id), otype, raw_size, bytes(frame[_FRAME.size :]), bool(flags & FLAG_ZSTD))
     return f.oid, f.otype, f.data()

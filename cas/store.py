@@ -472,6 +472,19 @@ class Store:
 
         return self.read(go)
 
+    def records(self, oids: Iterable[ObjectId]) -> dict[ObjectId, Record]:
+        """:meth:`record` of several objects in one read txn; absent ids are left out."""
+
+        def go(txn: lmdb.Transaction) -> dict[ObjectId, Record]:
+            out = {}
+            for oid in oids:
+                value = txn.get(oid.raw, db=self._objects)
+                if value is not None:
+                    out[oid] = self._decode_record(oid, value)
+            return out
+
+        return self.read(go)
+
     def get(self, oid: ObjectId, *, verify: bool = False) -> bytes | None:
         """The object's raw bytes, or None if absent (a miss is a value, not an error)."""
         if verify:

@@ -19,6 +19,16 @@ Contract, for every implementation:
   its result; ``list_refs`` of an empty remote is ``{}``.
 * ``update_ref`` is compare-and-swap: ``expected=None`` means "must not exist". On a
   mismatch it raises :class:`~cas.errors.RefConflict` and changes nothing.
+* Expected types: ``fetch(oids, expect=...)`` takes what the caller knows in advance,
+  a mapping of ids to the types each may have (a ref target is a commit or a tag, a
+  commit's manifest a node, a leaf's blob a blob). A transport checks each object's type
+  against it, and a structured object's size against ``cas.pack.MAX_STRUCTURED``, from
+  the frame or record header alone (:func:`cas.pack.check_expected`), before it reads
+  or decompresses the content, and on a mismatch raises
+  :class:`~cas.errors.CorruptObject` (oversized: :class:`~cas.errors.MalformedPack`)
+  naming the object and the remote, returning nothing. So a hostile remote naming a
+  1 GiB blob where a commit belongs costs its header, not a gigabyte. Ids absent from
+  ``expect`` may be of any type; the caller still verifies what it gets.
 * Errors: network failures and 5xx answers raise :class:`~cas.errors.TransientRemoteError`
   (a retry may cure them); bad credentials :class:`~cas.errors.AuthError`; everything
   else a :class:`~cas.errors.RemoteError` with the URL.
@@ -31,10 +41,13 @@ from typing import Protocol, runtime_checkable
 
 from cas.codec import ObjType
 from cas.digest import ObjectId
+from cas.pack import Expect
 
 #: One object on the wire: its id, type and raw (uncompressed) bytes.
 WireObject = tuple[ObjectId, ObjType, bytes]
 Progress = Callable[[int, int], None]  # (objects done, bytes done)
+
+__all__ = ["Expect", "Progress", "RawPackSender", "Remote", "WireObject"]
 
 
 @runtime_checkable
@@ -57,8 +70,11 @@ class Remote(Protocol):
         """
         ...
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
-        """Download the given objects (absent ones are left out), in packs."""
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
+        """Download the given objects (absent ones are left out), in packs; with
+        ``expect``, refuse one of another type before reading its content (see above)."""
         ...
 
     def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from cas import pack
 from cas.digest import ObjectId
 from cas.errors import TransientRemoteError
-from cas.remote.base import Progress, Remote, WireObject
+from cas.remote.base import Expect, Progress, Remote, WireObject
 
 
 class FaultyRemote:
@@ -67,12 +67,14 @@ class FaultyRemote:
     def send_pack_bytes(self, data: bytes) -> int:
         return self.inner.send_pack_bytes(data)  # type: ignore[attr-defined,no-any-return]
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
         limit = self.drop_after_fetches
         if limit is not None and self.fetches >= limit and self.drops < self.times:
             self._drop(f"after {self.fetches} fetches")
         self.fetches += 1
-        got = self.inner.fetch(oids, progress)
+        got = self.inner.fetch(oids, progress, expect)
         if self.corrupt_fetch:
             got = [(oid, t, _flip(data)) for oid, t, data in got]
         return got
@@ -121,9 +123,11 @@ class CountingRemote:
         self.calls["send_pack"] += 1
         return self.inner.send_pack_bytes(data)  # type: ignore[attr-defined,no-any-return]
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
         self.calls["fetch"] += 1
-        got = self.inner.fetch(oids, progress)
+        got = self.inner.fetch(oids, progress, expect)
         self.fetched_objects += len(got)
         self.fetched_bytes += sum(len(o[2]) for o in got)
         return got

@@ -29,7 +29,7 @@ from cas.errors import (
     TransientRemoteError,
     UsageError,
 )
-from cas.remote.base import Progress, WireObject
+from cas.remote.base import Expect, Progress, WireObject
 
 #: Ids per missing/fetch request (32 bytes each: 2 MiB of ids).
 ID_BATCH = 65_536
@@ -229,19 +229,23 @@ class HttpRemote:
         self.bytes_sent += len(data)
         return len(data)
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
         out: list[WireObject] = []
         received = 0
         for i in range(0, len(oids), FETCH_BATCH):
             body = b"".join(o.raw for o in oids[i : i + FETCH_BATCH])
-            objs, n = self._fetch_one(body, set(oids[i : i + FETCH_BATCH]))
+            objs, n = self._fetch_one(body, set(oids[i : i + FETCH_BATCH]), expect)
             out.extend(objs)
             received += n
             if progress:
                 progress(len(out), received)
         return out
 
-    def _fetch_one(self, body: bytes, want: set[ObjectId]) -> tuple[list[WireObject], int]:
+    def _fetch_one(
+        self, body: bytes, want: set[ObjectId], expect: Expect | None
+    ) -> tuple[list[WireObject], int]:
         self.requests += 1
         try:
             with self._http.stream("POST", "/fetch", content=body) as resp:
@@ -249,10 +253,13 @@ class HttpRemote:
                     resp.read()
                     raise self._error(resp)
                 reader = _StreamReader(resp.iter_raw(1 << 20))
-                # decode verifies every id, refuses any not asked for and decompresses
-                # in bounded steps (a hostile server's bomb costs one step); a cut
-                # stream fails at the trailer.
-                objs = pack.decode_all(reader, want=want)  # type: ignore[arg-type]
+                # decode verifies every id, refuses any not asked for or not of the
+                # expected type (from its frame header, before its payload is read) and
+                # decompresses in bounded steps (a hostile server's bomb costs one
+                # step); a cut stream fails at the trailer.
+                objs = pack.decode_all(
+                    reader, want=want, expect=expect, source=self.url  # type: ignore[arg-type]
+                )
                 self.bytes_received += reader.consumed
                 return objs, reader.consumed
         except httpx.TransportError as exc:

@@ -15,7 +15,7 @@ from cas import ingest, pack
 from cas.digest import ObjectId
 from cas.errors import ObjectNotFound, RemoteError, StoreNotFound
 from cas.refs import check_name
-from cas.remote.base import Progress, WireObject
+from cas.remote.base import Expect, Progress, WireObject
 from cas.store import Store
 
 #: Objects per get_many when serving a fetch (bounds memory per read transaction).
@@ -69,11 +69,17 @@ class LocalRemote:
             raise verified.error
         return len(data)
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
         out: list[WireObject] = []
         size = 0
         for i in range(0, len(oids), _FETCH_GROUP):
-            got = self._store.get_many(oids[i : i + _FETCH_GROUP])
+            group = oids[i : i + _FETCH_GROUP]
+            if expect:  # types and sizes from the record headers, before any content
+                for oid, rec in self._store.records(o for o in group if o in expect).items():
+                    pack.check_expected(oid, rec.type, rec.raw_size, expect[oid], self.url)
+            got = self._store.get_many(group)
             for oid, (otype, body) in got.items():
                 out.append((oid, otype, body))
                 size += len(body)

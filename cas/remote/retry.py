@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from cas.digest import ObjectId
 from cas.errors import RefConflict, TransientRemoteError
-from cas.remote.base import Progress, Remote, WireObject
+from cas.remote.base import Expect, Progress, Remote, WireObject
 
 T = TypeVar("T")
 
@@ -69,8 +69,10 @@ class RetryingRemote:
     def missing(self, oids: Sequence[ObjectId]) -> list[ObjectId]:
         return self._call(lambda: self.inner.missing(oids))
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
-        return self._call(lambda: self.inner.fetch(oids, progress))
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
+        return self._call(lambda: self.inner.fetch(oids, progress, expect))
 
     def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
         todo = list(objects)

@@ -57,7 +57,7 @@ from cas.errors import (
 )
 from cas.objects import references
 from cas.refs import check_name
-from cas.remote.base import Progress, WireObject
+from cas.remote.base import Expect, Progress, WireObject
 
 LAYOUT = "cas-v1"
 _IDX_MAGIC = b"CASIDX\x00"
@@ -341,7 +341,9 @@ class S3Remote:
         self._add_index(pack_id, frames)
         return len(data) + len(index)
 
-    def fetch(self, oids: Sequence[ObjectId], progress: Progress | None = None) -> list[WireObject]:
+    def fetch(
+        self, oids: Sequence[ObjectId], progress: Progress | None = None, expect: Expect | None = None
+    ) -> list[WireObject]:
         wanted = list(dict.fromkeys(oids))
         if any(o not in self._index for o in wanted):
             self._refresh()
@@ -354,14 +356,20 @@ class S3Remote:
         received = 0
         for pack_id, locs in by_pack.items():
             for span in _spans(sorted(locs, key=lambda x: x[1].offset)):
-                received += self._fetch_span(pack_id, span, got)
+                received += self._fetch_span(pack_id, span, got, expect or {})
                 if progress:
                     progress(len(got), received)
         return [got[o] for o in wanted if o in got]
 
     def _fetch_span(
-        self, pack_id: str, span: list[tuple[ObjectId, _Loc]], got: dict[ObjectId, WireObject]
+        self,
+        pack_id: str,
+        span: list[tuple[ObjectId, _Loc]],
+        got: dict[ObjectId, WireObject],
+        expect: Expect,
     ) -> int:
+        for oid, loc in span:  # the index's word first: a mismatch costs no GET
+            pack.check_expected(oid, loc.type, None, expect.get(oid), self.url)
         start = span[0][1].offset
         end = max(loc.offset + loc.length for _, loc in span)
         res = self._get(f"packs/{pack_id}.pack", Range=f"bytes={start}-{end - 1}")
@@ -372,7 +380,9 @@ class S3Remote:
             raise MalformedPack(f"pack {pack_id[:12]}: short read ({len(data)} of {end - start})")
         for oid, loc in span:
             rel = loc.offset - start
-            obj = pack.decode_frame(data[rel : rel + loc.length])  # hashes the bytes
+            obj = pack.decode_frame(  # checks the frame header again, then hashes the bytes
+                data[rel : rel + loc.length], types=expect.get(oid), source=self.url
+            )
             if obj[0] != oid:
                 raise CorruptObject(f"pack {pack_id[:12]}: index and pack disagree on {oid.short()}")
             got[oid] = obj

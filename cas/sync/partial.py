@@ -11,7 +11,7 @@ from cas.history import commit as make_commit
 from cas.objects import Commit, Entry, EntryKey, ManifestNode, Tag
 from cas.refs import load_commit
 from cas.sync.results import RefUpdate, Result, tracking_ref
-from cas.sync.walk import NODES, TOPS, Walker, unique
+from cas.sync.walk import NODES, TOPS, Walker, tag_target, unique
 
 
 def fetch_partial(
@@ -49,7 +49,7 @@ def fetch_partial(
         commit_id, commit = fetch_top(walker, tip)
         selected = [(k, e) for k, e in remote_entries(walker, commit.manifest)
                     if k.env in envs and _fits(k, cpu_variant)]
-        walker.leaves({**{e.blob: e.size for _, e in selected}, **{k.env: 0 for k, _ in selected}})
+        walker.leaves({e.blob: e.size for _, e in selected}, unique(k.env for k, _ in selected))
         root = manifest.build(store, selected)
 
         metadata = {
@@ -81,17 +81,18 @@ def _fits(key: EntryKey, cpu_variant: str | None) -> bool:
 
 def fetch_top(walker: Walker, tip: ObjectId) -> tuple[ObjectId, Commit]:
     """Peel ``tip`` (tags) to its commit, reading the store, the stage, or the remote."""
-    oid = tip
+    oid, types = tip, TOPS
     for _ in range(32):
         got = walker.store.get_typed(oid)
         if got is None:
-            got = walker.structured([oid], TOPS)[oid]
+            got = walker.structured({oid: types})[oid]
         otype, data = got
         if otype == ObjType.COMMIT:
             return oid, Commit.decode(data)
         if otype != ObjType.TAG:
             raise CorruptObject(f"ref target {oid.short()} is a {otype.label}, not a commit")
-        oid = Tag.decode(data).target
+        tag = Tag.decode(data)
+        oid, types = tag.target, tag_target(tag)
     raise CorruptObject(f"tag chain at {tip.short()} is too long")
 
 
@@ -105,7 +106,7 @@ def remote_entries(walker: Walker, root: ObjectId) -> list[tuple[EntryKey, Entry
         for oid in local:
             out.extend(manifest.entries(store, oid))
         remote_ids = [o for o in frontier if o not in local]
-        got = walker.structured(remote_ids, NODES) if remote_ids else {}
+        got = walker.structured(dict.fromkeys(remote_ids, NODES)) if remote_ids else {}
         children: list[ObjectId] = []
         for oid in remote_ids:
             node = ManifestNode.decode(got[oid][1])

@@ -1,16 +1,21 @@
 """The fetch walk: verify what arrives, stage structured objects, promote bottom-up.
 
 Fetch walks the remote top-down (tags, commits, then manifest levels, skipping every
-subtree already held). Blobs and envs reference nothing and are stored as they arrive;
-commits and nodes wait in the staging area until the walk is complete and are then
-promoted children first in one transaction, so the local store never holds an object
-without its references and a cut fetch resumes from what it staged and stored.
+subtree already held). Every id it asks for has a type known in advance (a ref target
+is a commit or a tag, a tag's target what the tag says, a parent a commit, a manifest
+a node, a leaf row a blob and an env): the remote is told (``Remote.fetch`` ``expect``)
+and refuses an object of another type from its header, before decompressing it.
+
+Blobs and envs reference nothing and are stored as they arrive; commits and nodes wait
+in the staging area until the walk is complete and are then promoted children first in
+one transaction, so the local store never holds an object without its references and a
+cut fetch resumes from what it staged and stored.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -70,38 +75,43 @@ class Walker:
         self.progress = progress
 
     def structured(
-        self, oids: Sequence[ObjectId], expect: frozenset[ObjType]
+        self, expect: Mapping[ObjectId, frozenset[ObjType]]
     ) -> dict[ObjectId, tuple[ObjType, bytes]]:
-        """The given objects from the stage, else from the remote (then staged)."""
+        """The objects ``expect`` names, each of one of the types it gives, from the
+        stage, else from the remote (then staged)."""
         out: dict[ObjectId, tuple[ObjType, bytes]] = {}
         need = []
-        for oid in oids:
+        for oid, types in expect.items():
             got = self.store.stage_get(oid)
-            if got is not None and got[0] in expect:
+            if got is not None and got[0] in types:
                 out[oid] = got
             else:
                 need.append(oid)
         for i in range(0, len(need), FETCH_IDS):
             batch = need[i : i + FETCH_IDS]
-            objs = self._verified(batch, self.remote.fetch(batch), expect)
+            objs = self._fetch(batch, expect)
             self._count(objs)
             self.store.stage_put(objs)
             out.update((oid, (t, d)) for oid, t, d in objs)
         return out
 
-    def leaves(self, wanted: dict[ObjectId, int]) -> None:
-        """Fetch and store blobs and envs (no references: stored as they arrive).
+    def leaves(self, blobs: dict[ObjectId, int], envs: Iterable[ObjectId]) -> None:
+        """Fetch and store ``blobs`` (id: size) and ``envs`` (no references: stored as
+        they arrive).
 
         Batches are fetched and verified PARALLEL at a time and stored in order as each
         completes, so a cut fetch keeps every batch that finished before the cut.
         """
+        expect: dict[ObjectId, frozenset[ObjType]] = dict.fromkeys(blobs, BLOBS)
+        for env in envs:
+            expect[env] = expect.get(env, frozenset()) | ENVS  # an env's bytes may be a blob too
+        wanted = {oid: blobs.get(oid, 0) for oid in expect}
         ids = self.store.missing(list(wanted))
         total = sum(wanted[o] for o in ids)
-        expect = frozenset({ObjType.BLOB, ObjType.ENV})
         done_objects = done_bytes = 0
 
         def work(batch: list[ObjectId]) -> list[WireObject]:
-            return self._verified(batch, self.remote.fetch(batch), expect)
+            return self._fetch(batch, expect)
 
         def done(batch: list[ObjectId], objs: list[WireObject]) -> None:
             # Stores are written here, on one thread: LMDB may grow its map only while
@@ -124,10 +134,13 @@ class Walker:
         self.stats.objects += len(objs)
         self.stats.bytes += sum(len(o[2]) for o in objs)
 
-    def _verified(
-        self, asked: Sequence[ObjectId], got: list[WireObject], expect: frozenset[ObjType]
+    def _fetch(
+        self, asked: Sequence[ObjectId], expect: Mapping[ObjectId, frozenset[ObjType]]
     ) -> list[WireObject]:
-        """Check every object against its id and expected type; all or nothing."""
+        """Fetch ``asked``, then check every object against its id and expected type
+        (the remote checked the types already, from headers); all or nothing."""
+        sub = {oid: expect[oid] for oid in asked}
+        got = self.remote.fetch(asked, expect=sub)
         wanted = set(asked)
         seen: set[ObjectId] = set()
         url = self.remote.url
@@ -143,11 +156,7 @@ class Walker:
                     expected=oid,
                     actual=actual,
                 )
-            if otype not in expect:
-                labels = "/".join(sorted(t.label for t in expect))
-                raise CorruptObject(
-                    f"object {oid.short()} from {url} is a {otype.label}, expected {labels}", oid=oid
-                )
+            pack.check_expected(oid, otype, len(data), sub[oid], url)
             if otype in STRUCTURED:
                 validate.check(otype, data)  # malformed bodies fail here, before staging
             seen.add(oid)
@@ -179,7 +188,21 @@ def by_size(ids: list[ObjectId], sizes: dict[ObjectId, int], limit: int) -> Iter
 
 
 TOPS = frozenset({ObjType.COMMIT, ObjType.TAG})
+COMMITS = frozenset({ObjType.COMMIT})
 NODES = frozenset({ObjType.NODE})
+BLOBS = frozenset({ObjType.BLOB})
+ENVS = frozenset({ObjType.ENV})
+
+
+def tag_target(tag: Tag) -> frozenset[ObjType]:
+    """What a tag's target must be: the type the tag names, when the walk can follow it
+    (a commit or a tag); else TOPS, so that the target is refused as not one."""
+    return frozenset({tag.target_type}) if tag.target_type in TOPS else TOPS
+
+
+def add(expect: dict[ObjectId, frozenset[ObjType]], oid: ObjectId, types: frozenset[ObjType]) -> None:
+    """Record that ``oid`` may be of ``types`` (several paths to one id: any of them)."""
+    expect[oid] = expect.get(oid, frozenset()) | types
 
 
 def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> list[ObjectId]:
@@ -190,22 +213,24 @@ def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> list[ObjectId]:
     tags: list[ObjectId] = []
     parents: dict[ObjectId, tuple[ObjectId, ...]] = {}
     roots: list[ObjectId] = []
-    frontier = store.missing(unique(tips))
+    frontier = dict.fromkeys(store.missing(unique(tips)), TOPS)  # ref targets
     seen = set(frontier)
     while frontier:
-        got = walker.structured(frontier, TOPS)
-        nxt: list[ObjectId] = []
+        got = walker.structured(frontier)
+        nxt: dict[ObjectId, frozenset[ObjType]] = {}
         for oid in frontier:
             otype, data = got[oid]
             if otype == ObjType.TAG:
                 tags.append(oid)
-                nxt.append(Tag.decode(data).target)
+                tag = Tag.decode(data)
+                add(nxt, tag.target, tag_target(tag))
             else:
                 c = Commit.decode(data)
                 parents[oid] = c.parents
                 roots.append(c.manifest)
-                nxt.extend(c.parents)
-        frontier = [o for o in store.missing(unique(nxt)) if o not in seen]
+                for p in c.parents:
+                    add(nxt, p, COMMITS)
+        frontier = {o: nxt[o] for o in store.missing(list(nxt)) if o not in seen}
         seen.update(frontier)
     nodes = fetch_trees(walker, roots)
     order = [*reversed(nodes), *parents_first(parents), *reversed(tags)]
@@ -218,23 +243,24 @@ def fetch_trees(walker: Walker, roots: Sequence[ObjectId]) -> list[ObjectId]:
     then their missing blobs and envs. Returns the node ids in discovery order."""
     store = walker.store
     order: list[ObjectId] = []
-    raw_leaves: dict[bytes, int] = {}
+    raw_blobs: dict[bytes, int] = {}
+    raw_envs: dict[bytes, None] = {}
     frontier = store.missing(unique(roots))
     seen = set(frontier)
     while frontier:
-        got = walker.structured(frontier, NODES)
+        got = walker.structured(dict.fromkeys(frontier, NODES))
         children: list[ObjectId] = []
         for oid in frontier:
             kids, rows = negotiate.node_links(got[oid][1])
             order.append(oid)
             for blob, env, size in rows:
-                raw_leaves.setdefault(blob, size)
-                raw_leaves.setdefault(env, 0)
+                raw_blobs.setdefault(blob, size)
+                raw_envs[env] = None
             children.extend(ObjectId(c) for c in kids)
         # A stored subtree is complete (closure), so the walk stops at it.
         frontier = [o for o in store.missing(unique(children)) if o not in seen]
         seen.update(frontier)
-    walker.leaves({ObjectId(k): v for k, v in raw_leaves.items()})
+    walker.leaves({ObjectId(k): v for k, v in raw_blobs.items()}, map(ObjectId, raw_envs))
     return order
 
 

@@ -111,6 +111,37 @@ class RemoteContract:
         remote.send_pack(objs, progress=lambda n, b: seen.append((n, b)))
         assert seen and seen[-1][0] == 5 and seen[-1][1] > 0
 
+    # -- expected types (Remote.fetch ``expect``) --------------------------------------
+
+    def test_fetch_with_expected_types_returns_what_matches(self, remote: Remote) -> None:
+        small, big = blob(b"a leaf"), blob(os.urandom(5 << 20))
+        node, commit = commit_objects("expected")
+        remote.send_pack([small, big, node, commit])
+        expect = {small[0]: {ObjType.BLOB}, big[0]: {ObjType.BLOB, ObjType.ENV},
+                  commit[0]: {ObjType.COMMIT, ObjType.TAG}}
+        absent = blob(b"never sent")[0]
+        # ids absent from ``expect`` may be of any type; absent objects are left out
+        asked = [small[0], big[0], node[0], commit[0], absent]
+        got = remote.fetch(asked, expect={**expect, absent: {ObjType.TAG}})
+        assert sorted(got) == sorted([small, big, node, commit])
+
+    @pytest.mark.parametrize("which", ["small blob", "large blob", "node"])
+    def test_fetch_refuses_an_object_of_another_type_and_returns_nothing(
+        self, remote: Remote, which: str
+    ) -> None:
+        """A ref naming a blob where a commit belongs: refused with one line naming the
+        object and the remote (from its header: a large blob is never decompressed)."""
+        small, big = blob(b"not a commit"), blob(os.urandom(5 << 20))
+        node, commit = commit_objects("fine")
+        remote.send_pack([small, big, node, commit])
+        wrong = {"small blob": small, "large blob": big, "node": node}[which]
+        tops = {ObjType.COMMIT, ObjType.TAG}
+        with pytest.raises(CorruptObject) as caught:
+            remote.fetch([commit[0], wrong[0]], expect={commit[0]: tops, wrong[0]: tops})
+        message = caught.value.message
+        assert wrong[0].short() in message and remote.url in message and "\n" not in message
+        assert wrong[1].label in message and "commit" in message
+
     # -- integrity --------------------------------------------------------------------
 
     def test_wrong_hash_upload_is_rejected_and_not_stored(self, remote: Remote) -> None:

@@ -18,6 +18,7 @@ from bombs import FAKE, HEADROOM, LIMIT, GiB, bombs, peak_rss, raw_pack, rle_fra
 from servers import Served
 
 from cas.codec import ObjType
+from cas.digest import ObjectId
 from cas.store import Store
 
 SHAPES = [name for name, _, _ in bombs()]
@@ -75,7 +76,8 @@ class _Hostile(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.startswith("/v1/refs"):
-            self._send(json.dumps({"refs/heads/main": FAKE.hex}).encode())
+            target: ObjectId = getattr(self.server, "target", FAKE)
+            self._send(json.dumps({"refs/heads/main": target.hex}).encode())
         else:
             self._send(json.dumps({"status": "ok", "store_format": 1, "pack_version": 1, "auth": False}).encode())
 
@@ -100,12 +102,27 @@ def hostile() -> Iterator[ThreadingHTTPServer]:
         server.server_close()
 
 
-#: Runs the real CLI and writes its VmHWM to argv[1] at exit.
+def measured_cli(status: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI with ``args``; its /proc status at exit goes to ``status``."""
+    return subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(status), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def vm_hwm(status: Path, field: str = "VmHWM") -> int:
+    """A memory field of a saved /proc status, in bytes."""
+    lines = status.read_text().splitlines()
+    return next(int(x.split()[1]) * 1024 for x in lines if x.startswith(field + ":"))
+
+
+#: Runs the real CLI and writes its /proc status to argv[1] at exit, and to argv[1] +
+#: ".start" once the CLI is imported (before it runs).
 _MEASURED = (
     "import atexit, sys\n"
     "out = sys.argv.pop(1)\n"
     "atexit.register(lambda: open(out, 'w').write(open('/proc/self/status').read()))\n"
     "from cas_cli.main import main\n"
+    "open(out + '.start', 'w').write(open('/proc/self/status').read())\n"
     "main()\n"
 )
 
@@ -117,16 +134,12 @@ def test_client_refuses_bomb_from_hostile_server(hostile: ThreadingHTTPServer, t
     url = f"http://127.0.0.1:{hostile.server_address[1]}"
     status = tmp_path / "status"
     dest = tmp_path / "clone"
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURED, str(status), "clone", url, str(dest)],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = measured_cli(status, "clone", url, str(dest))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert len(lines) == 1 and lines[0].startswith("cas: error:"), proc.stderr
-    hwm = next(int(x.split()[1]) * 1024 for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-    assert hwm < LIMIT + HEADROOM
+    assert vm_hwm(status) < LIMIT + HEADROOM
     if dest.exists():
         with Store(dest) as store:
             assert store.missing([FAKE]) == [FAKE]
@@ -148,3 +161,35 @@ def test_a_path_remote_refuses_bombs_and_stores_nothing(tmp_path: Path, shape: s
         remote.close()
     with Store(tmp_path / "remote") as store:
         assert store.missing(ids) == ids
+
+
+@pytest.mark.parametrize("command", ["clone", "fetch"])
+def test_client_refuses_a_ref_naming_a_real_1gib_blob_before_decoding_it(
+    hostile: ThreadingHTTPServer, tmp_path: Path, command: str
+) -> None:
+    """The ref's target really is a 1 GiB blob (its id is right, its frame honest): the
+    client expected a commit or a tag, so it refuses the frame from its header, and its
+    peak memory stays far below the gigabyte it would have cost to decode it."""
+    one_gib = zeros_id(GiB)
+    hostile.target = one_gib  # type: ignore[attr-defined]
+    frame = rle_frame(GiB, content_size=GiB)
+    hostile.pack = raw_pack([(one_gib, ObjType.BLOB, GiB, frame)])  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{hostile.server_address[1]}"
+    dest, status = tmp_path / "store", tmp_path / "status"
+    if command == "clone":
+        proc = measured_cli(status, "clone", url, str(dest))
+    else:
+        Store.init(dest).close()
+        cli = [sys.executable, "-m", "cas_cli.main", "--store", str(dest)]
+        subprocess.run([*cli, "remote", "add", "origin", url], check=True, capture_output=True)
+        proc = measured_cli(status, "--store", str(dest), "fetch", "origin")
+    assert proc.returncode == 5, proc.stderr  # IntegrityError
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cas: error:"), proc.stderr
+    assert one_gib.short() in lines[0] and url in lines[0] and "blob" in lines[0]
+    grown = vm_hwm(status) - vm_hwm(status.with_name("status.start"), "VmRSS")
+    assert grown < HEADROOM, f"{grown >> 20} MiB"
+    if dest.exists():
+        with Store(dest) as store:
+            assert store.missing([one_gib]) == [one_gib]
+            assert store.list_refs() == {}
