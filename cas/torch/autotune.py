@@ -14,10 +14,11 @@
 - :func:`shard` and :func:`gather_records`: distributed autotune — each rank benchmarks
   its share of the GEMM lookups, rank 0 commits the union.
 
-Torch internals touched (2.11–2.14): ``CacheBase.get_system`` (timing file name),
-``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` and
+Torch internals touched (2.11–2.14; compared in docs/torch.md): ``CacheBase.get_system``
+(timing file name), ``CachingAutotuner.benchmark_all_configs`` /
+``coordinate_descent_tuning`` / ``_combo_sequential_autotune`` (2.13+) and
 ``AutotuneCache.local_cache`` (``runtime/triton_heuristics.py``,
-``runtime/autotune_cache.py``), ``counters["inductor"]["select_algorithm_autotune"]``.
+``runtime/autotune_cache.py``), ``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``.
 """
 
 from __future__ import annotations
@@ -164,36 +165,47 @@ def observe() -> Iterator[Observed]:
         cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
 
 
+#: CachingAutotuner methods that benchmark Triton configs, probed on the installed torch:
+#: ``benchmark_all_configs`` and ``coordinate_descent_tuning`` (2.11–2.14), and
+#: ``_combo_sequential_autotune`` (combo kernels' block-size search, 2.13 and 2.14). The
+#: last two leave every time they measured in ``coordesc_tuner.cached_benchmark_results``.
+_TRITON_TUNERS = ("coordinate_descent_tuning", "_combo_sequential_autotune")
+
+
 def _patch_triton(seen: Observed) -> Any:
     try:
         from torch._inductor.runtime.triton_heuristics import CachingAutotuner
     except ImportError:  # no Triton in this build: nothing to watch
         return lambda: None
-    orig_all, orig_cd = CachingAutotuner.benchmark_all_configs, CachingAutotuner.coordinate_descent_tuning
+    orig = {name: getattr(CachingAutotuner, name)
+            for name in ("benchmark_all_configs", *_TRITON_TUNERS) if hasattr(CachingAutotuner, name)}
 
     def bench_all(self: Any, *args: Any, **kwargs: Any) -> Any:
-        timings = orig_all(self, *args, **kwargs)
+        timings = orig["benchmark_all_configs"](self, *args, **kwargs)
         seen.triton_benchmarks += 1
         path = _best_config_path(self)
         if path is not None:
             seen.triton.setdefault(path, {}).update({_line(k.config): float(v) for k, v in timings.items()})
         return timings
 
-    def coordesc(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = orig_cd(self, *args, **kwargs)
-        path = _best_config_path(self)
-        results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
-        if path is not None and results:
-            lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
-            seen.triton.setdefault(path, {}).update(lines)
-        return out
+    def tuner(name: str) -> Any:
+        def tune(self: Any, *args: Any, **kwargs: Any) -> Any:
+            out = orig[name](self, *args, **kwargs)
+            path = _best_config_path(self)
+            results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
+            if path is not None and results:
+                lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
+                seen.triton.setdefault(path, {}).update(lines)
+            return out
 
-    CachingAutotuner.benchmark_all_configs = bench_all  # type: ignore[method-assign]
-    CachingAutotuner.coordinate_descent_tuning = coordesc  # type: ignore[method-assign]
+        return tune
+
+    for name in orig:
+        setattr(CachingAutotuner, name, bench_all if name == "benchmark_all_configs" else tuner(name))
 
     def undo() -> None:
-        CachingAutotuner.benchmark_all_configs = orig_all  # type: ignore[method-assign]
-        CachingAutotuner.coordinate_descent_tuning = orig_cd  # type: ignore[method-assign]
+        for name, method in orig.items():
+            setattr(CachingAutotuner, name, method)
 
     return undo
 
@@ -202,12 +214,13 @@ def _patch_triton(seen: Observed) -> Any:
 def count_benchmarks() -> Iterator[dict[str, int]]:
     """Count autotune benchmarks run inside the block, by torch's own counters.
 
-    ``select_algorithm`` (GEMM templates) and coordinate descent have counters;
-    a Triton ``benchmark_all_configs`` has none and is counted by wrapping it.
+    ``select_algorithm`` (GEMM templates), coordinate descent and (2.13+) combo-kernel
+    tuning have counters (a name this torch lacks stays 0); a Triton
+    ``benchmark_all_configs`` has none and is counted by wrapping it.
     """
     from torch._dynamo.utils import counters
 
-    names = ("select_algorithm_autotune", "coordesc_tuning_bench")
+    names = ("select_algorithm_autotune", "coordesc_tuning_bench", "combo_autotune_bench")
     before = {n: counters["inductor"][n] for n in names}
     out: dict[str, int] = {n: 0 for n in (*names, "triton_benchmark_all_configs")}
     seen = Observed()
