@@ -243,9 +243,10 @@ def read_records(
     observed: Observed | None = None,
     remote_values: Iterable[tuple[str, bytes]] = (),
     method: str = "",
+    since: float | None = None,
 ) -> list[autotune.Record]:
     """Every autotune result in ``cache_dir`` (and ``remote_values``) as records of this
-    process's device class and provenance."""
+    process's device class and provenance; with ``since``, only files written since then."""
     cls, prov = device_class(), provenance(method)
     seen = observed or Observed()
     out: list[autotune.Record] = []
@@ -253,11 +254,14 @@ def read_records(
         if found.kind not in ("gemm_timing", "autotune"):
             continue
         try:
+            mtime = found.path.stat().st_mtime
+            if since is not None and mtime < since:
+                continue
             content = found.path.read_bytes()
         except OSError:
             continue
         rel = str(found.path.relative_to(cache_dir))
-        file_prov = {**prov, "time": round(found.path.stat().st_mtime, 3)}
+        file_prov = {**prov, "time": round(mtime, 3)}
         if found.kind == "gemm_timing":
             for rec in autotune.from_timing_file(content, rel, cls, file_prov):
                 at = seen.gemm_times.get((rec.op, str(rec.source.get("inputs_key"))))
@@ -311,12 +315,14 @@ def record(
     method: str = "",
     author: str | None = None,
     records: Iterable[autotune.Record] | None = None,
+    since: float | None = None,
 ) -> RecordResult:
     """Commit the autotune results of ``cache_dir`` (default: torch's) on ``branch``.
 
     One commit, ``autotune: N kernels on <device>``, holding only records that are new
     or whose measurement changed; ``autotune_remote`` entries already on the branch are
-    read too. ``records`` replaces reading the dir (distributed shards, tests).
+    read too. ``records`` replaces reading the dir (distributed shards, tests); ``since``
+    reads only the files written since then (a live session's own measurements).
     """
     from cas.torch.capture import torch_cache_dir
 
@@ -327,7 +333,7 @@ def record(
         remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
                   if ek.kind == "autotune_remote" and ek.env == env_id]
         cdir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
-        records = read_records(cdir, observed=observed, remote_values=remote, method=method)
+        records = read_records(cdir, observed=observed, remote_values=remote, method=method, since=since)
     recs = list(records)
     device = str(recs[0].provenance.get("device", "")) if recs else ""
     result = RecordResult(commit=None, device=device)

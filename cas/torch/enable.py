@@ -3,7 +3,8 @@
 It opens the store, checks the trust policy for the ref, hydrates the ref's entries for
 this env into torch's cache dir (so torch's own lookup hits them, C++ kernels included),
 installs the live backend for whatever hydrate did not cover, and, with ``record``, buffers
-what torch newly compiles and commits it at exit (or on :meth:`Session.flush`).
+what torch newly compiles and commits it at exit (or on :meth:`Session.flush`), followed by
+what it autotuned meanwhile as autotune records, in a commit of their own.
 
 Never worse than no cache: a missing, locked or corrupt store, a refused ref or any
 other failure costs one :class:`~cas.torch.live.CasWarning` and leaves torch compiling as
@@ -62,12 +63,13 @@ class Session:
         return self.store is not None
 
     def flush(self) -> ObjectId | None:
-        """Commit what torch compiled since the last flush to ``record``; never raises."""
+        """Commit what torch compiled since the last flush to ``record``, then what it
+        autotuned as records in a commit of their own; never raises. Returns the first."""
         if self.live is None:
             return None
         oid = self.live.flush()
-        if oid is not None:
-            self.commits.append(oid)
+        tuned = self.live.flush_autotune()
+        self.commits += [c for c in (oid, tuned) if c is not None]
         return oid
 
     def stats(self) -> dict[str, Any]:

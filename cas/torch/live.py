@@ -153,6 +153,7 @@ class LiveStats:
     puts: int = 0
     errors: int = 0
     recorded: int = 0
+    autotuned: int = 0  # autotune records committed (flush_autotune)
     skipped_other_env: int = 0
     by_kind: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -439,6 +440,30 @@ class LiveCache:
                 self._pending.pop(k, None)
             self.stats.recorded += len(pending)
             return oid
+
+    def flush_autotune(self) -> ObjectId | None:
+        """Commit what torch autotuned in the cache dir since the session started as
+        autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
+        ``branch``, ``autotune: N kernels on <device>``, after :meth:`flush`'s. Returns it,
+        or None (nothing measured, no branch, a forked child). Never raises."""
+        from cas.torch import autotune
+        from cas.torch.policy import mark_local
+
+        with self._lock:
+            if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
+                return None
+            if "torch._dynamo" not in sys.modules:
+                return None  # torch compiled nothing in this process
+            try:
+                res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since)
+                if res.commit is not None:
+                    mark_local(self.store, res.commit)
+            except Exception as exc:
+                self.stats.errors += 1
+                warn_once("autotune-error", f"could not record autotune results: {exc}")
+                return None
+            self.stats.autotuned += res.added + res.changed
+            return res.commit
 
     def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
         kinds: dict[str, int] = defaultdict(int)
