@@ -29,8 +29,9 @@ import json
 import os
 import platform
 import re
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ __all__ = [
     "read_records",
     "record",
     "shard",
+    "watch",
     "write_records",
 ]
 
@@ -147,22 +149,93 @@ def _line(cfg: Any) -> str:
 @contextlib.contextmanager
 def observe() -> Iterator[Observed]:
     """Watch torch autotune in this process; yields what it saw (filled as it goes)."""
-    from torch._inductor import select_algorithm
-
-    seen = Observed()
-
-    def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
-        key = select_algorithm.create_inputs_key(input_nodes)
-        seen.gemm_times[(name, key)] = round(time.time(), 3)
-
-    select_algorithm.add_feedback_saver(on_gemm)
-    undo = _patch_triton(seen)
+    seen, stop = watch()
     try:
         yield seen
     finally:
-        undo()
-        cache = select_algorithm.get_algorithm_selector_cache()
-        cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+        stop()
+
+
+def watch(*, lazily: bool = False) -> tuple[Observed, Callable[[], None]]:
+    """Start watching torch autotune in this process: what it sees (filled as it goes) and
+    the function that stops watching. :func:`observe` as two calls, for a whole session.
+
+    ``lazily``: install nothing until torch itself imports ``select_algorithm`` and
+    ``triton_heuristics`` (:func:`cas.torch.hooks.after_import`), so a program that never
+    autotunes does not import them for cas.
+    """
+    seen = Observed()
+    undo: list[Callable[[], None]] = []
+    stopped = False
+
+    def on_select_algorithm(module: Any) -> None:
+        if stopped:
+            return
+
+        def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
+            seen.gemm_times[(name, module.create_inputs_key(input_nodes))] = round(time.time(), 3)
+
+        def remove() -> None:
+            cache = module.get_algorithm_selector_cache()
+            cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+
+        module.add_feedback_saver(on_gemm)
+        undo.append(remove)
+
+    def on_triton(_module: Any) -> None:
+        if not stopped:
+            undo.append(_patch_triton(seen))
+
+    if lazily:
+        _when_ready("torch._inductor.select_algorithm", "add_feedback_saver", on_select_algorithm)
+        _when_ready("torch._inductor.runtime.triton_heuristics", "CachingAutotuner", on_triton)
+    else:
+        from torch._inductor import select_algorithm
+
+        on_select_algorithm(select_algorithm)
+        on_triton(None)
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        while undo:
+            undo.pop()()
+
+    return seen, stop
+
+
+def _when_ready(name: str, needs: str, fn: Callable[[Any], None]) -> None:
+    """Call ``fn(module)`` once module ``name`` is imported and has ``needs``: now, right
+    after its import, or — when it is being imported right now, by the very import that
+    led here (torch imports dynamo from inside inductor's modules) — at the start of the
+    next compile (dynamo's ``callback_handler``, 2.11–2.14)."""
+    from cas.torch.hooks import after_import
+
+    module = sys.modules.get(name)
+    if module is None:
+        after_import(name, fn)
+    elif hasattr(module, needs):
+        fn(module)
+    else:
+        done = False
+
+        def at_compile_start(*_: Any) -> None:
+            nonlocal done
+            ready = sys.modules.get(name)
+            if done or ready is None or not hasattr(ready, needs):
+                return
+            done = True
+            try:
+                fn(ready)
+            except Exception:  # inside torch's compile: never raise
+                pass
+
+        def register(dynamo: Any) -> None:
+            handler = getattr(getattr(dynamo, "callback", None), "callback_handler", None)
+            if handler is not None:
+                handler.register_start_callback(at_compile_start)
+
+        after_import("torch._dynamo", register)
 
 
 #: CachingAutotuner methods that benchmark Triton configs, probed on the installed torch:

@@ -114,6 +114,8 @@ class Session:
         if self.closed:
             return
         self.flush()
+        if self.live is not None:
+            self.live.unwatch_autotune()
         if self.installed:
             uninstall()
         if self.store is not None and self.owns_store:
@@ -261,6 +263,10 @@ def _install(session: Session) -> None:
         session.installed = True
     except Exception as exc:  # inside the user's import of torch._dynamo: never raise
         warn_once("install", f"cannot serve torch's caches ({exc}); compiling without the live backend")
+    try:  # recording does not need the backend: flush reads the cache dir
+        session.live.watch_autotune()
+    except Exception as exc:
+        warn_once("autotune-watch", f"cannot watch autotune ({exc}); records get no candidate times")
 
 
 def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] | None) -> None:

@@ -210,6 +210,8 @@ class LiveCache:
         self._foreign: dict[tuple[str, str], int] = {}
         self._pending: dict[EntryKey, _Pending] = {}
         self._owner_pid = os.getpid()
+        self.observed: Any = None  # cas.torch.autotune.Observed, once watch_autotune ran
+        self._unwatch: Callable[[], None] | None = None
 
     # -- serving ------------------------------------------------------------------------
 
@@ -441,6 +443,23 @@ class LiveCache:
             self.stats.recorded += len(pending)
             return oid
 
+    def watch_autotune(self) -> None:
+        """Watch torch autotune from now on (:func:`cas.torch.autotune.watch`, lazily), so
+        :meth:`flush_autotune` adds what torch does not keep: each Triton config's time and
+        when each GEMM was measured. Only when recording."""
+        from cas.torch import autotune
+
+        with self._lock:
+            if self.branch is not None and self._unwatch is None:
+                self.observed, self._unwatch = autotune.watch(lazily=True)
+
+    def unwatch_autotune(self) -> None:
+        """Stop what :meth:`watch_autotune` started (torch's classes as they were)."""
+        with self._lock:
+            stop, self._unwatch = self._unwatch, None
+        if stop is not None:
+            stop()
+
     def flush_autotune(self) -> ObjectId | None:
         """Commit what torch autotuned in the cache dir since the session started as
         autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
@@ -455,7 +474,8 @@ class LiveCache:
             if "torch._dynamo" not in sys.modules:
                 return None  # torch compiled nothing in this process
             try:
-                res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since)
+                res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since,
+                                      observed=self.observed)
                 if res.commit is not None:
                     mark_local(self.store, res.commit)
             except Exception as exc:

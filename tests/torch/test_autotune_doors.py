@@ -70,6 +70,8 @@ def test_cas_run_record_commits_what_the_compile_autotuned(ran: Ran, torch_env: 
     assert live_meta["producer"] == "live" and live_meta["kinds"].get("gemm_timing") == 1
     assert len(recs) == 3 and {r.op for r in recs} == {"packed_linear"}
     assert {r.method for r in recs} == {"select_algorithm"} and all(len(r.candidates) == 2 for r in recs)
+    # watched during the session: when each GEMM was measured, not the timing file's mtime
+    assert len({r.provenance["time"] for r in recs}) == 3
     picked = ran.workload["picked"]
     assert {r.config["choice"] for r in recs} == {picked[f"{r.op} {r.source['inputs_key']}"] for r in recs}
     assert "and 3 autotune records recorded on main" in ran.stderr
@@ -105,7 +107,9 @@ def test_cas_capture_commits_autotune_records_after_the_entries(
 
 def test_enable_record_commits_only_what_was_tuned_during_the_session(tmp_path: Path) -> None:
     import torch._dynamo  # noqa: F401  (enable installs its backend once dynamo is imported)
+    from torch._inductor import select_algorithm
     from torch._inductor.codecache import CacheBase
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
     from cas.torch.enable import enable
 
@@ -116,8 +120,12 @@ def test_enable_record_commits_only_what_was_tuned_during_the_session(tmp_path: 
     an_hour_ago = time.time() - 3600
     os.utime(timing, (an_hour_ago, an_hour_ago))  # tuned before the session: not its measurement
 
+    savers = len(select_algorithm.get_algorithm_selector_cache().feedback_saver_fns)
+    bench_all = CachingAutotuner.benchmark_all_configs
     session = enable(tmp_path / "store", ref="main", record="exp", cache_dir=cache, hydrate=False)
-    try:
+    try:  # the session watches autotune while it lasts
+        assert len(select_algorithm.get_algorithm_selector_cache().feedback_saver_fns) == savers + 1
+        assert CachingAutotuner.benchmark_all_configs is not bench_all
         session.flush()
         assert session.live is not None and session.live.stats.autotuned == 0
         timing.write_bytes(CPU_FILE.read_bytes())  # torch rewrites the file when it tunes
@@ -126,6 +134,8 @@ def test_enable_record_commits_only_what_was_tuned_during_the_session(tmp_path: 
         assert session.stats()["live"]["autotuned"] == 3
     finally:
         session.close()
+    assert len(select_algorithm.get_algorithm_selector_cache().feedback_saver_fns) == savers
+    assert CachingAutotuner.benchmark_all_configs is bench_all
     with Store(tmp_path / "store") as store:
         messages = [m for m, _ in commits(store, "exp")]
         assert [m.split(" on ")[0] for m in messages if m.startswith("autotune:")] == ["autotune: 3 kernels"]

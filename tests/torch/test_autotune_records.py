@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,23 @@ def test_observe_watches_every_triton_tuning_method_this_torch_has() -> None:
     with autotune.observe():
         assert all(getattr(CachingAutotuner, n) is not before[n] for n in names)
     assert all(getattr(CachingAutotuner, n) is before[n] for n in names)
+
+
+def test_a_module_still_being_imported_is_watched_from_the_next_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch imports dynamo from inside inductor modules, so the live session's watcher can
+    # find select_algorithm half imported; it then waits for dynamo's compile-start callback.
+    from torch._dynamo.callback import CallbackArgs, CallbackTrigger, callback_handler
+
+    half = types.ModuleType("cas_test_half_imported")
+    monkeypatch.setitem(sys.modules, half.__name__, half)
+    seen: list[Any] = []
+    before = list(callback_handler.start_callbacks)
+    autotune._when_ready(half.__name__, "add_feedback_saver", seen.append)
+    try:
+        assert seen == [] and len(callback_handler.start_callbacks) == len(before) + 1
+        half.add_feedback_saver = print  # type: ignore[attr-defined]  # its import finished
+        for _ in range(2):
+            callback_handler.run_start_callbacks(CallbackArgs(CallbackTrigger.DYNAMO, "0/0"))
+        assert seen == [half]  # once
+    finally:
+        callback_handler.start_callbacks[:] = before
