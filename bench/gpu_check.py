@@ -13,7 +13,8 @@ the script where no GPU is at hand.)
    then ``cas clone --trusted`` of it into a third (the new machine).
 3. replay: a fresh process with an empty cache dir and TMPDIR hydrates the cloned branch
    and compiles again; it must run zero autotune benchmarks
-   (torch's ``select_algorithm_autotune`` and ``coordesc_tuning_bench`` counters, and
+   (torch's ``select_algorithm_autotune``, ``coordesc_tuning_bench`` and
+   ``combo_autotune_bench`` counters, and
    wrapped ``CachingAutotuner.benchmark_all_configs``) and pick the recorded GEMM choices.
 4. figures: compile+first-call seconds of both runs, records by method, benchmarks run;
    printed and written to ``DIR/gpu_check.json``. Exit status 0 only if replay

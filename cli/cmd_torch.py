@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cas.errors import TorchError, UsageError
+from cas.refs import load_commit
 from cas_cli.context import Context, pass_ctx
 
 
@@ -59,13 +60,17 @@ def capture(ctx: Context, cache_dir: Path | None, message: str, branch: str) -> 
     if cache_dir is not None and not cache_dir.is_dir():
         raise UsageError(f"no such cache dir: {cache_dir}")
     res = do_capture(ctx.store, cache_dir, branch=branch, message=message, megacache=False)
-    if res.commit is None:
+    tuned = res.autotune.commit if res.autotune is not None else None
+    if res.commit is None and tuned is None:
         ctx.emit(res.to_dict(), f"nothing new to capture ({res.already_stored} entries already stored)")
         return
     ctx.emit(res.to_dict(), None)
     if not ctx.as_json:
-        ctx.out.print(_kinds_table(f"captured {res.added} entries", res.by_kind))
-        ctx.out.print(escape(f"[{branch} {res.commit.short()}] {message}"))
+        if res.commit is not None:
+            ctx.out.print(_kinds_table(f"captured {res.added} entries", res.by_kind))
+            ctx.out.print(escape(f"[{branch} {res.commit.short()}] {message}"))
+        if tuned is not None:
+            ctx.out.print(escape(f"[{branch} {tuned.short()}] {load_commit(ctx.store, tuned).message}"))
 
 
 @click.command()

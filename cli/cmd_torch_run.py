@@ -73,6 +73,7 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         "autograd_cache_miss": 0,
         "served": 0,
         "recorded": 0,
+        "autotuned": 0,
         "hydrated": 0,
         "commits": [],
     }
@@ -84,6 +85,7 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
             total[name] += int((c.get("aot_autograd") or {}).get(name, 0))
         total["served"] += int((s.get("live") or {}).get("hits", 0))
         total["recorded"] += int((s.get("live") or {}).get("recorded", 0))
+        total["autotuned"] += int((s.get("live") or {}).get("autotuned", 0))
         total["hydrated"] += int((s.get("hydrated") or {}).get("written", 0))
         total["commits"].extend(s.get("commits") or [])
     total["warmth"] = _warmth(lines)
@@ -124,7 +126,8 @@ def _summary_text(t: dict[str, Any], record: str | None) -> str:
     )
     if record:
         commits = ", ".join(c[:12] for c in t["commits"]) or "no commit: nothing new"
-        text += f"; {t['recorded']} new entries recorded on {record} ({commits})"
+        tuned = f" and {t['autotuned']} autotune records" if t["autotuned"] else ""
+        text += f"; {t['recorded']} new entries{tuned} recorded on {record} ({commits})"
     warmth = t["warmth"]
     lines = [text, f"cas run: {warmth['headline']}"]
     lines += [f"  {r['line']}" for r in warmth["rebuilds"]]

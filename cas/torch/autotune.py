@@ -14,10 +14,11 @@
 - :func:`shard` and :func:`gather_records`: distributed autotune — each rank benchmarks
   its share of the GEMM lookups, rank 0 commits the union.
 
-Torch internals touched (2.11–2.14): ``CacheBase.get_system`` (timing file name),
-``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` and
+Torch internals touched (2.11–2.14; compared in docs/torch.md): ``CacheBase.get_system``
+(timing file name), ``CachingAutotuner.benchmark_all_configs`` /
+``coordinate_descent_tuning`` / ``_combo_sequential_autotune`` (2.13+) and
 ``AutotuneCache.local_cache`` (``runtime/triton_heuristics.py``,
-``runtime/autotune_cache.py``), ``counters["inductor"]["select_algorithm_autotune"]``.
+``runtime/autotune_cache.py``), ``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import json
 import os
 import platform
 import re
+import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ __all__ = [
     "read_records",
     "record",
     "shard",
+    "watch",
     "write_records",
 ]
 
@@ -146,22 +149,100 @@ def _line(cfg: Any) -> str:
 @contextlib.contextmanager
 def observe() -> Iterator[Observed]:
     """Watch torch autotune in this process; yields what it saw (filled as it goes)."""
-    from torch._inductor import select_algorithm
-
-    seen = Observed()
-
-    def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
-        key = select_algorithm.create_inputs_key(input_nodes)
-        seen.gemm_times[(name, key)] = round(time.time(), 3)
-
-    select_algorithm.add_feedback_saver(on_gemm)
-    undo = _patch_triton(seen)
+    seen, stop = watch()
     try:
         yield seen
     finally:
-        undo()
-        cache = select_algorithm.get_algorithm_selector_cache()
-        cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+        stop()
+
+
+def watch(*, lazily: bool = False) -> tuple[Observed, Callable[[], None]]:
+    """Start watching torch autotune in this process: what it sees (filled as it goes) and
+    the function that stops watching. :func:`observe` as two calls, for a whole session.
+
+    ``lazily``: install nothing until torch itself imports ``select_algorithm`` and
+    ``triton_heuristics`` (:func:`cas.torch.hooks.after_import`), so a program that never
+    autotunes does not import them for cas.
+    """
+    seen = Observed()
+    undo: list[Callable[[], None]] = []
+    stopped = False
+
+    def on_select_algorithm(module: Any) -> None:
+        if stopped:
+            return
+
+        def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
+            seen.gemm_times[(name, module.create_inputs_key(input_nodes))] = round(time.time(), 3)
+
+        def remove() -> None:
+            cache = module.get_algorithm_selector_cache()
+            cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+
+        module.add_feedback_saver(on_gemm)
+        undo.append(remove)
+
+    def on_triton(_module: Any) -> None:
+        if not stopped:
+            undo.append(_patch_triton(seen))
+
+    if lazily:
+        _when_ready("torch._inductor.select_algorithm", "add_feedback_saver", on_select_algorithm)
+        _when_ready("torch._inductor.runtime.triton_heuristics", "CachingAutotuner", on_triton)
+    else:
+        from torch._inductor import select_algorithm
+
+        on_select_algorithm(select_algorithm)
+        on_triton(None)
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        while undo:
+            undo.pop()()
+
+    return seen, stop
+
+
+def _when_ready(name: str, needs: str, fn: Callable[[Any], None]) -> None:
+    """Call ``fn(module)`` once module ``name`` is imported and has ``needs``: now, right
+    after its import, or — when it is being imported right now, by the very import that
+    led here (torch imports dynamo from inside inductor's modules) — at the start of the
+    next compile (dynamo's ``callback_handler``, 2.11–2.14)."""
+    from cas.torch.hooks import after_import
+
+    module = sys.modules.get(name)
+    if module is None:
+        after_import(name, fn)
+    elif hasattr(module, needs):
+        fn(module)
+    else:
+        done = False
+
+        def at_compile_start(*_: Any) -> None:
+            nonlocal done
+            ready = sys.modules.get(name)
+            if done or ready is None or not hasattr(ready, needs):
+                return
+            done = True
+            try:
+                fn(ready)
+            except Exception:  # inside torch's compile: never raise
+                pass
+
+        def register(dynamo: Any) -> None:
+            handler = getattr(getattr(dynamo, "callback", None), "callback_handler", None)
+            if handler is not None:
+                handler.register_start_callback(at_compile_start)
+
+        after_import("torch._dynamo", register)
+
+
+#: CachingAutotuner methods that benchmark Triton configs, probed on the installed torch:
+#: ``benchmark_all_configs`` and ``coordinate_descent_tuning`` (2.11–2.14), and
+#: ``_combo_sequential_autotune`` (combo kernels' block-size search, 2.13 and 2.14). The
+#: last two leave every time they measured in ``coordesc_tuner.cached_benchmark_results``.
+_TRITON_TUNERS = ("coordinate_descent_tuning", "_combo_sequential_autotune")
 
 
 def _patch_triton(seen: Observed) -> Any:
@@ -169,31 +250,35 @@ def _patch_triton(seen: Observed) -> Any:
         from torch._inductor.runtime.triton_heuristics import CachingAutotuner
     except ImportError:  # no Triton in this build: nothing to watch
         return lambda: None
-    orig_all, orig_cd = CachingAutotuner.benchmark_all_configs, CachingAutotuner.coordinate_descent_tuning
+    orig = {name: getattr(CachingAutotuner, name)
+            for name in ("benchmark_all_configs", *_TRITON_TUNERS) if hasattr(CachingAutotuner, name)}
 
     def bench_all(self: Any, *args: Any, **kwargs: Any) -> Any:
-        timings = orig_all(self, *args, **kwargs)
+        timings = orig["benchmark_all_configs"](self, *args, **kwargs)
         seen.triton_benchmarks += 1
         path = _best_config_path(self)
         if path is not None:
             seen.triton.setdefault(path, {}).update({_line(k.config): float(v) for k, v in timings.items()})
         return timings
 
-    def coordesc(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = orig_cd(self, *args, **kwargs)
-        path = _best_config_path(self)
-        results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
-        if path is not None and results:
-            lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
-            seen.triton.setdefault(path, {}).update(lines)
-        return out
+    def tuner(name: str) -> Any:
+        def tune(self: Any, *args: Any, **kwargs: Any) -> Any:
+            out = orig[name](self, *args, **kwargs)
+            path = _best_config_path(self)
+            results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
+            if path is not None and results:
+                lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
+                seen.triton.setdefault(path, {}).update(lines)
+            return out
 
-    CachingAutotuner.benchmark_all_configs = bench_all  # type: ignore[method-assign]
-    CachingAutotuner.coordinate_descent_tuning = coordesc  # type: ignore[method-assign]
+        return tune
+
+    for name in orig:
+        setattr(CachingAutotuner, name, bench_all if name == "benchmark_all_configs" else tuner(name))
 
     def undo() -> None:
-        CachingAutotuner.benchmark_all_configs = orig_all  # type: ignore[method-assign]
-        CachingAutotuner.coordinate_descent_tuning = orig_cd  # type: ignore[method-assign]
+        for name, method in orig.items():
+            setattr(CachingAutotuner, name, method)
 
     return undo
 
@@ -202,12 +287,13 @@ def _patch_triton(seen: Observed) -> Any:
 def count_benchmarks() -> Iterator[dict[str, int]]:
     """Count autotune benchmarks run inside the block, by torch's own counters.
 
-    ``select_algorithm`` (GEMM templates) and coordinate descent have counters;
-    a Triton ``benchmark_all_configs`` has none and is counted by wrapping it.
+    ``select_algorithm`` (GEMM templates), coordinate descent and (2.13+) combo-kernel
+    tuning have counters (a name this torch lacks stays 0); a Triton
+    ``benchmark_all_configs`` has none and is counted by wrapping it.
     """
     from torch._dynamo.utils import counters
 
-    names = ("select_algorithm_autotune", "coordesc_tuning_bench")
+    names = ("select_algorithm_autotune", "coordesc_tuning_bench", "combo_autotune_bench")
     before = {n: counters["inductor"][n] for n in names}
     out: dict[str, int] = {n: 0 for n in (*names, "triton_benchmark_all_configs")}
     seen = Observed()
@@ -230,9 +316,10 @@ def read_records(
     observed: Observed | None = None,
     remote_values: Iterable[tuple[str, bytes]] = (),
     method: str = "",
+    since: float | None = None,
 ) -> list[autotune.Record]:
     """Every autotune result in ``cache_dir`` (and ``remote_values``) as records of this
-    process's device class and provenance."""
+    process's device class and provenance; with ``since``, only files written since then."""
     cls, prov = device_class(), provenance(method)
     seen = observed or Observed()
     out: list[autotune.Record] = []
@@ -240,11 +327,14 @@ def read_records(
         if found.kind not in ("gemm_timing", "autotune"):
             continue
         try:
+            mtime = found.path.stat().st_mtime
+            if since is not None and mtime < since:
+                continue
             content = found.path.read_bytes()
         except OSError:
             continue
         rel = str(found.path.relative_to(cache_dir))
-        file_prov = {**prov, "time": round(found.path.stat().st_mtime, 3)}
+        file_prov = {**prov, "time": round(mtime, 3)}
         if found.kind == "gemm_timing":
             for rec in autotune.from_timing_file(content, rel, cls, file_prov):
                 at = seen.gemm_times.get((rec.op, str(rec.source.get("inputs_key"))))
@@ -298,12 +388,14 @@ def record(
     method: str = "",
     author: str | None = None,
     records: Iterable[autotune.Record] | None = None,
+    since: float | None = None,
 ) -> RecordResult:
     """Commit the autotune results of ``cache_dir`` (default: torch's) on ``branch``.
 
     One commit, ``autotune: N kernels on <device>``, holding only records that are new
     or whose measurement changed; ``autotune_remote`` entries already on the branch are
-    read too. ``records`` replaces reading the dir (distributed shards, tests).
+    read too. ``records`` replaces reading the dir (distributed shards, tests); ``since``
+    reads only the files written since then (a live session's own measurements).
     """
     from cas.torch.capture import torch_cache_dir
 
@@ -314,7 +406,7 @@ def record(
         remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
                   if ek.kind == "autotune_remote" and ek.env == env_id]
         cdir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
-        records = read_records(cdir, observed=observed, remote_values=remote, method=method)
+        records = read_records(cdir, observed=observed, remote_values=remote, method=method, since=since)
     recs = list(records)
     device = str(recs[0].provenance.get("device", "")) if recs else ""
     result = RecordResult(commit=None, device=device)

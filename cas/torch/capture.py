@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import manifest
 from cas.codec import ObjType
@@ -31,6 +31,9 @@ from cas.refs import branch_ref, load_commit
 from cas.store import Store
 from cas.torch import cxx, kinds, megacache
 from cas.torch.env import cpu_fingerprint, current_env
+
+if TYPE_CHECKING:
+    from cas.torch.autotune import RecordResult
 
 __all__ = [
     "Artifact",
@@ -54,9 +57,11 @@ class CaptureResult:
     already_stored: int = 0
     bytes_added: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    #: The autotune records committed after the capture (:func:`capture` only).
+    autotune: RecordResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "commit": str(self.commit) if self.commit else None,
             "env": str(self.env),
             "added": self.added,
@@ -64,6 +69,9 @@ class CaptureResult:
             "bytes_added": self.bytes_added,
             "by_kind": dict(self.by_kind),
         }
+        if self.autotune is not None:
+            out["autotune"] = self.autotune.to_dict()
+        return out
 
 
 def torch_cache_dir() -> Path:
@@ -184,8 +192,14 @@ def capture(
     pch: bool = True,
     compile_seconds: float | None = None,
     author: str | None = None,
+    autotune: bool = True,
 ) -> CaptureResult:
     """Capture this process's artifacts and those in ``cache_dir`` into one commit.
+
+    With ``autotune``, what torch measured while autotuning (the GEMM timing file,
+    ``.best_config`` files) is then committed as autotune records, in a commit of its
+    own on ``branch`` (``autotune: N kernels on <device>``, :func:`cas.torch.autotune.record`;
+    none when nothing was tuned or all is recorded already): ``result.autotune``.
 
     ``megacache`` adds the in-process Mega-Cache artifacts (needs the compiling process;
     the CLI, a separate process, reads the cache dir only). ``pch`` adds torch's
@@ -199,6 +213,11 @@ def capture(
     meta: dict[str, Any] = {"producer": "capture", "cache_dir": str(cdir)}
     if compile_seconds is not None:
         meta["compile_seconds"] = round(compile_seconds, 3)
-    return commit_artifacts(
+    result = commit_artifacts(
         store, arts, branch=branch, message=message, metadata=meta, author=author
     )
+    if autotune:
+        from cas.torch.autotune import record
+
+        result.autotune = record(store, cdir, branch=branch, author=author)
+    return result

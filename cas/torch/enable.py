@@ -3,7 +3,8 @@
 It opens the store, checks the trust policy for the ref, hydrates the ref's entries for
 this env into torch's cache dir (so torch's own lookup hits them, C++ kernels included),
 installs the live backend for whatever hydrate did not cover, and, with ``record``, buffers
-what torch newly compiles and commits it at exit (or on :meth:`Session.flush`).
+what torch newly compiles and commits it at exit (or on :meth:`Session.flush`), followed by
+what it autotuned meanwhile as autotune records, in a commit of their own.
 
 Never worse than no cache: a missing, locked or corrupt store, a refused ref or any
 other failure costs one :class:`~cas.torch.live.CasWarning` and leaves torch compiling as
@@ -62,12 +63,13 @@ class Session:
         return self.store is not None
 
     def flush(self) -> ObjectId | None:
-        """Commit what torch compiled since the last flush to ``record``; never raises."""
+        """Commit what torch compiled since the last flush to ``record``, then what it
+        autotuned as records in a commit of their own; never raises. Returns the first."""
         if self.live is None:
             return None
         oid = self.live.flush()
-        if oid is not None:
-            self.commits.append(oid)
+        tuned = self.live.flush_autotune()
+        self.commits += [c for c in (oid, tuned) if c is not None]
         return oid
 
     def stats(self) -> dict[str, Any]:
@@ -112,6 +114,8 @@ class Session:
         if self.closed:
             return
         self.flush()
+        if self.live is not None:
+            self.live.unwatch_autotune()
         if self.installed:
             uninstall()
         if self.store is not None and self.owns_store:
@@ -259,6 +263,10 @@ def _install(session: Session) -> None:
         session.installed = True
     except Exception as exc:  # inside the user's import of torch._dynamo: never raise
         warn_once("install", f"cannot serve torch's caches ({exc}); compiling without the live backend")
+    try:  # recording does not need the backend: flush reads the cache dir
+        session.live.watch_autotune()
+    except Exception as exc:
+        warn_once("autotune-watch", f"cannot watch autotune ({exc}); records get no candidate times")
 
 
 def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] | None) -> None:

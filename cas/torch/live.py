@@ -153,6 +153,7 @@ class LiveStats:
     puts: int = 0
     errors: int = 0
     recorded: int = 0
+    autotuned: int = 0  # autotune records committed (flush_autotune)
     skipped_other_env: int = 0
     by_kind: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -209,6 +210,8 @@ class LiveCache:
         self._foreign: dict[tuple[str, str], int] = {}
         self._pending: dict[EntryKey, _Pending] = {}
         self._owner_pid = os.getpid()
+        self.observed: Any = None  # cas.torch.autotune.Observed, once watch_autotune ran
+        self._unwatch: Callable[[], None] | None = None
 
     # -- serving ------------------------------------------------------------------------
 
@@ -439,6 +442,48 @@ class LiveCache:
                 self._pending.pop(k, None)
             self.stats.recorded += len(pending)
             return oid
+
+    def watch_autotune(self) -> None:
+        """Watch torch autotune from now on (:func:`cas.torch.autotune.watch`, lazily), so
+        :meth:`flush_autotune` adds what torch does not keep: each Triton config's time and
+        when each GEMM was measured. Only when recording."""
+        from cas.torch import autotune
+
+        with self._lock:
+            if self.branch is not None and self._unwatch is None:
+                self.observed, self._unwatch = autotune.watch(lazily=True)
+
+    def unwatch_autotune(self) -> None:
+        """Stop what :meth:`watch_autotune` started (torch's classes as they were)."""
+        with self._lock:
+            stop, self._unwatch = self._unwatch, None
+        if stop is not None:
+            stop()
+
+    def flush_autotune(self) -> ObjectId | None:
+        """Commit what torch autotuned in the cache dir since the session started as
+        autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
+        ``branch``, ``autotune: N kernels on <device>``, after :meth:`flush`'s. Returns it,
+        or None (nothing measured, no branch, a forked child). Never raises."""
+        from cas.torch import autotune
+        from cas.torch.policy import mark_local
+
+        with self._lock:
+            if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
+                return None
+            if "torch._dynamo" not in sys.modules:
+                return None  # torch compiled nothing in this process
+            try:
+                res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since,
+                                      observed=self.observed)
+                if res.commit is not None:
+                    mark_local(self.store, res.commit)
+            except Exception as exc:
+                self.stats.errors += 1
+                warn_once("autotune-error", f"could not record autotune results: {exc}")
+                return None
+            self.stats.autotuned += res.added + res.changed
+            return res.commit
 
     def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
         kinds: dict[str, int] = defaultdict(int)

@@ -153,7 +153,7 @@ def test_merge_keeps_the_faster_record_per_kernel_and_device_class_then_replay_b
                               marker=MARKER, tmpdir=tmp_path / "tmp", timeout=600)
     assert replay["hydrated"] == {"autotune_record": 3}
     assert replay["benchmarks"] == {"select_algorithm_autotune": 0, "coordesc_tuning_bench": 0,
-                                    "triton_benchmark_all_configs": 0}
+                                    "combo_autotune_bench": 0, "triton_benchmark_all_configs": 0}
     for rec in here.values():
         assert replay["picked"][f"{rec.op} {rec.source['inputs_key']}"] == rec.config["choice"]
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
