@@ -53,6 +53,11 @@ def _parse_size(text: str) -> int:
     "--redis-flush-every", default=5.0, show_default=True, type=float, help="Seconds between Redis commits."
 )
 @click.option("--redis-anonymous-read", is_flag=True, help="Let Redis clients that send no AUTH read.")
+@click.option(
+    "--redis-anonymous-write",
+    is_flag=True,
+    help="Let Redis clients that send no AUTH (Triton's) read and write to --redis-branch.",
+)
 @pass_ctx
 def serve(
     ctx: Context,
@@ -72,6 +77,7 @@ def serve(
     redis_batch: int,
     redis_flush_every: float,
     redis_anonymous_read: bool,
+    redis_anonymous_write: bool,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
@@ -89,6 +95,8 @@ def serve(
             )
     redis = None
     if redis_port is not None:
+        if redis_anonymous_write and redis_read_only:
+            raise UsageError("--redis-anonymous-write and --redis-read-only contradict each other")
         if redis_env == "here":
             from cas.torch.env import ensure_env
 
@@ -102,6 +110,7 @@ def serve(
             batch=max(1, redis_batch),
             flush_every=redis_flush_every,
             anonymous_read=redis_anonymous_read,
+            anonymous_write=redis_anonymous_write,
         )
     path = ctx.store.path
     ctx.close()  # the server opens its own handles, one per worker thread

@@ -23,7 +23,8 @@ of other envs are never served.
   metadata names the token that wrote them, so a batch never mixes two tokens.
 * ``AUTH [user] <cas token>``: the password is a cas token; a read token gets
   ``-NOPERM`` on ``SET``, except on a read-only door (no branch), which drops writes. Without AUTH a connection may only handshake, unless the
-  server runs without tokens or allows anonymous reads.
+  server runs without tokens or the door allows anonymous reads (or reads and writes,
+  for Triton's client, which cannot send a password).
 * ``DEL``, ``FLUSHALL`` and every other command that would rewrite history are refused:
   entries leave a store through ``cas gc``, not through a cache client.
 
@@ -84,6 +85,9 @@ class RedisOptions:
     flush_every: float = 5.0
     #: Let connections that never AUTH read (e.g. a loopback-only fleet cache).
     anonymous_read: bool = False
+    #: Let connections that never AUTH read and write (Triton's client sends no password);
+    #: their commits name the token ``anonymous``.
+    anonymous_write: bool = False
 
 
 class _Reply:
@@ -475,7 +479,7 @@ class _Session:
         self.reply = _Reply()
         self.closing = False
         self.scope: Scope | None
-        if door.tokens is None:
+        if door.tokens is None or door.options.anonymous_write:
             self.token, self.scope = "anonymous", Scope.WRITE
         elif door.options.anonymous_read:
             self.token, self.scope = "anonymous", Scope.READ

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +68,25 @@ def start(tmp_path: Path, *args: str) -> Door:
         "--redis-flush-every", "0.2", *args,
     )
     return Door(server, port, path, write, read)
+
+
+def run_fresh(tmp: Path, script: str, env: dict[str, str], *args: str, timeout: float = 540) -> dict:
+    """Run ``script`` as a client on a new machine and return the JSON of its ``RESULT``
+    line: ``python -I -S`` (no site processing, so the editable install of cas, a .pth
+    hook, is not seen; the script adds the paths it needs from ``args``), empty HOME and
+    TMPDIR, ``tmp/cache`` an empty cache dir, and only ``env`` set besides. The script
+    reports ``cas_found``; it must be False."""
+    for d in ("cache", "tmp", "home"):
+        (tmp / d).mkdir(parents=True)
+    path = tmp / "client.py"
+    path.write_text(script)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp / "home"), "TMPDIR": str(tmp / "tmp"), **env}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(path), *args],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    got: dict = json.loads(line[len("RESULT "):])
+    assert got["cas_found"] is False
+    return got

@@ -199,3 +199,8 @@ def test_a_commit_from_an_untrusted_remote_on_the_served_branch_stops_serving(do
         s.set_meta(f"origin.{oid.hex}", "remote:stranger")  # as a pull from it records
     assert c.get("pt2:fx-graph-v1::strangerkey:c1") is None
     assert c.get(FX_KEY) is None  # the whole ref is refused, not just the new commit
+
+
+def test_anonymous_writes_need_a_door_that_records(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="--redis-anonymous-write and --redis-read-only contradict"):
+        start(tmp_path, "--redis-read-only", "--redis-anonymous-write")

@@ -5,15 +5,12 @@ empty TMPDIR)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
 
 import pytest
+from server.doorkit import run_fresh
 from servers import CasServer, free_port
 
 from cas import manifest
@@ -50,27 +47,13 @@ print("RESULT " + json.dumps({"cas_found": cas_found, "max_err": err,
 
 
 def _client(tmp: Path, port: int, token: str) -> dict:
-    for d in ("cache", "tmp", "home"):
-        (tmp / d).mkdir(parents=True)
-    script = tmp / "client.py"
-    script.write_text(CLIENT)
     env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp / "home"),
-        "TMPDIR": str(tmp / "tmp"),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp / "cache"),
         "TORCHINDUCTOR_REDIS_URL": f"redis://:{token}@127.0.0.1:{port}",
         "TORCHINDUCTOR_FX_GRAPH_REMOTE_CACHE": "1",
         "TORCHINDUCTOR_AUTOGRAD_REMOTE_CACHE": "1",
     }
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", str(script), sysconfig.get_paths()["purelib"]],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=540,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    got = json.loads(line[len("RESULT "):])
-    assert got["cas_found"] is False
+    got = run_fresh(tmp, CLIENT, env, sysconfig.get_paths()["purelib"])
     assert got["max_err"] < 1e-4
     return got["counters"]
 
