@@ -33,6 +33,7 @@ class Tuned:
     recorded: str
     run: dict[str, Any]
     cache: Path  # machine A's torch cache dir after the cold compile
+    tmpdir: Path  # its TMPDIR: torch's default cache dir, with the precompiled header
 
 
 _tuned: Tuned | None = None
@@ -51,7 +52,8 @@ def tuned_once(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) ->
         torch_env.cas(b, "clone", str(a), str(b), "--name", "a", "--trusted")
         run = torch_env.python(root / "cache", str(WORKLOAD), str(a), "--record", "main", marker=MARKER,
                                tmpdir=root / "tmp", timeout=600)
-        _tuned = Tuned(a, b, base.hex, run["recorded"]["commit"], run, root / "cache")
+        _tuned = Tuned(a, b, base.hex, run["recorded"]["commit"], run, root / "cache",
+                       root / "tmp")
     return _tuned
 
 

@@ -26,12 +26,13 @@ def test_two_ranks_split_the_tuning_and_a_pulled_store_replays_it(
     torch_env.cas(tuner, "init")
     # Every process here starts with the session cold run's compiled C++ kernels (code
     # only: no FX/AOT entries, no timing files), so g++ does not rebuild what that run
-    # built. The ranks still benchmark their share (timings decide, not kernels on disk);
-    # the job still starts with no autotune entries and must benchmark nothing.
+    # built; the ranks also share its TMPDIR (its precompiled header). The ranks still
+    # benchmark their share (timings decide, not kernels on disk); the job still starts
+    # with no autotune entries and an empty TMPDIR, and must benchmark nothing.
     for rank in (0, 1):  # autotune_workload.py gives rank N the cache dir <cache>/rankN
         seed_kernels(tuned, tmp_path / "cache" / f"rank{rank}")
     run = torch_env.python(tmp_path / "cache", str(WORKLOAD), str(tuner), "--record", "main", "--ranks", "2",
-                           marker=MARKER, tmpdir=tmp_path / "tmp", timeout=900)
+                           marker=MARKER, tmpdir=tuned.tmpdir, timeout=900)
     ranks = sorted(run["ranks"], key=lambda r: r["rank"])
     # each rank benchmarked its own share of the three GEMM shapes, and only that
     assert [r["tuned"] for r in ranks] == [2, 1] and [r["skipped"] for r in ranks] == [1, 2]
