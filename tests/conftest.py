@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs two workers), torch tests that share a cold
     compile run on one worker, so that each compile happens once per test run: the users of
     ``captured`` (tests/torch/conftest.py) together, the users of livekit's ``recorded``
-    (cached per process) together, and every other torch module as a unit of its own.
+    (cached per process) together, the users of autotune_fixtures' ``tuned`` together, and
+    every other torch module as a unit of its own.
     Everything else is spread over both workers as they free up."""
     torch_dir = Path(__file__).parent / "torch"
     for item in items:
@@ -41,6 +42,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = "torch-captured"
         elif "recorded" in vars(getattr(item, "module", None) or object):
             group = "torch-recorded"
+        elif "tuned" in getattr(item, "fixturenames", ()):
+            group = "torch-autotune"  # autotune_fixtures.tuned_once, cached per process
         else:
             group = f"torch-{Path(item.path).stem}"
         item.add_marker(pytest.mark.xdist_group(group))

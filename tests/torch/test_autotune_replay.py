@@ -16,43 +16,22 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels, tuned_once
 from torchkit import TorchEnv
 
 from cas import autotune, history, manifest, refs
-from cas.objects import Entry, EntryKey, Env
+from cas.objects import Entry, EntryKey
 from cas.store import Store
 
-WORKLOAD = Path(__file__).with_name("autotune_workload.py")
-MARKER = "CAS-AUTOTUNE "
 OTHER_CLASS = "cpu-0ther0ther0ther0"
-
-
-@dataclass
-class Tuned:
-    a: Path  # machine A's store: base commit, then the recorded autotune commit
-    b: Path  # machine B's store: a clone of A at the base commit
-    base: str
-    recorded: str
-    run: dict[str, Any]
 
 
 @pytest.fixture(scope="session")
 def tuned(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
-    root = tmp_path_factory.mktemp("autotune")
-    a, b = root / "a", root / "b"
-    with Store.init(a) as store:
-        env = store.put_object(Env({"note": "base"}))
-        blob = store.put(b"base")
-        base = history.commit_changes(store, "main", {EntryKey(env, "pgo", "base"): Entry(blob, 4)}, "base")
-    torch_env.cas(b, "clone", str(a), str(b), "--name", "a", "--trusted")
-    run = torch_env.python(root / "cache", str(WORKLOAD), str(a), "--record", "main", marker=MARKER,
-                           tmpdir=root / "tmp", timeout=600)
-    return Tuned(a, b, base.hex, run["recorded"]["commit"], run)
+    return tuned_once(torch_env, tmp_path_factory)
 
 
 def records(store: Store, rev: str) -> dict[EntryKey, autotune.Record]:
@@ -147,8 +126,12 @@ def test_merge_keeps_the_faster_record_per_kernel_and_device_class_then_replay_b
     assert "speedup" in torch_env.cas(tuned.a, "autotune", "diff", before, "main").stdout
 
     # A new machine: empty cache dir, empty TMPDIR, a store cloned over a transport.
+    # The cache dir gets the cold run's compiled C++ kernels (seed_kernels: code only, no
+    # FX/AOT entries, no timings), so g++ does not rebuild them; benchmarks and picks are
+    # decided by the hydrated records alone.
     new = tmp_path / "new"
     torch_env.cas(new, "clone", str(tuned.a), str(new), "--trusted")
+    seed_kernels(tuned, tmp_path / "cache")
     replay = torch_env.python(tmp_path / "cache", str(WORKLOAD), str(new), "--hydrate", "main",
                               marker=MARKER, tmpdir=tmp_path / "tmp", timeout=600)
     assert replay["hydrated"] == {"autotune_record": 3}
