@@ -90,11 +90,10 @@ def test_explicit_flush_commits_onto_a_branch_started_from_the_ref(rec: Recorded
 
 def test_autotune_and_pgo_round_trip_through_torchs_remote_caches(tmp_path: Path) -> None:
     from torch._inductor import remote_cache as rc
+    from torch.compiler._cache import CacheArtifactManager
 
     from cas.torch.env import current_env
     from cas.torch.live import AUTOTUNE_REMOTE, LiveCache, install, uninstall
-
-    from torch.compiler._cache import CacheArtifactManager
 
     # A flush records the process's Mega-Cache artifacts too; start from none, as a fresh
     # process would (other in-process tests of this worker may have left some).
