@@ -27,14 +27,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             report.longrepr = f"skipped, but CAS_TEST_DISALLOW_SKIP=1: {report.longrepr}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Under pytest-xdist (`make test` runs two workers), torch tests that share a cold
     compile run on one worker, so that each compile happens once per test run: the users of
     ``captured`` (tests/torch/conftest.py) together, the users of livekit's ``recorded``
     (cached per process) together, the users of autotune_fixtures' ``tuned`` together, and
     every other torch module as a unit of its own.
-    Everything else is spread over both workers as they free up."""
+    Everything else is spread over both workers as they free up.
+
+    A wrapper: the marks go on before xdist's worker turns them, in its own hook of this
+    name, into the ``@group`` suffix of node ids that ``--dist loadgroup`` schedules by;
+    ``_suffix_groups`` then checks that the suffix took.
+
+    Torch tests come first: xdist hands out the groups by size, then units of one test in
+    this order, and a torch module of one slow test (the demo, the Redis door) started last
+    would leave the other worker idle at the end."""
     torch_dir = Path(__file__).parent / "torch"
+    items.sort(key=lambda item: torch_dir not in Path(item.path).parents)
     for item in items:
         if torch_dir not in Path(item.path).parents:
             continue
@@ -47,6 +57,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             group = f"torch-{Path(item.path).stem}"
         item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    _suffix_groups(config, items)
+
+
+def _suffix_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-xdist 3.8 suffixes grouped items by setting ``item._nodeid``, which pytest 9
+    no longer reads (pytest-dev/pytest-xdist#1386): loadgroup then silently grouped
+    nothing, every torch test was a unit of its own and both workers paid the session's
+    cold compiles. Until xdist sets the id pytest 9 reads, set it here."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(names)
+        if names and not item.nodeid.endswith(suffix):
+            from _pytest.nodeid import NodeId  # pytest 9's structured node id
+
+            item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
