@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Served, ServedPool
+from servers import Seaweed, Served, ServedPool
 from testclock import Clock
 
 from cas.store import Store
@@ -123,6 +123,17 @@ def cas(store_path: Path, tmp_path: Path) -> Cas:
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     env.pop("CAS_DIR", None)
     return Cas(store_path, env)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS (S3) per test run and worker (it takes seconds to start), killed at
+    the end; each test gets a fresh prefix or bucket of its own."""
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -30,15 +30,6 @@ class Endpoint:
         return self._counter()
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    server = Seaweed(tmp_path_factory.mktemp("seaweed-sync"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _http(pool: ServedPool) -> Iterator[Endpoint]:
     from cas.remote.http import HttpRemote
 
