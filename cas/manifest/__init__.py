@@ -15,9 +15,11 @@ CONTRACT (other modules code against these names; the implementation fills them 
     new_nodes(store, old_root, new_root) -> Iterator[ObjectId]
                                          node ids reachable from new_root and not old_root
     select(store, root, envs) -> ObjectId      the sub-manifest of entries whose env is in envs
+
 All functions write new nodes in one store transaction per call, children before parents.
 
-The package, one module per job (each imports only those above it in this list):
+The package, one module per job (each imports only those above it in this list, as an
+import-linter contract in pyproject.toml checks):
 
     node.py    the node format: where an entry sits (``h``, slots), rows, encode/decode
     cache.py   the per-store LRU of decoded nodes
