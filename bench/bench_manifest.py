@@ -209,15 +209,24 @@ def compare_shapes(n: int) -> None:
     """Print build cost, writes per insert, lookup time and diff reads for each shape."""
     data = make_entries(n, seed=n)
     keys = list(data)
-    saved = m.BITS, m.FANOUT, m._MASK, m.MAX_DEPTH, m.LEAF_MAX
+    saved = m.BITS, m.LEAF_MAX
     try:
         for bits, leaf_max in SHAPES:
-            m.BITS, m.FANOUT, m._MASK = bits, 1 << bits, (1 << bits) - 1
-            m.MAX_DEPTH, m.LEAF_MAX = 256 // bits, leaf_max
+            _set_shape(bits, leaf_max)
             with tempfile.TemporaryDirectory() as tmp, Store.init(tmp) as store:
                 print(_measure_shape(store, data, keys), flush=True)
     finally:
-        m.BITS, m.FANOUT, m._MASK, m.MAX_DEPTH, m.LEAF_MAX = saved
+        _set_shape(*saved)
+
+
+def _set_shape(bits: int, leaf_max: int) -> None:
+    """Rebind the shape constants in every module of cas.manifest that holds them."""
+    shape = {"BITS": bits, "FANOUT": 1 << bits, "_MASK": (1 << bits) - 1, "MAX_DEPTH": 256 // bits,
+             "LEAF_MAX": leaf_max}
+    for module in (m, m.node, m.tree, m.api):
+        for name, value in shape.items():
+            if hasattr(module, name):
+                setattr(module, name, value)
 
 
 def _measure_shape(store: Store, data: dict[EntryKey, Entry], keys: list[EntryKey]) -> str:

@@ -13,8 +13,8 @@ measured (docs/format.md, "Autotune records", gives the record schema and these 
 
 Each tuned thing becomes one :class:`Record` stored as an entry of kind
 :data:`KIND`, keyed by what was tuned, with the device class as variant, so the merge
-rule (:data:`cas.manifest.DEFAULT_RULES`) compares only measurements of the same kernel
-on the same class of device. Nothing here imports torch: the provenance is passed in.
+rule (:data:`MERGE_RULES`: the faster measurement wins) compares only measurements of the
+same kernel on the same class of device. Nothing here imports torch: the provenance is passed in.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from cas import history, manifest
@@ -33,7 +34,10 @@ from cas.refs import load_commit
 from cas.store import Store
 
 __all__ = [
+    "FASTER",
     "KIND",
+    "MERGE_RULES",
+    "TIMING_KEYS",
     "config_line",
     "RECORD_FORMAT",
     "Record",
@@ -343,6 +347,48 @@ def short_choice(text: object) -> str:
     value = str(text or "")
     head = value.split("-", 1)[0]
     return value if "=" in head else head
+
+
+#: Metadata keys holding a measured time in milliseconds, in order of preference.
+TIMING_KEYS = ("time_ms", "timing_ms")
+
+
+def _timing(entry: Entry | None) -> float | None:
+    if entry is None:
+        return None
+    for name in TIMING_KEYS:
+        value = entry.meta.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _measured_at(entry: Entry) -> float:
+    value = entry.meta.get("measured_at")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else float("inf")  # type: ignore[arg-type]
+
+
+def _faster(key: EntryKey, ours: Entry | None, theirs: Entry | None) -> manifest.Resolution:
+    # The side with the lower measured time wins; a side with a time beats one without
+    # (a removal has none); equal times go to the earlier measurement (``measured_at``),
+    # and otherwise to ours, so the rule is total and both merge orders agree.
+    mine, other = _timing(ours), _timing(theirs)
+    if other is not None and (mine is None or other < mine):
+        return theirs
+    if other is not None and other == mine and theirs is not None and ours is not None:
+        if _measured_at(theirs) < _measured_at(ours):
+            return theirs
+    return manifest.OURS(key, ours, theirs)
+
+
+FASTER = manifest.Rule("faster", _faster)
+
+#: The merge rules of the kinds this module defines (cas.sync.merge.RULES adds them to the
+#: manifest's fallback). Only autotune records (one per tuned kernel and device class)
+#: carry a measured time; the raw files torch keeps (``autotune``/``autotune_remote``/
+#: ``gemm_timing``) keep ours, and hydrate writes the records' choices over them.
+MERGE_RULES: Mapping[str, manifest.Resolver] = MappingProxyType({KIND: FASTER})
 
 
 def merge_lines(

@@ -14,7 +14,8 @@ from cas.errors import BadObjectId
 DIGEST_SIZE = 32
 HEX_SIZE = 64
 SHORT_SIZE = 12
-# Below this size, a multi-threaded hash costs more than it saves (perf-baseline.md).
+# Below this size, a multi-threaded hash costs more than it saves (measured on 2 cores:
+# blake3 AUTO threads 3.5 GB/s from 1 MiB up, but 0.8 GB/s at 4 KiB against 0.9 on one).
 _THREADED_HASH_MIN = 1 << 20
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 _blake3 = blake3.blake3

@@ -1,9 +1,10 @@
 """Where a commit came from: made in this store, or received from a remote.
 
-The trust policy (cas.torch.policy, DESIGN invariant 6) needs to know whether bytes
-came from a remote before handing them to torch. History marks every commit it writes
-as ``local``; sync marks every commit it receives as ``remote:<identity>`` unless the
-same commit was already made here. Marks live in the store's meta db under
+The trust policy (cas.torch.policy: nothing pulled from a remote reaches torch unless
+its source is trusted) needs to know whether bytes came from a remote before handing
+them to torch. History marks every commit it writes as ``local``; sync marks every
+commit it receives as ``remote:<identity>`` unless the same commit was already made
+here. Marks live in the store's meta db under
 ``origin.<commit hex>`` (docs/format.md, section 4).
 
 A remote's **identity** is what it is, not what it is called here: its URL (an absolute

@@ -16,6 +16,15 @@ from cas.objects import Commit, Tag
 from cas.store import Store
 
 
+def human_size(n: float) -> str:
+    """A byte count (or rate) as people read it: ``512 B``, ``1.5 KiB`` ... ``2.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 @dataclass
 class TypeStats:
     """Objects of one type: how many, their bytes, and what they take on disk."""
@@ -148,4 +157,4 @@ def entry_stats(store: Store, target: str | ObjectId) -> EntryStats:
     return out
 
 
-__all__ = ["Bucket", "EntryStats", "Stats", "TypeStats", "entry_stats", "stats"]
+__all__ = ["Bucket", "EntryStats", "Stats", "TypeStats", "entry_stats", "human_size", "stats"]

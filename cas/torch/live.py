@@ -20,7 +20,7 @@ get. Remote autotune keys (``<config-set hash>::<kernel hash>``) cannot be mappe
 local ``<xx>/<hash>.best_config`` path hydrate writes, so they get their own kind,
 ``autotune_remote``.
 
-Safety (DESIGN invariant 6, "never worse than no cache"): only entries whose env id equals
+Safety ("never worse than no cache"): only entries whose env id equals
 this process's env are served; every served blob is re-hashed and must match its id;
 anything that goes wrong is one warning and a miss, never an exception into torch. A put
 is buffered in memory and written by :meth:`LiveCache.flush` as one commit.
@@ -410,7 +410,7 @@ class LiveCache:
         child. Never raises: on a store error the entries stay buffered, one warning.
         """
         from cas.history import commit_changes
-        from cas.torch.policy import mark_local
+        from cas.provenance import mark_local
 
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
@@ -465,8 +465,8 @@ class LiveCache:
         autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
         ``branch``, ``autotune: N kernels on <device>``, after :meth:`flush`'s. Returns it,
         or None (nothing measured, no branch, a forked child). Never raises."""
+        from cas.provenance import mark_local
         from cas.torch import autotune
-        from cas.torch.policy import mark_local
 
         with self._lock:
             if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
@@ -607,7 +607,8 @@ def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autogra
     ``functools.cache``d, so its cache is cleared here to take effect afterwards too.
     Cache keys stay exactly those of a process without cas (see :func:`_flags`).
     The bundled autotune cache is never enabled: on Triton-less installs it crashes
-    compile (torch-internals.md §2).
+    compile (an AssertionError in ``_AutotuneCacheBundlerImpl._get_backend_hash``, as
+    ``backend_hash`` is None without Triton).
     """
     from torch._inductor import remote_cache as rc
 

@@ -1,4 +1,7 @@
-"""Trust policy: which refs may hand their bytes to torch (DESIGN invariant 6).
+"""Trust policy: which refs may hand their bytes to torch.
+
+Invariant: nothing pulled from a remote is unpickled by torch unless the policy in force
+allows its source (signed by a trusted key, or a remote marked trusted).
 
 Torch unpickles what its caches return, so an entry is code. The rule, kept simple:
 
@@ -8,9 +11,9 @@ Torch unpickles what its caches return, so an entry is code. The rule, kept simp
    hash-checked, so the whole snapshot is authenticated).
 2. Where a commit came from is decided from local facts only, first match wins:
    - ``origin.<commit hex>`` in the store's meta: ``local`` (written by cas when it
-     commits in this store: :func:`mark_local`) or ``remote:<identity>``
-     (:func:`mark_remote`, for sync to call when it receives commits; the identity is the
-     remote's URL and server id, never its name: cas.provenance);
+     commits in this store: ``cas.provenance.mark_local``) or ``remote:<identity>``
+     (``cas.provenance.mark_remote``, called by sync when it receives commits; the
+     identity is the remote's URL and server id, never its name);
    - the commit's own metadata names a ``remote`` identity (sync's merge and
      partial-pull commits);
    - the commit is reachable from ``refs/remotes/<name>/*`` of an untrusted remote:
@@ -44,8 +47,6 @@ __all__ = [
     "add_trusted_key",
     "check_ref_allowed",
     "commit_origin",
-    "mark_local",
-    "mark_remote",
     "remote_trusted",
     "set_remote_trusted",
     "sign",
@@ -68,16 +69,6 @@ class Verdict:
 
 def _origin_key(oid: ObjectId) -> str:
     return f"origin.{oid.hex}"
-
-
-def mark_local(store: Store, oid: ObjectId) -> None:
-    """Record that commit ``oid`` was made in this store (always trusted)."""
-    provenance.mark_local(store, oid)
-
-
-def mark_remote(store: Store, oids: list[ObjectId], remote: str) -> None:
-    """Record that commits ``oids`` were received from ``remote`` (sync does this)."""
-    provenance.mark_remote(store, oids, remote)
 
 
 def remote_trusted(store: Store, origin: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from livekit import Recorded, recorded, seed_kernels, workload
 
-from cas import manifest
+from cas import manifest, provenance
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import PolicyError
@@ -152,7 +152,7 @@ def test_what_a_remote_tracking_ref_reaches_is_that_remotes(store: Store) -> Non
     with pytest.raises(PolicyError):
         policy.check_ref_allowed(store, "origin/main")
     # Provenance recorded locally wins over the heuristic (e.g. our own pushed commit).
-    policy.mark_local(store, fetched)
+    provenance.mark_local(store, fetched)
     assert policy.check_ref_allowed(store, "main").reason == "local"
 
 
