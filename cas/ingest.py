@@ -21,6 +21,7 @@ from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId
 from cas.errors import MalformedPack, RequestTooLarge
 from cas.store import CHUNK_THRESHOLD, Store
+from cas.store import records as rc
 
 #: What one pack may unpack to (a client packs at most PACK_BYTES, or one object of up
 #: to MAX_OBJECT alone; see cas.pack.batches).
@@ -59,15 +60,15 @@ def verify(store: Store, data: bytes, *, max_unpacked: int = MAX_UNPACKED) -> Ve
         if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
             raw = f.data()
             out.wanted.extend(r for r in validate.check(f.otype, raw) if r not in seen)
-            out.records.extend(store.encode_verified([(f.oid, f.otype, raw, f.packed)]))
+            out.records.append((f.oid, f.otype, rc.encode(f.otype, raw, fast=True, packed=f.packed)))
         elif f.raw_size > CHUNK_THRESHOLD:
             f.verify()
             out.big.append(f)
         elif f.compressed:
             f.verify()
-            out.records.append(store.encode_frame(f.oid, f.otype, f.raw_size, f.payload))
+            out.records.append((f.oid, f.otype, rc.frame_record(f.otype, f.raw_size, f.payload)))
         else:
-            out.records.extend(store.encode_verified([(f.oid, f.otype, f.data(), None)]))
+            out.records.append((f.oid, f.otype, rc.encode(f.otype, f.data(), fast=True)))
         seen.add(f.oid)
     return out
 
@@ -102,7 +103,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
             ok.append(p)
             written.update(oid for oid, _, _ in p.records)
         try:
-            store.put_encoded([r for p in ok for r in p.records])
+            store.write([r for p in ok for r in p.records], encoded=True)
         except Exception as exc:
             for p in ok:
                 p.error = exc

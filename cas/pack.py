@@ -80,7 +80,7 @@ class Framed(tuple[ObjectId, ObjType, bytes]):
     :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its
     ``level``: it costs no CPU (``level=None`` only means "spend none on zstd"), halves
     the bytes on the wire and lets the receiver store the frame as it is once it has
-    verified it (Store.encode_verified). Everywhere else it is a plain 3-tuple.
+    verified it (cas.store.records.encode). Everywhere else it is a plain 3-tuple.
     """
 
     frame: bytes

@@ -118,10 +118,10 @@ class Walker:
             # no other transaction of this process is open.
             nonlocal done_objects, done_bytes
             small = [o for o in objs if not (o[1] == ObjType.BLOB and len(o[2]) > CHUNK_THRESHOLD)]
-            self.store.put_verified(small)
+            self.store.write(small, verified=True)
             for _oid, otype, data in objs:
                 if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
-                    self.store.put_many([(otype, data)])  # chunked on disk
+                    self.store.write([(otype, data)])  # chunked on disk
             self._count(objs)
             done_objects += len(objs)
             done_bytes += sum(len(o[2]) for o in objs)
