@@ -44,7 +44,7 @@ from botocore.config import Config
 
 from cas import config, pack
 from cas.codec import STRUCTURED, ObjType
-from cas.digest import ObjectId
+from cas.digest import ObjectId, verify_id
 from cas.errors import (
     AuthError,
     CorruptObject,
@@ -290,11 +290,8 @@ class S3Remote:
         for oid, otype, data in objs:
             if otype == ObjType.CHUNK:
                 raise MalformedPack("chunks do not travel; send the whole blob")
-            if not hashed and ObjectId.of(data) != oid:
-                raise CorruptObject(
-                    f"object {oid.short()} is corrupt: its bytes hash to {ObjectId.of(data).short()}",
-                    oid=oid,
-                )
+            if not hashed:
+                verify_id(oid, ObjectId.of(data))
             if otype in STRUCTURED:
                 for ref in references(otype, data):
                     if ref not in here and ref not in self._index:

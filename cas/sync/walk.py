@@ -21,8 +21,8 @@ from typing import TypeVar
 
 from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
-from cas.digest import ObjectId
-from cas.errors import CorruptObject, RemoteError
+from cas.digest import ObjectId, verify_id
+from cas.errors import RemoteError
 from cas.objects import Commit, Tag
 from cas.remote.base import Remote, WireObject
 from cas.store import CHUNK_THRESHOLD, Store
@@ -147,15 +147,12 @@ class Walker:
         for oid, otype, data in got:
             if oid not in wanted:
                 raise RemoteError(f"remote {url} sent {oid.short()}, which was not asked for", url=url)
-            actual = ObjectId.of(data)
-            if actual != oid:
-                raise CorruptObject(
-                    f"object {oid.short()} from {url} is corrupt: its bytes hash to {actual.short()}",
-                    hint="nothing of it was stored; check the remote with `cas fsck`",
-                    oid=oid,
-                    expected=oid,
-                    actual=actual,
-                )
+            verify_id(
+                oid,
+                ObjectId.of(data),
+                source=url,
+                hint="nothing of it was stored; check the remote with `cas fsck`",
+            )
             pack.check_expected(oid, otype, len(data), sub[oid], url)
             if otype in STRUCTURED:
                 validate.check(otype, data)  # malformed bodies fail here, before staging
