@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import zstandard
 
 from cas.codec import ObjType
-from cas.digest import ObjectId
+from cas.digest import Hasher, ObjectId
 from cas.errors import CorruptObject
 
 CHUNK_SIZE = 4 << 20
@@ -128,16 +128,27 @@ def chunked_record(size: int, refs: list[bytes]) -> bytes:
     return HEAD.pack(int(ObjType.BLOB), FLAG_CHUNKED, size) + b"".join(refs)
 
 
-def split(oid: ObjectId, data: bytes | memoryview) -> Iterator[Encoded]:
-    """A large blob as records: its chunks, then its own record listing them."""
-    view = memoryview(data)
+def chunked(chunks: Iterable[bytes | memoryview], oid: ObjectId | None = None) -> Iterator[Encoded]:
+    """A large blob given as its CHUNK_SIZE chunks, as records: the chunks', then the
+    blob's own listing them, under ``oid`` or, if None, the hash of the chunks joined.
+    Every large blob is stored this way, whole or streamed (cas.store.writes)."""
+    whole = Hasher() if oid is None else None
     refs = []
-    for i in range(0, len(view), CHUNK_SIZE):
-        chunk = view[i : i + CHUNK_SIZE]
+    size = 0
+    for chunk in chunks:
+        if whole is not None:
+            whole.update(chunk)
         cid = ObjectId.of(chunk)
         refs.append(CHUNK_REF.pack(cid.raw, len(chunk)))
+        size += len(chunk)
         yield cid, ObjType.CHUNK, encode(ObjType.CHUNK, chunk)
-    yield oid, ObjType.BLOB, chunked_record(len(view), refs)
+    yield oid or whole.digest(), ObjType.BLOB, chunked_record(size, refs)  # type: ignore[union-attr]
+
+
+def split(data: bytes | memoryview) -> Iterator[memoryview]:
+    """The CHUNK_SIZE chunks of a large blob held whole."""
+    view = memoryview(data)
+    return (view[i : i + CHUNK_SIZE] for i in range(0, len(view), CHUNK_SIZE))
 
 
 def decode(oid: ObjectId, value: bytes | memoryview) -> Record:

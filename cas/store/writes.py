@@ -9,12 +9,12 @@ STREAM_TXN_BYTES, in several transactions, in order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Literal, overload
 
 from cas import codec
 from cas.codec import ObjType
-from cas.digest import Hasher, ObjectId
+from cas.digest import ObjectId
 from cas.store import records as rc
 from cas.store import wtlog
 from cas.store.env import Env, Txn
@@ -77,7 +77,7 @@ class Writes:
                 if batch.size >= STREAM_TXN_BYTES:
                     batch.flush()
             elif otype == ObjType.BLOB and n > CHUNK_THRESHOLD:
-                for e in rc.split(oid, data):
+                for e in rc.chunked(rc.split(data), oid):
                     batch.add(e[0], e[1], b"", e[2])
             else:
                 batch.add(oid, otype, b"", rc.encode(otype, data))
@@ -100,29 +100,24 @@ class Writes:
         record is written with the last of them, so a crash leaves only unreferenced
         chunks (gc removes them) and never a blob whose chunks are missing.
         """
-        whole = Hasher()
         first = _read_full(stream, CHUNK_SIZE)
-        whole.update(first)
         if progress:
             progress(len(first))
         nxt = _read_full(stream, CHUNK_SIZE)
         if not nxt:
             return self.write([(ObjectId.of(first), ObjType.BLOB, first)], verified=True)[0]
-        refs: list[bytes] = []
-        batch = _Batch(self._env, self.clock)
-        chunk = first
-        while chunk:
-            cid = ObjectId.of(chunk)
-            refs.append(rc.CHUNK_REF.pack(cid.raw, len(chunk)))
-            batch.add(cid, ObjType.CHUNK, b"", rc.encode(ObjType.CHUNK, chunk))
-            chunk = nxt
-            if chunk:
-                whole.update(chunk)
-                if progress:
+
+        def chunks() -> Iterator[bytes]:
+            chunk, more = first, nxt
+            while chunk:
+                yield chunk
+                chunk, more = more, more and _read_full(stream, CHUNK_SIZE)
+                if chunk and progress:
                     progress(len(chunk))
-                nxt = _read_full(stream, CHUNK_SIZE)
-        oid = whole.digest()
-        batch.add(oid, ObjType.BLOB, b"", rc.chunked_record(whole.size, refs))
+
+        batch = _Batch(self._env, self.clock)
+        for oid, otype, record in rc.chunked(chunks()):
+            batch.add(oid, otype, b"", record)
         batch.flush()
         return oid
 

@@ -12,8 +12,9 @@ from cas import pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, MalformedPack
+from cas.ingest import Commits, Verified, write_group
 from cas.objects import Commit
-from cas.server.app import _Commits, _Verified, _write_group, ingest
+from cas.server.app import ingest
 from cas.store import Store, records
 
 
@@ -48,15 +49,15 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
         good, later = b"good" * 1000, b"later" * 1000
         orphan = Commit(ObjectId.of(b"no such manifest"), (), "t", 0, "orphan", {}).encode()
         packs = [
-            _Verified([], [], [_encoded(ObjType.BLOB, good)]),
-            _Verified(
+            Verified([], [], [_encoded(ObjType.BLOB, good)]),
+            Verified(
                 [ObjectId.of(b"no such manifest")],
                 [],
                 [_encoded(ObjType.COMMIT, orphan)],
             ),
-            _Verified([], [], [_encoded(ObjType.BLOB, later)]),
+            Verified([], [], [_encoded(ObjType.BLOB, later)]),
         ]
-        _write_group(store, packs)
+        write_group(store, packs)
         assert all(p.done for p in packs)
         assert packs[0].error is None and packs[2].error is None
         assert isinstance(packs[1].error, MalformedPack)
@@ -65,7 +66,7 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_concurrent_ingests_all_land(tmp_path: Path) -> None:
-    commits = _Commits()
+    commits = Commits()
     blobs = [b"%d " % i * (500 + i) for i in range(24)]
     with Store.init(tmp_path / "s") as store:
 
