@@ -20,7 +20,7 @@ from cas.errors import (
     StoreNotFound,
 )
 from cas.objects import Commit, ManifestNode
-from cas.store import Store, wtlog
+from cas.store import Store, writes, wtlog
 
 
 def commit_in(store: Store, message: str = "m", parents: tuple[ObjectId, ...] = ()) -> ObjectId:
@@ -222,6 +222,20 @@ def test_threads_share_a_store(store: Store) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(work, range(64)))
     assert store.info()["objects"] == 64
+
+
+def test_a_write_past_one_transaction_keeps_every_object(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch over STREAM_TXN_BYTES goes in several transactions, every object of it
+    monkeypatch.setattr(writes, "STREAM_TXN_BYTES", 10_000)
+    small = [(ObjType.BLOB, b"small %d " % i * 50) for i in range(200)]  # ~450 B each
+    big = (ObjType.BLOB, os.urandom(store_mod.CHUNK_SIZE + 7))  # chunked, among them
+    items = [*small[:100], big, *small[100:]]
+    ids = store.write(items)
+    assert ids == [ObjectId.of(d) for _, d in items]
+    assert store.missing(ids) == []
+    assert all(store.get(o) == d for o, (_, d) in zip(ids, items, strict=True))
 
 
 def test_write_time_log_splits_large_batches_and_extends_a_txn(tmp_path: Path) -> None:

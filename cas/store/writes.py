@@ -144,7 +144,8 @@ class _Batch:
     def flush(self) -> None:
         if self.parts:
             _put_parts(self.env, self.clock, self.parts)
-        self.parts, self.size = [], 0
+        self.parts.clear()  # in place: Writes.write appends to it through a local name
+        self.size = 0
 
 
 def _put_parts(env: Env, clock: Callable[[], float], parts: list[_Part]) -> None:
