@@ -49,20 +49,20 @@ class Writes:
         cannot store under a wrong id; with ``verified``, ``(id, type, bytes)`` whose ids
         the caller has checked against the bytes; with ``encoded``, ``(id, type, record)``
         made by :func:`cas.store.records.encode` (outside any lock: a server encodes
-        while another pack is written).
+        while another pack is written), all in one transaction (docs/format.md: a pack is
+        stored all or nothing).
 
         Callers keep the closure order (children before parents). Large blobs are split
-        into chunks written before the blob's record; a batch larger than
-        STREAM_TXN_BYTES is written in several transactions, in order.
+        into chunks written before the blob's record; other than ``encoded``, a batch
+        larger than STREAM_TXN_BYTES is written in several transactions, in order.
         """
+        if encoded:  # one transaction, whatever its size: a pack is all or nothing
+            records = [(oid, otype, b"", record) for oid, otype, record in objs]
+            if records:
+                _put_parts(self._env, self.clock, records)
+            return [r[0] for r in records]
         batch = _Batch(self._env, self.clock)
         ids: list[ObjectId] = []
-        if encoded:
-            for oid, otype, record in objs:
-                batch.add(oid, otype, b"", record)
-                ids.append(oid)
-            batch.flush()
-            return ids
         of, head, parts = ObjectId.of, HEAD.pack, batch.parts
         for item in objs:
             if verified:
