@@ -43,7 +43,7 @@ ENV = Env({"device": "cpu", "bench": "laws"})
 def _commit(store: Store, names: range, parents: list, prefix: str) -> object:
     env = store.put_object(ENV)
     data = [b"%s artifact %d" % (prefix.encode(), i) for i in names]
-    blobs = store.put_many((ObjType.BLOB, d) for d in data)
+    blobs = store.write((ObjType.BLOB, d) for d in data)
     entries = {EntryKey(env, "inductor", f"{prefix}{i}"): Entry(b, len(d))
                for i, b, d in zip(names, blobs, data, strict=True)}
     root = (manifest.update(store, load_commit(store, parents[0]).manifest, entries) if parents

@@ -151,7 +151,7 @@ def test_insert_one_entry(benchmark, trees, n: int) -> None:  # type: ignore[no-
 
 
 # -- build -------------------------------------------------------------------------------------
-# Baseline: one put_many of the very nodes the tree is made of, into a fresh store (the raw
+# Baseline: one write of the very nodes the tree is made of, into a fresh store (the raw
 # cost of writing them); the build adds hashing the keys and shaping the trie. This is where
 # the "10^6 entries built in under a minute of CPU" figure moved from tests/.
 
@@ -164,7 +164,7 @@ def test_build_baseline_put_nodes(benchmark, trees, tmp_path, n: int) -> None:  
     benchmark.group = f"build n={n}"
     nodes = [(ObjType.NODE, t.store.get(oid)) for oid in m.walk(t.store, t.root)]
     stores = iter(Store.init(tmp_path / f"raw{i}", durable=False) for i in itertools.count())
-    benchmark.pedantic(lambda: next(stores).put_many(nodes), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: next(stores).write(nodes), rounds=3, iterations=1)
     benchmark.extra_info["nodes"] = len(nodes)
 
 

@@ -6,7 +6,7 @@ goal with a margin for noise:
 
 * get of 1 KiB and 100 KiB blobs: ``Store.get`` vs one py-lmdb read txn + ``get`` per
   object (what any independent lookup costs); goal >= 0.8x the raw throughput.
-* batched put of 1 KiB, 100 KiB and 16 MiB blobs: ``Store.put_many`` vs one py-lmdb write
+* batched put of 1 KiB, 100 KiB and 16 MiB blobs: ``Store.write`` vs one py-lmdb write
   txn that puts the same bytes under their BLAKE3 digest; goal >= 0.7x, both durable
   (fsync per commit, as users run them). The same comparison with fsync off on both sides
   is reported as ``no_fsync_ratio_of_raw_throughput`` (cas's CPU cost per object).
@@ -112,7 +112,7 @@ def report(benchmark: Any, ours: float, raw: float, goal: float | None, unit: in
 def test_get(benchmark: Any, stores: tuple[Store, lmdb.Environment], size: int, count: int, compressible: bool) -> None:
     store, env = stores
     data = payloads(size, count, compressible, 1)
-    ids = store.put_many([(ObjType.BLOB, d) for d in data])
+    ids = store.write([(ObjType.BLOB, d) for d in data])
     # The baseline reads the same layout as the store: a named database (LMDB looks a
     # named db up again in every new txn: ~1 us of each small get). The main-db figure
     # is reported too.
@@ -176,7 +176,7 @@ def test_batched_put(benchmark: Any, tmp_path: Path, size: int, count: int, comp
         offset = rounds if durable else 0
 
         def ours(r: int, store: Store = store, offset: int = offset) -> None:
-            store.put_many([(ObjType.BLOB, d) for d in batches[offset + r]])
+            store.write([(ObjType.BLOB, d) for d in batches[offset + r]])
 
         def raw(r: int, env: lmdb.Environment = env, db: Any = db, offset: int = offset) -> None:
             with env.begin(write=True) as txn:
@@ -186,7 +186,7 @@ def test_batched_put(benchmark: Any, tmp_path: Path, size: int, count: int, comp
         ratios[durable] = interleaved(ours, raw, rounds)
         if durable:
             extra = payloads(size, count, compressible, 10_000)
-            benchmark.pedantic(lambda s=store, e=extra: s.put_many([(ObjType.BLOB, d) for d in e]),
+            benchmark.pedantic(lambda s=store, e=extra: s.write([(ObjType.BLOB, d) for d in e]),
                                rounds=1, iterations=1)
             assert store.get(ObjectId.of(batches[offset][0])) == batches[offset][0]
         store.close()

@@ -101,7 +101,7 @@ def commit_artifacts(store: Store, arts: list[bytes], first: int, message: str) 
     env = Env({"device": "cpu", "torch_version": "bench"})
     env_id = store.put_object(env)
     for i in range(0, len(arts), 256):
-        store.put_many((0, a) for a in arts[i : i + 256])  # type: ignore[misc]
+        store.write((0, a) for a in arts[i : i + 256])  # type: ignore[misc]
     from cas.digest import ObjectId
 
     changes: dict[EntryKey, Entry | None] = {

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import blake3
 
-from cas.errors import BadObjectId
+from cas.errors import BadObjectId, CorruptObject
 
 DIGEST_SIZE = 32
 HEX_SIZE = 64
@@ -20,6 +20,30 @@ _THREADED_HASH_MIN = 1 << 20
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 _blake3 = blake3.blake3
 _new = object.__new__
+
+
+def verify_id(
+    oid: ObjectId,
+    actual: ObjectId,
+    *,
+    what: str = "object",
+    source: str | None = None,
+    hint: str | None = None,
+) -> None:
+    """Raise CorruptObject unless ``actual`` (the hash of the bytes at hand) is ``oid``.
+
+    The one check of bytes against the id they came under, with one message; ``what``
+    names the object (``"blob"``, ``"blob of KEY"``), ``source`` where the bytes came from.
+    """
+    if actual != oid:
+        origin = f" from {source}" if source else ""
+        raise CorruptObject(
+            f"{what} {oid.short()}{origin} is corrupt: its bytes hash to {actual.short()}",
+            hint=hint,
+            oid=oid,
+            expected=oid,
+            actual=actual,
+        )
 
 
 class ObjectId:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from cas import validate
 from cas.codec import STRUCTURED, ObjType
-from cas.digest import Hasher, ObjectId
+from cas.digest import Hasher, ObjectId, verify_id
 from cas.errors import CasError
 from cas.store import Store
 
@@ -130,26 +130,20 @@ class _Checker:
         return self.report
 
     def check_object(self, oid: ObjectId) -> None:
-        raw = self.store.raw_record(oid)
-        if raw is None:  # deleted by a concurrent gc since the id was listed
-            return
         try:
-            rec = self.store.parse_record(oid, raw)
-            if rec.chunked:
-                self.links[oid] = self.store.chunk_ids(oid)
+            got = self.store.examine(oid)
+            if got is None:  # deleted by a concurrent gc since the id was listed
+                return
+            rec, body = got
+            if isinstance(body, list):  # a chunked blob: its chunk ids
+                self.links[oid] = body
                 if self.verify:
-                    _verify_chunked(self.store, oid, rec.raw_size, self.links[oid])
+                    _verify_chunked(self.store, oid, rec.raw_size, body)
             else:
-                data = self.store.decode_payload(oid, raw)
-                if len(data) != rec.raw_size:
-                    raise CasError(
-                        f"{rec.type.label} {oid.short()} decodes to {len(data)} bytes, record says {rec.raw_size}"
-                    )
-                if self.verify and ObjectId.of(data) != oid:
-                    actual = ObjectId.of(data).short()
-                    raise CasError(f"{rec.type.label} {oid.short()} is corrupt: its bytes hash to {actual}")
+                if self.verify:
+                    verify_id(oid, ObjectId.of(body), what=rec.type.label)
                 if rec.type in STRUCTURED:
-                    refs = validate.check(rec.type, data)
+                    refs = validate.check(rec.type, body)
                     if refs:
                         self.links[oid] = refs
             self.types[oid] = rec.type
@@ -232,8 +226,7 @@ def _verify_chunked(store: Store, oid: ObjectId, size: int, chunks: list[ObjectI
         whole.update(data)
     if whole.size != size:
         raise CasError(f"blob {oid.short()}: chunks join to {whole.size} bytes, record says {size}")
-    if whole.digest() != oid:
-        raise CasError(f"blob {oid.short()} is corrupt: its chunks hash to {whole.digest().short()}")
+    verify_id(oid, whole.digest(), what="blob")
 
 
 def _one_line(exc: CasError, oid: ObjectId) -> str:

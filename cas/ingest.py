@@ -1,30 +1,43 @@
-"""One ingest path for received packs (``cas serve`` and path remotes): verify a pack
-frame by frame in memory that follows its size, then store it all or nothing.
+"""One ingest path: what every receiver of objects does before it keeps them — the
+server and the path remote (into a Store), the S3 remote (into a bucket), and a fetch
+into a local store.
 
-:func:`verify` takes the frames one at a time (:func:`cas.pack.frames`) and verifies each
-in bounded steps: a blob's content is hashed as it is decompressed and never held whole
-(its zstd frame is stored as sent; a large one is re-read as a stream into chunks), a
-structured object is decoded alone, checked (:func:`cas.validate.check`), and only its
-record kept. So a pack whose frames expand to gigabytes costs what the pack costs.
-:func:`write_group` then checks closure — a structured object's references must be
-earlier in the pack or already stored, so that no object lands before what it names
-(invariant 1) even when a client sends a broken pack — and writes.
+* :func:`verify` takes a pack's bytes (cas serve, a path remote, S3's send_pack_bytes)
+  frame by frame (:func:`cas.pack.frames`) and verifies each in bounded steps: a blob's
+  content is hashed as it is decompressed and never held whole (its zstd frame is kept
+  as sent; a large one is re-read as a stream into chunks), a structured object is
+  decoded alone, checked (:func:`cas.validate.check`), and only its record kept. So a
+  pack whose frames expand to gigabytes costs what the pack costs: the memory bounds of
+  every receiver live here.
+* :func:`verify_objects` checks objects already decoded (S3's send_pack, a fetch): each
+  id against its bytes, its type against what was expected, its structure.
+* :func:`require` is the closure check — a structured object's references must be
+  earlier in the pack or already held, so that no object lands before what it names
+  (invariant 1) even when a client sends a broken pack.
+* :func:`write_group` writes verified packs into a Store, and :class:`Commits` groups
+  the packs verified meanwhile into one transaction; :func:`receive` is all of it.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
-from cas.digest import ObjectId
+from cas.digest import ObjectId, verify_id
 from cas.errors import MalformedPack, RequestTooLarge
 from cas.store import CHUNK_THRESHOLD, Store
+from cas.store import records as rc
 
 #: What one pack may unpack to (a client packs at most PACK_BYTES, or one object of up
 #: to MAX_OBJECT alone; see cas.pack.batches).
 MAX_UNPACKED = pack.MAX_OBJECT + pack.PACK_BYTES
+
+#: The subset of some ids that a receiver lacks (Store.missing, Remote.missing).
+Missing = Callable[[list[ObjectId]], list[ObjectId]]
 
 
 @dataclass
@@ -33,18 +46,19 @@ class Verified:
 
     wanted: list[ObjectId]  # what its structured objects reference, outside the pack
     big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
-    records: list[tuple[ObjectId, ObjType, bytes]]  # the rest, encoded
+    records: list[rc.Encoded]  # the rest, encoded (none unless verify was asked to encode)
     count: int = 0
     done: bool = False
     error: BaseException | None = None
 
 
-def verify(store: Store, data: bytes, *, max_unpacked: int = MAX_UNPACKED) -> Verified:
+def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True) -> Verified:
     """Verify every frame of the pack ``data``; raise on the first bad one.
 
-    Records are encoded with ``store`` (compression only: no LMDB is touched, so this
-    may run outside any lock). A pack whose frames declare more than ``max_unpacked``
-    raw bytes in all is refused from their headers, before they are decompressed.
+    With ``encode``, the store's records are made too (compression only: no LMDB is
+    touched, so this may run outside any lock). A pack whose frames declare more than
+    ``max_unpacked`` raw bytes in all is refused from their headers, before they are
+    decompressed.
     """
     seen: set[ObjectId] = set()
     out = Verified([], [], [])
@@ -54,22 +68,63 @@ def verify(store: Store, data: bytes, *, max_unpacked: int = MAX_UNPACKED) -> Ve
         unpacked += f.raw_size
         if unpacked > max_unpacked:
             raise RequestTooLarge(f"pack unpacks to more than the limit of {max_unpacked} bytes")
-        if f.otype == ObjType.CHUNK:
-            raise MalformedPack("chunks do not travel; send the whole blob")
+        _no_chunk(f.otype)
         if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
             raw = f.data()
             out.wanted.extend(r for r in validate.check(f.otype, raw) if r not in seen)
-            out.records.extend(store.encode_verified([(f.oid, f.otype, raw, f.packed)]))
+            if encode:
+                out.records.append((f.oid, f.otype, rc.encode(f.otype, raw, fast=True, packed=f.packed)))
         elif f.raw_size > CHUNK_THRESHOLD:
             f.verify()
             out.big.append(f)
-        elif f.compressed:
+        elif f.compressed or not encode:
             f.verify()
-            out.records.append(store.encode_frame(f.oid, f.otype, f.raw_size, f.payload))
+            if encode:
+                out.records.append((f.oid, f.otype, rc.frame_record(f.otype, f.raw_size, f.payload)))
         else:
-            out.records.extend(store.encode_verified([(f.oid, f.otype, f.data(), None)]))
+            out.records.append((f.oid, f.otype, rc.encode(f.otype, f.data(), fast=True)))
         seen.add(f.oid)
     return out
+
+
+def verify_objects(
+    objs: Iterable[pack.WireObject],
+    *,
+    expect: Mapping[ObjectId, frozenset[ObjType]] | None = None,
+    source: str | None = None,
+    hint: str | None = None,
+) -> list[ObjectId]:
+    """Check decoded objects: each id against its bytes, its type against ``expect``
+    (when given), no chunks, structured bodies well formed; raise on the first bad one.
+    Returns what their structured objects reference outside them, for :func:`require`."""
+    seen: set[ObjectId] = set()
+    wanted: list[ObjectId] = []
+    for oid, otype, data in objs:
+        verify_id(oid, ObjectId.of(data), source=source, hint=hint)
+        if expect is not None:
+            pack.check_expected(oid, otype, len(data), expect[oid], source or "pack")
+        _no_chunk(otype)
+        if otype in STRUCTURED:
+            wanted.extend(r for r in validate.check(otype, data) if r not in seen)
+        seen.add(oid)
+    return wanted
+
+
+def require(wanted: list[ObjectId], missing: Missing, written: Collection[ObjectId] = ()) -> None:
+    """Closure: raise MalformedPack if the receiver lacks any of ``wanted`` (``missing``
+    tells which it lacks; ``written``: objects of earlier packs of the same group)."""
+    absent = [o for o in missing(list(dict.fromkeys(wanted))) if o not in written]
+    if absent:
+        raise MalformedPack(
+            f"pack is incomplete: it references {len(absent)} object(s) the "
+            f"receiver lacks, e.g. {absent[0].short()}",
+            hint="send referenced objects first (children before parents)",
+        )
+
+
+def _no_chunk(otype: ObjType) -> None:
+    if otype == ObjType.CHUNK:
+        raise MalformedPack("chunks do not travel; send the whole blob")
 
 
 def write_group(store: Store, group: list[Verified]) -> None:
@@ -86,13 +141,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
     try:
         for p in group:
             try:
-                absent = [o for o in store.missing(dict.fromkeys(p.wanted)) if o not in written]
-                if absent:
-                    raise MalformedPack(
-                        f"pack is incomplete: it references {len(absent)} object(s) the "
-                        f"receiver lacks, e.g. {absent[0].short()}",
-                        hint="send referenced objects first (children before parents)",
-                    )
+                require(p.wanted, store.missing, written)
                 for f in p.big:  # chunked like a local put of the file, never whole in memory
                     if store.put_stream(f.reader()) != f.oid:
                         raise MalformedPack(f"blob {f.oid.short()} changed while stored")
@@ -102,7 +151,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
             ok.append(p)
             written.update(oid for oid, _, _ in p.records)
         try:
-            store.put_encoded([r for p in ok for r in p.records])
+            store.write([r for p in ok for r in p.records], encoded=True)
         except Exception as exc:
             for p in ok:
                 p.error = exc
@@ -112,3 +161,45 @@ def write_group(store: Store, group: list[Verified]) -> None:
     finally:
         for p in group:
             p.done = True
+
+
+class Commits:
+    """Group commit: the packs verified meanwhile are written in one LMDB transaction.
+
+    A durable commit costs two fsyncs, and a push keeps several packs in flight; so the
+    thread that gets the writer lock writes every pack then waiting, each checked for
+    closure in arrival order, and the others find theirs done. Each pack stays all or
+    nothing: one that fails its check is left out and gets the error, the others go in
+    together (children before parents, as they arrived). The closure check and the
+    writes of a group never interleave with another group's. Writes go one group at a
+    time also because LMDB may grow its map only while no other transaction of the
+    process is open.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._queue: list[Verified] = []
+
+    def write(self, store: Store, pack_: Verified) -> None:
+        with self._mutex:
+            self._queue.append(pack_)
+        with self.lock:
+            if not pack_.done:
+                with self._mutex:
+                    group, self._queue = self._queue, []
+                write_group(store, group)
+        if pack_.error is not None:
+            raise pack_.error
+
+
+def receive(
+    store: Store, data: bytes, commits: Commits | None = None, *, max_unpacked: int = MAX_UNPACKED
+) -> Verified:
+    """Verify a whole pack (frame by frame, in memory that follows the pack's size),
+    then check its closure and store it through ``commits`` (group commit); all or
+    nothing. Verifying takes most of the time and touches no LMDB, so it runs outside
+    the writer lock, while other packs are written."""
+    verified = verify(data, max_unpacked=max_unpacked)
+    (commits or Commits()).write(store, verified)
+    return verified

@@ -23,7 +23,7 @@ import blake3
 import zstandard
 
 from cas.codec import STRUCTURED, ObjType
-from cas.digest import ObjectId
+from cas.digest import ObjectId, verify_id
 from cas.errors import CorruptObject, FormatVersionError, MalformedPack
 
 MAGIC = b"CASPACK\x00"
@@ -80,7 +80,7 @@ class Framed(tuple[ObjectId, ObjType, bytes]):
     :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its
     ``level``: it costs no CPU (``level=None`` only means "spend none on zstd"), halves
     the bytes on the wire and lets the receiver store the frame as it is once it has
-    verified it (Store.encode_verified). Everywhere else it is a plain 3-tuple.
+    verified it (cas.store.records.encode). Everywhere else it is a plain 3-tuple.
     """
 
     frame: bytes
@@ -244,13 +244,7 @@ class Frame:
         return zstandard.ZstdDecompressor().stream_reader(self.payload)  # type: ignore[return-value]
 
     def _check(self, actual: ObjectId) -> None:
-        if actual != self.oid:
-            raise CorruptObject(
-                f"object {self.oid.short()} in pack is corrupt: its bytes hash to {actual.short()}",
-                oid=self.oid,
-                expected=self.oid,
-                actual=actual,
-            )
+        verify_id(self.oid, actual, source="a pack")
         self._verified = True
 
 

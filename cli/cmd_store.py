@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cas import history, manifest, refs
 from cas.codec import ObjType
-from cas.digest import ObjectId
+from cas.digest import ObjectId, verify_id
 from cas.errors import ObjectNotFound, UsageError
 from cas.objects import Commit, Entry, EntryKey, Tag, decode_object
 from cas.stats import human_size
@@ -112,10 +112,7 @@ def cat(ctx: Context, obj: str, output: str | None) -> None:
             sink.close()
         else:
             sink.flush()
-    if h.digest() != oid:
-        from cas.errors import CorruptObject
-
-        raise CorruptObject(f"object {oid.short()} is corrupt (hash mismatch)", oid=oid)
+    verify_id(oid, h.digest())
 
 
 @click.command(name="ls")

@@ -170,7 +170,7 @@ def test_ref_at_blob_or_missing_object_is_bad(store_path: Path, store: Store) ->
 
 
 def test_progress_reports_every_object(store: Store) -> None:
-    store.put_many([(ObjType.BLOB, b"x%d" % i) for i in range(40)])
+    store.write([(ObjType.BLOB, b"x%d" % i) for i in range(40)])
     calls: list[tuple[int, int]] = []
     fsck(store, progress=lambda done, total: calls.append((done, total)))
     assert len(calls) == 40 and calls[-1] == (40, 40)
@@ -300,7 +300,7 @@ def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
         clock.now = t0
         young = [s.put(b"young %d" % i) for i in range(3)]
         for _ in range(3):
-            s.put_many([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
+            s.write([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
         assert gc(s, now=t0 + 1).objects_freed == 1  # the old one, past its grace
         assert s.object_times() == dict.fromkeys(young, int(t0))
     # compaction left one entry per live id, none of the old form (docs/format.md, otime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lmdb
 import pytest
 from testclock import Clock
 
@@ -19,7 +20,7 @@ from cas.errors import (
     StoreNotFound,
 )
 from cas.objects import Commit, ManifestNode
-from cas.store import Store
+from cas.store import Store, writes, wtlog
 
 
 def commit_in(store: Store, message: str = "m", parents: tuple[ObjectId, ...] = ()) -> ObjectId:
@@ -48,8 +49,8 @@ def test_miss_is_none_and_named_miss_is_error(store: Store) -> None:
 
 def test_put_is_idempotent_and_batches(store: Store) -> None:
     items = [(ObjType.BLOB, b"a%d" % i) for i in range(100)]
-    ids = store.put_many(items)
-    again = store.put_many(items)
+    ids = store.write(items)
+    again = store.write(items)
     assert ids == again
     assert store.info()["objects"] == 100
     got = store.get_many(ids[:3] + [ObjectId.of(b"nope")])
@@ -79,8 +80,8 @@ def test_large_blob_is_chunked_and_streams_back(store: Store, tmp_path: Path) ->
     assert len(store.chunk_ids(oid)) == 3
     assert b"".join(store.iter_blob(oid)) == data
     assert store.get(oid, verify=True) == data
-    # put_many routes big blobs through the same chunking, to the same id
-    assert store.put_many([(ObjType.BLOB, data)]) == [oid]
+    # write routes big blobs through the same chunking, to the same id
+    assert store.write([(ObjType.BLOB, data)]) == [oid]
 
 
 def test_structured_type_upgrades_a_plain_blob_with_same_bytes(store: Store) -> None:
@@ -197,14 +198,14 @@ def test_map_grows_past_initial_size(store: Store) -> None:
     before = store.info()["map_size"]
     # incompressible data past the initial map, in batches: the store grows on MapFull
     for _ in range(5):
-        store.put_many([(ObjType.BLOB, os.urandom(1 << 20)) for _ in range(16)])
+        store.write([(ObjType.BLOB, os.urandom(1 << 20)) for _ in range(16)])
     info = store.info()
     assert info["map_size"] > before == store_mod.INITIAL_MAP_SIZE
     assert info["objects"] == 80
 
 
 def test_iter_ids_and_records_cover_everything(store: Store) -> None:
-    ids = set(store.put_many([(ObjType.BLOB, b"r%d" % i) for i in range(25)]))
+    ids = set(store.write([(ObjType.BLOB, b"r%d" % i) for i in range(25)]))
     assert set(store.iter_ids(batch=7)) == ids
     assert {r.oid for r in store.iter_records()} == ids
 
@@ -223,16 +224,37 @@ def test_threads_share_a_store(store: Store) -> None:
     assert store.info()["objects"] == 64
 
 
-def test_write_time_log_splits_large_batches_and_extends_a_txn(store: Store, clock: Clock) -> None:
+def test_a_write_past_one_transaction_keeps_every_object(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch over STREAM_TXN_BYTES goes in several transactions, every object of it
+    monkeypatch.setattr(writes, "STREAM_TXN_BYTES", 10_000)
+    small = [(ObjType.BLOB, b"small %d " % i * 50) for i in range(200)]  # ~450 B each
+    big = (ObjType.BLOB, os.urandom(store_mod.CHUNK_SIZE + 7))  # chunked, among them
+    items = [*small[:100], big, *small[100:]]
+    ids = store.write(items)
+    assert ids == [ObjectId.of(d) for _, d in items]
+    assert store.missing(ids) == []
+    assert all(store.get(o) == d for o, (_, d) in zip(ids, items, strict=True))
+
+
+def test_write_time_log_splits_large_batches_and_extends_a_txn(tmp_path: Path) -> None:
     # a batch's ids go in leaf-sized parts; a second stamp in one txn goes on after them
-    blobs = [b"log %d" % i for i in range(150)]
-    ids = store.put_many([(ObjType.BLOB, b) for b in blobs])
-    more = [ObjectId.of(b"more %d" % i) for i in range(70)]
-    store.write(lambda txn: (store._stamp(txn, b"".join(o.raw for o in more[:5])),
-                             store._stamp(txn, b"".join(o.raw for o in more[5:]))))
-    times = store.object_times()
-    assert set(times) == {*ids, *more}
-    assert {store.object_time(o) for o in (ids[-1], more[-1])} == {int(clock.now)}
-    with store._env.begin() as txn:
-        parts = [store_mod._LOG_KEY.unpack(bytes(k))[2] for k, _ in txn.cursor(db=store._otime)]
+    ids = [ObjectId.of(b"log %d" % i).raw for i in range(150)]
+    more = [ObjectId.of(b"more %d" % i).raw for i in range(70)]
+    env = lmdb.open(str(tmp_path / "log"), max_dbs=1)
+    otime = env.open_db(b"otime")
+    try:
+        with env.begin(write=True) as txn:
+            wtlog.stamp(txn, otime, 1000, b"".join(ids))
+        with env.begin(write=True) as txn:
+            wtlog.stamp(txn, otime, 2000, b"".join(more[:5]))
+            wtlog.stamp(txn, otime, 2000, b"".join(more[5:]))
+        with env.begin() as txn:
+            parts = [wtlog.LOG_KEY.unpack(bytes(k))[2] for k, _ in txn.cursor(db=otime)]
+            times = wtlog.times(txn, otime)
+            assert (wtlog.time_of(txn, otime, ids[-1]), wtlog.time_of(txn, otime, more[-1])) == (1000, 2000)
+    finally:
+        env.close()
     assert parts == [0, 1, 2, 0, 1, 2]  # 150 ids: 60 + 60 + 30; then 5, then 60 + 5
+    assert times == {**dict.fromkeys(ids, 1000), **dict.fromkeys(more, 2000)}

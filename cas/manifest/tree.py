@@ -227,7 +227,7 @@ class Tree:
         if root == EMPTY_RAW and not self.store.has(EMPTY):
             out.append((EMPTY, ObjType.NODE, EMPTY_BYTES))
         if out:
-            self.store.put_verified(out)
+            self.store.write(out, verified=True)
         self.stats.nodes_written += len(out)
         self.stats.bytes_written += sum(len(d) for _, _, d in out)
         for oid, _, _ in out:

@@ -8,7 +8,6 @@ exercises the same verify-then-store boundary as HTTP and S3 and counts real wir
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Sequence
 
 from cas import ingest, pack
@@ -27,7 +26,7 @@ class LocalRemote:
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
         self.url = str(path)
-        self._write_lock = threading.Lock()
+        self._commits = ingest.Commits()  # packs sent from several threads
         try:
             self._store = Store(path, create=create)
         except StoreNotFound as exc:
@@ -58,15 +57,9 @@ class LocalRemote:
         return sent
 
     def send_pack_bytes(self, data: bytes) -> int:
-        """Verify one whole pack and store it in one transaction, or store nothing
-        (cas.ingest: the same checks and bounded memory as `cas serve`)."""
-        verified = ingest.verify(self._store, data)
-        # Verification above may run in several threads; writes go one at a time, since
-        # LMDB may grow its map only while no other transaction of the process is open.
-        with self._write_lock:
-            ingest.write_group(self._store, [verified])
-        if verified.error is not None:
-            raise verified.error
+        """Verify one whole pack and store it, or store nothing: :func:`cas.ingest.receive`,
+        the same checks, bounded memory and group commit as `cas serve`."""
+        ingest.receive(self._store, data, self._commits)
         return len(data)
 
     def fetch(

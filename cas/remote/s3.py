@@ -26,7 +26,6 @@ Layout under ``s3://bucket/prefix`` (docs/format.md, "S3 layout")::
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import struct
@@ -42,8 +41,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from cas import config, pack
-from cas.codec import STRUCTURED, ObjType
+from cas import config, ingest, pack
+from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import (
     AuthError,
@@ -55,7 +54,6 @@ from cas.errors import (
     TransientRemoteError,
     UsageError,
 )
-from cas.objects import references
 from cas.refs import check_name
 from cas.remote.base import Expect, Progress, WireObject
 
@@ -283,32 +281,6 @@ class S3Remote:
             self._refresh()
         return [o for o in oids if o not in self._index]
 
-    def _check(self, objs: Iterable[WireObject], *, hashed: bool) -> None:
-        """Ids and closure of one pack's objects, before any byte of it is uploaded."""
-        here: set[ObjectId] = set()
-        refreshed = False
-        for oid, otype, data in objs:
-            if otype == ObjType.CHUNK:
-                raise MalformedPack("chunks do not travel; send the whole blob")
-            if not hashed and ObjectId.of(data) != oid:
-                raise CorruptObject(
-                    f"object {oid.short()} is corrupt: its bytes hash to {ObjectId.of(data).short()}",
-                    oid=oid,
-                )
-            if otype in STRUCTURED:
-                for ref in references(otype, data):
-                    if ref not in here and ref not in self._index:
-                        if not refreshed:  # one LIST per pack at most, even for bad packs
-                            self._refresh()
-                            refreshed = True
-                        if ref not in self._index:
-                            raise MalformedPack(
-                                f"pack is incomplete: {oid.short()} references "
-                                f"{ref.short()}, which the remote lacks",
-                                hint="send referenced objects first (children before parents)",
-                            )
-            here.add(oid)
-
     def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
         sent = count = 0
         for batch in pack.batches(objects):
@@ -317,7 +289,8 @@ class S3Remote:
                 # Skip what others pushed since we last looked; callers usually asked
                 # `missing` just before, so a fresh view is not listed again per pack.
                 self._refresh()
-            self._check(batch, hashed=False)
+            # ids and closure of the pack, before any byte of it is uploaded
+            ingest.require(ingest.verify_objects(batch), self.missing)
             fresh = [o for o in batch if o[0] not in self._index]
             if fresh:
                 sent += self._upload(pack.encode_bytes(fresh, level=self.compress_level))
@@ -327,10 +300,11 @@ class S3Remote:
         return sent
 
     def send_pack_bytes(self, data: bytes) -> int:
-        """Upload one encoded pack as it is, after verifying it all (ids, framing, closure)."""
-        objs = pack.decode_all(io.BytesIO(data))
-        self._check(objs, hashed=True)
-        return self._upload(data) if objs else 0
+        """Upload one encoded pack as it is, after verifying it all (ids, framing, closure:
+        :func:`cas.ingest.verify`, in memory that follows the pack's size)."""
+        verified = ingest.verify(data, encode=False)
+        ingest.require(verified.wanted, self.missing)
+        return self._upload(data) if verified.count else 0
 
     def _upload(self, data: bytes) -> int:
         frames = pack.frame_index(data)

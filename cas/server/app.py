@@ -52,7 +52,7 @@ from cas.errors import (
     RequestTooLarge,
     UsageError,
 )
-from cas.ingest import MAX_UNPACKED, Verified, verify, write_group
+from cas.ingest import MAX_UNPACKED, Commits, receive
 from cas.server import web
 from cas.server.auth import Scope, Tokens
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -92,8 +92,9 @@ class Limits:
 class _Stores:
     """One Store handle per worker thread.
 
-    Store handles share the LMDB env but each owns a zstd (de)compressor, and those are
-    not thread-safe; a handle per thread avoids a global lock around every read.
+    Store handles share the LMDB env (zstd contexts are per thread anyway, see
+    cas.store.records); each picks its read mode from the size of its last read, so a
+    handle per thread keeps one thread's large reads from setting another's mode.
     """
 
     def __init__(self, path: Path) -> None:
@@ -103,7 +104,7 @@ class _Stores:
         self._lock = threading.Lock()
         # Packs are written one group at a time: LMDB serializes writers anyway, and this
         # keeps the closure check and the write of one pack from interleaving with another's.
-        self.commits = _Commits()
+        self.commits = Commits()
         with Store(path) as store:  # fail at start-up, not on the first request
             #: The store's own id: clients record it with the URL as this server's identity.
             self.store_id = provenance.store_id(store)
@@ -177,51 +178,11 @@ def _oid_or_none(value: Any, what: str) -> ObjectId | None:
 
 # -- pack ingest --------------------------------------------------------------------------
 
-# Names kept for callers of the first versions (tests/server/test_ingest.py).
-_Verified = Verified
-_write_group = write_group
-
-
-class _Commits:
-    """Group commit: the packs verified meanwhile are written in one LMDB transaction.
-
-    A durable commit costs two fsyncs, and a push keeps several packs in flight; so the
-    thread that gets the writer lock writes every pack then waiting, each checked for
-    closure in arrival order, and the others find theirs done. Each pack stays all or
-    nothing: one that fails its check is left out and gets the error, the others go in
-    together (children before parents, as they arrived). The closure check and the
-    writes of a group never interleave with another group's.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._mutex = threading.Lock()
-        self._queue: list[Verified] = []
-
-    def write(self, store: Store, pack_: Verified) -> None:
-        with self._mutex:
-            self._queue.append(pack_)
-        with self.lock:
-            if not pack_.done:
-                with self._mutex:
-                    group, self._queue = self._queue, []
-                write_group(store, group)
-        if pack_.error is not None:
-            raise pack_.error
-
-
 def ingest(
-    store: Store, data: bytes, commits: _Commits | None = None, limits: Limits | None = None
+    store: Store, data: bytes, commits: Commits | None = None, limits: Limits | None = None
 ) -> dict[str, int]:
-    """Verify a whole pack (:func:`cas.ingest.verify`: frame by frame, in memory that
-    follows the pack's size), then check its closure and store it through ``commits``
-    (group commit); all or nothing.
-
-    Verifying takes most of the time and touches no LMDB, so it runs outside the writer
-    lock, while other packs are written.
-    """
-    verified = verify(store, data, max_unpacked=(limits or Limits()).max_unpacked)
-    (commits or _Commits()).write(store, verified)
+    """Receive one pack (:func:`cas.ingest.receive`: verify, closure, group commit)."""
+    verified = receive(store, data, commits, max_unpacked=(limits or Limits()).max_unpacked)
     return {"objects": verified.count, "bytes": len(data)}
 
 

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from cas import pack, validate
-from cas.codec import STRUCTURED, ObjType
+from cas import ingest, pack
+from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import CorruptObject, RemoteError
+from cas.errors import RemoteError
 from cas.objects import Commit, Tag
 from cas.remote.base import Remote, WireObject
-from cas.store import CHUNK_THRESHOLD, Store
+from cas.store import Store
 from cas.sync import negotiate
 from cas.sync.results import ProgressFn, Stats
 
@@ -117,11 +117,7 @@ class Walker:
             # Stores are written here, on one thread: LMDB may grow its map only while
             # no other transaction of this process is open.
             nonlocal done_objects, done_bytes
-            small = [o for o in objs if not (o[1] == ObjType.BLOB and len(o[2]) > CHUNK_THRESHOLD)]
-            self.store.put_verified(small)
-            for _oid, otype, data in objs:
-                if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
-                    self.store.put_many([(otype, data)])  # chunked on disk
+            self.store.write(objs, verified=True)  # large blobs chunked, as every receiver does
             self._count(objs)
             done_objects += len(objs)
             done_bytes += sum(len(o[2]) for o in objs)
@@ -141,25 +137,16 @@ class Walker:
         (the remote checked the types already, from headers); all or nothing."""
         sub = {oid: expect[oid] for oid in asked}
         got = self.remote.fetch(asked, expect=sub)
-        wanted = set(asked)
-        seen: set[ObjectId] = set()
         url = self.remote.url
-        for oid, otype, data in got:
+        wanted = set(asked)
+        for oid, _, _ in got:
             if oid not in wanted:
                 raise RemoteError(f"remote {url} sent {oid.short()}, which was not asked for", url=url)
-            actual = ObjectId.of(data)
-            if actual != oid:
-                raise CorruptObject(
-                    f"object {oid.short()} from {url} is corrupt: its bytes hash to {actual.short()}",
-                    hint="nothing of it was stored; check the remote with `cas fsck`",
-                    oid=oid,
-                    expected=oid,
-                    actual=actual,
-                )
-            pack.check_expected(oid, otype, len(data), sub[oid], url)
-            if otype in STRUCTURED:
-                validate.check(otype, data)  # malformed bodies fail here, before staging
-            seen.add(oid)
+        # ids, expected types, structure: malformed bodies fail here, before staging
+        ingest.verify_objects(
+            got, expect=sub, source=url, hint="nothing of it was stored; check the remote with `cas fsck`"
+        )
+        seen = {oid for oid, _, _ in got}
         absent = [o for o in asked if o not in seen]
         if absent:
             raise RemoteError(

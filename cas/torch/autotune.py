@@ -421,7 +421,7 @@ def record(
         chosen[ek] = rec
     if not chosen:
         return result
-    blobs = store.put_many([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
+    blobs = store.write([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
     changes: dict[EntryKey, Entry | None] = {
         ek: Entry(oid, len(rec.to_bytes()), None, autotune.entry_meta(rec))
         for (ek, rec), oid in zip(chosen.items(), blobs, strict=True)

@@ -155,7 +155,7 @@ def commit_artifacts(
         chosen[ek] = (Artifact(art.kind, pgo_safe, art.content), guards)
     if not chosen:
         return result
-    blobs = store.put_many([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
+    blobs = store.write([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
     changes: dict[EntryKey, Entry | None] = {}
     spent_ms = 0
     for (ek, (art, guards)), oid in zip(chosen.items(), blobs, strict=True):

@@ -25,8 +25,7 @@ from typing import Any
 
 from cas import entrykeys, manifest
 from cas.autotune import KIND as AUTOTUNE_RECORD
-from cas.digest import Hasher, ObjectId
-from cas.errors import CorruptObject
+from cas.digest import Hasher, ObjectId, verify_id
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
@@ -156,8 +155,7 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path,
                     raise _Cancelled
                 hasher.update(chunk)
                 f.write(chunk)
-        if hasher.digest() != entry.blob:
-            raise CorruptObject(f"blob of {ek} is corrupt", oid=entry.blob)
+        verify_id(entry.blob, hasher.digest(), what=f"blob of {ek}")
         os.chmod(tmp, kinds.file_mode(path))
         os.replace(tmp, path)
         return True

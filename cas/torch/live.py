@@ -424,7 +424,7 @@ class LiveCache:
                     pending.setdefault(k, p)
                 if not pending:
                     return None
-                self.store.put_many([(ObjType.BLOB, p.data) for p in pending.values()])
+                self.store.write([(ObjType.BLOB, p.data) for p in pending.values()])
                 self.store.put_object(self.env)
                 oid = commit_changes(
                     self.store,

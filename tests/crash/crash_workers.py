@@ -31,7 +31,7 @@ def snapshot(store: Store, rnd: random.Random, parent: ObjectId | None, message:
     if rnd.random() < 0.1:
         sizes.append(CHUNK_SIZE + rnd.randint(1, 1 << 20))  # a chunked blob now and then
     blobs = [rnd.randbytes(n) if rnd.random() < 0.5 else bytes([rnd.randint(0, 9)]) * n for n in sizes]
-    ids = store.put_many([(ObjType.BLOB, b) for b in blobs])
+    ids = store.write([(ObjType.BLOB, b) for b in blobs])
     env = store.put_object(Env({"device": "cpu", "writer": str(os.getpid())}))
     rows = sorted(
         (EntryKey(env, "inductor", f"{message}-{i}"), Entry(oid, len(b)))
@@ -84,7 +84,7 @@ def grower(path: str, megabytes: int, started: Event) -> None:
     started.wait()
     rnd = random.Random(7)
     for _ in range(megabytes // 8):
-        store.put_many([(ObjType.BLOB, rnd.randbytes(1 << 20)) for _ in range(8)])
+        store.write([(ObjType.BLOB, rnd.randbytes(1 << 20)) for _ in range(8)])
     store.close()
 
 
@@ -121,7 +121,7 @@ def fill(path: str, early_hex: str) -> None:
     written = 0
     try:
         for _ in range(1000):
-            store.put_many([(ObjType.BLOB, rnd.randbytes(256 << 10)) for _ in range(4)])
+            store.write([(ObjType.BLOB, rnd.randbytes(256 << 10)) for _ in range(4)])
             written += 1
         result: dict[str, Any] = {"error": None}
     except CasError as exc:

@@ -51,7 +51,7 @@ def test_eight_racing_committers_lose_nothing(tmp_path: Path) -> None:
 def test_readers_survive_map_growth_in_another_process(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with Store.init(path) as store:
-        ids = store.put_many([(ObjType.BLOB, os.urandom(n)) for n in (10, 5000, 200_000, 1 << 20)])
+        ids = store.write([(ObjType.BLOB, os.urandom(n)) for n in (10, 5000, 200_000, 1 << 20)])
         assert store.info()["map_size"] == INITIAL_MAP_SIZE
     megabytes = 3 * (INITIAL_MAP_SIZE >> 20)
     started, done = CTX.Event(), CTX.Event()

@@ -82,7 +82,7 @@ def test_file_size_limit_gives_store_full_and_loses_nothing(tmp_path: Path) -> N
     assert_full_and_intact(result, path, early, commit)
     # once there is room again (no limit here), the same store takes writes
     with Store(path) as store:
-        store.put_many([(ObjType.BLOB, os.urandom(1 << 20))])
+        store.write([(ObjType.BLOB, os.urandom(1 << 20))])
         assert fsck(store).ok
 
 
@@ -114,7 +114,7 @@ def test_full_small_file_system(tmp_path: Path) -> None:
         with Store(path) as store:
             with pytest.raises(StoreFull) as err:
                 for _ in range(100):
-                    store.put_many([(ObjType.BLOB, os.urandom(256 << 10)) for _ in range(4)])
+                    store.write([(ObjType.BLOB, os.urandom(256 << 10)) for _ in range(4)])
             assert "\n" not in str(err.value) and err.value.exit_code == 7
             assert "no space left" in str(err.value)
             # the process that hit the wall keeps its store

@@ -217,7 +217,7 @@ def _commit(store_path, n: int) -> ObjectId:
     with Store.init(store_path) as store:
         env_id = store.put_object(Env({"device": "cpu"}))
         arts = [os.urandom(2000) + b"k" * 3000 for _ in range(n)]
-        ids_ = store.put_many((0, a) for a in arts)  # type: ignore[misc]
+        ids_ = store.write((0, a) for a in arts)  # type: ignore[misc]
         changes = {EntryKey(env_id, "inductor", f"key{i}"): Entry(oid, len(a))
                    for i, (oid, a) in enumerate(zip(ids_, arts, strict=True))}
         return history.commit_changes(store, "main", changes, "artifacts")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bombs import bombs
 from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed
 
 from cas.errors import AuthError, CorruptObject, RefConflict, RemoteError
@@ -196,3 +197,20 @@ def test_cli_push_and_clone_over_s3(seaweed: Seaweed, s3_url: str, tmp_path: Pat
     bad = {**env, "AWS_SECRET_ACCESS_KEY": "wrong"}
     denied = _cli(tmp_path / "src", "push", "origin", env=bad, ok=False)
     assert denied.returncode == 9 and "Traceback" not in denied.stderr
+
+
+@pytest.mark.parametrize("shape", [name for name, _, _ in bombs()])
+def test_send_pack_bytes_refuses_bombs_and_uploads_nothing(seaweed: Seaweed, s3_url: str, shape: str) -> None:
+    """The S3 remote verifies a pack through cas.ingest, as `cas serve` and a path
+    remote do: the same refusals, in memory that follows the pack's size."""
+    from cas.errors import CasError
+
+    _, data, bad = next(b for b in bombs() if b[0] == shape)
+    r = make(seaweed, s3_url)
+    try:
+        with pytest.raises(CasError):
+            r.send_pack_bytes(data)
+        assert r.missing(bad) == bad
+        assert "Contents" not in seaweed.client.list_objects_v2(Bucket=r.bucket, Prefix=r.root)
+    finally:
+        r.close()

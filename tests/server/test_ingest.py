@@ -12,9 +12,14 @@ from cas import pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, MalformedPack
+from cas.ingest import Commits, Verified, write_group
 from cas.objects import Commit
-from cas.server.app import _Commits, _Verified, _write_group, ingest
-from cas.store import Store
+from cas.server.app import ingest
+from cas.store import Store, records
+
+
+def _encoded(otype: ObjType, data: bytes) -> records.Encoded:
+    return ObjectId.of(data), otype, records.encode(otype, data)
 
 
 def framed(data: bytes) -> pack.Framed:
@@ -26,8 +31,7 @@ def test_a_compressed_frame_is_verified_then_stored_as_sent(tmp_path: Path) -> N
     obj = framed(data)
     with Store.init(tmp_path / "s") as store:
         ingest(store, pack.encode_bytes([obj], level=None))  # the frame travels anyway
-        record = store.raw_record(obj[0])
-        assert record is not None and record.endswith(obj.frame)
+        assert store.get_many_frames([obj[0]])[obj[0]][2] == obj.frame
         assert store.get(obj[0], verify=True) == data
 
 
@@ -45,15 +49,15 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
         good, later = b"good" * 1000, b"later" * 1000
         orphan = Commit(ObjectId.of(b"no such manifest"), (), "t", 0, "orphan", {}).encode()
         packs = [
-            _Verified([], [], store.encode_verified([(ObjectId.of(good), ObjType.BLOB, good, None)])),
-            _Verified(
+            Verified([], [], [_encoded(ObjType.BLOB, good)]),
+            Verified(
                 [ObjectId.of(b"no such manifest")],
                 [],
-                store.encode_verified([(ObjectId.of(orphan), ObjType.COMMIT, orphan, None)]),
+                [_encoded(ObjType.COMMIT, orphan)],
             ),
-            _Verified([], [], store.encode_verified([(ObjectId.of(later), ObjType.BLOB, later, None)])),
+            Verified([], [], [_encoded(ObjType.BLOB, later)]),
         ]
-        _write_group(store, packs)
+        write_group(store, packs)
         assert all(p.done for p in packs)
         assert packs[0].error is None and packs[2].error is None
         assert isinstance(packs[1].error, MalformedPack)
@@ -62,7 +66,7 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
 
 
 def test_concurrent_ingests_all_land(tmp_path: Path) -> None:
-    commits = _Commits()
+    commits = Commits()
     blobs = [b"%d " % i * (500 + i) for i in range(24)]
     with Store.init(tmp_path / "s") as store:
 

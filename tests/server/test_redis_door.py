@@ -115,7 +115,7 @@ def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
         good = b"graph bytes" * 10
         blob = ObjectId.of(good)
         # A fault below the store's own checks: bytes stored under an id they do not hash to.
-        s.put_verified([(blob, ObjType.BLOB, b"X" + good[1:])])
+        s.write([(blob, ObjType.BLOB, b"X" + good[1:])], verified=True)
         key = EntryKey(ENV_A.id, "inductor", "fgraphkey", "")
         commit_changes(s, "main", {key: Entry(blob, len(good), None, {})}, "seed")
     port = free_port()

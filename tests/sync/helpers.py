@@ -45,7 +45,7 @@ def add(
         os.urandom(size) if random_bytes else (f"{name}-{i}:".encode() * size)[:size]
         for i in range(n)
     ]
-    blobs = store.put_many((ObjType.BLOB, d) for d in datas)  # one transaction
+    blobs = store.write((ObjType.BLOB, d) for d in datas)  # one transaction
     changes: dict[EntryKey, Entry | None] = {
         EntryKey(env_id, kind, f"{name}-{i}"): Entry(blob, len(d), None, meta or {})
         for i, (blob, d) in enumerate(zip(blobs, datas, strict=True))

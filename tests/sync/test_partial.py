@@ -89,7 +89,7 @@ def test_partial_pull_for_a_cpu_leaves_other_cpus_headers_on_the_remote(tmp_path
     origin = new_store(tmp_path / "origin")
     env_id = origin.put_object(ENV_A)
     headers = {cpu: os.urandom(40_000) for cpu in ("cpu-aaaa", "cpu-bbbb")}
-    blobs = dict(zip(headers, origin.put_many((ObjType.BLOB, d) for d in headers.values()), strict=True))
+    blobs = dict(zip(headers, origin.write((ObjType.BLOB, d) for d in headers.values()), strict=True))
     changes: dict[EntryKey, Entry | None] = {
         EntryKey(env_id, "cpp_pch", "h1.h.gch", cpu): Entry(blobs[cpu], len(d), None, {})
         for cpu, d in headers.items()

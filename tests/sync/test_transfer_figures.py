@@ -34,7 +34,7 @@ def big_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("big") / "store"
     with Store.init(base) as s:
         env = s.put_object(ENV_A)
-        blobs = s.put_many((ObjType.BLOB, b"artifact %d" % i) for i in range(BIG))
+        blobs = s.write((ObjType.BLOB, b"artifact %d" % i) for i in range(BIG))
         entries = {
             EntryKey(env, "inductor", f"k{i}"): Entry(blob, len(b"artifact %d" % i))
             for i, blob in enumerate(blobs)

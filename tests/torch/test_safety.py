@@ -74,7 +74,7 @@ def test_corrupt_blobs_are_never_handed_to_torch(rec: Recorded, tmp_path: Path) 
         if k.kind in ("inductor", "aot_autograd"):
             # A fault injected below the store's own checks: bytes stored under an id
             # they do not hash to, as a flipped bit on disk would leave them.
-            store.put_verified([(e.blob, ObjType.BLOB, data[:100] + b"\x00" + data[101:])])
+            store.write([(e.blob, ObjType.BLOB, data[:100] + b"\x00" + data[101:])], verified=True)
         else:
             store.put(data)
         return k, e

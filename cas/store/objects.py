@@ -1,0 +1,288 @@
+"""Object reads: one read path (:meth:`Objects._read_one`) for single objects, batched
+reads in one transaction, listings, and the record-level look fsck takes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import lmdb
+
+from cas.codec import ObjType
+from cas.digest import DIGEST_SIZE, ObjectId, verify_id
+from cas.errors import AmbiguousId, CorruptObject, ObjectNotFound
+from cas.store import records as rc
+from cas.store.env import Env, Txn
+from cas.store.records import HEAD_SIZE, TYPE_OF, Record
+
+#: Reads of records at least this large use zero-copy views (see Objects._read_one).
+_BIG_READ = 16 << 10
+
+
+class Objects:
+    """The object reads of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+
+    _env: Env
+    _big_reads: bool
+    # the Env's LMDB handle and objects db, at hand for the hot path (an attribute
+    # lookup is a twentieth of a small get)
+    _handle: lmdb.Environment
+    _objects_db: Any
+
+    # -- decoding inside a transaction ---------------------------------------------------
+
+    def _unpack(self, txn: Txn, oid: ObjectId, value: bytes | memoryview) -> tuple[ObjType, bytes]:
+        """Type and bytes of a record; the hot path of every read, so kept flat."""
+        if len(value) >= HEAD_SIZE:
+            t, flags, _raw = rc.HEAD.unpack_from(value)
+            otype = TYPE_OF.get(t)
+            if otype is not None and not flags:
+                return otype, bytes(value[HEAD_SIZE:])
+        rec = rc.decode(oid, value)
+        return rec.type, self._payload(txn, oid, value)
+
+    def _payload(self, txn: Txn, oid: ObjectId, value: bytes | memoryview) -> bytes:
+        view = self._payload_view(txn, oid, value)
+        return view if isinstance(view, bytes) else bytes(view)
+
+    def _payload_view(self, txn: Txn, oid: ObjectId, value: bytes | memoryview) -> bytes | memoryview:
+        """The object's bytes; a view into the map (valid in ``txn`` only) when stored plain."""
+        rec = rc.decode(oid, value)
+        body = value[HEAD_SIZE:]
+        if rec.chunked:
+            # one copy: join the chunks' views straight into the result
+            return b"".join(self._iter_chunks(txn, oid, body))
+        if rec.compressed:
+            return rc.decompress(oid, rec, body)
+        return body
+
+    def _iter_chunks(self, txn: Txn, oid: ObjectId, body: bytes | memoryview) -> Iterator[bytes | memoryview]:
+        for cid_raw, size in rc.chunk_refs(oid, body):
+            value = txn.get(cid_raw, db=self._env.objects)
+            if value is None:
+                raise CorruptObject(f"object {oid.short()} is missing chunk {cid_raw.hex()[:12]}", oid=oid)
+            data = self._payload_view(txn, ObjectId(cid_raw), value)
+            if len(data) != size:
+                raise CorruptObject(f"object {oid.short()}: chunk size mismatch", oid=oid)
+            yield data
+
+    # -- single objects --------------------------------------------------------------------
+
+    def _read_one(self, oid: ObjectId, typed: bool) -> Any:
+        """One object in one read txn: its bytes, or with ``typed`` its (type, bytes);
+        None if absent. The one read path of single objects, the hot path, kept flat
+        (bench/bench_store.py): a Python call or a tuple is a tenth of a small get.
+
+        A plain record is ``header + payload`` and Python copies a slice, so a read costs
+        either two copies (LMDB's bytes, then the slice) or a zero-copy view plus one copy
+        (``buffers=True``), which has a fixed cost of its own. The mode follows the size
+        of the previous read on this handle: views for large objects, copies for small.
+        """
+        big = self._big_reads
+        try:
+            txn = self._handle.begin(buffers=big)  # type: ignore[call-overload]
+        except lmdb.Error:
+            txn = self._env.begin(buffers=big)
+        try:
+            value = txn.get(oid.raw, None, self._objects_db)
+            if value is None:
+                return None
+            self._big_reads = len(value) >= _BIG_READ
+            if len(value) >= HEAD_SIZE and not value[1]:
+                otype = TYPE_OF.get(value[0])
+                if otype is not None:
+                    body = bytes(value[HEAD_SIZE:]) if big else value[HEAD_SIZE:]
+                    return (otype, body) if typed else body
+            got = self._unpack(txn, oid, value)
+            return got if typed else got[1]
+        finally:
+            txn.abort()
+
+    def get(self, oid: ObjectId, *, verify: bool = False) -> bytes | None:
+        """The object's raw bytes, or None if absent (a miss is a value, not an error)."""
+        if verify:
+            got = self.get_typed(oid, verify=True)
+            return None if got is None else got[1]
+        out: bytes | None = self._read_one(oid, False)
+        return out
+
+    def get_typed(self, oid: ObjectId, *, verify: bool = False) -> tuple[ObjType, bytes] | None:
+        got: tuple[ObjType, bytes] | None = self._read_one(oid, True)
+        if got is not None and verify:
+            verify_id(oid, ObjectId.of(got[1]))
+        return got
+
+    def require(self, oid: ObjectId, *, verify: bool = False) -> tuple[ObjType, bytes]:
+        got = self.get_typed(oid, verify=verify)
+        if got is None:
+            raise ObjectNotFound(f"object {oid} not found", oid=oid)
+        return got
+
+    def has(self, oid: ObjectId) -> bool:
+        return self._env.read(lambda txn: txn.get(oid.raw, db=self._env.objects) is not None)
+
+    def record(self, oid: ObjectId) -> Record | None:
+        return self.records([oid]).get(oid)
+
+    def iter_blob(self, oid: ObjectId) -> Iterator[bytes]:
+        """Stream a blob's bytes chunk by chunk (one chunk in memory at a time)."""
+        rec = self.record(oid)
+        if rec is None:
+            raise ObjectNotFound(f"object {oid} not found", oid=oid)
+        if not rec.chunked:
+            yield self.require(oid)[1]
+            return
+        for cid in self.chunk_ids(oid):
+            yield self.require(cid)[1]
+
+    def chunk_ids(self, oid: ObjectId) -> list[ObjectId]:
+        """The chunk ids of a chunked blob ([] for a plain one)."""
+
+        def go(txn: Txn) -> list[ObjectId]:
+            value = txn.get(oid.raw, db=self._env.objects)
+            if value is None or not rc.decode(oid, value).chunked:
+                return []
+            return [ObjectId(c) for c, _ in rc.chunk_refs(oid, value[HEAD_SIZE:])]
+
+        return self._env.read(go)
+
+    def examine(self, oid: ObjectId) -> tuple[Record, bytes | list[ObjectId]] | None:
+        """What fsck checks of one object: its record and its bytes, or, for a chunked
+        blob, its chunk ids (None if absent). Raises CorruptObject if the record does
+        not decode or its bytes are not the size the record says."""
+
+        def go(txn: Txn) -> tuple[Record, bytes | list[ObjectId]] | None:
+            value = txn.get(oid.raw, db=self._env.objects)
+            if value is None:  # e.g. deleted by a concurrent gc since the id was listed
+                return None
+            rec = rc.decode(oid, value)
+            if rec.chunked:
+                return rec, [ObjectId(c) for c, _ in rc.chunk_refs(oid, value[HEAD_SIZE:])]
+            data = self._payload(txn, oid, value)
+            if len(data) != rec.raw_size:
+                raise CorruptObject(
+                    f"{rec.type.label} {oid.short()} decodes to {len(data)} bytes, record says {rec.raw_size}",
+                    oid=oid,
+                )
+            return rec, data
+
+        return self._env.read(go)
+
+    # -- several objects in one transaction -------------------------------------------------
+
+    def missing(self, oids: Iterable[ObjectId]) -> list[ObjectId]:
+        """The subset of ``oids`` not in the store, in the given order."""
+        db = self._env.objects
+        return self._env.read(lambda txn: [o for o in oids if txn.get(o.raw, db=db) is None])
+
+    def records(self, oids: Iterable[ObjectId]) -> dict[ObjectId, Record]:
+        """:meth:`record` of several objects in one read txn; absent ids are left out."""
+
+        def go(txn: Txn) -> dict[ObjectId, Record]:
+            out = {}
+            for oid in oids:
+                value = txn.get(oid.raw, db=self._env.objects)
+                if value is not None:
+                    out[oid] = rc.decode(oid, value)
+            return out
+
+        return self._env.read(go)
+
+    def get_many(self, oids: Iterable[ObjectId]) -> dict[ObjectId, tuple[ObjType, bytes]]:
+        """Several objects in one read txn; absent ids are left out of the result."""
+        return {oid: (t, d) for oid, (t, d, _) in self._get_frames(oids, frames=False).items()}
+
+    def get_many_frames(self, oids: Iterable[ObjectId]) -> dict[ObjectId, tuple[ObjType, bytes, bytes | None]]:
+        """Like :meth:`get_many`, each object with its stored zstd frame (None if the
+        record is not one plain zstd payload), so a push can send it without compressing
+        the bytes again (cas.pack.Framed)."""
+        return self._get_frames(oids, frames=True)
+
+    def _get_frames(
+        self, oids: Iterable[ObjectId], *, frames: bool
+    ) -> dict[ObjectId, tuple[ObjType, bytes, bytes | None]]:
+        def go(txn: Txn) -> dict[ObjectId, tuple[ObjType, bytes, bytes | None]]:
+            out: dict[ObjectId, tuple[ObjType, bytes, bytes | None]] = {}
+            for oid in oids:
+                value = txn.get(oid.raw, db=self._env.objects)
+                if value is None:
+                    continue
+                otype, data = self._unpack(txn, oid, value)
+                frame = bytes(value[HEAD_SIZE:]) if frames and value[1] == rc.FLAG_ZSTD else None
+                out[oid] = (otype, data, frame)
+            return out
+
+        return self._env.read(go, buffers=True)
+
+    # -- listings ----------------------------------------------------------------------------
+
+    def iter_records(self) -> Iterator[Record]:
+        """Every object's record, in id order (a snapshot taken at the call)."""
+        for _key, rec in self._scan(10_000, decode=True):
+            assert rec is not None
+            yield rec
+
+    def iter_ids(self, batch: int = 10_000) -> Iterator[ObjectId]:
+        """Every object id, in id order, read in batches of short read transactions.
+
+        Unlike :meth:`iter_records` this never decodes a record, so a corrupt one does
+        not stop the iteration (fsck relies on that).
+        """
+        for key, _ in self._scan(batch, decode=False):
+            if len(key) == DIGEST_SIZE:
+                yield ObjectId(key)
+
+    def _scan(self, batch: int, *, decode: bool) -> Iterator[tuple[bytes, Record | None]]:
+        """Every object's key (and decoded record), in batches of one read txn each."""
+        start = b""
+        while True:
+
+            def go(txn: Txn, start: bytes = start) -> list[tuple[bytes, Record | None]]:
+                out: list[tuple[bytes, Record | None]] = []
+                cur = txn.cursor(db=self._env.objects)
+                if not cur.set_range(start):
+                    return out
+                for key in cur.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if key == start:
+                        continue
+                    out.append((key, rc.decode(ObjectId(key), cur.value()) if decode else None))
+                    if len(out) >= batch:
+                        break
+                return out
+
+            keys = self._env.read(go)
+            if not keys:
+                return
+            yield from keys
+            start = keys[-1][0]
+
+    def resolve_prefix(self, prefix: str, limit: int = 2) -> list[ObjectId]:
+        """Ids that start with the hex ``prefix`` (at most ``limit``)."""
+        prefix = prefix.lower()
+        start = bytes.fromhex(prefix[: len(prefix) // 2 * 2])
+
+        def go(txn: Txn) -> list[ObjectId]:
+            out: list[ObjectId] = []
+            cur = txn.cursor(db=self._env.objects)
+            if not cur.set_range(start):
+                return out
+            for key in cur.iternext(keys=True, values=False):
+                key = bytes(key)
+                if not key.startswith(start):
+                    break
+                if key.hex().startswith(prefix):
+                    out.append(ObjectId(key))
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return self._env.read(go)
+
+    def resolve_unique(self, prefix: str) -> ObjectId:
+        found = self.resolve_prefix(prefix, limit=2)
+        if not found:
+            raise ObjectNotFound(f"no object matches {prefix!r}")
+        if len(found) > 1:
+            raise AmbiguousId(f"id prefix {prefix!r} is ambiguous", hint="give more characters of the id")
+        return found[0]
