@@ -33,7 +33,6 @@ import binascii
 import json
 import os
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -49,6 +48,7 @@ from cas.digest import ObjectId
 from cas.errors import CasError
 from cas.objects import Entry, EntryKey, Env
 from cas.store import Store
+from cas.torch import _compat
 from cas.torch.env import cpu_fingerprint
 from cas.torch.kinds import Found, pgo_key, scan, variant_for
 
@@ -415,7 +415,7 @@ class LiveCache:
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
                 return None
-            if not self._pending and "torch._dynamo" not in sys.modules:
+            if not self._pending and not _compat.dynamo_imported():
                 return None  # torch compiled nothing in this process
             try:
                 root = self._tip_root()
@@ -471,7 +471,7 @@ class LiveCache:
         with self._lock:
             if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
                 return None
-            if "torch._dynamo" not in sys.modules:
+            if not _compat.dynamo_imported():
                 return None  # torch compiled nothing in this process
             try:
                 res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since,
@@ -541,13 +541,9 @@ def _unwrap(kind: str, value: bytes) -> tuple[bytes, dict[str, Any]]:
 
 # -- installing into torch -------------------------------------------------------------
 
-_OVERRIDDEN = ("RemoteFxGraphCache", "RemoteAOTAutogradCache", "RemoteAutotuneCache", "RemoteDynamoPGOCache")
-
 
 def _backend_class(live: LiveCache) -> Callable[[], Any]:
-    from torch._inductor.remote_cache import RemoteCacheBackend
-
-    class StoreBackend(RemoteCacheBackend[bytes]):  # type: ignore[misc]
+    class StoreBackend(_compat.remote_cache_backend()):  # type: ignore[misc]
         """torch's remote-cache backend, answered by a LiveCache (created with no args)."""
 
         def _get(self, key: str) -> bytes | None:
@@ -559,45 +555,7 @@ def _backend_class(live: LiveCache) -> Callable[[], Any]:
     return StoreBackend
 
 
-def _flags() -> list[tuple[Any, str, str, Any]]:
-    """(object, attribute, kind, value to set) for each switch :func:`install` flips."""
-    import torch._dynamo.config as dynamo_config
-    import torch._functorch._aot_autograd.autograd_cache as aot_cache
-    import torch._inductor.config as inductor_config
-
-    out: list[tuple[Any, str, str, Any]] = [
-        (inductor_config, "fx_graph_remote_cache", "inductor", True),
-        (inductor_config, "autotune_remote_cache", "autotune", True),
-        (dynamo_config, "automatic_dynamic_remote_pgo", "pgo", True),
-    ]
-    # Not functorch's `enable_remote_autograd_cache` flag: the functorch config is hashed
-    # into every AOTAutograd key, so flipping it would give entries keys that a process
-    # without cas (a plain capture) never looks up, and the other way round. The gate
-    # function is patched instead, where torch calls it (imported by name in two modules).
-    import torch._functorch._aot_autograd.graph_compile as graph_compile
-    import torch._functorch.aot_autograd as aot_autograd
-
-    for module in (aot_cache, graph_compile, aot_autograd):
-        if hasattr(module, "should_use_remote_autograd_cache"):
-            out.append((module, "should_use_remote_autograd_cache", "aot_autograd", _use_remote_aot))
-    return out
-
-
-def _use_remote_aot() -> bool:
-    import torch
-
-    return not torch.compiler.config.force_disable_caches
-
-
 _saved: list[tuple[Any, str, Any]] = []
-
-
-def _clear_aot_remote_cache() -> None:
-    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
-
-    cache_clear = getattr(AOTAutogradCache.get_remote_cache, "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
 
 
 def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autograd", "autotune", "pgo")) -> None:
@@ -605,31 +563,27 @@ def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autogra
 
     Best before the first compile; AOTAutograd's ``get_remote_cache`` is
     ``functools.cache``d, so its cache is cleared here to take effect afterwards too.
-    Cache keys stay exactly those of a process without cas (see :func:`_flags`).
-    The bundled autotune cache is never enabled: on Triton-less installs it crashes
-    compile (torch-internals.md §2).
+    Cache keys stay exactly those of a process without cas
+    (:func:`cas.torch._compat.remote_cache_switches`). Everything torch must provide is
+    imported before anything is changed: an ``ImportError`` (torch is still importing the
+    module, see :func:`cas.torch.enable`) leaves torch as it was.
     """
-    from torch._inductor import remote_cache as rc
-
     backend = _backend_class(live)
-    for name in _OVERRIDDEN:
-        getattr(rc, name).backend_override_cls = backend
     wanted = set(kinds)
-    for module, flag, kind, value in _flags():
-        if kind in wanted:
-            if not any(m is module and f == flag for m, f, _ in _saved):
-                _saved.append((module, flag, getattr(module, flag)))
-            setattr(module, flag, value)
-    _clear_aot_remote_cache()
+    switches = [(m, f, v) for m, f, kind, v in _compat.remote_cache_switches() if kind in wanted]
+    _compat.clear_aot_remote_cache()  # imports AOTAutograd's cache, before anything changed
+    _compat.set_backend_override(backend)
+    for module, flag, value in switches:
+        if not any(m is module and f == flag for m, f, _ in _saved):
+            _saved.append((module, flag, getattr(module, flag)))
+        setattr(module, flag, value)
+    _compat.clear_aot_remote_cache()
 
 
 def uninstall() -> None:
     """Undo :func:`install`: torch's remote caches go back to how they were."""
-    from torch._inductor import remote_cache as rc
-
-    for name in _OVERRIDDEN:
-        getattr(rc, name).backend_override_cls = None
+    _compat.set_backend_override(None)
     while _saved:
         module, flag, value = _saved.pop()
         setattr(module, flag, value)
-    _clear_aot_remote_cache()
+    _compat.clear_aot_remote_cache()
