@@ -66,10 +66,6 @@ class Verdict:
     remotes: tuple[str, ...] = ()
 
 
-def _origin_key(oid: ObjectId) -> str:
-    return f"origin.{oid.hex}"
-
-
 def mark_local(store: Store, oid: ObjectId) -> None:
     """Record that commit ``oid`` was made in this store (always trusted)."""
     provenance.mark_local(store, oid)
