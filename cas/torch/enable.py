@@ -223,7 +223,7 @@ def _start(
             message=message or f"live: compiled while serving {session.ref}",
             metadata=meta,
             base=session.commit,
-            cache_dir=str(cache_dir if cache_dir is not None else _compat.torch_cache_dir()),
+            cache_dir=cache_dir if cache_dir is not None else _compat.torch_cache_dir(),
         )
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.
