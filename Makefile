@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean venv system
+.PHONY: demo test test-compat bench lint clean venv system
 
 venv: $(STAMP)
 
@@ -28,6 +28,22 @@ test: $(STAMP) system
 	$(VENV)/bin/ruff check cas cli tests bench
 	$(VENV)/bin/mypy cas cli
 
+# The torch tests against a second torch release (docs/compat.md): a venv of its
+# own, pinned by constraints-compat.txt.
+COMPAT_VENV  ?= .venv-compat
+COMPAT_PY    := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+$(COMPAT_STAMP): pyproject.toml constraints-compat.txt
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip
+	$(COMPAT_PY) -m pip install --quiet -c constraints-compat.txt -e '.[dev]'
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_PY) -c 'import torch; from cas.torch import _compat; print("torch", torch.__version__); print(_compat.probe_summary())'
+	$(COMPAT_PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=10 tests/torch
+
 bench: $(STAMP) system
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds
 
@@ -37,4 +53,4 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks
+	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info .pytest_cache .benchmarks

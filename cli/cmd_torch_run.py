@@ -89,7 +89,21 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         total["hydrated"] += int((s.get("hydrated") or {}).get("written", 0))
         total["commits"].extend(s.get("commits") or [])
     total["warmth"] = _warmth(lines)
+    total["compat"] = _compat(lines)
     return total
+
+
+def _compat(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the processes found missing in torch (:func:`cas.torch._compat.report`), as
+    one report; None when no process compiled."""
+    found = [s["compat"] for s in lines if s.get("compat")]
+    if not found:
+        return None
+    missing: dict[str, dict[str, str]] = {}
+    for f in found:
+        missing.update((m["hook"], m) for m in f.get("missing", []))
+    return {"torch": found[0].get("torch"), "supported": all(f.get("supported", True) for f in found),
+            "missing": list(missing.values())}
 
 
 def _warmth(lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,6 +148,10 @@ def _summary_text(t: dict[str, Any], record: str | None) -> str:
     known = {r["reason"] for r in warmth["rebuilds"]}
     lines += [f"  expected: {r['line']}" for r in warmth["predicted"]["rebuilds"]
               if "compiler" in r["reason"] and r["reason"] not in known]
+    if t.get("compat"):
+        from cas.torch._compat import report_lines
+
+        lines += [f"cas run: {line}" for line in report_lines(t["compat"])]
     return "\n".join(lines)
 
 
@@ -224,8 +242,15 @@ def register(cli: click.Group) -> None:
             raise UsageError("give a cache KEY or --current")
         # click.echo, not rich: guard expressions and reprs contain [brackets].
         if current:
+            from cas.torch._compat import report as compat_report
+            from cas.torch._compat import report_lines
+
             report = explain_env(ctx.store, ref)
-            click.echo(json.dumps(report.to_dict(), indent=2) if ctx.as_json else "\n".join(report.lines()))
+            compat = compat_report()
+            if ctx.as_json:
+                click.echo(json.dumps({**report.to_dict(), "compat": compat}, indent=2))
+            else:
+                click.echo("\n".join(report.lines() + report_lines(compat)))
         if key:
             result = explain_key(ctx.store, ref, key)
             click.echo(json.dumps(result.to_dict(), indent=2) if ctx.as_json else "\n".join(result.lines()))

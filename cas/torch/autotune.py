@@ -14,11 +14,11 @@
 - :func:`shard` and :func:`gather_records`: distributed autotune — each rank benchmarks
   its share of the GEMM lookups, rank 0 commits the union.
 
-Torch internals touched (2.11–2.14; compared in docs/torch.md): ``CacheBase.get_system``
-(timing file name), ``CachingAutotuner.benchmark_all_configs`` /
-``coordinate_descent_tuning`` / ``_combo_sequential_autotune`` (2.13+) and
-``AutotuneCache.local_cache`` (``runtime/triton_heuristics.py``,
-``runtime/autotune_cache.py``), ``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``.
+Torch internals touched (2.11–2.14; compared in docs/torch.md), all through
+:mod:`cas.torch._compat`: ``CacheBase.get_system`` (timing file name),
+``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` /
+``_combo_sequential_autotune`` (2.13+) and ``AutotuneCache.local_cache``,
+``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from cas.history import commit_changes
 from cas.objects import Entry, EntryKey
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import kinds
+from cas.torch import _compat, kinds
+from cas.torch.autotune_dist import Shard, gather_records, shard
 from cas.torch.env import cpu_fingerprint, current_env
 
 __all__ = [
@@ -132,16 +133,6 @@ class Observed:
     triton_benchmarks: int = 0  # benchmark_all_configs calls, with or without a cache path
 
 
-def _best_config_path(autotuner: Any) -> str | None:
-    # save_cache_hook is AutotuneCache.save bound to the kernel's cache; its local_cache
-    # is (cache, "<cache dir>/<xx>/<hash>.best_config").
-    owner = getattr(getattr(autotuner, "save_cache_hook", None), "__self__", None)
-    local = getattr(owner, "local_cache", None)
-    if not local:
-        return None
-    return os.path.join(*str(local[1]).split(os.sep)[-2:])
-
-
 def _line(cfg: Any) -> str:
     return autotune.config_line({**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
@@ -187,12 +178,10 @@ def watch(*, lazily: bool = False) -> tuple[Observed, Callable[[], None]]:
             undo.append(_patch_triton(seen))
 
     if lazily:
-        _when_ready("torch._inductor.select_algorithm", "add_feedback_saver", on_select_algorithm)
-        _when_ready("torch._inductor.runtime.triton_heuristics", "CachingAutotuner", on_triton)
+        _when_ready(_compat.SELECT_ALGORITHM, "add_feedback_saver", on_select_algorithm)
+        _when_ready(_compat.TRITON_HEURISTICS, "CachingAutotuner", on_triton)
     else:
-        from torch._inductor import select_algorithm
-
-        on_select_algorithm(select_algorithm)
+        on_select_algorithm(_compat.select_algorithm())
         on_triton(None)
 
     def stop() -> None:
@@ -231,32 +220,21 @@ def _when_ready(name: str, needs: str, fn: Callable[[Any], None]) -> None:
                 pass
 
         def register(dynamo: Any) -> None:
-            handler = getattr(getattr(dynamo, "callback", None), "callback_handler", None)
-            if handler is not None:
-                handler.register_start_callback(at_compile_start)
+            _compat.on_compile_start(dynamo, at_compile_start)
 
-        after_import("torch._dynamo", register)
-
-
-#: CachingAutotuner methods that benchmark Triton configs, probed on the installed torch:
-#: ``benchmark_all_configs`` and ``coordinate_descent_tuning`` (2.11–2.14), and
-#: ``_combo_sequential_autotune`` (combo kernels' block-size search, 2.13 and 2.14). The
-#: last two leave every time they measured in ``coordesc_tuner.cached_benchmark_results``.
-_TRITON_TUNERS = ("coordinate_descent_tuning", "_combo_sequential_autotune")
+        after_import(_compat.DYNAMO, register)
 
 
 def _patch_triton(seen: Observed) -> Any:
-    try:
-        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
-    except ImportError:  # no Triton in this build: nothing to watch
+    autotuner = _compat.caching_autotuner()
+    if autotuner is None:  # no Triton in this build: nothing to watch
         return lambda: None
-    orig = {name: getattr(CachingAutotuner, name)
-            for name in ("benchmark_all_configs", *_TRITON_TUNERS) if hasattr(CachingAutotuner, name)}
+    orig = _compat.triton_tuner_methods(autotuner)
 
     def bench_all(self: Any, *args: Any, **kwargs: Any) -> Any:
         timings = orig["benchmark_all_configs"](self, *args, **kwargs)
         seen.triton_benchmarks += 1
-        path = _best_config_path(self)
+        path = _compat.best_config_path(self)
         if path is not None:
             seen.triton.setdefault(path, {}).update({_line(k.config): float(v) for k, v in timings.items()})
         return timings
@@ -264,8 +242,8 @@ def _patch_triton(seen: Observed) -> Any:
     def tuner(name: str) -> Any:
         def tune(self: Any, *args: Any, **kwargs: Any) -> Any:
             out = orig[name](self, *args, **kwargs)
-            path = _best_config_path(self)
-            results = getattr(getattr(self, "coordesc_tuner", None), "cached_benchmark_results", {})
+            path = _compat.best_config_path(self)
+            results = _compat.coordesc_results(self)
             if path is not None and results:
                 lines = {",".join(f"{k}={v}" for k, v in sorted(h)): float(t) for h, t in results.items()}
                 seen.triton.setdefault(path, {}).update(lines)
@@ -274,11 +252,11 @@ def _patch_triton(seen: Observed) -> Any:
         return tune
 
     for name in orig:
-        setattr(CachingAutotuner, name, bench_all if name == "benchmark_all_configs" else tuner(name))
+        setattr(autotuner, name, bench_all if name == "benchmark_all_configs" else tuner(name))
 
     def undo() -> None:
         for name, method in orig.items():
-            setattr(CachingAutotuner, name, method)
+            setattr(autotuner, name, method)
 
     return undo
 
@@ -291,8 +269,7 @@ def count_benchmarks() -> Iterator[dict[str, int]]:
     tuning have counters (a name this torch lacks stays 0); a Triton
     ``benchmark_all_configs`` has none and is counted by wrapping it.
     """
-    from torch._dynamo.utils import counters
-
+    counters = _compat.dynamo_counters()
     names = ("select_algorithm_autotune", "coordesc_tuning_bench", "combo_autotune_bench")
     before = {n: counters["inductor"][n] for n in names}
     out: dict[str, int] = {n: 0 for n in (*names, "triton_benchmark_all_configs")}
@@ -397,15 +374,13 @@ def record(
     read too. ``records`` replaces reading the dir (distributed shards, tests); ``since``
     reads only the files written since then (a live session's own measurements).
     """
-    from cas.torch.capture import torch_cache_dir
-
     env_id = store.put_object(current_env())
     tip = store.get_ref(branch_ref(branch))
     root = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
     if records is None:
         remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
                   if ek.kind == "autotune_remote" and ek.env == env_id]
-        cdir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
+        cdir = Path(cache_dir) if cache_dir is not None else _compat.torch_cache_dir()
         records = read_records(cdir, observed=observed, remote_values=remote, method=method, since=since)
     recs = list(records)
     device = str(recs[0].provenance.get("device", "")) if recs else ""
@@ -516,82 +491,3 @@ def records_for_here(
 def records_in(store: Store, root: ObjectId) -> Mapping[EntryKey, Entry]:
     """The autotune-record entries of a manifest."""
     return {ek: e for ek, e in manifest.entries(store, root) if ek.kind == autotune.KIND}
-
-
-# -- distributed autotune ------------------------------------------------------------------
-
-
-@dataclass
-class Shard:
-    """What :func:`shard` did in this process: GEMM lookups tuned here and left to others."""
-
-    rank: int
-    world: int
-    tuned: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def shard(rank: int, world: int) -> Iterator[Shard]:
-    """Benchmark only this rank's share of the GEMM autotuning of a compile.
-
-    Every rank compiles the same graphs, so they meet the same ``select_algorithm``
-    lookups in the same order; the i-th distinct (op, inputs) is benchmarked by rank
-    ``i % world`` — torch's own ``distributed_autotune`` assignment. Elsewhere the lookup
-    runs without a benchmark function: a cached result is used, and a miss returns no
-    timings, on which torch falls back to its ATen kernel and writes nothing. The shards'
-    records then meet in :func:`gather_records`.
-
-    Torch's ``distributed_max_autotune_gemm`` is not used: in torch 2.11–2.14 it covers
-    ``tuned_mm`` only (not addmm, bmm or the CPU ``packed_linear`` of freezing) and
-    exchanges the chosen template, not the times a record holds.
-    """
-    from torch._inductor.select_algorithm import AlgorithmSelectorCache
-
-    state = Shard(rank, world)
-    order: dict[str, int] = {}
-    orig = AlgorithmSelectorCache.lookup
-
-    def lookup(self: Any, choices: Any, op: str, inputs: str, benchmark: Any, *args: Any, **kwargs: Any) -> Any:
-        key = f"{op} {inputs}"
-        index = order.setdefault(key, len(order))
-        mine = index % world == rank
-        (state.tuned if mine else state.skipped).append(key)
-        return orig(self, choices, op, inputs, benchmark if mine else None, *args, **kwargs)
-
-    AlgorithmSelectorCache.lookup = lookup  # type: ignore[method-assign]
-    try:
-        yield state
-    finally:
-        AlgorithmSelectorCache.lookup = orig  # type: ignore[method-assign]
-
-
-def gather_records(records: Iterable[autotune.Record], group: Any = None) -> list[autotune.Record] | None:
-    """All ranks' records, on rank 0 (None elsewhere), exchanged over ``group``.
-
-    Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
-    CPU wheel does not bring). A record measured by several ranks (a key more than one had
-    cached) is kept once, the faster.
-    """
-    import torch
-    import torch.distributed as dist
-
-    data = json.dumps([r.to_bytes().decode() for r in records]).encode()
-    world = dist.get_world_size(group)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
-    longest = max(int(s.item()) for s in sizes)
-    mine = torch.zeros(longest, dtype=torch.uint8)
-    mine[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(bufs, mine, group=group)
-    if dist.get_rank(group) != 0:
-        return None
-    best: dict[tuple[str, str], autotune.Record] = {}
-    for buf, size in zip(bufs, sizes, strict=True):
-        for text in json.loads(bytes(buf[: int(size.item())].tolist())):
-            rec = autotune.Record.from_bytes(text.encode())
-            old = best.get((rec.key, rec.device_class))
-            if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):
-                best[(rec.key, rec.device_class)] = rec
-    return list(best.values())

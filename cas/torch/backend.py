@@ -60,18 +60,18 @@ def _report(session: Any) -> None:
 
 
 def _config_patches(mode: str | None, options: dict[str, Any] | None) -> dict[str, Any]:
-    import torch._inductor
+    from cas.torch._compat import mode_options
 
     patches: dict[str, Any] = {}
     if mode and mode != "default":
-        patches.update(torch._inductor.list_mode_options(mode))
+        patches.update(mode_options(mode))
     patches.update(options or {})
     return patches
 
 
 def cas_backend(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
     """A dynamo backend: enable cas for this process (once), then compile with Inductor."""
-    from torch._inductor.compile_fx import compile_fx
+    from cas.torch._compat import compile_fx
 
     try:
         _ensure_enabled()

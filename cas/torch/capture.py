@@ -29,7 +29,7 @@ from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import cxx, kinds, megacache
+from cas.torch import _compat, cxx, kinds, megacache
 from cas.torch.env import cpu_fingerprint, current_env
 
 if TYPE_CHECKING:
@@ -74,18 +74,10 @@ class CaptureResult:
         return out
 
 
-def torch_cache_dir() -> Path:
-    """Torch's cache dir for this process (``TORCHINDUCTOR_CACHE_DIR`` or its default),
-    derived as torch derives it, without importing torch."""
-    from cas.config import env_value
-
-    found = env_value("TORCHINDUCTOR_CACHE_DIR")
-    return Path(found) if found else cxx.default_cache_dir()
-
-
-def torch_pch_dir() -> Path:
-    """Where torch keeps precompiled headers: under its *default* cache dir."""
-    return cxx.header_dir()
+#: Torch's cache dir for this process, and where it keeps precompiled headers (under its
+#: *default* cache dir): :mod:`cas.torch._compat`'s, named here for capture's callers.
+torch_cache_dir = _compat.torch_cache_dir
+torch_pch_dir = _compat.header_dir
 
 
 def process_artifacts() -> list[Artifact]:

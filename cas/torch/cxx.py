@@ -15,8 +15,8 @@ files as one that built them. What it names is then mapped to entries:
 * ``<cache_dir>/<xx>/<name>.so``: ``cpp_kernel`` ``<xx>/<name>.so`` (the ISA probe too);
 * ``<header_dir>/<hash>.h.gch``: ``cpp_pch`` ``<hash>.h.gch``.
 
-The header dir is derived exactly as torch derives it (``default_cache_dir()`` of
-``torch._inductor.runtime.cache_dir_utils``: ``$TMPDIR/torchinductor_<user>``, plus
+The header dir is derived exactly as torch derives it
+(:func:`cas.torch._compat.header_dir`: ``$TMPDIR/torchinductor_<user>``, plus
 ``precompiled_headers``), without importing torch, so hydrate stays cheap.
 
 The toolchain (:func:`toolchain`) is what torch folds into these files' names: the
@@ -27,18 +27,17 @@ a machine whose toolchain differs is told which entries will not hit.
 from __future__ import annotations
 
 import functools
-import getpass
 import hashlib
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cas.torch import _compat
 from cas.torch.hooks import after_import
 from cas.torch.kinds import Found
 
@@ -64,22 +63,9 @@ _targets: dict[str, bool] = {}
 _installed = False
 
 
-def default_cache_dir() -> Path:
-    """torch's default cache dir, derived as torch does (no torch import)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, ModuleNotFoundError, OSError):
-        getuid = getattr(os, "getuid", None)
-        user = f"uid_{getuid()}" if callable(getuid) else "unknown_user"
-    return Path(tempfile.gettempdir()) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
-
-
-def header_dir() -> Path:
-    """Where torch keeps precompiled headers: ``<default cache dir>/precompiled_headers``."""
-    return default_cache_dir() / "precompiled_headers"
-
-
-_BUILDER = "torch._inductor.cpp_builder"
+default_cache_dir = _compat.default_cache_dir
+header_dir = _compat.header_dir
+_BUILDER = _compat.CPP_BUILDER
 
 
 def track() -> None:
@@ -99,11 +85,15 @@ def track() -> None:
 
 
 def _wrap(module: Any) -> None:
-    builder = getattr(module, "CppBuilder", None)
-    original = getattr(builder, "get_target_file_path", None)
-    if original is None or getattr(original, "_cas_tracked", False):
-        return
+    try:
+        _compat.wrap_target_file_path(module, _tracking)
+    except Exception as exc:  # inside the user's import of torch: never raise (probe() names it)
+        from cas.torch.live import warn_once
 
+        warn_once("cxx-track", f"cannot track torch's C++ builds ({exc}); the warmth report misses them")
+
+
+def _tracking(original: Callable[[Any], str]) -> Callable[[Any], str]:
     @functools.wraps(original)
     def get_target_file_path(self: Any) -> str:
         path = original(self)
@@ -114,8 +104,7 @@ def _wrap(module: Any) -> None:
                     _targets[path] = os.path.exists(path)
         return path
 
-    get_target_file_path._cas_tracked = True  # type: ignore[attr-defined]
-    builder.get_target_file_path = get_target_file_path  # type: ignore[union-attr]
+    return get_target_file_path
 
 
 def tracked() -> list[str]:
@@ -195,8 +184,7 @@ def toolchain() -> dict[str, str]:
     module = sys.modules.get(_BUILDER)
     try:
         if module is not None:
-            cxx = str(module.get_cpp_compiler())
-            info = str(module.get_compiler_version_info(cxx))
+            cxx, info = _compat.cpp_compiler(module)
         else:
             from cas.config import env_value
 
@@ -228,9 +216,7 @@ def gemm_timings(cache_dir: Path) -> Iterator[Found]:
     """The GEMM timing file torch keeps for this system in ``cache_dir``, if it exists
     (``cache/<system hash>``, the name ``CacheBase.get_local_cache_path`` gives it)."""
     try:
-        from torch._inductor.codecache import CacheBase
-
-        name = str(CacheBase.get_system()["hash"])
+        name = _compat.gemm_system_hash()
     except Exception:  # torch moved it: the cache dir scan of capture still finds it
         return
     path = cache_dir / "cache" / name

@@ -82,9 +82,9 @@ def first_call(
 
 def cache_counters() -> dict[str, dict[str, int]]:
     """Torch's inductor and aot_autograd counters (cache hits, misses, saves)."""
-    from torch._dynamo.utils import counters
+    from cas.torch._compat import dynamo_counters
 
-    return {k: dict(v) for k, v in counters.items() if k in ("inductor", "aot_autograd")}
+    return {k: dict(v) for k, v in dynamo_counters().items() if k in ("inductor", "aot_autograd")}
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from cas.digest import ObjectId
 from cas.errors import CasError, PolicyError, RefNotFound
 from cas.store import Store
+from cas.torch import _compat
 from cas.torch.hooks import after_import
 from cas.torch.live import LiveCache, install, uninstall, warn_once
 
@@ -95,14 +96,7 @@ class Session:
         from cas.torch import cxx
         from cas.torch.warmth import observed
 
-        seen: dict[str, dict[str, int]] = {}
-        if "torch._dynamo" in sys.modules:  # else nothing was compiled
-            try:
-                from torch._dynamo.utils import counters
-
-                seen = {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}
-            except Exception:
-                seen = {}
+        seen = _compat.cache_counters()  # {} when nothing was compiled
         out = observed(cxx.built_here(), seen).to_dict()
         out["predicted"] = (self.hydrated or {}).get("warmth") or {}
         out["counters"] = seen
@@ -229,11 +223,11 @@ def _start(
             message=message or f"live: compiled while serving {session.ref}",
             metadata=meta,
             base=session.commit,
-            cache_dir=cache_dir if cache_dir is not None else _torch_cache_dir(),
+            cache_dir=cache_dir if cache_dir is not None else _compat.torch_cache_dir(),
         )
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.
-        after_import("torch._dynamo", lambda _module: _install(session))
+        after_import(_compat.DYNAMO, lambda dynamo: _install(session, dynamo))
 
 
 def _branch_of(store: Store, ref: str) -> str | None:
@@ -249,24 +243,45 @@ def _branch_of(store: Store, ref: str) -> str | None:
         return ref  # no such ref yet: the first run creates the branch
 
 
-def _torch_cache_dir() -> str:
-    from cas.torch.capture import torch_cache_dir
-
-    return str(torch_cache_dir())
-
-
-def _install(session: Session) -> None:
+def _install(session: Session, dynamo: Any) -> None:
+    """Install the live backend now that torch imported dynamo; or, when dynamo was
+    imported from inside a module of inductor or functorch still being imported (a
+    program whose first torch import is ``torch._inductor.codecache``, say), at the start
+    of the first compile, when those modules are complete."""
     if session.live is None or session.closed:
         return
     try:
         install(session.live)
         session.installed = True
+    except ImportError:  # a torch module is half imported: install() changed nothing
+        if not _compat.on_compile_start(dynamo, _Retry(session)):
+            warn_once("install", "cannot serve torch's caches (dynamo has no compile-start callback); "
+                                 "compiling without the live backend")
     except Exception as exc:  # inside the user's import of torch._dynamo: never raise
         warn_once("install", f"cannot serve torch's caches ({exc}); compiling without the live backend")
     try:  # recording does not need the backend: flush reads the cache dir
         session.live.watch_autotune()
     except Exception as exc:
         warn_once("autotune-watch", f"cannot watch autotune ({exc}); records get no candidate times")
+
+
+class _Retry:
+    """dynamo's compile-start callback: install the live backend on the first call."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.done = False
+
+    def __call__(self, *_: Any) -> None:
+        session = self.session
+        if self.done or session.live is None or session.closed:
+            return
+        self.done = True
+        try:
+            install(session.live)
+            session.installed = True
+        except Exception as exc:  # inside torch's compile: never raise
+            warn_once("install", f"cannot serve torch's caches ({exc}); compiling without the live backend")
 
 
 def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] | None) -> None:
@@ -365,6 +380,8 @@ def _write_stats(session: Session, path: str) -> None:
         stats["pid"] = os.getpid()
         stats["warmth"] = session.warmth()
         stats["counters"] = stats["warmth"].pop("counters")
+        # Only where Inductor compiled: a program that never did does not pay for the probe.
+        stats["compat"] = _compat.report() if _compat.inductor_loaded() else None
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(stats, default=str) + "\n")
     except Exception:  # exit path: nothing sensible left to report to

@@ -195,9 +195,9 @@ def _torch_key_hex() -> str:
     cached = _read_cache("torch-key", stamp) if stamp else None
     if cached and len(cached) == 64:
         return cached
-    from torch._inductor.codecache import torch_key
+    from cas.torch._compat import torch_key
 
-    value = str(torch_key().hex())
+    value = torch_key()
     if stamp:
         _write_cache("torch-key", stamp, value)
     return value

@@ -194,7 +194,8 @@ def hydrate(
     forbids handing the ref's bytes to torch; everything per entry is counted in the
     result instead of raised.
     """
-    from cas.torch.capture import torch_cache_dir, torch_pch_dir
+    from cas.torch._compat import header_dir as torch_pch_dir
+    from cas.torch._compat import torch_cache_dir
     from cas.torch.warmth import predict
 
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()

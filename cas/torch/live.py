@@ -6,14 +6,7 @@ Torch 2.13 looks its FX graph, AOTAutograd, autotune and PGO remote caches up th
 points the four caches at a :class:`LiveCache`; torch still decides every hit (guards,
 version checks), we only hand it bytes.
 
-Wire shape (what torch's caches pass the backend):
-
-* key ``pt2:<cache_id>::<key>:c1``; ``cache_id`` names the cache (``fx-graph-v1``,
-  ``autograd-experimental``, ``dynamo-pgo``), or for autotune is a per-kernel-set hash;
-* value JSON bytes: ``{"data": base64(pickle), "time_taken_ms": n}`` for FX, AOT and PGO;
-  the best-config dict itself for autotune.
-
-Stored shape: the decoded pickle is the blob, keyed by torch's own cache key and the kind
+Wire shape (what torch's caches pass the backend): :mod:`cas.torch.wire`. Stored shape: the decoded pickle is the blob, keyed by torch's own cache key and the kind
 that capture and hydrate use (``inductor``, ``aot_autograd``, ``pgo``), so one entry
 serves hydrate, Mega-Cache export and the live path alike. The value is re-wrapped on
 get. Remote autotune keys (``<config-set hash>::<kernel hash>``) cannot be mapped to the
@@ -28,12 +21,8 @@ is buffered in memory and written by :meth:`LiveCache.flush` as one commit.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import socket
-import sys
 import threading
 import time
 import warnings
@@ -49,8 +38,17 @@ from cas.digest import ObjectId
 from cas.errors import CasError
 from cas.objects import Entry, EntryKey, Env
 from cas.store import Store
+from cas.torch import _compat
 from cas.torch.env import cpu_fingerprint
 from cas.torch.kinds import Found, pgo_key, scan, variant_for
+from cas.torch.wire import (
+    AUTOTUNE_REMOTE,
+    LIVE_KINDS,
+    TRITON_REMOTE,
+    parse_backend_key,
+    unwrap,
+    wrap,
+)
 
 __all__ = [
     "AUTOTUNE_REMOTE",
@@ -64,26 +62,6 @@ __all__ = [
     "warn_once",
 ]
 
-#: Kind of remote autotune entries (their keys differ from the local .best_config paths).
-AUTOTUNE_REMOTE = "autotune_remote"
-#: Kind of Triton's own remote-cache files (``triton.runtime.cache.RedisRemoteCacheBackend``:
-#: key ``triton:<kernel hash>:<file name>``, value the file's bytes; older Tritons used the
-#: prefixes ``inductor:`` and ``pt2:``).
-TRITON_REMOTE = "triton_remote"
-_TRITON_PREFIXES = ("triton:", "inductor:", "pt2:")
-
-#: torch's cache ids → our kinds. Any other cache id is a per-kernel autotune cache.
-_KIND_BY_CACHE_ID = {
-    "fx-graph-v1": "inductor",
-    "autograd-experimental": "aot_autograd",
-    "dynamo-pgo": "pgo",
-}
-_CACHE_ID_BY_KIND = {v: k for k, v in _KIND_BY_CACHE_ID.items()}
-#: Never served or recorded: its backend hash needs Triton, and it crashes without it.
-_IGNORED_CACHE_IDS = frozenset({"bundled-autotune-v1"})
-#: Kinds whose wire value is ``{"data": base64(pickle), ...}``.
-_WRAPPED_KINDS = frozenset({"inductor", "aot_autograd", "pgo"})
-LIVE_KINDS = frozenset({*_WRAPPED_KINDS, AUTOTUNE_REMOTE, TRITON_REMOTE})
 #: GPU cache-dir files no remote cache carries; flush records those written meanwhile.
 _GPU_SIDE_KINDS = frozenset({"autotune", "triton_kernel"})
 
@@ -107,40 +85,6 @@ def warn_once(topic: str, message: str) -> None:
             return
         _warned.add(topic)
     warnings.warn(f"cas: {message}", CasWarning, stacklevel=3)
-
-
-def parse_backend_key(backend_key: str) -> tuple[str, str, str] | None:
-    """Split ``pt2:<cache_id>::<key>:c1`` into ``(kind, store key, cache_id)``.
-
-    Triton's keys, ``triton:<kernel hash>:<file>`` (older: ``inductor:``, ``pt2:``), give
-    ``(TRITON_REMOTE, "<kernel hash>/<file>", "triton")``. Returns None for keys cas does
-    not handle (unknown shape, bundled autotune).
-    """
-    if not backend_key.startswith("pt2:"):
-        return _parse_triton_key(backend_key)
-    body = backend_key[4:]
-    body, sep, _version = body.rpartition(":c")
-    if not sep or "::" not in body:
-        return _parse_triton_key(backend_key)
-    cache_id, sep, key = body.partition("::")
-    if not sep or not cache_id or not key or cache_id in _IGNORED_CACHE_IDS:
-        return None
-    kind = _KIND_BY_CACHE_ID.get(cache_id)
-    if kind == "pgo":
-        return kind, pgo_key(key), cache_id  # capture stores PGO keys as file names
-    if kind is not None:
-        return kind, key, cache_id
-    # Autotune: one cache id per kernel config set, so it stays part of our key.
-    return AUTOTUNE_REMOTE, f"{cache_id}::{key}", cache_id
-
-
-def _parse_triton_key(backend_key: str) -> tuple[str, str, str] | None:
-    for prefix in _TRITON_PREFIXES:
-        if backend_key.startswith(prefix):
-            kernel, sep, name = backend_key[len(prefix) :].partition(":")
-            if sep and kernel and name and "/" not in kernel and "/" not in name:
-                return TRITON_REMOTE, f"{kernel}/{name}", "triton"
-    return None
 
 
 @dataclass
@@ -289,7 +233,7 @@ class LiveCache:
                 if data is not None:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
-                    return _wrap(kind, data, entry)
+                    return wrap(kind, data, entry)
             self.stats.misses += 1
             self.stats.bump(kind, "misses")
             if not candidates and self._foreign.get((kind, key)):
@@ -316,7 +260,7 @@ class LiveCache:
         if parsed is None or self.branch is None:
             return
         kind, key, cache_id = parsed
-        blob, meta = _unwrap(kind, value)
+        blob, meta = unwrap(kind, value)
         meta.update({"producer": "live", "cache_id": cache_id})
         # The same variant rule as capture (a hash of the guard expressions, read from
         # the pickle without unpickling it), so live and captured entries coincide.
@@ -415,7 +359,7 @@ class LiveCache:
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
                 return None
-            if not self._pending and "torch._dynamo" not in sys.modules:
+            if not self._pending and not _compat.dynamo_imported():
                 return None  # torch compiled nothing in this process
             try:
                 root = self._tip_root()
@@ -471,7 +415,7 @@ class LiveCache:
         with self._lock:
             if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
                 return None
-            if "torch._dynamo" not in sys.modules:
+            if not _compat.dynamo_imported():
                 return None  # torch compiled nothing in this process
             try:
                 res = autotune.record(self.store, self.cache_dir, branch=self.branch, since=self.since,
@@ -513,41 +457,11 @@ def _process_artifacts() -> list[Any]:
         return []
 
 
-def _wrap(kind: str, data: bytes, entry: Entry) -> bytes:
-    if kind not in _WRAPPED_KINDS:
-        return data
-    value: dict[str, Any] = {"data": base64.b64encode(data).decode("ascii")}
-    if kind != "pgo":
-        value["time_taken_ms"] = int(entry.meta.get("time_taken_ms", 0) or 0)
-    return json.dumps(value).encode("ascii")
-
-
-def _unwrap(kind: str, value: bytes) -> tuple[bytes, dict[str, Any]]:
-    if kind == TRITON_REMOTE:
-        return bytes(value), {}  # Triton's kernel files, kept as they are
-    if kind not in _WRAPPED_KINDS:
-        json.loads(value)  # autotune records are JSON; refuse anything else
-        return bytes(value), {}
-    doc = json.loads(value)
-    try:
-        blob = base64.b64decode(doc["data"], validate=True)
-    except (KeyError, TypeError, binascii.Error) as exc:
-        raise ValueError(f"unexpected {kind} cache value") from exc
-    meta: dict[str, Any] = {}
-    if "time_taken_ms" in doc:
-        meta["time_taken_ms"] = int(doc["time_taken_ms"])
-    return blob, meta
-
-
 # -- installing into torch -------------------------------------------------------------
-
-_OVERRIDDEN = ("RemoteFxGraphCache", "RemoteAOTAutogradCache", "RemoteAutotuneCache", "RemoteDynamoPGOCache")
 
 
 def _backend_class(live: LiveCache) -> Callable[[], Any]:
-    from torch._inductor.remote_cache import RemoteCacheBackend
-
-    class StoreBackend(RemoteCacheBackend[bytes]):  # type: ignore[misc]
+    class StoreBackend(_compat.remote_cache_backend()):  # type: ignore[misc]
         """torch's remote-cache backend, answered by a LiveCache (created with no args)."""
 
         def _get(self, key: str) -> bytes | None:
@@ -559,45 +473,7 @@ def _backend_class(live: LiveCache) -> Callable[[], Any]:
     return StoreBackend
 
 
-def _flags() -> list[tuple[Any, str, str, Any]]:
-    """(object, attribute, kind, value to set) for each switch :func:`install` flips."""
-    import torch._dynamo.config as dynamo_config
-    import torch._functorch._aot_autograd.autograd_cache as aot_cache
-    import torch._inductor.config as inductor_config
-
-    out: list[tuple[Any, str, str, Any]] = [
-        (inductor_config, "fx_graph_remote_cache", "inductor", True),
-        (inductor_config, "autotune_remote_cache", "autotune", True),
-        (dynamo_config, "automatic_dynamic_remote_pgo", "pgo", True),
-    ]
-    # Not functorch's `enable_remote_autograd_cache` flag: the functorch config is hashed
-    # into every AOTAutograd key, so flipping it would give entries keys that a process
-    # without cas (a plain capture) never looks up, and the other way round. The gate
-    # function is patched instead, where torch calls it (imported by name in two modules).
-    import torch._functorch._aot_autograd.graph_compile as graph_compile
-    import torch._functorch.aot_autograd as aot_autograd
-
-    for module in (aot_cache, graph_compile, aot_autograd):
-        if hasattr(module, "should_use_remote_autograd_cache"):
-            out.append((module, "should_use_remote_autograd_cache", "aot_autograd", _use_remote_aot))
-    return out
-
-
-def _use_remote_aot() -> bool:
-    import torch
-
-    return not torch.compiler.config.force_disable_caches
-
-
 _saved: list[tuple[Any, str, Any]] = []
-
-
-def _clear_aot_remote_cache() -> None:
-    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
-
-    cache_clear = getattr(AOTAutogradCache.get_remote_cache, "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
 
 
 def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autograd", "autotune", "pgo")) -> None:
@@ -605,32 +481,30 @@ def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autogra
 
     Best before the first compile; AOTAutograd's ``get_remote_cache`` is
     ``functools.cache``d, so its cache is cleared here to take effect afterwards too.
-    Cache keys stay exactly those of a process without cas (see :func:`_flags`).
+    Cache keys stay exactly those of a process without cas
+    (:func:`cas.torch._compat.remote_cache_switches`). Everything torch must provide is
+    imported before anything is changed: an ``ImportError`` (torch is still importing the
+    module, see :func:`cas.torch.enable`) leaves torch as it was.
     The bundled autotune cache is never enabled: on Triton-less installs it crashes
     compile (an AssertionError in ``_AutotuneCacheBundlerImpl._get_backend_hash``, as
     ``backend_hash`` is None without Triton).
     """
-    from torch._inductor import remote_cache as rc
-
     backend = _backend_class(live)
-    for name in _OVERRIDDEN:
-        getattr(rc, name).backend_override_cls = backend
     wanted = set(kinds)
-    for module, flag, kind, value in _flags():
-        if kind in wanted:
-            if not any(m is module and f == flag for m, f, _ in _saved):
-                _saved.append((module, flag, getattr(module, flag)))
-            setattr(module, flag, value)
-    _clear_aot_remote_cache()
+    switches = [(m, f, v) for m, f, kind, v in _compat.remote_cache_switches() if kind in wanted]
+    _compat.clear_aot_remote_cache()  # imports AOTAutograd's cache, before anything changed
+    _compat.set_backend_override(backend)
+    for module, flag, value in switches:
+        if not any(m is module and f == flag for m, f, _ in _saved):
+            _saved.append((module, flag, getattr(module, flag)))
+        setattr(module, flag, value)
+    _compat.clear_aot_remote_cache()
 
 
 def uninstall() -> None:
     """Undo :func:`install`: torch's remote caches go back to how they were."""
-    from torch._inductor import remote_cache as rc
-
-    for name in _OVERRIDDEN:
-        getattr(rc, name).backend_override_cls = None
+    _compat.set_backend_override(None)
     while _saved:
         module, flag, value = _saved.pop()
         setattr(module, flag, value)
-    _clear_aot_remote_cache()
+    _compat.clear_aot_remote_cache()

@@ -67,10 +67,6 @@ class Verdict:
     remotes: tuple[str, ...] = ()
 
 
-def _origin_key(oid: ObjectId) -> str:
-    return f"origin.{oid.hex}"
-
-
 def remote_trusted(store: Store, origin: str) -> bool:
     """True if what came from ``origin`` may reach torch.
 

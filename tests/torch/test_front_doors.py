@@ -123,6 +123,8 @@ def test_cas_run_summary_json_of_the_recording(machine_a: dict[str, Any]) -> Non
     lines = [ln for ln in machine_a["summary"].splitlines() if ln.startswith("{")]
     summary = json.loads(lines[-1])
     assert summary["recorded"] >= 4 and summary["commits"]
+    # The torch process compiled, so it probed torch's internals: nothing missing.
+    assert summary["compat"]["supported"] is True and summary["compat"]["missing"] == []
     # The cold start was not warm, and the summary says what torch built.
     warmth = summary["warmth"]
     assert warmth["fully_warm"] is False

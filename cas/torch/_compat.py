@@ -1,0 +1,457 @@
+"""The one place cas touches torch's internals.
+
+Everything cas needs from torch beyond its public API (``torch.compile``,
+``torch.compiler.*``, ``torch.__version__``) is named here: private modules, classes,
+functions, config flags and the paths torch derives for its caches. Other cas.torch
+modules call the functions below instead of reaching into ``torch._*`` themselves, so a
+torch release that renames one of them breaks one file, and :func:`probe` names what
+broke and which cas feature it turns off (``cas run`` and ``cas explain --current`` report
+it) instead of a ``hasattr`` somewhere silently switching the feature off.
+
+Imports stay lazy: importing this module imports neither torch nor dynamo/inductor, and
+no function imports more of torch than its job needs (``cas run`` on a program that never
+compiles must not pay for inductor). See docs/compat.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import importlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SUPPORTED",
+    "Hook",
+    "Missing",
+    "probe",
+    "probe_summary",
+    "supported",
+]
+
+#: The torch releases cas supports (pyproject: ``torch>=2.11``). ``make test`` runs the
+#: torch tests on 2.13, ``make test-compat`` on 2.14 (docs/compat.md).
+SUPPORTED = ">=2.11,<2.15"
+_MIN = (2, 11)
+_BELOW = (2, 15)
+
+# -- module names --------------------------------------------------------------------------
+
+DYNAMO = "torch._dynamo"
+CPP_BUILDER = "torch._inductor.cpp_builder"
+SELECT_ALGORITHM = "torch._inductor.select_algorithm"
+TRITON_HEURISTICS = "torch._inductor.runtime.triton_heuristics"
+_REMOTE_CACHE = "torch._inductor.remote_cache"
+_INDUCTOR_CONFIG = "torch._inductor.config"
+_DYNAMO_CONFIG = "torch._dynamo.config"
+_DYNAMO_UTILS = "torch._dynamo.utils"
+_DYNAMO_CALLBACK = "torch._dynamo.callback"
+_CODECACHE = "torch._inductor.codecache"
+_COMPILE_FX = "torch._inductor.compile_fx"
+_INDUCTOR = "torch._inductor"
+_AOT_CACHE = "torch._functorch._aot_autograd.autograd_cache"
+#: Modules that import ``should_use_remote_autograd_cache`` by name (2.11-2.14); the first
+#: defines it, the others are patched where present.
+_AOT_GATE_USERS = ("torch._functorch._aot_autograd.graph_compile", "torch._functorch.aot_autograd")
+_AOT_GATE = "should_use_remote_autograd_cache"
+
+#: torch's remote caches whose backend the live backend replaces (``backend_override_cls``).
+#: The bundled autotune cache is left alone: on Triton-less installs it crashes compile
+#: (torch-internals.md §2).
+REMOTE_CACHES = ("RemoteFxGraphCache", "RemoteAOTAutogradCache", "RemoteAutotuneCache", "RemoteDynamoPGOCache")
+
+#: CachingAutotuner methods that benchmark Triton configs: ``benchmark_all_configs`` and
+#: ``coordinate_descent_tuning`` (2.11-2.14), and ``_combo_sequential_autotune`` (combo
+#: kernels' block-size search, 2.13 and 2.14). The last two leave every time they measured
+#: in ``coordesc_tuner.cached_benchmark_results``.
+TRITON_TUNERS = ("coordinate_descent_tuning", "_combo_sequential_autotune")
+
+
+# -- the probe -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One thing cas uses from torch's internals: ``module``'s attribute path ``attr``
+    (dotted for a class member), and the cas feature that stops working without it."""
+
+    module: str
+    attr: str
+    feature: str
+    #: Only in builds with Triton (GPU): its absence on a CPU wheel disables nothing.
+    needs_triton: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.attr}"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A hook the installed torch lacks, and what cas cannot do without it."""
+
+    hook: str
+    feature: str
+
+    def line(self) -> str:
+        return f"torch lacks {self.hook}: {self.feature} disabled"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"hook": self.hook, "feature": self.feature}
+
+
+_LIVE = "live backend (serving and recording torch's remote caches)"
+_AOT = "live backend for AOTAutograd entries"
+HOOKS: tuple[Hook, ...] = (
+    Hook(_REMOTE_CACHE, "RemoteCacheBackend", _LIVE),
+    *(Hook(_REMOTE_CACHE, f"{c}.backend_override_cls", _LIVE) for c in REMOTE_CACHES),
+    Hook(_INDUCTOR_CONFIG, "fx_graph_remote_cache", _LIVE),
+    Hook(_INDUCTOR_CONFIG, "autotune_remote_cache", "live backend for autotune results"),
+    Hook(_DYNAMO_CONFIG, "automatic_dynamic_remote_pgo", "live backend for PGO profiles"),
+    Hook(_AOT_CACHE, _AOT_GATE, _AOT),
+    Hook(_AOT_CACHE, "AOTAutogradCache.get_remote_cache.cache_clear", _AOT),
+    Hook(_DYNAMO_UTILS, "counters", "cache hit/miss counts and the warmth report"),
+    Hook(_DYNAMO_CALLBACK, "callback_handler.register_start_callback",
+         "installing cas after an inductor-first import"),
+    Hook(CPP_BUILDER, "CppBuilder.get_target_file_path", "tracking of rebuilt C++ kernels (warmth report)"),
+    Hook(CPP_BUILDER, "get_cpp_compiler", "the C++ toolchain fields of the env"),
+    Hook(CPP_BUILDER, "get_compiler_version_info", "the C++ toolchain fields of the env"),
+    Hook(_CODECACHE, "torch_key", "the env id (every entry's env)"),
+    Hook(_CODECACHE, "CacheBase.get_system", "recording GEMM timing files"),
+    Hook(SELECT_ALGORITHM, "add_feedback_saver", "GEMM benchmark times in autotune records"),
+    Hook(SELECT_ALGORITHM, "AlgorithmSelectorCache.lookup", "sharded GEMM autotune"),
+    Hook(TRITON_HEURISTICS, "CachingAutotuner.benchmark_all_configs", "Triton config times in autotune records",
+         needs_triton=True),
+    Hook(_INDUCTOR, "list_mode_options", "compile modes of the cas backend"),
+    Hook(_COMPILE_FX, "compile_fx", "the cas dynamo backend"),
+)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def probe(modules: Mapping[str, Any] | None = None, *, triton: bool | None = None) -> list[Missing]:
+    """The hooks of :data:`HOOKS` the installed torch lacks (``[]`` when all is there).
+
+    Imports the modules it checks (dynamo, inductor: seconds on a cold process), unless
+    ``modules`` maps module names to objects to look in instead (a name it lacks counts as
+    a module that does not exist). ``triton``: whether Triton-only hooks count (default:
+    whether Triton is importable).
+    """
+    if triton is None:
+        triton = _has_triton()
+    out: list[Missing] = []
+    seen: set[str] = set()
+    for hook in HOOKS:
+        if hook.needs_triton and not triton:
+            continue
+        if _lookup(hook, modules) is None and hook.name not in seen:
+            seen.add(hook.name)
+            out.append(Missing(hook.name, hook.feature))
+    return out
+
+
+_ABSENT = object()
+
+
+def _lookup(hook: Hook, modules: Mapping[str, Any] | None) -> Any:
+    if modules is not None:
+        obj = modules.get(hook.module)
+    else:
+        try:
+            obj = importlib.import_module(hook.module)
+        except Exception:
+            obj = None
+    for part in hook.attr.split("."):
+        if obj is None:
+            return None
+        obj = getattr(obj, part, _ABSENT)
+        if obj is _ABSENT:
+            return None
+    # backend_override_cls is None by default: present is enough.
+    return obj if obj is not None else True
+
+
+def supported(version: str | None = None) -> bool:
+    """Whether ``version`` (default: the installed torch's) is in :data:`SUPPORTED`."""
+    if version is None:
+        import torch
+
+        version = str(torch.__version__)
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if not found:
+        return False
+    v = (int(found.group(1)), int(found.group(2)))
+    return _MIN <= v < _BELOW
+
+
+def inductor_loaded() -> bool:
+    """Whether Inductor compiled (or was imported to) in this process: the modules
+    :func:`probe` looks in are then loaded already, and probing is cheap."""
+    return _COMPILE_FX in sys.modules
+
+
+def report() -> dict[str, Any]:
+    """The probe as plain data: ``{"torch", "supported", "missing": [{hook, feature}]}``."""
+    import torch
+
+    return {"torch": str(torch.__version__), "supported": supported(),
+            "missing": [m.to_dict() for m in probe()]}
+
+
+def report_lines(found: dict[str, Any]) -> list[str]:
+    """The lines of a :func:`report` to show: none when all is well."""
+    lines = [] if found.get("supported", True) else [
+        f"torch {found.get('torch')} is outside the supported range {SUPPORTED}"]
+    return lines + [Missing(m["hook"], m["feature"]).line() for m in found.get("missing", [])]
+
+
+def probe_summary(missing: list[Missing] | None = None) -> str:
+    """One line per problem (an unsupported torch, each missing hook), or ``""``."""
+    import torch
+
+    lines = [] if supported() else [f"torch {torch.__version__} is outside the supported range {SUPPORTED}"]
+    lines += [m.line() for m in (probe() if missing is None else missing)]
+    return "\n".join(lines)
+
+
+# -- torch's cache dirs (derived as torch derives them, without importing torch) -------------
+
+
+def default_cache_dir() -> Path:
+    """torch's default cache dir (``cache_dir_utils.default_cache_dir``):
+    ``$TMPDIR/torchinductor_<user>``, derived without importing torch."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        getuid = getattr(os, "getuid", None)
+        user = f"uid_{getuid()}" if callable(getuid) else "unknown_user"
+    return Path(tempfile.gettempdir()) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+
+
+def header_dir() -> Path:
+    """Where torch keeps precompiled headers (``cpp_builder._HEADER_DIR``): under its
+    *default* cache dir, whatever ``TORCHINDUCTOR_CACHE_DIR`` says."""
+    return default_cache_dir() / "precompiled_headers"
+
+
+def torch_cache_dir() -> Path:
+    """Torch's cache dir for this process (``TORCHINDUCTOR_CACHE_DIR`` or its default),
+    derived as torch derives it, without importing torch."""
+    from cas.config import env_value
+
+    found = env_value("TORCHINDUCTOR_CACHE_DIR")
+    return Path(found) if found else default_cache_dir()
+
+
+# -- dynamo --------------------------------------------------------------------------------
+
+
+def dynamo_imported() -> bool:
+    """Whether torch imported dynamo in this process (else it compiled nothing)."""
+    return DYNAMO in sys.modules
+
+
+def dynamo_counters() -> Any:
+    """dynamo's counters (``counters["inductor"]["fxgraph_cache_hit"]``...); imports dynamo."""
+    from torch._dynamo.utils import counters
+
+    return counters
+
+
+def cache_counters(groups: tuple[str, ...] = ("inductor", "aot_autograd")) -> dict[str, dict[str, int]]:
+    """A copy of dynamo's counters for ``groups``; ``{}`` when dynamo is not imported
+    (nothing compiled) or has no counters."""
+    if not dynamo_imported():
+        return {}
+    try:
+        counters = dynamo_counters()
+        return {k: dict(counters[k]) for k in groups}
+    except Exception:
+        return {}
+
+
+def on_compile_start(dynamo: Any, fn: Callable[..., None]) -> bool:
+    """Have dynamo call ``fn`` at the start of each compile (its ``callback_handler``,
+    2.11-2.14). False when this torch has no such handler."""
+    handler = getattr(getattr(dynamo, "callback", None), "callback_handler", None)
+    register = getattr(handler, "register_start_callback", None)
+    if register is None:
+        return False
+    register(fn)
+    return True
+
+
+def torch_key() -> str:
+    """``codecache.torch_key()``, the hash of every torch module, as hex."""
+    from torch._inductor.codecache import torch_key as key
+
+    return str(key().hex())
+
+
+# -- remote caches (the live backend) ---------------------------------------------------------
+
+
+def remote_cache_backend() -> Any:
+    """torch's ``RemoteCacheBackend`` base class (subclass with ``_get``/``_put``)."""
+    from torch._inductor.remote_cache import RemoteCacheBackend
+
+    return RemoteCacheBackend
+
+
+def set_backend_override(cls: Any) -> None:
+    """Point each of :data:`REMOTE_CACHES` at backend class ``cls`` (None: torch's own)."""
+    from torch._inductor import remote_cache as rc
+
+    for name in REMOTE_CACHES:
+        getattr(rc, name).backend_override_cls = cls
+
+
+def _use_remote_aot() -> bool:
+    import torch
+
+    return not torch.compiler.config.force_disable_caches
+
+
+def remote_cache_switches() -> list[tuple[Any, str, str, Any]]:
+    """(object, attribute, kind, value to set) for each switch that turns a remote cache on.
+
+    Not functorch's ``enable_remote_autograd_cache`` flag: the functorch config is hashed
+    into every AOTAutograd key, so flipping it would give entries keys that a process
+    without cas (a plain capture) never looks up, and the other way round. The gate
+    function is patched instead, where torch calls it (imported by name in two modules).
+    """
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    out: list[tuple[Any, str, str, Any]] = [
+        (inductor_config, "fx_graph_remote_cache", "inductor", True),
+        (inductor_config, "autotune_remote_cache", "autotune", True),
+        (dynamo_config, "automatic_dynamic_remote_pgo", "pgo", True),
+    ]
+    for name in (_AOT_CACHE, *_AOT_GATE_USERS):
+        module = importlib.import_module(name)
+        if name == _AOT_CACHE or hasattr(module, _AOT_GATE):  # the first must have it (probe)
+            out.append((module, _AOT_GATE, "aot_autograd", _use_remote_aot))
+    return out
+
+
+def clear_aot_remote_cache() -> None:
+    """Forget AOTAutograd's ``functools.cache``d remote cache, so a new backend is used."""
+    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
+
+    AOTAutogradCache.get_remote_cache.cache_clear()
+
+
+# -- C++ builds --------------------------------------------------------------------------------
+
+
+def wrap_target_file_path(module: Any, wrap: Callable[[Callable[[Any], str]], Callable[[Any], str]]) -> None:
+    """Replace ``CppBuilder.get_target_file_path`` of ``module`` (torch's cpp_builder) by
+    ``wrap(original)``, once (the class attribute: builders pickled to compile workers are
+    unaffected)."""
+    builder = module.CppBuilder
+    original = builder.get_target_file_path
+    if getattr(original, "_cas_tracked", False):
+        return
+    wrapped = wrap(original)
+    wrapped._cas_tracked = True  # type: ignore[attr-defined]
+    builder.get_target_file_path = wrapped
+
+
+def cpp_compiler(module: Any) -> tuple[str, str]:
+    """(compiler, its version info) as torch's loaded cpp_builder ``module`` sees them."""
+    cxx = str(module.get_cpp_compiler())
+    return cxx, str(module.get_compiler_version_info(cxx))
+
+
+def gemm_system_hash() -> str:
+    """The name of torch's GEMM timing file (``CacheBase.get_system()["hash"]``)."""
+    from torch._inductor.codecache import CacheBase
+
+    return str(CacheBase.get_system()["hash"])
+
+
+# -- autotune --------------------------------------------------------------------------------
+
+
+def best_config_path(autotuner: Any) -> str | None:
+    """The ``.best_config`` path of a Triton ``CachingAutotuner`` (relative to the cache
+    dir): its ``save_cache_hook`` is ``AutotuneCache.save`` bound to the kernel's cache,
+    whose ``local_cache`` is ``(cache, "<cache dir>/<xx>/<hash>.best_config")``."""
+    owner = getattr(getattr(autotuner, "save_cache_hook", None), "__self__", None)
+    local = getattr(owner, "local_cache", None)
+    if not local:
+        return None
+    return os.path.join(*str(local[1]).split(os.sep)[-2:])
+
+
+def caching_autotuner() -> Any:
+    """Triton's ``CachingAutotuner`` class, or None in a build without Triton."""
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except ImportError:
+        return None
+    return CachingAutotuner
+
+
+def triton_tuner_methods(autotuner: Any) -> dict[str, Any]:
+    """The methods of ``CachingAutotuner`` that benchmark (:data:`TRITON_TUNERS` and
+    ``benchmark_all_configs``) this torch has, by name."""
+    names = ("benchmark_all_configs", *TRITON_TUNERS)
+    return {name: getattr(autotuner, name) for name in names if hasattr(autotuner, name)}
+
+
+def coordesc_results(autotuner: Any) -> dict[Any, Any]:
+    """What coordinate descent (and combo tuning) measured for a ``CachingAutotuner``:
+    ``{config hash tuple: ms}``."""
+    return dict(getattr(getattr(autotuner, "coordesc_tuner", None), "cached_benchmark_results", {}) or {})
+
+
+def select_algorithm() -> Any:
+    """inductor's ``select_algorithm`` module (GEMM autotuning)."""
+    from torch._inductor import select_algorithm as module
+
+    return module
+
+
+@contextlib.contextmanager
+def patched_gemm_lookup(make: Callable[[Any], Any]) -> Iterator[None]:
+    """``AlgorithmSelectorCache.lookup`` replaced by ``make(original)`` inside the block."""
+    from torch._inductor.select_algorithm import AlgorithmSelectorCache
+
+    orig = AlgorithmSelectorCache.lookup
+    AlgorithmSelectorCache.lookup = make(orig)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        AlgorithmSelectorCache.lookup = orig  # type: ignore[method-assign]
+
+
+# -- the cas backend ---------------------------------------------------------------------------
+
+
+def mode_options(mode: str) -> dict[str, Any]:
+    """inductor's config patches for ``torch.compile(mode=...)``."""
+    import torch._inductor
+
+    return dict(torch._inductor.list_mode_options(mode))
+
+
+def compile_fx(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
+    """Compile with Inductor, as the ``inductor`` backend does."""
+    from torch._inductor.compile_fx import compile_fx as compile_
+
+    return compile_(gm, example_inputs, **kwargs)

@@ -1,0 +1,91 @@
+"""Distributed autotune: each rank benchmarks its share of the GEMM lookups of a compile
+(:func:`shard`), rank 0 gathers every rank's records (:func:`gather_records`) and commits
+the union (:func:`cas.torch.autotune.record`). Both are also named in
+:mod:`cas.torch.autotune`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas import autotune
+from cas.torch import _compat
+
+__all__ = ["Shard", "gather_records", "shard"]
+
+
+@dataclass
+class Shard:
+    """What :func:`shard` did in this process: GEMM lookups tuned here and left to others."""
+
+    rank: int
+    world: int
+    tuned: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def shard(rank: int, world: int) -> Iterator[Shard]:
+    """Benchmark only this rank's share of the GEMM autotuning of a compile.
+
+    Every rank compiles the same graphs, so they meet the same ``select_algorithm``
+    lookups in the same order; the i-th distinct (op, inputs) is benchmarked by rank
+    ``i % world`` — torch's own ``distributed_autotune`` assignment. Elsewhere the lookup
+    runs without a benchmark function: a cached result is used, and a miss returns no
+    timings, on which torch falls back to its ATen kernel and writes nothing. The shards'
+    records then meet in :func:`gather_records`.
+
+    Torch's ``distributed_max_autotune_gemm`` is not used: in torch 2.11–2.14 it covers
+    ``tuned_mm`` only (not addmm, bmm or the CPU ``packed_linear`` of freezing) and
+    exchanges the chosen template, not the times a record holds.
+    """
+    state = Shard(rank, world)
+    order: dict[str, int] = {}
+
+    def make(orig: Any) -> Any:
+        def lookup(self: Any, choices: Any, op: str, inputs: str, benchmark: Any, *args: Any, **kwargs: Any) -> Any:
+            key = f"{op} {inputs}"
+            index = order.setdefault(key, len(order))
+            mine = index % world == rank
+            (state.tuned if mine else state.skipped).append(key)
+            return orig(self, choices, op, inputs, benchmark if mine else None, *args, **kwargs)
+
+        return lookup
+
+    with _compat.patched_gemm_lookup(make):
+        yield state
+
+
+def gather_records(records: Iterable[autotune.Record], group: Any = None) -> list[autotune.Record] | None:
+    """All ranks' records, on rank 0 (None elsewhere), exchanged over ``group``.
+
+    Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
+    CPU wheel does not bring). A record measured by several ranks (a key more than one had
+    cached) is kept once, the faster.
+    """
+    import torch
+    import torch.distributed as dist
+
+    data = json.dumps([r.to_bytes().decode() for r in records]).encode()
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    longest = max(int(s.item()) for s in sizes)
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    mine[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, mine, group=group)
+    if dist.get_rank(group) != 0:
+        return None
+    best: dict[tuple[str, str], autotune.Record] = {}
+    for buf, size in zip(bufs, sizes, strict=True):
+        for text in json.loads(bytes(buf[: int(size.item())].tolist())):
+            rec = autotune.Record.from_bytes(text.encode())
+            old = best.get((rec.key, rec.device_class))
+            if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):
+                best[(rec.key, rec.device_class)] = rec
+    return list(best.values())
