@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +172,12 @@ def register(cli: click.Group) -> None:
             cas run --record main -- python train.py --epochs 1
         """
         from cas.config import env_value
-        from cas.store import Store
 
         if shutil.which(command[0]) is None and not Path(command[0]).exists():
             raise UsageError(f"command not found: {command[0]}")
         if record:
+            from cas.store import Store  # only here: the program starts without lmdb's import
+
             Store.init(ctx.store_path).close()  # created once here, not raced by children
         work = Path(tempfile.mkdtemp(prefix="cas-run-"))
         fresh_cache = cache_dir is None and not env_value("TORCHINDUCTOR_CACHE_DIR")
@@ -193,6 +196,9 @@ def register(cli: click.Group) -> None:
                 env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
             elif fresh_cache:
                 env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "torch-cache")
+            # The summary's modules load while the program runs (this process only
+            # waits meanwhile), not after it: that would add their import to its wall time.
+            threading.Thread(target=importlib.import_module, args=("cas.torch.warmth",), daemon=True).start()
             try:
                 rc = subprocess.call(list(command), env=env)
             except OSError as exc:

@@ -279,12 +279,17 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
             warnings.simplefilter("always")
             # Headers (~150 MB) are written while the program goes on, under torch's own
             # lock for each: torch waits for one it reaches; one never reached is dropped
-            # at exit, so a program that does not compile does not pay for it.
+            # at exit. Writing starts once torch imports dynamo or inductor (the program
+            # is about to compile; tracing comes before any header is needed), so a
+            # program that does not compile spends nothing on them.
             result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None,
-                             background=True)
+                             background="later")
     except Exception as exc:  # hydrate is an optimisation; the live path still serves
         warn_once("hydrate", f"hydrate failed ({exc}); serving through the live backend only")
         return
+    if result.pending:  # torch builds headers from inductor, which compiles reach through dynamo
+        for module in ("torch._dynamo", "torch._inductor"):
+            after_import(module, lambda _module: result.start())
     if caught:
         warn_once(
             "corrupt-blob",
