@@ -363,6 +363,16 @@ def _is_compile_worker() -> bool:
     return main.endswith(os.path.join("compile_worker", "__main__.py"))
 
 
+def _combined(warmth: dict[str, Any]) -> dict[str, Any]:
+    """This process's warmth as ``cas run`` sums several processes' (its summary takes
+    it as it is when the program ran one torch process, without importing cas.torch)."""
+    from cas.torch.warmth import combine
+
+    out = combine([warmth]).to_dict()
+    out["predicted"] = combine([warmth.get("predicted") or {}]).to_dict()
+    return out
+
+
 def _write_stats(session: Session, path: str) -> None:
     try:
         session.flush()
@@ -370,6 +380,7 @@ def _write_stats(session: Session, path: str) -> None:
         stats["pid"] = os.getpid()
         stats["warmth"] = session.warmth()
         stats["counters"] = stats["warmth"].pop("counters")
+        stats["warmth_combined"] = _combined(stats["warmth"])
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(stats, default=str) + "\n")
     except Exception:  # exit path: nothing sensible left to report to
