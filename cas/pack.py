@@ -6,8 +6,9 @@ A pack is a header, one frame per object, and a trailer::
     frame    u8 type | u8 flags | 32-byte id | u64 LE raw size | u64 LE payload size | payload
     trailer  u8 0xFF | u64 LE object count | 32-byte BLAKE3 of every byte before the trailer
 
-``flags & 1`` means the payload is zstd-compressed; the id is always BLAKE3 of the raw
-bytes. The trailer makes truncation detectable: a stream cut anywhere fails to parse.
+``flags & 1`` means the payload is zstd-compressed: one zstd frame, or, for a blob over
+MULTI_FRAME_MIN, several frames one after the other (a chunked blob sent as its stored
+chunks' frames, see :class:`Framed`); the id is always BLAKE3 of the raw bytes. The trailer makes truncation detectable: a stream cut anywhere fails to parse.
 Readers verify every object's id as it is decoded and reject the whole pack on the first
 bad frame, so a receiver stores a pack all or nothing.
 """
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Collection, Container, Iterable, Iterator, Mapping
-from typing import BinaryIO
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO, Protocol
 
 import blake3
 import zstandard
@@ -36,8 +37,13 @@ _TRAILER = struct.Struct("<BQ32s")
 COMPRESS_MIN = 512
 #: A pack is closed once it holds about this many payload bytes.
 PACK_BYTES = 8 << 20
-#: Refuse objects above this size in a pack (chunked blobs travel as chunks + index).
+#: Refuse objects above this size in a pack (a blob travels whole, however stored).
 MAX_OBJECT = 1 << 30
+#: Only a blob larger than this may travel as several zstd frames (equal to
+#: cas.store.CHUNK_THRESHOLD: every store keeps such a blob chunked, never as the
+#: payload it was sent in, whose frames a one-frame record could not hold).
+MULTI_FRAME_MIN = 4 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: Refuse structured objects (commit, tag, env, manifest node) above this size: they are
 #: decoded whole to be checked, and real ones are kilobytes.
 MAX_STRUCTURED = 16 << 20
@@ -75,27 +81,63 @@ def check_expected(
 
 class Framed(tuple[ObjectId, ObjType, bytes]):
     """A WireObject that also carries ``frame``: a zstd frame of its bytes, as a store
-    holds it (Store.get_many_frames).
+    holds it (Store.get_many_frames); for a chunked blob, its chunks' stored frames one
+    after the other (``frames`` > 1, see :func:`from_store`).
 
     :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its
     ``level``: it costs no CPU (``level=None`` only means "spend none on zstd"), halves
     the bytes on the wire and lets the receiver store the frame as it is once it has
-    verified it (cas.store.records.encode). Everywhere else it is a plain 3-tuple.
+    verified it (cas.store.records.encode). Several frames go only to a receiver that reads
+    them (``encode(multi_frame=True)``). Everywhere else it is a plain 3-tuple.
     """
 
     frame: bytes
+    frames: int
 
-    def __new__(cls, oid: ObjectId, otype: ObjType, data: bytes, frame: bytes) -> Framed:
+    def __new__(cls, oid: ObjectId, otype: ObjType, data: bytes, frame: bytes, frames: int = 1) -> Framed:
         self = super().__new__(cls, (oid, otype, data))
         self.frame = frame
+        self.frames = frames
         return self
 
 
-def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[bytes]:
+class _StoreReader(Protocol):
+    def get_many_frames(
+        self, oids: Iterable[ObjectId]
+    ) -> Mapping[ObjectId, tuple[ObjType, bytes, bytes | None]]: ...
+
+    def chunk_ids(self, oid: ObjectId) -> list[ObjectId]: ...
+
+
+def from_store(store: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
+    """The objects ``oids`` as a store holds them, in order (None for one it lacks):
+    a :class:`Framed` for each stored as one zstd frame, and for a chunked blob whose
+    chunks are all stored compressed, a Framed of its chunks' frames; else plain."""
+    got = store.get_many_frames(oids)
+    for oid in oids:
+        if oid not in got:
+            yield None
+            continue
+        otype, data, frame = got[oid]
+        if frame is not None:
+            yield Framed(oid, otype, data, frame)
+            continue
+        chunks = store.chunk_ids(oid) if otype == ObjType.BLOB and len(data) > MULTI_FRAME_MIN else []
+        parts = store.get_many_frames(chunks) if chunks else {}
+        stored = [parts[c][2] if c in parts else None for c in chunks]
+        if chunks and all(f is not None for f in stored):
+            yield Framed(oid, otype, data, b"".join(stored), frames=len(stored))  # type: ignore[arg-type]
+        else:
+            yield oid, otype, data
+
+
+def encode(objects: Iterable[WireObject], *, level: int | None = 3, multi_frame: bool = False) -> Iterator[bytes]:
     """Yield the bytes of one pack holding ``objects``, frame by frame.
 
     ``level=None`` sends every payload raw (fast links, where zstd costs more CPU time
-    than the bytes it saves take to send).
+    than the bytes it saves take to send). ``multi_frame``: the receiver reads a blob
+    payload of several frames (this version does; one of before it refuses them), so a
+    chunked blob's stored frames are sent as they are rather than the raw bytes.
     """
     zc = zstandard.ZstdCompressor(level=level) if level is not None else None
     h = blake3.blake3()
@@ -106,7 +148,7 @@ def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[
     for obj in objects:
         oid, otype, data = obj
         flags, payload = 0, data
-        if type(obj) is Framed:
+        if type(obj) is Framed and (obj.frames == 1 or multi_frame):
             flags, payload = FLAG_ZSTD, obj.frame
         elif zc is not None and len(data) >= COMPRESS_MIN:
             packed = zc.compress(data)
@@ -121,8 +163,8 @@ def encode(objects: Iterable[WireObject], *, level: int | None = 3) -> Iterator[
     yield _TRAILER.pack(END, count, h.digest())
 
 
-def encode_bytes(objects: Iterable[WireObject], *, level: int | None = 3) -> bytes:
-    return b"".join(encode(objects, level=level))
+def encode_bytes(objects: Iterable[WireObject], *, level: int | None = 3, multi_frame: bool = False) -> bytes:
+    return b"".join(encode(objects, level=level, multi_frame=multi_frame))
 
 
 def batches(objects: Iterable[WireObject], max_bytes: int = PACK_BYTES) -> Iterator[list[WireObject]]:
@@ -199,9 +241,19 @@ class Frame:
         self._verified = False
 
     @property
+    def multi_frame_ok(self) -> bool:
+        """Whether the payload may be several zstd frames (a blob over MULTI_FRAME_MIN)."""
+        return self.otype == ObjType.BLOB and self.raw_size > MULTI_FRAME_MIN
+
+    @property
     def packed(self) -> bytes | None:
-        """The zstd frame as sent, or None when the payload is the raw bytes."""
-        return self.payload if self.compressed else None
+        """The zstd frame as sent, or None when the payload is the raw bytes or several
+        frames (which no store record holds as they are)."""
+        if not self.compressed:
+            return None
+        if self.multi_frame_ok and _frame_length(self.payload) != len(self.payload):
+            return None
+        return self.payload
 
     def chunks(self) -> Iterator[bytes]:
         """The content, in steps of at most INFLATE_STEP bytes (not verified here)."""
@@ -210,7 +262,8 @@ class Frame:
                 raise MalformedPack(f"object {self.oid.short()} has the wrong size")
             yield self.payload
             return
-        yield from inflate(self.payload, self.raw_size, what=f"object {self.oid.short()}")
+        yield from inflate(self.payload, self.raw_size, what=f"object {self.oid.short()}",
+                           multi_frame=self.multi_frame_ok)
 
     def verify(self) -> None:
         """Hash the content against the id without keeping it."""
@@ -241,32 +294,40 @@ class Frame:
         self.verify()
         if not self.compressed:
             return io.BytesIO(self.payload)
-        return zstandard.ZstdDecompressor().stream_reader(self.payload)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
+            self.payload, read_across_frames=self.multi_frame_ok)
 
     def _check(self, actual: ObjectId) -> None:
         verify_id(self.oid, actual, source="a pack")
         self._verified = True
 
 
-def inflate(payload: bytes | memoryview, raw_size: int, *, what: str) -> Iterator[bytes]:
+def inflate(
+    payload: bytes | memoryview, raw_size: int, *, what: str, multi_frame: bool = False
+) -> Iterator[bytes]:
     """The content of the zstd frame ``payload``, which must be exactly ``raw_size`` bytes.
 
     The frame header's content size, when present, is checked before anything is
     decompressed; the content is then produced in steps of INFLATE_STEP and refused as
     soon as it passes ``raw_size``, so a bomb (a frame claiming a petabyte, a small frame
     expanding to gigabytes, a frame without a content size) costs one step of memory.
+    ``multi_frame``: the payload may be several zstd frames one after the other, each
+    declaring its content size, the sizes adding up to ``raw_size``.
     """
     try:
         declared = zstandard.frame_content_size(payload)
-        one_frame = _frame_length(payload) == len(payload)
+        first = _frame_length(payload)
     except (zstandard.ZstdError, struct.error) as exc:
         raise MalformedPack(f"bad compressed payload for {what}") from exc
+    several = first != len(payload)
+    if several and multi_frame:
+        declared = _declared_frames(payload, what)
     if declared not in (-1, raw_size):
         raise MalformedPack(f"{what}: its zstd frame claims {declared} bytes, not the {raw_size} declared")
-    if not one_frame:
+    if several and not multi_frame:
         # A store reads the first frame only: bytes after it would be stored unread.
         raise MalformedPack(f"bad compressed payload for {what}: not exactly one zstd frame")
-    reader = zstandard.ZstdDecompressor().stream_reader(payload)
+    reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=several)
     left = raw_size
     try:
         while True:
@@ -286,6 +347,25 @@ def inflate(payload: bytes | memoryview, raw_size: int, *, what: str) -> Iterato
 
 
 _BLOCK = struct.Struct("<I")
+
+
+def _declared_frames(payload: bytes | memoryview, what: str) -> int:
+    """The content sizes that the zstd frames making up ``payload`` declare, added up;
+    every frame must be a zstd frame (no skippable ones) that declares its size."""
+    view = memoryview(payload)
+    total = pos = 0
+    try:
+        while pos < len(view):
+            if bytes(view[pos : pos + 4]) != _ZSTD_MAGIC:
+                raise zstandard.ZstdError("not a zstd frame")
+            size = zstandard.frame_content_size(view[pos:])
+            if size < 0:
+                raise MalformedPack(f"bad compressed payload for {what}: a frame of several without its size")
+            total += size
+            pos += _frame_length(view[pos:])
+    except (zstandard.ZstdError, struct.error, IndexError) as exc:
+        raise MalformedPack(f"bad compressed payload for {what}") from exc
+    return total
 
 
 def _frame_length(payload: bytes | memoryview) -> int:

@@ -108,7 +108,12 @@ def _compat(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _warmth(lines: list[dict[str, Any]]) -> dict[str, Any]:
     """The processes' warmth reports as one: what torch rebuilt, and what hydrate said
-    it would (the toolchain lines only hydrate can tell apart)."""
+    it would (the toolchain lines only hydrate can tell apart).
+
+    Importing cas.torch (for ``combine``) costs this process ~0.1-0.3 s after the
+    program ended, so a single process's line carries its report combined already."""
+    if len(lines) == 1 and lines[0].get("warmth_combined"):
+        return dict(lines[0]["warmth_combined"])  # one process: it combined its own
     from cas.torch.warmth import combine
 
     seen = [s.get("warmth") or {} for s in lines]
@@ -188,11 +193,12 @@ def register(cli: click.Group) -> None:
             cas run --record main -- python train.py --epochs 1
         """
         from cas.config import env_value
-        from cas.store import Store
 
         if shutil.which(command[0]) is None and not Path(command[0]).exists():
             raise UsageError(f"command not found: {command[0]}")
         if record:
+            from cas.store import Store  # only here: the program starts without lmdb's import
+
             Store.init(ctx.store_path).close()  # created once here, not raced by children
         work = Path(tempfile.mkdtemp(prefix="cas-run-"))
         fresh_cache = cache_dir is None and not env_value("TORCHINDUCTOR_CACHE_DIR")

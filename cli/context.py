@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
-from cas.store import Store
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cas.store import Store
 
 
 class Context:
@@ -19,13 +22,27 @@ class Context:
         self.store_path = store_path
         self.as_json = as_json
         self.quiet = quiet
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._store: Store | None = None
+
+    # The consoles are made on first use: rich's import is ~50 ms that `cas run` spends
+    # before the program starts and never prints through.
+    @functools.cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @functools.cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            from cas.store import Store  # on first use: `cas run` never opens it here
+
             self._store = Store(self.store_path)
         return self._store
 

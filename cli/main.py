@@ -5,6 +5,7 @@ Commands live in cli/cmd_*.py, each a thin layer: parse, call the library, print
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -16,9 +17,46 @@ from cas.config import default_store_path
 from cas.errors import CasError
 from cas_cli.context import Context
 
+#: Which module registers each command. A command's module is imported only when that
+#: command runs (or for --help), so `cas run` does not pay for the server, sync and
+#: autotune imports: it starts the user's program ~0.1-0.3 s sooner (issue 8, point 4).
+#: tests/cli/test_store_cli.py checks this table against what the modules register.
+COMMANDS = {
+    "cmd_store": ("init", "put", "cat", "ls", "log", "show", "diff", "branch", "tag", "refs", "fsck", "gc",
+                  "stats"),
+    "cmd_torch": ("capture", "hydrate", "import-megacache", "export-megacache"),
+    "cmd_torch_run": ("run", "explain"),
+    "cmd_demo": ("demo",),
+    "cmd_remote": ("remote", "fetch", "pull", "push", "clone"),
+    "cmd_serve": ("serve", "token"),
+    "cmd_autotune": ("autotune",),
+}
+_MODULE_OF = {name: module for module, names in COMMANDS.items() for name in names}
+
 
 class CasGroup(click.Group):
-    """Maps every CasError to one line on stderr and its exit code; no tracebacks."""
+    """Maps every CasError to one line on stderr and its exit code; no tracebacks.
+
+    Commands are registered lazily, module by module (:data:`COMMANDS`)."""
+
+    _loaded: set[str]
+
+    def _load(self, module: str) -> None:
+        loaded = self.__dict__.setdefault("_loaded", set())
+        if module not in loaded:
+            loaded.add(module)
+            importlib.import_module(f"cas_cli.{module}").register(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _MODULE_OF.get(cmd_name)
+        if module is not None:
+            self._load(module)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in COMMANDS:
+            self._load(module)
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -61,22 +99,6 @@ def cli(ctx: click.Context, store_path: Path | None, as_json: bool, quiet: bool)
     ctx.obj = Context(store_path or default_store_path(), as_json, quiet)
 
 
-def _register() -> None:
-    from cas_cli import (
-        cmd_autotune,
-        cmd_demo,
-        cmd_remote,
-        cmd_serve,
-        cmd_store,
-        cmd_torch,
-        cmd_torch_run,
-    )
-
-    for module in (cmd_store, cmd_torch, cmd_torch_run, cmd_demo, cmd_remote, cmd_serve, cmd_autotune):
-        module.register(cli)
-
-
-_register()
 
 
 def main() -> None:

@@ -129,3 +129,55 @@ def test_batches_bound_pack_size_and_isolate_large_objects() -> None:
     assert [large] in got  # a large object travels alone
     for b in got:
         assert sum(len(o[2]) + 64 for o in b) < 1000 + 164
+
+
+def _frames_of(data: bytes, size: int) -> bytes:
+    """``data`` as zstd frames of ``size`` bytes each, one after the other (how a store
+    holds a chunked blob's chunks)."""
+    import zstandard
+
+    zc = zstandard.ZstdCompressor(level=1)
+    return b"".join(zc.compress(data[i : i + size]) for i in range(0, len(data), size))
+
+
+def test_a_big_blob_may_travel_as_several_frames_only_where_asked() -> None:
+    data = b"".join(b"line %d of a header\n" % i for i in range(400_000))
+    assert len(data) > pack.MULTI_FRAME_MIN
+    frames = _frames_of(data, 1 << 20)
+    oid = ObjectId.of(data)
+    framed = pack.Framed(oid, ObjType.BLOB, data, frames, frames=8)
+    sent = pack.encode_bytes([framed], level=None, multi_frame=True)
+    assert len(sent) < len(data) / 3
+    assert pack.decode_all(io.BytesIO(sent)) == [(oid, ObjType.BLOB, data)]
+    (f,) = list(pack.frames(io.BytesIO(sent)))
+    assert f.packed is None  # several frames: never stored as one record
+    assert f.reader().read() == data
+    # To a receiver that did not ask for them: the bytes, by the level (raw here).
+    assert len(pack.encode_bytes([framed], level=None)) > len(data)
+
+
+def _one_frame_pack(oid: ObjectId, otype: ObjType, raw_size: int, payload: bytes) -> bytes:
+    body = pack.MAGIC + bytes((pack.VERSION,))
+    body += struct.pack("<BB32sQQ", int(otype), pack.FLAG_ZSTD, oid.raw, raw_size, len(payload)) + payload
+    import blake3
+
+    return body + struct.pack("<BQ32s", pack.END, 1, blake3.blake3(body).digest())
+
+
+def test_several_frames_are_refused_for_a_small_blob_or_a_structured_object() -> None:
+    small = b"abc" * 1000
+    payload = _frames_of(small, 1000)
+    for otype in (ObjType.BLOB, ObjType.ENV):
+        with pytest.raises(MalformedPack, match="frame"):
+            pack.decode_all(io.BytesIO(_one_frame_pack(ObjectId.of(small), otype, len(small), payload)))
+
+
+def test_several_frames_must_add_up_to_the_declared_size() -> None:
+    data = os.urandom(1 << 10) * (5 << 10)  # 5 MiB
+    payload = _frames_of(data, 1 << 20)
+    lying = _one_frame_pack(ObjectId.of(data), ObjType.BLOB, len(data) + 1, payload)
+    with pytest.raises(MalformedPack, match="claims"):
+        pack.decode_all(io.BytesIO(lying))
+    junk = _one_frame_pack(ObjectId.of(data), ObjType.BLOB, len(data), payload + b"\0" * 8)
+    with pytest.raises(MalformedPack, match="bad compressed payload"):
+        pack.decode_all(io.BytesIO(junk))

@@ -37,6 +37,10 @@ ID_BATCH = 65_536
 FETCH_BATCH = 4_096
 #: Request header naming the zstd level the client wants for fetched packs.
 LEVEL_HEADER = "X-Cas-Pack-Level"
+#: Request header saying this client reads a blob sent as several zstd frames (a
+#: chunked blob's stored frames, cas.pack.Framed); the server's health says the same
+#: of it (``pack_multi_frame``) before a push sends any.
+FRAMES_HEADER = "X-Cas-Pack-Frames"
 
 
 class _StreamReader(io.RawIOBase):
@@ -109,7 +113,7 @@ class HttpRemote:
         # Options from `cas remote add -o KEY=VALUE` arrive as strings.
         self.compress_level = _level(compress_level, self.url)
         timeout = float(timeout)
-        headers = {"User-Agent": "cas", LEVEL_HEADER: str(self.compress_level).lower()}
+        headers = {"User-Agent": "cas", LEVEL_HEADER: str(self.compress_level).lower(), FRAMES_HEADER: "multi"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
@@ -122,7 +126,7 @@ class HttpRemote:
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._server_id: str | None | bool = False  # False: not asked yet
+        self._health: dict[str, Any] | None = None  # asked once, when first needed
 
     def __repr__(self) -> str:
         return f"HttpRemote({self.url!r})"
@@ -182,17 +186,26 @@ class HttpRemote:
         """The server's health answer (versions and limits); needs no token."""
         return dict(self._request("GET", "/health").json())
 
+    def _known_health(self) -> dict[str, Any]:
+        """Health, asked once per remote ({} when it cannot be had)."""
+        if self._health is None:
+            try:
+                self._health = self.health()
+            except (CasError, ValueError, AttributeError):
+                return {}
+        return self._health
+
     @property
     def server_id(self) -> str | None:
         """The served store's own id (health's ``store_id``), asked once; None if the
         server has none. Part of this remote's identity (cas.provenance)."""
-        if self._server_id is False:
-            try:
-                sid = self.health().get("store_id")
-            except (CasError, ValueError, AttributeError):  # no id: the URL alone, pins fail closed
-                return None
-            self._server_id = sid if isinstance(sid, str) else None
-        return self._server_id if isinstance(self._server_id, str) else None
+        sid = self._known_health().get("store_id")  # no id: the URL alone, pins fail closed
+        return sid if isinstance(sid, str) else None
+
+    @property
+    def multi_frame(self) -> bool:
+        """Whether the server reads blobs sent as several zstd frames (health says so)."""
+        return self._known_health().get("pack_multi_frame") is True
 
     def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
         got = self._request("GET", "/refs", params={"prefix": prefix}).json()
@@ -210,7 +223,9 @@ class HttpRemote:
         sent = 0
         count = 0
         for batch in pack.batches(objects):
-            data = pack.encode_bytes(batch, level=self.compress_level)
+            # Health is asked (once) only when a batch holds a blob of several frames.
+            multi = any(type(o) is pack.Framed and o.frames > 1 for o in batch) and self.multi_frame
+            data = pack.encode_bytes(batch, level=self.compress_level, multi_frame=multi)
             self.send_pack_bytes(data)
             sent += len(data)
             count += len(batch)

@@ -66,6 +66,8 @@ LOG = logging.getLogger("cas.server")
 #: Bytes per chunk of a streamed fetch answer: big enough to keep syscalls rare.
 _STREAM_CHUNK = 1 << 20
 MAX_FETCH_LEVEL = 6
+#: Request header by which a client says it reads blobs sent as several zstd frames.
+FRAMES_HEADER = "x-cas-pack-frames"
 #: A ref update body is ``{"new": hex, "expected": hex}``: about 150 bytes.
 MAX_REF_BODY = 4096
 
@@ -198,24 +200,31 @@ def _fetch_level(request: Request) -> int | None:
         raise UsageError(f"bad X-Cas-Pack-Level {raw!r}: a number or none") from exc
 
 
-def _pack_stream(stores: _Stores, ids: list[ObjectId], level: int | None) -> Iterator[bytes]:
+def _multi_frame(request: Request) -> bool:
+    """Whether the client reads a blob sent as several zstd frames (X-Cas-Pack-Frames)."""
+    return request.headers.get(FRAMES_HEADER, "").strip().lower() == "multi"
+
+
+def _pack_stream(
+    stores: _Stores, ids: list[ObjectId], level: int | None, multi_frame: bool = False
+) -> Iterator[bytes]:
     """The pack of the requested objects that exist, in request order, streamed.
 
-    Each step may run on a different worker thread, so the store handle is looked up
-    per batch rather than captured once.
+    Objects stored compressed go as their stored zstd frames (a chunked blob as its
+    chunks' frames when ``multi_frame``), whatever ``level``: no CPU spent, and the bytes
+    on the wire are the stored ones. Each step may run on a different worker thread, so
+    the store handle is looked up per batch rather than captured once.
     """
 
     def objects() -> Iterator[pack.WireObject]:
         for i in range(0, len(ids), 64):
-            got = stores.get().get_many(ids[i : i + 64])
-            for oid in ids[i : i + 64]:
-                if oid in got:
-                    otype, raw = got[oid]
-                    yield oid, otype, raw
+            for obj in pack.from_store(stores.get(), ids[i : i + 64]):
+                if obj is not None:
+                    yield obj
 
     buf: list[bytes] = []
     size = 0
-    for part in pack.encode(objects(), level=level):
+    for part in pack.encode(objects(), level=level, multi_frame=multi_frame):
         buf.append(part)
         size += len(part)
         if size >= _STREAM_CHUNK:
@@ -234,6 +243,7 @@ async def health(request: Request) -> Response:
             "status": "ok",
             "store_format": STORE_FORMAT,
             "pack_version": pack.VERSION,
+            "pack_multi_frame": True,
             "auth": state.tokens is not None,
             "store_id": state.stores.store_id,
             **state.limits.as_dict,
@@ -261,7 +271,7 @@ async def fetch(request: Request) -> Response:
     ids = _ids(await _body(request), request.app.state.limits)
     # A sync iterator: Starlette runs it in the thread pool, one chunk at a time.
     return StreamingResponse(
-        _pack_stream(request.app.state.stores, ids, _fetch_level(request)),
+        _pack_stream(request.app.state.stores, ids, _fetch_level(request), _multi_frame(request)),
         media_type="application/x-cas-pack",
     )
 

@@ -141,16 +141,15 @@ def _publish(remote: Remote, update: RefUpdate) -> None:
 
 
 def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
-    """The objects to push; those stored compressed carry their zstd frame (pack.Framed),
-    which travels and is stored remotely as it is, so no side compresses them again."""
+    """The objects to push; those stored compressed carry their zstd frames (pack.Framed,
+    a chunked blob its chunks' frames), which travel as they are, so no side compresses
+    them again."""
     for i in range(0, len(ids), READ_GROUP):
         group = ids[i : i + READ_GROUP]
-        got = store.get_many_frames(group)
-        for oid in group:
-            if oid not in got:
+        for oid, obj in zip(group, pack.from_store(store, group), strict=True):
+            if obj is None:
                 raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
-            otype, data, frame = got[oid]
-            yield (oid, otype, data) if frame is None else pack.Framed(oid, otype, data, frame)
+            yield obj
 
 
 def _send(

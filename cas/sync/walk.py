@@ -14,6 +14,7 @@ cut fetch resumes from what it staged and stored.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,7 @@ class Walker:
         self.remote = remote
         self.stats = stats
         self.progress = progress
+        self._lock = threading.Lock()
 
     def structured(
         self, expect: Mapping[ObjectId, frozenset[ObjType]]
@@ -136,7 +138,10 @@ class Walker:
         """Fetch ``asked``, then check every object against its id and expected type
         (the remote checked the types already, from headers); all or nothing."""
         sub = {oid: expect[oid] for oid in asked}
-        got = self.remote.fetch(asked, expect=sub)
+        wire = [0]  # bytes the remote reported receiving (progress gives a running total)
+        got = self.remote.fetch(asked, lambda _n, received: wire.__setitem__(0, received), expect=sub)
+        with self._lock:  # walks fetch PARALLEL batches at once
+            self.stats.wire_bytes += wire[0]
         url = self.remote.url
         wanted = set(asked)
         for oid, _, _ in got:

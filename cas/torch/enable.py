@@ -294,12 +294,17 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
             warnings.simplefilter("always")
             # Headers (~150 MB) are written while the program goes on, under torch's own
             # lock for each: torch waits for one it reaches; one never reached is dropped
-            # at exit, so a program that does not compile does not pay for it.
+            # at exit. Writing starts once torch imports dynamo or inductor (the program
+            # is about to compile; tracing comes before any header is needed), so a
+            # program that does not compile spends nothing on them.
             result = hydrate(store, session.commit.hex, Path(cache_dir) if cache_dir is not None else None,
-                             background=True)
+                             background="later")
     except Exception as exc:  # hydrate is an optimisation; the live path still serves
         warn_once("hydrate", f"hydrate failed ({exc}); serving through the live backend only")
         return
+    if result.pending:  # torch builds headers from inductor, which compiles reach through dynamo
+        for module in ("torch._dynamo", "torch._inductor"):
+            after_import(module, lambda _module: result.start())
     if caught:
         warn_once(
             "corrupt-blob",
@@ -373,6 +378,16 @@ def _is_compile_worker() -> bool:
     return main.endswith(os.path.join("compile_worker", "__main__.py"))
 
 
+def _combined(warmth: dict[str, Any]) -> dict[str, Any]:
+    """This process's warmth as ``cas run`` sums several processes' (its summary takes
+    it as it is when the program ran one torch process, without importing cas.torch)."""
+    from cas.torch.warmth import combine
+
+    out = combine([warmth]).to_dict()
+    out["predicted"] = combine([warmth.get("predicted") or {}]).to_dict()
+    return out
+
+
 def _write_stats(session: Session, path: str) -> None:
     try:
         session.flush()
@@ -382,6 +397,7 @@ def _write_stats(session: Session, path: str) -> None:
         stats["counters"] = stats["warmth"].pop("counters")
         # Only where Inductor compiled: a program that never did does not pay for the probe.
         stats["compat"] = _compat.report() if _compat.inductor_loaded() else None
+        stats["warmth_combined"] = _combined(stats["warmth"])
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(stats, default=str) + "\n")
     except Exception:  # exit path: nothing sensible left to report to

@@ -60,16 +60,24 @@ class HydrateResult:
 
     def wait(self, timeout: float | None = None) -> HydrateResult:
         """Wait for background writes (if any); the counts are final afterwards."""
+        self.start()
         if self._thread is not None:
             self._thread.join(timeout)
         return self
+
+    def start(self) -> None:
+        """Start the background writes now, if they wait for it (``background="later"``)."""
+        thread = self._thread
+        if thread is not None and thread.ident is None:
+            with contextlib.suppress(RuntimeError):  # started meanwhile by another thread
+                thread.start()
 
     def cancel(self, timeout: float | None = 10.0) -> None:
         """Stop background writes: a header not finished is removed, never left half
         written (torch then builds it, if it ever asks). Runs at exit, so a program that
         never compiles does not wait ~1 s for 150 MB it will not use."""
         self._cancel.set()
-        self.wait(timeout)
+        self.wait(timeout)  # one never started runs now, cancelled: it only frees its locks
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -178,7 +186,7 @@ def hydrate(
     env: Env | None = None,
     check_policy: bool = True,
     pch_dir: str | Path | None = None,
-    background: bool = False,
+    background: bool | str = False,
 ) -> HydrateResult:
     """Write the entries of ``ref`` that match ``env`` (default: this process's) into
     ``cache_dir`` (default: torch's cache dir for this process); precompiled headers go
@@ -187,7 +195,9 @@ def hydrate(
     ``background``: for a process about to compile. Precompiled headers (~150 MB each)
     are then written by a thread while torch traces, holding torch's own lock for that
     header: torch, reaching it, waits for the file instead of building it. Call
-    ``result.wait()`` for final counts.
+    ``result.wait()`` for final counts. ``background="later"``: the same, but the thread
+    starts at ``result.start()`` (``enable`` calls it once torch imports dynamo, so a
+    program that never compiles spends no CPU on headers; their locks are held meanwhile).
 
     Raises :class:`~cas.errors.RefNotFound` for an unknown ref and
     :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.torch.policy`)
@@ -249,7 +259,7 @@ def hydrate(
     if records:
         _write_autotune_records(store, records, root_dir, result)
     if deferred:
-        _start_background(store, deferred, result)
+        _start_background(store, deferred, result, now=background != "later")
     return result
 
 
@@ -272,21 +282,52 @@ def _torch_header_lock(path: Path) -> Any:
     Torch builds a missing header under ``<dir>/locks/<hash>.lock`` and skips the build if
     the file exists once it holds the lock; holding it while writing makes torch wait.
     """
-    from filelock import FileLock, Timeout
-
     lock_dir = path.parent / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    # Released by the writer thread, so the lock must not be thread-local.
-    lock = FileLock(str(lock_dir / f"{path.name.split('.', 1)[0]}.lock"), thread_local=False)
+    lock_path = lock_dir / f"{path.name.split('.', 1)[0]}.lock"
     try:
-        lock.acquire(timeout=0)
-    except Timeout:  # another process is building or writing it: leave it to them
-        return None
-    return lock
+        import fcntl
+    except ImportError:  # no flock here: filelock's own portable lock, as torch takes it
+        from filelock import FileLock, Timeout
+
+        # Released by the writer thread, so the lock must not be thread-local.
+        lock = FileLock(str(lock_path), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another process is building or writing it: leave it to them
+            return None
+        return lock
+    return _Flock.take(lock_path, fcntl)
+
+
+class _Flock:
+    """torch's header lock taken with flock(2) itself, which is what filelock's Unix lock
+    is (the lock file stays; waiters share its inode): importing filelock costs a
+    process that never compiles ~60 ms (issue 8, point 4)."""
+
+    def __init__(self, fd: int, fcntl: Any) -> None:
+        self._fd = fd
+        self._fcntl = fcntl
+
+    @classmethod
+    def take(cls, path: Path, fcntl: Any) -> _Flock | None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process is building or writing it: leave it to them
+            os.close(fd)
+            return None
+        return cls(fd, fcntl)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            self._fcntl.flock(self._fd, self._fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _start_background(
-    store: Store, deferred: list[tuple[EntryKey, Entry, Path, Any]], result: HydrateResult
+    store: Store, deferred: list[tuple[EntryKey, Entry, Path, Any]], result: HydrateResult, now: bool = True
 ) -> None:
     # Its own handle keeps the store open even if the caller closes theirs meanwhile.
     own = Store(store.path)
@@ -296,6 +337,8 @@ def _start_background(
         try:
             for ek, entry, path, lock in deferred:
                 try:
+                    if result._cancel.is_set():
+                        continue  # cancelled before its turn: only the lock is released
                     done = _stream(own, ek, entry, path, result._cancel)
                     if done:
                         _count(result, ek.kind, entry.size)
@@ -310,7 +353,8 @@ def _start_background(
     # A daemon thread, cancelled at exit: Python joins non-daemon threads before atexit
     # handlers run, which would make every process wait for headers it may never use.
     result._thread = threading.Thread(target=run, name="cas-hydrate", daemon=True)
-    result._thread.start()
+    if now:
+        result._thread.start()
     atexit.register(result.cancel)
 
 

@@ -96,3 +96,25 @@ def test_fsck_gc_stats_commands(cas, store_path: Path) -> None:
     gc = json.loads(cas("--json", "gc", "--grace", "0").stdout)
     assert gc["objects_freed"] >= 1
     assert "ok" in cas("fsck").stdout
+
+
+def test_the_lazy_command_table_names_every_command_of_its_module() -> None:
+    """`cas` imports a command's module only when it runs; the table that says which
+    module holds which command must match what each module registers."""
+    import importlib
+    import subprocess
+    import sys
+
+    import click
+
+    from cas_cli.main import COMMANDS
+
+    for module, names in COMMANDS.items():
+        group = click.Group()
+        importlib.import_module(f"cas_cli.{module}").register(group)
+        assert sorted(group.commands) == sorted(names), module
+    # `cas run` loads its own module only: not the server's, sync's or autotune's.
+    probe = ("import sys; from cas_cli.main import cli; cli.get_command(None, 'run'); "
+             "print(sorted(m for m in sys.modules if m.startswith(('cas_cli.cmd_', 'cas.server', 'cas.sync'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['cas_cli.cmd_torch_run']"
