@@ -81,7 +81,8 @@ def session_store(captured: Captured) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="session")
-def tuned(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
-    """The session's cold max-autotune compile (autotune_fixtures.py); its users are one
-    xdist group, so it runs once per test run."""
-    return tuned_once(torch_env, tmp_path_factory)
+def tuned(torch_env: TorchEnv, captured: Captured, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
+    """The session's cold max-autotune compile (autotune_fixtures.py). It starts from
+    ``captured``'s model-independent C++ (ISA probes, precompiled header), so its users
+    are in ``captured``'s xdist group, and each runs once per test run."""
+    return tuned_once(torch_env, tmp_path_factory, captured)
