@@ -31,9 +31,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Under pytest-xdist (`make test` runs two workers), torch tests that share a cold
     compile run on one worker, so that each compile happens once per test run: the users of
-    ``captured`` (tests/torch/conftest.py) together, the users of livekit's ``recorded``
-    (cached per process) together, the users of autotune_fixtures' ``tuned`` together, and
-    every other torch module as a unit of its own.
+    ``captured`` (tests/torch/conftest.py) together, with those of autotune's ``tuned``,
+    which starts from ``captured``'s C++ build; the users of livekit's ``recorded`` (cached
+    per process) together, the stock-torch Redis door among them, whose recording client
+    starts from that run's C++ build; and every other torch module as a unit of its own.
     Everything else is spread over both workers as they free up.
 
     A wrapper: the marks go on before xdist's worker turns them, in its own hook of this
@@ -52,8 +53,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = "torch-captured"
         elif "recorded" in vars(getattr(item, "module", None) or object):
             group = "torch-recorded"
-        elif "tuned" in getattr(item, "fixturenames", ()):
-            group = "torch-autotune"  # autotune_fixtures.tuned_once, cached per process
         else:
             group = f"torch-{Path(item.path).stem}"
         item.add_marker(pytest.mark.xdist_group(group))

@@ -41,7 +41,8 @@ def _main_tip(path: Path) -> ObjectId:
 
 
 def _wait_commit(path: Path, old: ObjectId) -> ObjectId:
-    for _ in range(200):
+    deadline = time.monotonic() + 60  # a batch lands within 0.2 s; a busy machine is slower
+    while time.monotonic() < deadline:
         tip = _main_tip(path)
         if tip != old:
             return tip

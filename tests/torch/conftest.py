@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
+import livekit
 import pytest
+from autotune_fixtures import Tuned, tuned_once
 from torchkit import CASES, Captured, TorchEnv
 
 from cas.store import Store
@@ -48,6 +51,13 @@ def torch_env(tmp_path_factory: pytest.TempPathFactory) -> TorchEnv:
     return TorchEnv(env, log)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def live_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TMPDIR of livekit's processes: one per session, not the user's."""
+    livekit.TMPDIR = tmp_path_factory.mktemp("live-tmp")
+    return livekit.TMPDIR
+
+
 @pytest.fixture(scope="session")
 def captured(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Captured:
     base = tmp_path_factory.mktemp("captured")
@@ -68,3 +78,11 @@ def session_store(captured: Captured) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def tuned(torch_env: TorchEnv, captured: Captured, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
+    """The session's cold max-autotune compile (autotune_fixtures.py). It starts from
+    ``captured``'s model-independent C++ (ISA probes, precompiled header), so its users
+    are in ``captured``'s xdist group, and each runs once per test run."""
+    return tuned_once(torch_env, tmp_path_factory, captured)

@@ -4,6 +4,9 @@ The one cold compile (``recorded``) is shared by every test of the session throu
 module-level cache: a fresh process enables cas with ``record="main"`` on an empty store
 and an empty torch cache dir, so the store ends up holding exactly what the live backend
 and its flush recorded. Tests that write copy that store first.
+
+Every process gets the session's own ``TMPDIR`` (set by tests/torch/conftest.py), which
+holds torch's default dir and so its precompiled header, never the user's.
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ class Proc:
         return int(self.out["counters"].get(group, {}).get(name, 0))
 
 
+#: The session's TMPDIR for torch processes (torch's default dir: precompiled headers).
+TMPDIR: Path | None = None
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CAS_DIR", "TORCHINDUCTOR_CACHE_DIR")}
     env.update(CAS_AUTHOR="tester@example", PYTHONWARNINGS="default")
+    if TMPDIR is not None:
+        env["TMPDIR"] = str(TMPDIR)
     env.update(extra)
     return env
 

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels, tuned_once
+from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels
 from torchkit import TorchEnv
 
 from cas import refs
 from cas.store import Store
 from cas.torch.autotune import records_in
-
-
-@pytest.fixture(scope="session")
-def tuned(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
-    return tuned_once(torch_env, tmp_path_factory)
 
 
 def test_two_ranks_split_the_tuning_and_a_pulled_store_replays_it(

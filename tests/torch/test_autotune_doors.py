@@ -1,9 +1,11 @@
 """Autotune records through the recording front doors: ``cas run --record``, ``cas
 capture`` and ``cas.torch.enable(record=...)`` (which ``backend="cas"`` uses too).
 
-One cold compile for the module: the three-GEMM workload of autotune_workload.py
+One compile for the module: the three-GEMM workload of autotune_workload.py
 (``mode="max-autotune"``, freezing) runs under ``cas run --record main`` and does not
-record anything itself. ``cas capture`` then reads the cache dir that compile left.
+record anything itself. It starts from the C++ kernels of the session's cold run
+(``tuned``), so it benchmarks every shape without waiting on g++. ``cas capture`` then
+reads the cache dir that compile left.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels
 from torchkit import TorchEnv
 
 from cas import autotune, history, manifest
 from cas.refs import load_commit, resolve
 from cas.store import Store
 
-WORKLOAD = Path(__file__).with_name("autotune_workload.py")
-MARKER = "CAS-AUTOTUNE "
 CPU_FILE = Path(__file__).parent.parent / "data" / "autotune" / "cpu-timing-file.json"
 
 
@@ -38,12 +39,17 @@ class Ran:
 
 
 @pytest.fixture(scope="module")
-def ran(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+def ran(torch_env: TorchEnv, tuned: Tuned, tmp_path_factory: pytest.TempPathFactory) -> Ran:
     root = tmp_path_factory.mktemp("autotune-doors")
     scratch = root / "scratch"  # the workload opens a store of its own; it stays unused
     Store.init(scratch).close()
+    # The cache dir starts with the session cold run's compiled C++ kernels (code only: no
+    # timing file, no FX/AOT entries) and shares that run's TMPDIR (its precompiled
+    # header), so g++ does not rebuild what that run built; torch still benchmarks every
+    # GEMM shape (no timings on disk), and that is what is recorded.
+    seed_kernels(tuned, root / "cache")
     proc = torch_env.cas(root / "store", "run", "--record", "main", "--", sys.executable, str(WORKLOAD),
-                         str(scratch), cache_dir=root / "cache", tmpdir=root / "tmp", timeout=900)
+                         str(scratch), cache_dir=root / "cache", tmpdir=tuned.tmpdir, timeout=900)
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith(MARKER)]
     return Ran(root / "store", root / "cache", json.loads(line[len(MARKER):]), proc.stderr)
 

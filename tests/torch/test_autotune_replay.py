@@ -18,8 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels, tuned_once
+from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels
 from torchkit import TorchEnv
 
 from cas import autotune, history, manifest, refs
@@ -27,11 +26,6 @@ from cas.objects import Entry, EntryKey
 from cas.store import Store
 
 OTHER_CLASS = "cpu-0ther0ther0ther0"
-
-
-@pytest.fixture(scope="session")
-def tuned(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory) -> Tuned:
-    return tuned_once(torch_env, tmp_path_factory)
 
 
 def records(store: Store, rev: str) -> dict[EntryKey, autotune.Record]:
