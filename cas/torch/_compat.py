@@ -55,7 +55,7 @@ _DYNAMO_UTILS = "torch._dynamo.utils"
 _DYNAMO_CALLBACK = "torch._dynamo.callback"
 _CODECACHE = "torch._inductor.codecache"
 _COMPILE_FX = "torch._inductor.compile_fx"
-_INDUCTOR = "torch._inductor"
+INDUCTOR = "torch._inductor"
 _AOT_CACHE = "torch._functorch._aot_autograd.autograd_cache"
 #: Modules that import ``should_use_remote_autograd_cache`` by name (2.11-2.14); the first
 #: defines it, the others are patched where present.
@@ -129,7 +129,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook(SELECT_ALGORITHM, "AlgorithmSelectorCache.lookup", "sharded GEMM autotune"),
     Hook(TRITON_HEURISTICS, "CachingAutotuner.benchmark_all_configs", "Triton config times in autotune records",
          needs_triton=True),
-    Hook(_INDUCTOR, "list_mode_options", "compile modes of the cas backend"),
+    Hook(INDUCTOR, "list_mode_options", "compile modes of the cas backend"),
     Hook(_COMPILE_FX, "compile_fx", "the cas dynamo backend"),
 )
 

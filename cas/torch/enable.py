@@ -303,7 +303,7 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
         warn_once("hydrate", f"hydrate failed ({exc}); serving through the live backend only")
         return
     if result.pending:  # torch builds headers from inductor, which compiles reach through dynamo
-        for module in ("torch._dynamo", "torch._inductor"):
+        for module in (_compat.DYNAMO, _compat.INDUCTOR):
             after_import(module, lambda _module: result.start())
     if caught:
         warn_once(
