@@ -1,10 +1,10 @@
-"""Object reads: one read path (:meth:`Objects._read_one`) for single objects, batched
+"""Object reads: one read path (:meth:`Objects.get`) for single objects, batched
 reads in one transaction, listings, and the record-level look fsck takes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal, overload
 
 import lmdb
 
@@ -15,7 +15,7 @@ from cas.store import records as rc
 from cas.store.env import Env, Txn
 from cas.store.records import HEAD_SIZE, TYPE_OF, Record
 
-#: Reads of records at least this large use zero-copy views (see Objects._read_one).
+#: Reads of records at least this large use zero-copy views (see Objects.get).
 _BIG_READ = 16 << 10
 
 
@@ -68,16 +68,28 @@ class Objects:
 
     # -- single objects --------------------------------------------------------------------
 
-    def _read_one(self, oid: ObjectId, typed: bool) -> Any:
-        """One object in one read txn: its bytes, or with ``typed`` its (type, bytes);
-        None if absent. The one read path of single objects, the hot path, kept flat
-        (bench/bench_store.py): a Python call or a tuple is a tenth of a small get.
+    @overload
+    def get(self, oid: ObjectId, *, verify: bool = ..., typed: Literal[False] = ...) -> bytes | None: ...
 
+    @overload
+    def get(self, oid: ObjectId, *, verify: bool = ..., typed: Literal[True]) -> tuple[ObjType, bytes] | None: ...
+
+    def get(self, oid: ObjectId, *, verify: bool = False, typed: bool = False) -> Any:
+        """The object's bytes, or with ``typed`` its (type, bytes); None if absent (a miss
+        is a value, not an error). ``verify`` re-hashes the bytes against ``oid``.
+
+        The one read path of single objects, and the hot path, kept flat
+        (bench/bench_store.py): a Python call or a tuple is a tenth of a small get.
         A plain record is ``header + payload`` and Python copies a slice, so a read costs
         either two copies (LMDB's bytes, then the slice) or a zero-copy view plus one copy
         (``buffers=True``), which has a fixed cost of its own. The mode follows the size
         of the previous read on this handle: views for large objects, copies for small.
         """
+        if verify:
+            got = self.get(oid, typed=True)
+            if got is not None:
+                verify_id(oid, ObjectId.of(got[1]))
+            return got if typed or got is None else got[1]
         big = self._big_reads
         try:
             txn = self._handle.begin(buffers=big)  # type: ignore[call-overload]
@@ -88,29 +100,17 @@ class Objects:
             if value is None:
                 return None
             self._big_reads = len(value) >= _BIG_READ
-            if len(value) >= HEAD_SIZE and not value[1]:
-                otype = TYPE_OF.get(value[0])
-                if otype is not None:
-                    body = bytes(value[HEAD_SIZE:]) if big else value[HEAD_SIZE:]
-                    return (otype, body) if typed else body
+            if len(value) >= HEAD_SIZE and not value[1] and value[0] in TYPE_OF:
+                body = bytes(value[HEAD_SIZE:]) if big else value[HEAD_SIZE:]
+                return (TYPE_OF[value[0]], body) if typed else body
             got = self._unpack(txn, oid, value)
             return got if typed else got[1]
         finally:
             txn.abort()
 
-    def get(self, oid: ObjectId, *, verify: bool = False) -> bytes | None:
-        """The object's raw bytes, or None if absent (a miss is a value, not an error)."""
-        if verify:
-            got = self.get_typed(oid, verify=True)
-            return None if got is None else got[1]
-        out: bytes | None = self._read_one(oid, False)
-        return out
-
     def get_typed(self, oid: ObjectId, *, verify: bool = False) -> tuple[ObjType, bytes] | None:
-        got: tuple[ObjType, bytes] | None = self._read_one(oid, True)
-        if got is not None and verify:
-            verify_id(oid, ObjectId.of(got[1]))
-        return got
+        """The object's (type, bytes), or None if absent: :meth:`get` with ``typed``."""
+        return self.get(oid, verify=verify, typed=True)
 
     def require(self, oid: ObjectId, *, verify: bool = False) -> tuple[ObjType, bytes]:
         got = self.get_typed(oid, verify=verify)
