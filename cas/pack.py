@@ -43,10 +43,17 @@ MAX_OBJECT = 1 << 30
 #: cas.store.CHUNK_THRESHOLD: every store keeps such a blob chunked, never as the
 #: payload it was sent in, whose frames a one-frame record could not hold).
 MULTI_FRAME_MIN = 4 << 20
+#: The frames of such a payload: all but the last of one size, at least this (a store's
+#: chunks are 4 MiB), which bounds how many one payload holds.
+MULTI_FRAME_STEP = 1 << 20
+#: Fewest content bytes per zstd block, on average, that a frame may have (see _frame_length).
+MIN_BLOCK_AVG = 512
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: Refuse structured objects (commit, tag, env, manifest node) above this size: they are
 #: decoded whole to be checked, and real ones are kilobytes.
 MAX_STRUCTURED = 16 << 20
+#: Largest frame (header and payload) a pack may hold: what :func:`frames` accepts.
+MAX_FRAME = _FRAME.size + MAX_OBJECT
 
 WireObject = tuple[ObjectId, ObjType, bytes]
 #: What a fetching caller knows in advance: the types each id may have (Remote.fetch).
@@ -251,7 +258,7 @@ class Frame:
         frames (which no store record holds as they are)."""
         if not self.compressed:
             return None
-        if self.multi_frame_ok and _frame_length(self.payload) != len(self.payload):
+        if self.multi_frame_ok and _frame_length(self.payload, self.raw_size) != len(self.payload):
             return None
         return self.payload
 
@@ -316,7 +323,7 @@ def inflate(
     """
     try:
         declared = zstandard.frame_content_size(payload)
-        first = _frame_length(payload)
+        first = _frame_length(payload, raw_size)
     except (zstandard.ZstdError, struct.error) as exc:
         raise MalformedPack(f"bad compressed payload for {what}") from exc
     several = first != len(payload)
@@ -351,9 +358,13 @@ _BLOCK = struct.Struct("<I")
 
 def _declared_frames(payload: bytes | memoryview, what: str) -> int:
     """The content sizes that the zstd frames making up ``payload`` declare, added up;
-    every frame must be a zstd frame (no skippable ones) that declares its size."""
+    every frame must be a zstd frame (no skippable ones) that declares its size, and all
+    but the last the same size, at least MULTI_FRAME_STEP (how a store holds chunks), so
+    a payload holds at most MAX_OBJECT / MULTI_FRAME_STEP + 1 frames."""
     view = memoryview(payload)
     total = pos = 0
+    step: int | None = None
+    last_size = 0
     try:
         while pos < len(view):
             if bytes(view[pos : pos + 4]) != _ZSTD_MAGIC:
@@ -361,18 +372,33 @@ def _declared_frames(payload: bytes | memoryview, what: str) -> int:
             size = zstandard.frame_content_size(view[pos:])
             if size < 0:
                 raise MalformedPack(f"bad compressed payload for {what}: a frame of several without its size")
+            if step is None:
+                step = size
+            elif last_size != step:  # a frame that was not the last differs from the first
+                raise MalformedPack(f"bad compressed payload for {what}: frames of unequal sizes")
+            if step < MULTI_FRAME_STEP:
+                raise MalformedPack(f"bad compressed payload for {what}: frames under {MULTI_FRAME_STEP} bytes")
+            last_size = size
             total += size
-            pos += _frame_length(view[pos:])
+            pos += _frame_length(view[pos:], size)
     except (zstandard.ZstdError, struct.error, IndexError) as exc:
         raise MalformedPack(f"bad compressed payload for {what}") from exc
     return total
 
 
-def _frame_length(payload: bytes | memoryview) -> int:
+def _frame_length(payload: bytes | memoryview, content: int) -> int:
     """Bytes taken by the zstd frame at the start of ``payload``, from its block headers
-    alone (what ZSTD_findFrameCompressedSize computes; python-zstandard lacks it)."""
+    alone (what ZSTD_findFrameCompressedSize computes; python-zstandard lacks it).
+
+    The walk is Python, one step per block, so a frame of ``content`` bytes may have at
+    most ``content // MIN_BLOCK_AVG + 64`` blocks: an encoder writes blocks of up to
+    128 KiB, while a hostile frame of one-byte blocks would hold the GIL for seconds."""
     pos = zstandard.frame_header_size(payload)
+    blocks = content // MIN_BLOCK_AVG + 64
     while True:
+        blocks -= 1
+        if blocks < 0:
+            raise zstandard.ZstdError(f"more blocks than {content} bytes of content need")
         (head,) = _BLOCK.unpack(bytes(payload[pos : pos + 3]) + b"\0")
         pos += 3
         last, kind, size = head & 1, (head >> 1) & 3, head >> 3
@@ -405,19 +431,6 @@ def decode(
     """
     for f in frames(stream, max_object=max_object, want=want, expect=expect, source=source):
         yield f.oid, f.otype, f.data()
-
-
-def decode_frames(
-    stream: BinaryIO, *, max_object: int = MAX_OBJECT
-) -> Iterator[tuple[ObjectId, ObjType, bytes, bytes | None]]:
-    """Like :func:`decode`, each object with its zstd payload as sent (None if sent raw).
-
-    The payload is a zstd frame whose content was just verified against the id (and
-    its header against the declared size), so a receiver may store it as it is instead
-    of compressing the bytes again.
-    """
-    for f in frames(stream, max_object=max_object):
-        yield f.oid, f.otype, f.data(), f.packed
 
 
 def frames(

@@ -181,3 +181,26 @@ def test_several_frames_must_add_up_to_the_declared_size() -> None:
     junk = _one_frame_pack(ObjectId.of(data), ObjType.BLOB, len(data), payload + b"\0" * 8)
     with pytest.raises(MalformedPack, match="bad compressed payload"):
         pack.decode_all(io.BytesIO(junk))
+
+
+def test_a_payload_of_many_frames_or_tiny_blocks_is_refused_before_it_is_walked() -> None:
+    data = b"\0" * (5 << 20)
+    oid = ObjectId.of(data)
+    # 5 MiB as frames of 64 KiB (a store's chunks are 4 MiB): each frame costs a Python step.
+    small = _one_frame_pack(oid, ObjType.BLOB, len(data), _frames_of(data, 64 << 10))
+    with pytest.raises(MalformedPack, match="frames under"):
+        pack.decode_all(io.BytesIO(small))
+    uneven = _one_frame_pack(oid, ObjType.BLOB, len(data), _frames_of(data[: 3 << 20], 2 << 20)
+                             + _frames_of(data[3 << 20 :], 1 << 20))
+    with pytest.raises(MalformedPack, match="unequal"):
+        pack.decode_all(io.BytesIO(uneven))
+    # One frame of 5 MiB made of one-byte raw blocks: refused from its block count.
+    import zstandard
+
+    head = zstandard.ZstdCompressor(level=1, write_checksum=False).compress(data)
+    header = head[: zstandard.frame_header_size(head)]
+    blocks = b"".join(struct.pack("<I", (1 << 3) | (i == len(data) - 1))[:3] + b"\0" for i in range(len(data)))
+    tiny = _one_frame_pack(oid, ObjType.BLOB, len(data), header + blocks)
+    with pytest.raises(MalformedPack, match="bad compressed payload") as refused:
+        pack.decode_all(io.BytesIO(tiny))
+    assert "more blocks than" in str(refused.value.__cause__)

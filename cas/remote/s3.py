@@ -344,6 +344,11 @@ class S3Remote:
     ) -> int:
         for oid, loc in span:  # the index's word first: a mismatch costs no GET
             pack.check_expected(oid, loc.type, None, expect.get(oid), self.url)
+            if loc.length > pack.MAX_FRAME:  # the index is the bucket's word: bounded too
+                raise MalformedPack(
+                    f"pack {pack_id[:12]}: the index gives {oid.short()} {loc.length} bytes, "
+                    f"over the limit of {pack.MAX_FRAME}"
+                )
         start = span[0][1].offset
         end = max(loc.offset + loc.length for _, loc in span)
         res = self._get(f"packs/{pack_id}.pack", Range=f"bytes={start}-{end - 1}")

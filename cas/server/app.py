@@ -56,7 +56,8 @@ from cas.ingest import MAX_UNPACKED, Commits, receive
 from cas.server import web
 from cas.server.auth import Scope, Tokens
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from cas.server.metrics import Metrics, MetricsMiddleware
+from cas.server.metrics import Metrics, route_of
+from cas.server.protocol import read_body
 from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.store import STORE_FORMAT, Store
 
@@ -147,18 +148,9 @@ def _authorize(request: Request, needed: Scope) -> None:
         raise Forbidden(f"token {rec.name!r} lacks {needed.value} scope")
 
 
-async def _body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds the limit."""
-    limit = request.app.state.limits.max_request
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"request of {declared} bytes exceeds the server limit of {limit}")
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise RequestTooLarge(f"request exceeds the server limit of {limit} bytes")
-    return bytes(buf)
+async def _body(request: Request, limit: int | None = None) -> bytes:
+    """The request body, within ``limit`` (by default the server's request limit)."""
+    return await read_body(request, request.app.state.limits.max_request if limit is None else limit)
 
 
 def _ids(body: bytes, limits: Limits) -> list[ObjectId]:
@@ -290,9 +282,7 @@ async def send_pack(request: Request) -> Response:
 async def update_ref(request: Request) -> Response:
     _authorize(request, Scope.WRITE)
     name = refs.check_name(request.path_params["name"])
-    raw = await _body(request)
-    if len(raw) > MAX_REF_BODY:
-        raise RequestTooLarge(f"a ref update of {len(raw)} bytes exceeds the limit of {MAX_REF_BODY}")
+    raw = await _body(request, MAX_REF_BODY)
     try:
         body = json.loads(raw)
         if not isinstance(body, dict) or not body.keys() <= {"new", "expected"}:
@@ -376,10 +366,14 @@ def log_target(scope: Mapping[str, Any]) -> str:
 
 
 class AccessLog:
-    """ASGI middleware: one log line per request (client, token, request, status, bytes, ms)."""
+    """ASGI middleware, one wrapper per request: its access log line (client, token,
+    request, status, bytes, ms) and the HTTP door's metrics (route, status, bytes in and
+    out, latency)."""
 
-    def __init__(self, app: Callable[[Scope_, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
+    def __init__(
+        self, app: Callable[[Scope_, Receive, Send], Awaitable[None]], metrics: Metrics, routes: list[Any]
+    ) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -388,6 +382,7 @@ class AccessLog:
         start = time.perf_counter()
         status = 0
         sent = 0
+        received = 0
         logged = False
 
         def log() -> None:
@@ -419,10 +414,18 @@ class AccessLog:
                     log()
             await send(message)
 
+        async def count() -> MutableMapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
+
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, count, watch)
         finally:
             log()
+            self.metrics.request("http", route_of(self.routes, scope), str(status or 500), (status or 500) >= 400,
+                                 received, sent, time.perf_counter() - start)
 
 
 def create_app(
@@ -478,4 +481,4 @@ def create_app(
     app.state.limits = limits or Limits()
     app.state.redis = door
     app.state.metrics = counters
-    return AccessLog(MetricsMiddleware(app, counters, app.routes))
+    return AccessLog(app, counters, app.routes)

@@ -28,8 +28,7 @@ process, as in tests, do not share counters.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -41,9 +40,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 Scope_ = dict[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope_, Receive, Send], Awaitable[None]]
 
 
 class _StoreCollector(Collector):
@@ -136,44 +132,10 @@ class Metrics:
         return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
 
-class MetricsMiddleware:
-    """ASGI middleware: per-route counts, errors, bytes and latency of the HTTP door."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Any]) -> None:
-        self.app, self.metrics, self.routes = app, metrics, routes
-
-    def _route(self, scope: Scope_) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return str(route.path)
-        return "other"
-
-    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status, n_in, n_out = 500, 0, 0
-
-        async def counting_receive() -> MutableMapping[str, Any]:
-            nonlocal n_in
-            message = await receive()
-            n_in += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status, n_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                n_out += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            self.metrics.request(
-                "http", self._route(scope), str(status), status >= 400, n_in, n_out,
-                time.perf_counter() - start,
-            )
+def route_of(routes: list[Any], scope: Scope_) -> str:
+    """The route pattern a request matched (its label in the HTTP metrics), or "other"."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(route.path)
+    return "other"

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with limits on a request's head (431 when passed).
+"""uvicorn's httptools protocol with limits on a request's head (431 when passed), and
+:func:`read_body`, which reads a body within a limit (413 when passed).
 
 uvicorn enforces no limit on a request head when httptools parses it (its
 ``h11_max_incomplete_event_size`` applies to h11 alone): a 256 MiB header line was read
@@ -15,7 +16,10 @@ from __future__ import annotations
 import json
 import logging
 
+from starlette.requests import Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cas.errors import RequestTooLarge
 
 #: Largest request head (request line and headers), in bytes.
 MAX_HEAD = 64 << 10
@@ -92,3 +96,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 __all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol"]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """A request's body, refused (RequestTooLarge: 413) as soon as it passes ``limit``
+    bytes, from its Content-Length before anything is read when it declares one."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request of {declared} bytes exceeds the server limit of {limit}")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise RequestTooLarge(f"request exceeds the server limit of {limit} bytes")
+    return bytes(buf)

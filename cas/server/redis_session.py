@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from cas.server.auth import Scope
 from cas.server.resp import ProtocolError, Reply, parse_command
-from cas.torch.live import parse_backend_key
+from cas.torch.wire import parse_backend_key
+
+#: Most bytes a connection may hold buffered before it authenticates (AUTH and HELLO are
+#: small): past it the connection is closed, so a stranger cannot make the door buffer
+#: 65,536 bulk strings of MAX_BULK bytes each.
+PRE_AUTH_BUFFER = 64 << 10
 
 if TYPE_CHECKING:
     from cas.server.redis_door import RedisDoor
@@ -53,6 +58,8 @@ class Connection(asyncio.Protocol):
                 pos = end
                 if self.session.closing:
                     break
+            if self.session.scope is None and len(self.buf) - pos > PRE_AUTH_BUFFER:
+                raise ProtocolError(f"more than {PRE_AUTH_BUFFER} bytes before AUTH")
         except ProtocolError as exc:
             out.append(Reply.error(f"ERR protocol error: {exc}"))
             self.session.closing = True

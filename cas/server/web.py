@@ -34,6 +34,7 @@ from cas.errors import CasError
 from cas.history import log
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.server.protocol import read_body
 from cas.stats import human_size
 from cas.store import Store
 
@@ -46,6 +47,8 @@ _TEMPLATES.filters["size"] = lambda n: human_size(int(n))
 _TEMPLATES.filters["url"] = lambda s: quote(str(s), safe="/")
 _TEMPLATES.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t)))
 LOG_LIMIT = 200
+#: Largest login form (a token and the page to go back to); read before any auth.
+MAX_LOGIN_BODY = 8 << 10
 DIFF_LIMIT = 500
 
 
@@ -226,7 +229,7 @@ async def login(request: Request) -> Response:
         target = "/ui/"  # never redirect off the view
     error = ""
     if request.method == "POST":
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        form = parse_qs((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
         token = form.get("token", [""])[0].strip()
         tokens: Tokens | None = request.app.state.tokens
         if tokens is None or tokens.check(token) is not None:

@@ -11,9 +11,9 @@ import pytest
 from bombs import bombs
 from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed
 
-from cas.errors import AuthError, CorruptObject, RefConflict, RemoteError
+from cas.errors import AuthError, CorruptObject, MalformedPack, RefConflict, RemoteError
 from cas.remote import open_remote
-from cas.remote.s3 import S3Remote, parse_url
+from cas.remote.s3 import S3Remote, decode_index, encode_index, parse_url
 
 from .contract import RemoteContract, blob, commit_objects, ids
 
@@ -145,6 +145,22 @@ def test_corrupt_pack_in_the_bucket_is_caught_on_fetch(seaweed: Seaweed, s3_url:
     data[-41 - 5] ^= 0xFF  # inside the last payload (the trailer is 41 bytes)
     seaweed.client.put_object(Bucket=r.bucket, Key=key, Body=bytes(data))
     with pytest.raises(CorruptObject):
+        make(seaweed, s3_url).fetch([obj[0]])
+    r.close()
+
+
+def test_an_index_naming_a_huge_frame_is_refused_before_any_get(seaweed: Seaweed, s3_url: str) -> None:
+    r = make(seaweed, s3_url)
+    obj = blob(b"precious bytes " * 10)
+    r.send_pack([obj])
+    key = next(o["Key"] for o in seaweed.client.list_objects_v2(
+        Bucket=r.bucket, Prefix=r.root)["Contents"] if o["Key"].endswith(".idx"))
+    pack_id = key.rsplit("/", 1)[1].split(".")[0]
+    body = seaweed.client.get_object(Bucket=r.bucket, Key=key)["Body"].read()
+    ((oid, otype, offset, _),) = decode_index(body, pack_id)
+    hostile = encode_index([(oid, otype, offset, 64 << 30)])  # a 64 GiB ranged GET
+    seaweed.client.put_object(Bucket=r.bucket, Key=key, Body=hostile)
+    with pytest.raises(MalformedPack, match="over the limit"):
         make(seaweed, s3_url).fetch([obj[0]])
     r.close()
 
