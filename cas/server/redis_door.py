@@ -55,8 +55,9 @@ from cas.objects import Env
 from cas.server.auth import Tokens
 from cas.server.redis_session import Connection
 from cas.store import Store
-from cas.torch.live import LiveCache, parse_backend_key
+from cas.torch.live import LiveCache
 from cas.torch.policy import check_ref_allowed
+from cas.torch.wire import parse_backend_key
 
 LOG = logging.getLogger("cas.server.redis")
 

@@ -102,7 +102,7 @@ def encode(
 ) -> bytes:
     """The record of ``data``: compressed when that pays (ZSTD_LEVEL, or level 1 if
     ``fast``), or holding ``packed`` as it is: a zstd frame the caller has checked
-    decompresses to ``data`` (a pack frame as sent, see cas.pack.decode_frames).
+    decompresses to ``data`` (a pack frame as sent, see cas.pack.Frame.packed).
 
     Level 1 is about 1.4x faster than ZSTD_LEVEL at a near-equal ratio on compiled
     artifacts, which matters where bytes arrive at network speed (a server ingesting packs).

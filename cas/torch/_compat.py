@@ -32,7 +32,6 @@ __all__ = [
     "Hook",
     "Missing",
     "probe",
-    "probe_summary",
     "supported",
 ]
 
@@ -216,15 +215,6 @@ def report_lines(found: dict[str, Any]) -> list[str]:
     lines = [] if found.get("supported", True) else [
         f"torch {found.get('torch')} is outside the supported range {SUPPORTED}"]
     return lines + [Missing(m["hook"], m["feature"]).line() for m in found.get("missing", [])]
-
-
-def probe_summary(missing: list[Missing] | None = None) -> str:
-    """One line per problem (an unsupported torch, each missing hook), or ``""``."""
-    import torch
-
-    lines = [] if supported() else [f"torch {torch.__version__} is outside the supported range {SUPPORTED}"]
-    lines += [m.line() for m in (probe() if missing is None else missing)]
-    return "\n".join(lines)
 
 
 # -- torch's cache dirs (derived as torch derives them, without importing torch) -------------

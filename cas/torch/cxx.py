@@ -44,7 +44,6 @@ from cas.torch.kinds import Found
 __all__ = [
     "TOOLCHAIN_KINDS",
     "built_here",
-    "default_cache_dir",
     "gemm_timings",
     "header_dir",
     "headers",
@@ -63,7 +62,6 @@ _targets: dict[str, bool] = {}
 _installed = False
 
 
-default_cache_dir = _compat.default_cache_dir
 header_dir = _compat.header_dir
 _BUILDER = _compat.CPP_BUILDER
 

@@ -285,13 +285,17 @@ class LiveCache:
         remote cache, yet a new machine needs them). GPU files (Triton kernels, best
         configs) written since the session started are added from the cache dir.
 
-        Entries ``root`` already holds are skipped before their bytes are read.
+        Entries ``root`` already holds are skipped before their bytes are read. A cache
+        with no cache dir (the Redis door's, in the server) has no torch process of its
+        own: it records only what was put, and never imports torch for this.
         """
+        if self.cache_dir is None:
+            return {}
         from cas.torch import cxx
 
         cpu = cpu_fingerprint()
         out: dict[EntryKey, _Pending] = {}
-        tools = cxx.toolchain() if self.cache_dir is not None else {}
+        tools = cxx.toolchain()
         for found in self._side_files():
             ek = EntryKey(self.env_id, found.kind, found.key, variant_for(found.kind, b"", cpu)[0])
             if ek in out or (root is not None and manifest.lookup(self.store, root, ek) is not None):

@@ -36,7 +36,6 @@ _KIND_BY_CACHE_ID = {
     "autograd-experimental": "aot_autograd",
     "dynamo-pgo": "pgo",
 }
-_CACHE_ID_BY_KIND = {v: k for k, v in _KIND_BY_CACHE_ID.items()}
 #: Never served or recorded: its backend hash needs Triton, and it crashes without it.
 _IGNORED_CACHE_IDS = frozenset({"bundled-autotune-v1"})
 #: Kinds whose wire value is ``{"data": base64(pickle), ...}``.
