@@ -40,11 +40,12 @@ def _free_port() -> int:
 
 
 def _machine(root: Path) -> dict[str, str]:
-    """A new machine's env: empty torch cache dir, empty ``TMPDIR``."""
+    """A new machine's env: empty torch cache dir, empty ``TMPDIR``, empty cas env cache."""
     (root / "cache").mkdir(parents=True)
     (root / "tmp").mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("CAS_DIR", "TORCHINDUCTOR_CACHE_DIR")}
-    env.update(TORCHINDUCTOR_CACHE_DIR=str(root / "cache"), TMPDIR=str(root / "tmp"))
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(root / "cache"), TMPDIR=str(root / "tmp"),
+               CAS_TORCH_ENV_CACHE=str(root / "env-cache"))
     return env
 
 

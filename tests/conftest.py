@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from cas.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 #: The installed console script, as a user runs it.
 CAS_EXE = str(Path(sys.executable).parent / "cas")
+# What cas computes once per torch install goes to a dir of this test run (each worker its
+# own), never the user's ~/.cache; tests that stand for a new machine give it its own.
+os.environ.setdefault("CAS_TORCH_ENV_CACHE", tempfile.mkdtemp(prefix="cas-test-env-cache-"))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

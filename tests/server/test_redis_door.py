@@ -108,6 +108,17 @@ def test_history_rewrites_and_foreign_keys_are_refused(door: Door) -> None:
     assert w.get(FX_KEY) is not None
 
 
+def _door_get(path: Path, tmp_path: Path, token: str) -> bytes | None:
+    """FX_KEY read through a Redis door started on ``path``, as ``token``."""
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        got: bytes | None = redis.Redis(port=port, password=token).get(FX_KEY)
+        return got
+    finally:
+        server.stop()
+
+
 def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with Store.init(path) as s:
@@ -119,12 +130,7 @@ def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
         s.write([(blob, ObjType.BLOB, b"X" + good[1:])], verified=True)
         key = EntryKey(ENV_A.id, "inductor", "fgraphkey", "")
         commit_changes(s, "main", {key: Entry(blob, len(good), None, {})}, "seed")
-    port = free_port()
-    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
-    try:
-        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
-    finally:
-        server.stop()
+    assert _door_get(path, tmp_path, token) is None
 
 
 def test_refs_from_untrusted_remotes_are_not_served(tmp_path: Path) -> None:
@@ -132,12 +138,7 @@ def test_refs_from_untrusted_remotes_are_not_served(tmp_path: Path) -> None:
     with Store.init(path) as s:
         token = add_token("r", Scope.READ, store=s)
     seed(path, origin="stranger")
-    port = free_port()
-    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
-    try:
-        assert redis.Redis(port=port, password=token).get(FX_KEY) is None
-    finally:
-        server.stop()
+    assert _door_get(path, tmp_path, token) is None
 
 
 def test_a_ref_with_several_envs_needs_redis_env(tmp_path: Path) -> None:
@@ -205,3 +206,27 @@ def test_a_commit_from_an_untrusted_remote_on_the_served_branch_stops_serving(do
 def test_anonymous_writes_need_a_door_that_records(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--redis-anonymous-write and --redis-read-only contradict"):
         start(tmp_path, "--redis-read-only", "--redis-anonymous-write")
+
+
+def test_a_stranger_cannot_make_the_door_buffer_more_than_64_kib(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        add_token("w", Scope.WRITE, store=s)
+    seed(path)
+    port = free_port()
+    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # One SET announcing 100 MB, never authenticated: refused at 64 KiB, not read on.
+            sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000000\r\n")
+            reply = b""
+            try:
+                for _ in range(64):
+                    sock.sendall(b"x" * 4096)
+                while chunk := sock.recv(4096):
+                    reply += chunk
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        assert b"more than 65536 bytes before AUTH" in reply, reply
+    finally:
+        server.stop()

@@ -62,8 +62,9 @@ class Machine:
     def __post_init__(self) -> None:
         (self.root / "cache").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        # Its own cas env cache too (what cas computed once per torch install).
         self.env = dict(self.env, TORCHINDUCTOR_CACHE_DIR=str(self.root / "cache"),
-                        TMPDIR=str(self.root / "tmp"))
+                        TMPDIR=str(self.root / "tmp"), CAS_TORCH_ENV_CACHE=str(self.root / "env-cache"))
 
     @property
     def log(self) -> Path:

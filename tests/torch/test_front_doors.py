@@ -105,8 +105,11 @@ def test_a_new_machine_compiles_nothing(door: str, machine_a: dict[str, Any],
                                         shim_env: dict[str, str], tmp_path: Path) -> None:
     store = _record(door, machine_a)
     clone = tmp_path / "store"
-    shutil.copytree(store, clone)
     b = Machine(tmp_path / "b", shim_env)
+    # Filled over a transport (a path remote), as a new machine is: commits arrive marked
+    # as received, and only a trusted remote's reach torch.
+    cloned = b.cas(clone, "clone", str(store), str(clone), "--env", "current", "--trusted")
+    assert cloned.returncode == 0, cloned.stderr[-3000:]
     proc = b.cas(clone, "run", "--ref", "main", "--", sys.executable, str(PROGRAM))
     out, calls = door_output(proc), b.calls()
     ind, aot = out["counters"]["inductor"], out["counters"]["aot_autograd"]
