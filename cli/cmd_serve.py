@@ -24,7 +24,8 @@ def _parse_size(text: str) -> int:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=int, help="Port to bind.")
+@click.option("--port", default=8765, show_default=True, type=int,
+              help="Port to bind (0: a free one, printed in the 'serving' line).")
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -126,8 +127,8 @@ def serve(
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
 
-    def ready() -> None:
-        ctx.info(f"serving {path} on {scheme}://{host}:{port} ({auth})")
+    def ready(bound: int) -> None:
+        ctx.info(f"serving {path} on {scheme}://{host}:{bound} ({auth})")
         if redis is not None:
             ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
 

@@ -11,17 +11,20 @@ import itertools
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+_SERVING = re.compile(r"serving .* on https?://127\.0\.0\.1:(\d+) ")
 S3_KEY, S3_SECRET, S3_REGION = "caskey", "cassecret", "us-east-1"
 
 
@@ -55,23 +58,42 @@ def _tail(path: Path, n: int = 2000) -> str:
 
 
 class CasServer:
-    """`cas serve` in a subprocess; ``url`` is ready once the health endpoint answers."""
+    """`cas serve` in a subprocess; ``url`` is ready once the health endpoint answers.
+
+    The server binds port 0 and the harness reads the port it got from its "serving" line:
+    a port picked here and bound there could be taken in between by another test's server,
+    whose health check would then answer for ours.
+    """
 
     def __init__(self, store: Path, workdir: Path, *args: str, scheme: str = "http") -> None:
         self.store = store
-        self.port = free_port()
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log = workdir / f"serve-{self.port}.log"
-        self.access_log = workdir / f"access-{self.port}.log"
+        name = uuid.uuid4().hex[:8]
+        self.log = workdir / f"serve-{name}.log"
+        self.access_log = workdir / f"access-{name}.log"
         cmd = [
             sys.executable, "-c", "from cas_cli.main import main; main()", "--store", str(store), "serve",
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", "127.0.0.1", "--port", "0",
             "--access-log", str(self.access_log), *args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "CAS_DIR"}
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
+        self.port = self._bound_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._wait()
+
+    def _bound_port(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _SERVING.search(self.log.read_text(errors="replace"))
+            if found:
+                return int(found.group(1))
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"cas serve exited with {self.proc.returncode}:\n{_tail(self.log)}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"cas serve printed no 'serving' line within {timeout}s:\n{_tail(self.log)}")
 
     def _wait(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

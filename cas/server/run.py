@@ -54,13 +54,14 @@ def serve(
     store_path: Path,
     tokens: Tokens | None,
     options: ServeOptions,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve the store until interrupted (blocks).
 
     The port is bound, the TLS files checked and the store opened before ``ready`` is
-    called (the CLI prints "serving ..." there), so a server that cannot start never
-    claims it did. uvicorn's own access log is off: ours (cas.server.app.AccessLog) also
+    called with the bound port (the CLI prints "serving ..." there), so a server that
+    cannot start never claims it did. Port 0 lets the system pick a free port, which
+    ``ready`` reports: no race with another process picking the same one. uvicorn's own access log is off: ours (cas.server.app.AccessLog) also
     records the token name and bytes sent, which is what an operator audits.
     """
     if (options.tls_cert is None) != (options.tls_key is None):
@@ -91,5 +92,5 @@ def serve(
         raise UsageError(f"cannot start the server: {exc}") from exc
     sock = _listen(options.host, options.port)
     if ready is not None:
-        ready()
+        ready(int(sock.getsockname()[1]))
     uvicorn.Server(config).run(sockets=[sock])
