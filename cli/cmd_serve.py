@@ -83,7 +83,7 @@ def serve(
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
     from cas.server.redis_door import RedisOptions
-    from cas.server.run import ServeOptions
+    from cas.server.run import Bound, ServeOptions
     from cas.server.run import serve as run_server
 
     tokens: Tokens | None = None
@@ -127,10 +127,10 @@ def serve(
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
 
-    def ready(bound: int) -> None:
-        ctx.info(f"serving {path} on {scheme}://{host}:{bound} ({auth})")
+    def ready(bound: Bound) -> None:
+        ctx.info(f"serving {path} on {scheme}://{host}:{bound.port} ({auth})")
         if redis is not None:
-            ctx.info(f"redis door on redis://{host}:{redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
+            ctx.info(f"redis door on redis://{host}:{bound.redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
 
     run_server(path, tokens, options, ready=ready)
 

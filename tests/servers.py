@@ -25,6 +25,7 @@ import httpx
 
 VENV_BIN = Path(sys.executable).parent
 _SERVING = re.compile(r"serving .* on https?://127\.0\.0\.1:(\d+) ")
+_REDIS_DOOR = re.compile(r"redis door on redis://127\.0\.0\.1:(\d+) ")
 S3_KEY, S3_SECRET, S3_REGION = "caskey", "cassecret", "us-east-1"
 
 
@@ -78,16 +79,21 @@ class CasServer:
         env = {k: v for k, v in os.environ.items() if k != "CAS_DIR"}
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
-        self.port = self._bound_port()
+        ports = self._bound_ports(_SERVING, *([_REDIS_DOOR] if "--redis-port" in args else []))
+        self.port = ports[0]
+        #: The Redis door's port (``--redis-port 0`` picks a free one), or None.
+        self.redis_port = ports[1] if len(ports) > 1 else None
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._wait()
 
-    def _bound_port(self, timeout: float = 30.0) -> int:
+    def _bound_ports(self, *lines: re.Pattern[str], timeout: float = 30.0) -> list[int]:
+        """The ports the server printed on its start-up lines (``lines``, one port each)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = _SERVING.search(self.log.read_text(errors="replace"))
-            if found:
-                return int(found.group(1))
+            text = self.log.read_text(errors="replace")
+            found = [line.search(text) for line in lines]
+            if all(found):
+                return [int(m.group(1)) for m in found if m]
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"cas serve exited with {self.proc.returncode}:\n{_tail(self.log)}")

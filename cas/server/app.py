@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
@@ -433,6 +434,7 @@ def create_app(
     tokens: Tokens | None,
     limits: Limits | None = None,
     redis: RedisOptions | None = None,
+    redis_sock: socket.socket | None = None,
 ) -> Any:
     """The ASGI app serving the store at ``store_path``.
 
@@ -440,6 +442,8 @@ def create_app(
     endpoint but health needs a token of the right scope. ``redis`` also opens the Redis
     door (cas.server.redis_door) in the same event loop, for the app's lifetime; a
     misconfigured door (no env to serve, say) raises here, before anything listens.
+    ``redis_sock``, a socket bound already, is where the door listens (``cas serve`` binds
+    it up front so that a busy port fails before it says "serving").
     """
     stores = _Stores(Path(store_path))
     counters = Metrics(lambda: stores.get().info())
@@ -450,7 +454,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         if door is not None:
-            await door.start()
+            await door.start(redis_sock)
         try:
             yield
         finally:

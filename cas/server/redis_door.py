@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -292,9 +293,13 @@ class RedisDoor:
 
     # -- serving --------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``sock`` (bound already, by ``cas serve``) or on the options' host:port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, self.options.host, self.options.port)
+        if sock is not None:
+            self._server = await loop.create_server(self._connection, sock=sock)
+        else:
+            self._server = await loop.create_server(self._connection, self.options.host, self.options.port)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     @property

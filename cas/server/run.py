@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvicorn
 
@@ -32,6 +32,18 @@ class ServeOptions:
     redis: RedisOptions | None = None
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The ports a started server listens on (what port 0 turned into)."""
+
+    port: int
+    redis_port: int | None = None
+
+
+def _port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
 def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -50,29 +62,7 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from exc
 
 
-def serve(
-    store_path: Path,
-    tokens: Tokens | None,
-    options: ServeOptions,
-    ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serve the store until interrupted (blocks).
-
-    The port is bound, the TLS files checked and the store opened before ``ready`` is
-    called with the bound port (the CLI prints "serving ..." there), so a server that
-    cannot start never claims it did. Port 0 lets the system pick a free port, which
-    ``ready`` reports: no race with another process picking the same one. uvicorn's own access log is off: ours (cas.server.app.AccessLog) also
-    records the token name and bytes sent, which is what an operator audits.
-    """
-    if (options.tls_cert is None) != (options.tls_key is None):
-        raise UsageError("TLS needs both --tls-cert and --tls-key")
-    for p in (options.tls_cert, options.tls_key):
-        if p is not None and not p.is_file():
-            raise UsageError(f"TLS file not found: {p}")
-    app = create_app(store_path, tokens, options.limits, options.redis)
-    ACCESS_LOG.setLevel(logging.INFO)
-    ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
-    ACCESS_LOG.propagate = False
+def _config(app: Any, options: ServeOptions) -> uvicorn.Config:
     config = uvicorn.Config(
         app,
         host=options.host,
@@ -90,7 +80,43 @@ def serve(
         config.load()  # TLS files are read here: a bad one fails now, not after "serving"
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot start the server: {exc}") from exc
+    return config
+
+
+def serve(
+    store_path: Path,
+    tokens: Tokens | None,
+    options: ServeOptions,
+    ready: Callable[[Bound], None] | None = None,
+) -> None:
+    """Serve the store until interrupted (blocks).
+
+    The ports are bound, the TLS files checked and the store opened before ``ready`` is
+    called with the bound ports (the CLI prints "serving ..." there), so a server that
+    cannot start never claims it did. Port 0 (HTTP or Redis) lets the system pick a free
+    port, which ``ready`` reports: no race with another process picking the same one.
+    uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
+    token name and bytes sent, which is what an operator audits.
+    """
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise UsageError("TLS needs both --tls-cert and --tls-key")
+    for p in (options.tls_cert, options.tls_key):
+        if p is not None and not p.is_file():
+            raise UsageError(f"TLS file not found: {p}")
+    ACCESS_LOG.setLevel(logging.INFO)
+    ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
+    ACCESS_LOG.propagate = False
     sock = _listen(options.host, options.port)
+    redis_sock: socket.socket | None = None
+    try:
+        if options.redis:
+            redis_sock = _listen(options.redis.host, options.redis.port)
+        config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock), options)
+    except BaseException:
+        for bound in (sock, redis_sock):
+            if bound is not None:
+                bound.close()
+        raise
     if ready is not None:
-        ready(int(sock.getsockname()[1]))
+        ready(Bound(_port(sock), _port(redis_sock) if redis_sock else None))
     uvicorn.Server(config).run(sockets=[sock])

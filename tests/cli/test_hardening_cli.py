@@ -94,13 +94,15 @@ def test_a_failed_clone_leaves_nothing_behind(cas: Any, tmp_path: Path) -> None:
     assert list((tmp_path / "empty").iterdir()) == []
 
 
-def test_serve_on_a_busy_port_fails_before_claiming_to_serve(cas: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("door", ["--port", "--redis-port"])
+def test_serve_on_a_busy_port_fails_before_claiming_to_serve(cas: Any, tmp_path: Path, door: str) -> None:
     cas("init")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = cas("serve", "--no-auth", "--port", str(port), ok=False, timeout=60)
+        ports = {"--port": "0", "--redis-port": "0", door: str(port)}
+        proc = cas("serve", "--no-auth", *(x for kv in ports.items() for x in kv), ok=False, timeout=60)
     assert "cannot listen" in _one_line_error(proc, 2)
     assert "serving" not in proc.stdout + proc.stderr
 
