@@ -3,7 +3,7 @@
 
 ``writer`` writes snapshots forever (blobs, a manifest node, a commit, a compare-and-swap
 of a ref, now and then a gc) until it is killed; it signals ``ready`` once its store is
-open.
+open (run as a script, ``python crash_workers.py writer STORE SEED``, it prints ``ready``).
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ def context() -> BaseContext:
     return ctx
 
 
-def writer(path: str, seed: int, ready: Event) -> None:
+def writer(path: str, seed: int, ready: Event | None = None) -> None:
     rnd = random.Random(seed)
     store = Store.init(path)
-    ready.set()
+    if ready is None:
+        print("ready", flush=True)  # run as a script (bench/bench_laws.py)
+    else:
+        ready.set()
     n = 0
     while True:
         n += 1
@@ -153,7 +156,9 @@ def check(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "fill":
+    if sys.argv[1] == "writer":
+        writer(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "fill":
         fill(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "check":
         check(sys.argv[2])
