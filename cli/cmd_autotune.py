@@ -106,11 +106,11 @@ def record_cmd(ctx: Context, cache_dir: Path | None, branch: str) -> None:
     """Commit the autotune results in a torch cache dir as records on BRANCH."""
     from cas_cli.cmd_torch import _require_torch
 
+    if cache_dir is not None and not cache_dir.is_dir():  # said before torch takes seconds to load
+        raise UsageError(f"no such cache dir: {cache_dir}")
     _require_torch()
     from cas.torch.autotune import record
 
-    if cache_dir is not None and not cache_dir.is_dir():
-        raise UsageError(f"no such cache dir: {cache_dir}")
     res = record(ctx.store, cache_dir, branch=branch)
     text = (f"autotune: {res.added + res.changed} records committed as {res.commit.short()}"
             if res.commit else "nothing new to record")

@@ -43,7 +43,7 @@ def test_init_refuses_a_non_empty_directory_that_is_not_a_store(cas: Any, tmp_pa
 
 @pytest.mark.parametrize("name", ["HEAD", "-x", "@", "a..b", "x.lock", "a/.b", "a b"])
 def test_branch_names_follow_gits_rules(cas: Any, name: str) -> None:
-    cas("init")
+    Store.init(cas.store).close()  # `cas init` is tested above; the branch name is the point
     proc = cas("branch", "--", name, ok=False)
     assert "invalid branch name" in _one_line_error(proc, 2) or "invalid ref name" in proc.stderr
 

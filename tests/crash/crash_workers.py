@@ -1,9 +1,9 @@
-"""Processes the crash and concurrency tests start (by exec or the "spawn" context, never
-fork: py-lmdb forbids using an environment across fork).
+"""Processes the crash and concurrency tests start (by exec or the "forkserver" context of
+:func:`context`, never a plain fork: py-lmdb forbids using an environment across fork).
 
-Run as a script, ``python crash_workers.py writer STORE SEED`` writes snapshots forever
-(blobs, a manifest node, a commit, a compare-and-swap of a ref, now and then a gc) until
-it is killed; it prints ``ready`` once its store is open.
+``writer`` writes snapshots forever (blobs, a manifest node, a commit, a compare-and-swap
+of a ref, now and then a gc) until it is killed; it signals ``ready`` once its store is
+open (run as a script, ``python crash_workers.py writer STORE SEED``, it prints ``ready``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import time
+from multiprocessing.context import BaseContext
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -42,10 +43,24 @@ def snapshot(store: Store, rnd: random.Random, parent: ObjectId | None, message:
     return store.put_object(Commit(node, parents, "crash-writer", int(time.time()), message))
 
 
-def writer(path: str, seed: int) -> None:
+def context() -> BaseContext:
+    """Processes forked from one server process that imported this module and opened no
+    store: each starts in milliseconds, where a spawned one first imports cas for ~0.1 s of
+    CPU (the crash test starts 50)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def writer(path: str, seed: int, ready: Event | None = None) -> None:
     rnd = random.Random(seed)
     store = Store.init(path)
-    print("ready", flush=True)
+    if ready is None:
+        print("ready", flush=True)  # run as a script (bench/bench_laws.py)
+    else:
+        ready.set()
     n = 0
     while True:
         n += 1

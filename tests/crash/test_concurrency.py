@@ -3,7 +3,6 @@ while another process grows the map far past its initial size."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cas.fsck import fsck
 from cas.objects import Commit
 from cas.store import INITIAL_MAP_SIZE, Store
 
-CTX = mp.get_context("spawn")  # never fork: py-lmdb envs must not cross a fork
+CTX = workers.context()  # never a plain fork: py-lmdb envs must not cross a fork
 
 
 def test_eight_racing_committers_lose_nothing(tmp_path: Path) -> None:

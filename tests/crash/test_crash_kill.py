@@ -4,17 +4,17 @@ passes fsck, and whose refs all point at complete commits."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import crash_workers as workers
 
 from cas.fsck import fsck
 from cas.objects import Commit
 from cas.store import Store
 
-WORKER = Path(__file__).with_name("crash_workers.py")
 KILLS = 50
+CTX = workers.context()
 
 
 def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> None:
@@ -22,20 +22,16 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> Non
     rnd = random.Random(1234)
     commits_seen = 0
     for i in range(KILLS):
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "writer", str(path), str(i)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        ready = CTX.Event()
+        proc = CTX.Process(target=workers.writer, args=(str(path), i, ready))
+        proc.start()
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert line == b"ready\n", proc.stderr.read() if proc.stderr else line
+            assert ready.wait(60), f"writer {i} never opened the store (exit code {proc.exitcode})"
             time.sleep(rnd.uniform(0.0, 0.25))
-            assert proc.poll() is None, f"writer died on its own: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+            assert proc.is_alive(), f"writer died on its own (exit code {proc.exitcode})"
         finally:
             proc.kill()  # SIGKILL: no handler, no cleanup, no LMDB abort
-            proc.wait()
+            proc.join()
         with Store(path) as store:
             report = fsck(store)
             assert report.ok, f"after kill {i}: {[str(f) for f in report.errors]}"

@@ -27,20 +27,22 @@ LAWS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-keys = st.builds(
-    EntryKey,
-    st.sampled_from(ENVS),
-    st.sampled_from(KINDS),
-    st.integers(0, 400).map(lambda i: f"key-{i}"),
-    st.sampled_from(["", "dyn"]),
-)
-entries_ = st.builds(
-    Entry,
-    st.integers(0, 3).map(lambda i: ObjectId(bytes([0x40 + i]) * 32)),
-    st.integers(0, 10),
-    st.sampled_from([None, "s0 > 1"]),
-    st.fixed_dictionaries({}, optional={"time_ms": st.integers(1, 5), "producer": st.just("ci")}),
-)
+# Every key and entry a law can meet, listed once: drawing one is drawing one index (two
+# draws per entry instead of a dozen), which keeps hundreds-of-entries examples cheap.
+# The key's number is the slowest-varying part, so small indices still span every env,
+# kind and variant, and a shrunk example stays a small one.
+KEY_UNIVERSE = [
+    EntryKey(env, kind, f"key-{i}", variant)
+    for i in range(401) for env in ENVS for kind in KINDS for variant in ("", "dyn")
+]
+ENTRY_UNIVERSE = [
+    Entry(ObjectId(bytes([0x40 + b]) * 32), size, guards, meta)
+    for b in range(4) for size in range(11) for guards in (None, "s0 > 1")
+    for meta in [{}, *({"time_ms": t} for t in range(1, 6)), {"producer": "ci"},
+                 *({"time_ms": t, "producer": "ci"} for t in range(1, 6))]
+]
+keys = st.integers(0, len(KEY_UNIVERSE) - 1).map(KEY_UNIVERSE.__getitem__)
+entries_ = st.integers(0, len(ENTRY_UNIVERSE) - 1).map(ENTRY_UNIVERSE.__getitem__)
 # Sizes drawn explicitly: left alone, Hypothesis mostly draws small maps (all one leaf).
 manifests = st.integers(0, 220).flatmap(
     lambda n: st.dictionaries(keys, entries_, min_size=n, max_size=n)

@@ -125,22 +125,21 @@ class RemoteContract:
         got = remote.fetch(asked, expect={**expect, absent: {ObjType.TAG}})
         assert sorted(got) == sorted([small, big, node, commit])
 
-    @pytest.mark.parametrize("which", ["small blob", "large blob", "node"])
-    def test_fetch_refuses_an_object_of_another_type_and_returns_nothing(
-        self, remote: Remote, which: str
-    ) -> None:
+    def test_fetch_refuses_an_object_of_another_type_and_returns_nothing(self, remote: Remote) -> None:
         """A ref naming a blob where a commit belongs: refused with one line naming the
-        object and the remote (from its header: a large blob is never decompressed)."""
+        object and the remote (from its header: a large blob is never decompressed).
+        Each wrong object on its own fetch (one remote for the three: a server start
+        each would cost more than the fetches)."""
         small, big = blob(b"not a commit"), blob(os.urandom(5 << 20))
         node, commit = commit_objects("fine")
         remote.send_pack([small, big, node, commit])
-        wrong = {"small blob": small, "large blob": big, "node": node}[which]
         tops = {ObjType.COMMIT, ObjType.TAG}
-        with pytest.raises(CorruptObject) as caught:
-            remote.fetch([commit[0], wrong[0]], expect={commit[0]: tops, wrong[0]: tops})
-        message = caught.value.message
-        assert wrong[0].short() in message and remote.url in message and "\n" not in message
-        assert wrong[1].label in message and "commit" in message
+        for wrong in (small, big, node):
+            with pytest.raises(CorruptObject) as caught:
+                remote.fetch([commit[0], wrong[0]], expect={commit[0]: tops, wrong[0]: tops})
+            message = caught.value.message
+            assert wrong[0].short() in message and remote.url in message and "\n" not in message
+            assert wrong[1].label in message and "commit" in message
 
     # -- integrity --------------------------------------------------------------------
 
@@ -162,13 +161,13 @@ class RemoteContract:
             remote.send_pack_bytes(data)  # type: ignore[attr-defined]
         assert remote.missing([good[0], lie]) == [good[0], lie]
 
-    @pytest.mark.parametrize("cut", [1, 9, 30, 60, -1, -20])
-    def test_truncated_pack_is_rejected_and_nothing_stored(self, remote: Remote, cut: int) -> None:
+    def test_truncated_pack_is_rejected_and_nothing_stored(self, remote: Remote) -> None:
         objs = [blob(b"x" * 100), blob(os.urandom(3000))]
         data = pack.encode_bytes(objs)
-        with pytest.raises(MalformedPack):
-            remote.send_pack_bytes(data[:cut])  # type: ignore[attr-defined]
-        assert remote.missing(ids(objs)) == ids(objs)
+        for cut in (1, 9, 30, 60, -1, -20):  # each refused, and none leaves an object behind
+            with pytest.raises(MalformedPack):
+                remote.send_pack_bytes(data[:cut])  # type: ignore[attr-defined]
+            assert remote.missing(ids(objs)) == ids(objs), cut
 
     def test_garbage_and_trailing_bytes_are_rejected(self, remote: Remote) -> None:
         obj = blob(b"payload")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from servers import CasServer, free_port
 
 from cas.history import commit_changes
@@ -38,7 +40,10 @@ class Door:
     read: str
 
     def client(self, token: str | None, protocol: int = 3) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=token, protocol=protocol)
+        """A client that raises what the door answers at once: redis-py retries a refused
+        AUTH (an AuthenticationError is a ConnectionError to it) with seconds of backoff."""
+        return redis.Redis(host="127.0.0.1", port=self.port, password=token, protocol=protocol,
+                           retry=Retry(NoBackoff(), 0))
 
 
 def seed(path: Path, origin: str | None = None) -> None:

@@ -35,6 +35,16 @@ def door(tmp_path: Path) -> Iterator[Door]:
         d.server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
+    """One door for the tests that only read or are refused: none of them commits."""
+    d = start(tmp_path_factory.mktemp("shared-door"))
+    try:
+        yield d
+    finally:
+        d.server.stop()
+
+
 def _main_tip(path: Path) -> ObjectId:
     with Store(path) as s:
         return resolve(s, "main")
@@ -51,8 +61,8 @@ def _wait_commit(path: Path, old: ObjectId) -> ObjectId:
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_handshake_and_reads_serve_only_the_configured_env(door: Door, protocol: int) -> None:
-    c = door.client(door.read, protocol)
+def test_handshake_and_reads_serve_only_the_configured_env(shared_door: Door, protocol: int) -> None:
+    c = shared_door.client(shared_door.read, protocol)
     assert c.ping() is True
     got = json.loads(c.get(FX_KEY))
     assert base64.b64decode(got["data"]) == b"graph for A"
@@ -61,16 +71,16 @@ def test_handshake_and_reads_serve_only_the_configured_env(door: Door, protocol:
     assert c.exists(FX_KEY, "pt2:fx-graph-v1::absent:c1") == 1
 
 
-def test_auth_is_a_cas_token_and_scopes_apply(door: Door) -> None:
+def test_auth_is_a_cas_token_and_scopes_apply(shared_door: Door) -> None:
     with pytest.raises(redis.exceptions.AuthenticationError):
-        door.client(None).get(FX_KEY)
+        shared_door.client(None).get(FX_KEY)
     with pytest.raises(redis.exceptions.AuthenticationError):
-        door.client("cas_not-a-token").get(FX_KEY)
-    before = _main_tip(door.store)
+        shared_door.client("cas_not-a-token").get(FX_KEY)
+    before = _main_tip(shared_door.store)
     with pytest.raises(redis.exceptions.NoPermissionError):
-        door.client(door.read).set("pt2:fx-graph-v1::new:c1", wire(b"x"))
+        shared_door.client(shared_door.read).set("pt2:fx-graph-v1::new:c1", wire(b"x"))
     time.sleep(0.5)
-    assert _main_tip(door.store) == before
+    assert _main_tip(shared_door.store) == before
 
 
 def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
@@ -100,8 +110,8 @@ def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
         b"\x7fELF...", None]
 
 
-def test_history_rewrites_and_foreign_keys_are_refused(door: Door) -> None:
-    w = door.client(door.write)
+def test_history_rewrites_and_foreign_keys_are_refused(shared_door: Door) -> None:
+    w = shared_door.client(shared_door.write)
     for call in (lambda: w.delete(FX_KEY), lambda: w.flushall(), lambda: w.set("user:1", b"x")):
         with pytest.raises(redis.exceptions.ResponseError, match="cas"):
             call()
@@ -164,12 +174,12 @@ def test_a_read_only_door_drops_writes_and_may_serve_anonymous_readers(tmp_path:
         d.server.stop()
 
 
-def test_pipelined_and_inline_commands(door: Door) -> None:
-    pipe = door.client(door.read).pipeline(transaction=False)
+def test_pipelined_and_inline_commands(shared_door: Door) -> None:
+    pipe = shared_door.client(shared_door.read).pipeline(transaction=False)
     pipe.get(FX_KEY).get("pt2:fx-graph-v1::absent:c1").ping()
     got = pipe.execute()
     assert got[0] is not None and got[1] is None and got[2] is True
-    with socket.create_connection(("127.0.0.1", door.port)) as s:
+    with socket.create_connection(("127.0.0.1", shared_door.port)) as s:
         s.sendall(b"PING\r\nECHO hi\r\nGET x\r\n")
         answer = b""
         while answer.count(b"\r\n") < 3:
