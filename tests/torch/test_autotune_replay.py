@@ -7,8 +7,8 @@ the same CPU class: its records are A's real records with measured times edited 
 honest shortcut: this box has one CPU), so that on one GEMM shape the C++ template beats
 ``_mkl_linear`` there. A record of another device class rides along.
 
-A new machine (empty torch cache dir, empty TMPDIR, a store filled by ``cas clone`` over
-a real transport) then hydrates the merge and compiles again: torch benchmarks nothing
+A new machine (a torch cache dir and a TMPDIR empty but for compiled C++ code, a store
+filled by ``cas clone`` over a real transport) then hydrates the merge and compiles again: torch benchmarks nothing
 and picks the merged choices — including the flipped one, which only the record knows.
 """
 
@@ -18,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels
+from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_header, seed_kernels
 from torchkit import TorchEnv
 
 from cas import autotune, history, manifest, refs
@@ -121,13 +121,14 @@ def test_merge_keeps_the_faster_record_per_kernel_and_device_class_then_replay_b
 
     # A new machine: empty cache dir, empty TMPDIR, a store cloned over a transport.
     # The cache dir gets the cold run's compiled C++ kernels (seed_kernels: code only, no
-    # FX/AOT entries, no timings), so g++ does not rebuild them; benchmarks and picks are
-    # decided by the hydrated records alone.
+    # FX/AOT entries, no timings) and the TMPDIR its precompiled header (seed_header:
+    # compiler output for any model), so g++ does not rebuild them; benchmarks and picks
+    # are decided by the hydrated records alone.
     new = tmp_path / "new"
     torch_env.cas(new, "clone", str(tuned.a), str(new), "--trusted")
     seed_kernels(tuned, tmp_path / "cache")
     replay = torch_env.python(tmp_path / "cache", str(WORKLOAD), str(new), "--hydrate", "main",
-                              marker=MARKER, tmpdir=tmp_path / "tmp", timeout=600)
+                              marker=MARKER, tmpdir=seed_header(tuned, tmp_path / "tmp"), timeout=600)
     assert replay["hydrated"] == {"autotune_record": 3}
     assert replay["benchmarks"] == {"select_algorithm_autotune": 0, "coordesc_tuning_bench": 0,
                                     "combo_autotune_bench": 0, "triton_benchmark_all_configs": 0}
