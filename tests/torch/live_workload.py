@@ -94,7 +94,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     out["runs"] = [
         run(m, mode, args.backend, args.dynamic) for m in args.models.split(",") for mode in modes
     ]
-    if session is None and "cas" in sys.modules:
+    out["cas_imported"] = "cas" in sys.modules
+    if session is None and out["cas_imported"]:
         from cas.torch.enable import active_session
 
         session = active_session()

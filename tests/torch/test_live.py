@@ -157,7 +157,7 @@ def test_entries_recorded_live_have_the_keys_a_process_without_cas_looks_up(
     got = checks(tmp_path_factory)
     run, cache = got.runs["plain"], got.caches["plain"]
     assert run.rc == 0, run.stderr[-3000:]
-    assert run.out["session"] is None
+    assert run.out["session"] is None and run.out["cas_imported"] is False
     assert run.counter("inductor", "fxgraph_cache_hit") == 3
     assert run.counter("aot_autograd", "autograd_cache_hit") == 2
     with Store(rec.store) as store:
