@@ -7,12 +7,16 @@ outputs against eager, and prints one ``CAS-LIVE {json}`` line. It exits normall
 (``--exit N``), so atexit handlers (cas's flush) run.
 
     python tests/torch/live_workload.py --store S --record main --models mlp --mode both
+
+With ``--scenarios FILE`` it does several such runs in turn in this one process, each
+independent of the others (see ``scenarios``), and prints their JSON by name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+SEGMENT = "CAS-SCENARIO "
 
 
 def build(name: str) -> tuple[Any, Any]:
@@ -52,7 +58,7 @@ def run(name: str, mode: str, backend: str, dynamic: bool) -> dict[str, Any]:
     return {"model": name, "mode": mode, "seconds": time.perf_counter() - start, "max_err": err}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     p.add_argument("--store")
     p.add_argument("--ref", default="main")
@@ -64,8 +70,12 @@ def main() -> None:
     p.add_argument("--backend", default="inductor")
     p.add_argument("--dynamic", action="store_true")
     p.add_argument("--exit", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--scenarios", help="a JSON file: [{name, cache_dir, env, args}], run in turn")
+    return p
 
+
+def one(args: argparse.Namespace) -> dict[str, Any]:
+    """Enable cas if asked, compile and run the models, and say what happened."""
     import torch
     from torch._dynamo.utils import counters
 
@@ -84,7 +94,8 @@ def main() -> None:
     out["runs"] = [
         run(m, mode, args.backend, args.dynamic) for m in args.models.split(",") for mode in modes
     ]
-    if session is None:
+    out["cas_imported"] = "cas" in sys.modules
+    if session is None and out["cas_imported"]:
         from cas.torch.enable import active_session
 
         session = active_session()
@@ -94,6 +105,50 @@ def main() -> None:
     out["counters"] = {k: dict(counters[k]) for k in ("inductor", "aot_autograd")}
     out["session"] = session.stats() if session is not None else None
     out["torch"] = torch.__version__
+    return out
+
+
+def scenarios(path: str) -> dict[str, Any]:
+    """Several independent runs in this one process, each as a fresh process would see
+    it: its own cache dir (torch's in-memory caches cleared, as ``fresh_cache`` does),
+    dynamo reset, counters zeroed, no session of an earlier run left active, cas's
+    one-warning-per-topic memory cleared. Each run's stderr starts with a ``SCENARIO``
+    line; its warnings are shown even if an earlier run showed the same text."""
+    import traceback
+
+    import torch
+    from torch._dynamo.utils import counters
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    results: dict[str, Any] = {}
+    for spec in json.loads(Path(path).read_text()):
+        print(SEGMENT + spec["name"], file=sys.stderr, flush=True)
+        os.environ.update(spec.get("env", {}))
+        warnings.filterwarnings("default", message="cas:")  # resets "shown once" memory
+        if "cas" in sys.modules:
+            from cas.torch.live import _warned
+
+            _warned.clear()
+        torch._dynamo.reset()
+        counters.clear()
+        try:
+            with temporary_cache_dir(spec["cache_dir"]):
+                results[spec["name"]] = one(parser().parse_args(spec["args"]))
+        except Exception:
+            results[spec["name"]] = {"error": traceback.format_exc()}
+        if "cas" in sys.modules:
+            from cas.torch.enable import active_session
+
+            session = active_session()
+            if session is not None:
+                session.close()
+        sys.stderr.flush()
+    return results
+
+
+def main() -> None:
+    args = parser().parse_args()
+    out = {"scenarios": scenarios(args.scenarios)} if args.scenarios else one(args)
     print("CAS-LIVE " + json.dumps(out, default=str), flush=True)
     sys.exit(args.exit)
 

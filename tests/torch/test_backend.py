@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from livekit import Recorded, base_env, copy_store, recorded, seed_kernels, workload
+from livekit import Recorded, base_env, checks, copy_store, recorded, workload
 
 from cas import manifest
 from cas.refs import load_commit, resolve
@@ -49,14 +49,10 @@ def test_backend_cas_starts_warm_from_cas_dir_and_records_new_graphs(
 
 
 def test_backend_cas_without_a_store_is_plain_inductor_and_one_warning(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    rec = recorded(tmp_path_factory)
-    cache = seed_kernels(rec.cache_dir, tmp_path / "cache")
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the store should be")
-    run = workload(cache, "--backend", "cas", "--mode", "infer",
-                   env=base_env(CAS_DIR=str(blocker), CAS_RECORD=""))
+    # livekit's checks, run "backend-no-store": CAS_DIR is a file, CAS_RECORD="".
+    run = checks(tmp_path_factory).runs["backend-no-store"]
     assert run.rc == 0, run.stderr[-3000:]
     assert run.counter("inductor", "fxgraph_cache_miss") == 1
     assert all(r["max_err"] < 1e-4 for r in run.out["runs"])

@@ -6,7 +6,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from livekit import Recorded, copy_store, recorded, seed_kernels, workload
+from livekit import Recorded, checks, recorded, served, workload
 
 from cas import manifest
 from cas.digest import ObjectId
@@ -46,10 +46,10 @@ def test_cold_run_records_what_torch_compiled_at_exit(rec: Recorded) -> None:
             assert k.env.hex == commit.metadata["env"]
 
 
-def test_live_answers_misses_from_the_store_without_hydrate(rec: Recorded, tmp_path: Path) -> None:
-    # Kernels seeded: torch's FX and AOT caches still miss locally and ask the store.
-    cache = seed_kernels(rec.cache_dir, tmp_path / "cache")
-    run = workload(cache, "--store", str(rec.store), "--no-hydrate", "--mode", "both")
+def test_live_answers_misses_from_the_store_without_hydrate(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # livekit's checks, run "live": kernels seeded, so torch's FX and AOT caches still
+    # miss locally and ask the store.
+    run = checks(tmp_path_factory).runs["live"]
     assert run.rc == 0, run.stderr[-3000:]
     assert run.counter("inductor", "fxgraph_cache_hit") == 3
     assert run.counter("aot_autograd", "autograd_cache_hit") == 2
@@ -69,11 +69,10 @@ def test_enable_hydrates_and_no_compiler_runs(rec: Recorded, tmp_path: Path) -> 
     assert run.out["new_so"] == 0  # every kernel came from the store
 
 
-def test_explicit_flush_commits_onto_a_branch_started_from_the_ref(rec: Recorded, tmp_path: Path) -> None:
-    store_path = copy_store(rec.store, tmp_path / "store")
-    run = workload(tmp_path / "cache", "--store", str(store_path), "--record", "exp", "--flush",
-                   "--models", "mlp,mlp-wide")
-    assert run.rc == 0, run.stderr[-3000:]
+def test_explicit_flush_commits_onto_a_branch_started_from_the_ref(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # livekit's served run: `cas run --record exp` of a program that calls flush itself.
+    store_path, run = served(tmp_path_factory)
+    assert run.rc == 3, run.stderr[-3000:]
     assert run.counter("inductor", "fxgraph_cache_hit") == 1  # mlp from the store
     assert run.counter("inductor", "fxgraph_cache_miss") == 1  # mlp-wide is new
     flushed = run.out["flushed"]
@@ -149,17 +148,16 @@ def test_a_bad_put_or_a_broken_store_is_one_warning_never_an_exception(tmp_path:
 
 
 def test_entries_recorded_live_have_the_keys_a_process_without_cas_looks_up(
-    rec: Recorded, tmp_path: Path
+    rec: Recorded, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # Regression: enabling the AOT remote cache through functorch's config flag changed
     # every AOTAutograd key (the config is hashed), so live entries and plain captures
-    # never met. A process without cas, on the recording run's own cache dir, must hit.
-    import shutil
-
-    cache = shutil.copytree(rec.cache_dir, tmp_path / "cache")
-    run = workload(cache, "--mode", "both")
+    # never met. A process without cas, on the recording run's own cache dir, must hit:
+    # livekit's checks, run "plain" (the process's first run; cas not yet imported).
+    got = checks(tmp_path_factory)
+    run, cache = got.runs["plain"], got.caches["plain"]
     assert run.rc == 0, run.stderr[-3000:]
-    assert run.out["session"] is None
+    assert run.out["session"] is None and run.out["cas_imported"] is False
     assert run.counter("inductor", "fxgraph_cache_hit") == 3
     assert run.counter("aot_autograd", "autograd_cache_hit") == 2
     with Store(rec.store) as store:

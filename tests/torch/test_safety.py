@@ -11,76 +11,47 @@ import time
 from pathlib import Path
 
 import pytest
-from livekit import Recorded, recorded, seed_kernels, workload
 
-from cas import manifest, provenance
+# `recorded` is imported for tests/conftest.py, which puts the modules holding that name
+# on one xdist worker: checks() starts from livekit's recorded run, cached per process.
+from livekit import Proc, checks, recorded  # noqa: F401
+
+from cas import provenance
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import PolicyError
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env, Tag
-from cas.refs import load_commit, resolve
 from cas.store import Store
 from cas.torch import policy
 
 # -- broken stores and bad entries: one warning, a normal compile, right answers ---------
 
 
-@pytest.fixture
-def rec(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    return recorded(tmp_path_factory)
-
-
-def _compile_with(rec: Recorded, tmp_path: Path, store: Path):
-    run = workload(seed_kernels(rec.cache_dir, tmp_path / "cache"), "--store", str(store), "--mode", "infer")
+def _checked(tmp_path_factory: pytest.TempPathFactory, name: str) -> Proc:
+    """A run of livekit's ``checks`` (one process, one independent run per broken store):
+    a normal, correct compile of the recorded MLP, kernels seeded, with one warning."""
+    run = checks(tmp_path_factory).runs[name]
     assert run.rc == 0, run.stderr[-3000:]
     assert all(r["max_err"] < 1e-4 for r in run.out["runs"])
     assert len(run.cas_warnings()) == 1, run.stderr[-3000:]
     return run
 
 
-def _rewrite(src: Path, dst: Path, change) -> Path:
-    """A store whose main holds ``change(store, key, entry)`` for each entry of src's."""
-    with Store(src) as old, Store.init(dst) as new:
-        root = load_commit(old, resolve(old, "main")).manifest
-        changes = {}
-        for k, e in manifest.entries(old, root):
-            new.put(old.get(k.env), ObjType.ENV)
-            k2, e2 = change(new, k, e, old.get(e.blob))
-            changes[k2] = e2
-        commit_changes(new, "main", changes, "rewritten")
-    return dst
-
-
-def test_a_corrupt_store_dir_costs_one_warning(rec: Recorded, tmp_path: Path) -> None:
-    bad = tmp_path / "store"
-    bad.mkdir()
-    (bad / "data.mdb").write_bytes(b"this is not an lmdb file" * 100)
-    run = _compile_with(rec, tmp_path, bad)
+def test_a_corrupt_store_dir_costs_one_warning(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = _checked(tmp_path_factory, "corrupt-dir")  # data.mdb is not an LMDB file
     assert run.out["session"]["enabled"] is False
     assert run.counter("inductor", "fxgraph_cache_miss") == 1
 
 
-def test_a_store_path_that_is_a_file_costs_one_warning(rec: Recorded, tmp_path: Path) -> None:
-    bad = tmp_path / "store"
-    bad.write_text("not a directory")
-    run = _compile_with(rec, tmp_path, bad)
+def test_a_store_path_that_is_a_file_costs_one_warning(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = _checked(tmp_path_factory, "store-file")
     assert run.out["session"]["enabled"] is False
     assert "cas:" in run.cas_warnings()[0]
 
 
-def test_corrupt_blobs_are_never_handed_to_torch(rec: Recorded, tmp_path: Path) -> None:
-    def corrupt(store: Store, k: EntryKey, e: Entry, data: bytes) -> tuple[EntryKey, Entry]:
-        if k.kind in ("inductor", "aot_autograd"):
-            # A fault injected below the store's own checks: bytes stored under an id
-            # they do not hash to, as a flipped bit on disk would leave them.
-            store.write([(e.blob, ObjType.BLOB, data[:100] + b"\x00" + data[101:])], verified=True)
-        else:
-            store.put(data)
-        return k, e
-
-    store = _rewrite(rec.store, tmp_path / "store", corrupt)
-    run = _compile_with(rec, tmp_path, store)
+def test_corrupt_blobs_are_never_handed_to_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = _checked(tmp_path_factory, "corrupt-blobs")  # livekit._corrupt: FX and AOT blobs
     assert "corrupt" in run.cas_warnings()[0]
     assert run.counter("inductor", "fxgraph_cache_hit") == 0
     assert run.counter("aot_autograd", "autograd_cache_hit") == 0
@@ -88,19 +59,8 @@ def test_corrupt_blobs_are_never_handed_to_torch(rec: Recorded, tmp_path: Path) 
     assert run.out["session"]["live"]["hits"] == 0
 
 
-def test_entries_of_another_env_are_skipped(rec: Recorded, tmp_path: Path) -> None:
-    with Store(rec.store) as s:
-        k0 = next(k for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest))
-        fields = dict(Env.decode(s.get(k0.env)).fields)
-    other = Env({**fields, "torch_key": "0" * 64, "torch_version": "2.99.0"})
-
-    def move(store: Store, k: EntryKey, e: Entry, data: bytes) -> tuple[EntryKey, Entry]:
-        store.put_object(other)
-        store.put(data)
-        return EntryKey(other.id, k.kind, k.key, k.variant), e
-
-    store = _rewrite(rec.store, tmp_path / "store", move)
-    run = _compile_with(rec, tmp_path, store)
+def test_entries_of_another_env_are_skipped(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = _checked(tmp_path_factory, "other-env")  # every entry moved to another torch's env
     assert "another environment" in run.cas_warnings()[0]
     assert run.counter("inductor", "fxgraph_cache_hit") == 0
     assert run.out["session"]["hydrated"]["written"] == 0
