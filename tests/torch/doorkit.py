@@ -7,7 +7,8 @@ the shim's own dir removed from ``PATH``: ``g++ -v`` prints exactly what the rea
 prints, so the C++ keys torch derives from it (ISA probe, precompiled headers) are those
 of a machine without the shim. Each call is logged as ``probe`` (``-v``/``--version``),
 ``preprocess`` (``-E``, torch hashes its header include once per process) or ``compile``
-(anything else: real work).
+(anything else: real work), with the caller's ``TMPDIR``: machines that share a log (the
+two that ``cas demo`` makes itself) are told apart by it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def make_shim(base: Path) -> dict[str, str]:
         '  *" -E "*) kind=preprocess;;\n'
         "  *) kind=compile;;\n"
         "esac\n"
-        'echo "$kind $*" >> "$CAS_TEST_CXX_LOG"\n'
+        'printf "%s\\t%s\\t%s\\n" "$kind" "${TMPDIR:-}" "$*" >> "$CAS_TEST_CXX_LOG"\n'
         f'PATH="$CAS_TEST_REAL_PATH" exec -a g++ "{real}" "$@"\n'
     )
     shim.chmod(0o755)
@@ -58,13 +59,16 @@ class Machine:
 
     root: Path
     env: dict[str, str]
+    #: cas's env cache (what it computed once per torch install): the machine's own, empty,
+    #: unless given; only a machine that makes no claim about being new may share another's.
+    env_cache: Path | None = None
 
     def __post_init__(self) -> None:
         (self.root / "cache").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        # Its own cas env cache too (what cas computed once per torch install).
+        self.env_cache = self.env_cache or self.root / "env-cache"
         self.env = dict(self.env, TORCHINDUCTOR_CACHE_DIR=str(self.root / "cache"),
-                        TMPDIR=str(self.root / "tmp"), CAS_TORCH_ENV_CACHE=str(self.root / "env-cache"))
+                        TMPDIR=str(self.root / "tmp"), CAS_TORCH_ENV_CACHE=str(self.env_cache))
 
     @property
     def log(self) -> Path:
@@ -72,13 +76,7 @@ class Machine:
 
     def calls(self) -> dict[str, list[str]]:
         """Compiler calls logged so far, by kind (and clear the log)."""
-        out: dict[str, list[str]] = {"probe": [], "preprocess": [], "compile": []}
-        if self.log.exists():
-            for line in self.log.read_text().splitlines():
-                kind, _, args = line.partition(" ")
-                out.setdefault(kind, []).append(args)
-            self.log.unlink()
-        return out
+        return calls_by_kind(read_calls(self.log))
 
     def run(self, *args: str, extra: dict[str, str] | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -94,6 +92,23 @@ class Machine:
     def program(self, *args: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
         """Run door_program.py (plain python); its JSON line."""
         return door_output(self.run(sys.executable, str(PROGRAM), *args, extra=extra))
+
+
+def read_calls(log: Path) -> list[tuple[str, str, str]]:
+    """The compiler calls logged so far, as (kind, TMPDIR, arguments); clears the log."""
+    if not log.exists():
+        return []
+    calls = [(kind, tmpdir, args) for kind, tmpdir, args in
+             (line.split("\t", 2) for line in log.read_text().splitlines())]
+    log.unlink()
+    return calls
+
+
+def calls_by_kind(calls: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"probe": [], "preprocess": [], "compile": []}
+    for kind, _, args in calls:
+        out.setdefault(kind, []).append(args)
+    return out
 
 
 def door_output(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -11,7 +11,10 @@ from livekit import seed_kernels
 from torchkit import Captured, TorchEnv
 
 from cas.errors import CorruptObject
+from cas.objects import Env
+from cas.store import Store
 from cas.torch import megacache
+from cas.torch.capture import commit_artifacts
 from cas.torch.megacache import Artifact
 
 
@@ -51,7 +54,7 @@ def test_import_then_export_loads_in_a_fresh_process_with_hits(
     captured: Captured, torch_env: TorchEnv, tmp_path: Path
 ) -> None:
     store = tmp_path / "s"
-    torch_env.cas(store, "init")
+    Store.init(store).close()
     imported = json.loads(torch_env.cas(store, "--json", "import-megacache", str(captured.megacache)).stdout)
     expected: dict[str, int] = {}
     for a in megacache.decode(captured.megacache.read_bytes()):
@@ -79,7 +82,7 @@ def test_import_then_export_loads_in_a_fresh_process_with_hits(
 
 def test_import_of_a_broken_file_is_one_clear_error(torch_env: TorchEnv, tmp_path: Path) -> None:
     store = tmp_path / "s"
-    torch_env.cas(store, "init")
+    Store.init(store).close()
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"definitely not a mega-cache file")
     proc = torch_env.cas(store, "import-megacache", str(bad), ok=False)
@@ -88,16 +91,10 @@ def test_import_of_a_broken_file_is_one_clear_error(torch_env: TorchEnv, tmp_pat
 
 
 def test_export_of_a_ref_without_entries_here_is_refused(torch_env: TorchEnv, tmp_path: Path) -> None:
-    store = tmp_path / "s"
-    torch_env.cas(store, "init")
     # A ref with only a C++ kernel: nothing Mega-Cache can carry.
-    from cas.objects import Env
-    from cas.store import Store
-    from cas.torch.capture import commit_artifacts
-
-    with Store(store) as s:
+    with Store.init(tmp_path / "s") as s:
         commit_artifacts(s, [Artifact("cpp_kernel", "ab/cabc.so", b"\x7fELF")], message="so only",
                          env=Env({"torch_key": "1" * 64}))
-    proc = torch_env.cas(store, "export-megacache", "main", "-o", str(tmp_path / "o.bin"), ok=False)
+    proc = torch_env.cas(tmp_path / "s", "export-megacache", "main", "-o", str(tmp_path / "o.bin"), ok=False)
     assert proc.returncode == 2 and "no mega-cache entries" in proc.stderr
     assert not (tmp_path / "o.bin").exists()
