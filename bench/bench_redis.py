@@ -126,9 +126,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
     env = Env({"bench": "redis-door"})
     with Store.init(work / "store") as s:
         s.put_object(env)
-    port = free_port()
-    cas = CasServer(work / "store", work, "--no-auth", "--redis-port", str(port), "--redis-env", env.id.hex,
+    cas = CasServer(work / "store", work, "--no-auth", "--redis-port", "0", "--redis-env", env.id.hex,
                     "--redis-flush-every", "1")
+    port = cas.redis_port
     try:
         for p in (port, baseline.port):
             c = redis.Redis(port=p)

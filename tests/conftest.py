@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``_suffix_groups`` then checks that the suffix took.
 
     Torch tests come first: xdist hands out the groups by size, then units of one test in
-    this order, and a torch module of one slow test (the demo, the Redis door) started last
+    this order, and a torch module of one slow test (a door test, say) started last
     would leave the other worker idle at the end."""
     torch_dir = Path(__file__).parent / "torch"
     items.sort(key=lambda item: torch_dir not in Path(item.path).parents)

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import CasServer, free_port
+from servers import CasServer
 
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
@@ -67,12 +67,12 @@ def start(tmp_path: Path, *args: str) -> Door:
         read = add_token("r", Scope.READ, store=s)
         s.put_object(ENV_A)
     seed(path)
-    port = free_port()
     server = CasServer(
-        path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex[:12],
+        path, tmp_path, "--redis-port", "0", "--redis-env", ENV_A.id.hex[:12],
         "--redis-flush-every", "0.2", *args,
     )
-    return Door(server, port, path, write, read)
+    assert server.redis_port is not None
+    return Door(server, server.redis_port, path, write, read)
 
 
 def run_fresh(tmp: Path, script: str, env: dict[str, str], *args: str, timeout: float = 540) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from servers import CasServer, free_port
+from servers import CasServer
 
 from cas import manifest
 from cas.codec import ObjType
@@ -120,10 +120,9 @@ def test_history_rewrites_and_foreign_keys_are_refused(shared_door: Door) -> Non
 
 def _door_get(path: Path, tmp_path: Path, token: str) -> bytes | None:
     """FX_KEY read through a Redis door started on ``path``, as ``token``."""
-    port = free_port()
-    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    server = CasServer(path, tmp_path, "--redis-port", "0", "--redis-env", ENV_A.id.hex)
     try:
-        got: bytes | None = redis.Redis(port=port, password=token).get(FX_KEY)
+        got: bytes | None = redis.Redis(port=server.redis_port, password=token).get(FX_KEY)
         return got
     finally:
         server.stop()
@@ -156,7 +155,7 @@ def test_a_ref_with_several_envs_needs_redis_env(tmp_path: Path) -> None:
     Store.init(path).close()
     seed(path)
     with pytest.raises(RuntimeError, match="cannot tell which env the Redis door serves: main holds 2 envs"):
-        CasServer(path, tmp_path, "--no-auth", "--redis-port", str(free_port()))
+        CasServer(path, tmp_path, "--no-auth", "--redis-port", "0")
 
 
 def test_a_read_only_door_drops_writes_and_may_serve_anonymous_readers(tmp_path: Path) -> None:
@@ -223,10 +222,9 @@ def test_a_stranger_cannot_make_the_door_buffer_more_than_64_kib(tmp_path: Path)
     with Store.init(path) as s:
         add_token("w", Scope.WRITE, store=s)
     seed(path)
-    port = free_port()
-    server = CasServer(path, tmp_path, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    server = CasServer(path, tmp_path, "--redis-port", "0", "--redis-env", ENV_A.id.hex)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        with socket.create_connection(("127.0.0.1", server.redis_port), timeout=30) as sock:
             # One SET announcing 100 MB, never authenticated: refused at 64 KiB, not read on.
             sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000000\r\n")
             reply = b""

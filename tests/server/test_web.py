@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from servers import CasServer, free_port
+from servers import CasServer
 
 from cas import provenance
 from cas.history import commit_changes
@@ -56,8 +56,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, i
         oid = commit_changes(s, "main", change, "second: an AOT entry")
         provenance.mark_local(s, oid)
         create_tag(s, "release/1.0", oid, message="first release")
-    port = free_port()
-    server = CasServer(path, work, "--redis-port", str(port), "--redis-env", ENV_A.id.hex)
+    server = CasServer(path, work, "--redis-port", "0", "--redis-env", ENV_A.id.hex)
+    port = server.redis_port
     try:
         c = redis.Redis(port=port, password=read)
         c.get(FX_KEY), c.get("pt2:fx-graph-v1::nope:c1")  # hit rates to show

@@ -18,7 +18,7 @@ import livekit
 import pytest
 from livekit import Recorded, recorded, seed_kernels
 from server.doorkit import run_fresh
-from servers import CasServer, free_port
+from servers import CasServer
 
 from cas import manifest
 from cas.refs import load_commit, resolve
@@ -78,10 +78,11 @@ def test_stock_torch_misses_are_recorded_then_hit_by_a_fresh_process(
     with Store.init(path) as s:
         write = add_token("ci-writer", Scope.WRITE, store=s)
         read = add_token("fleet", Scope.READ, store=s)
-    port = free_port()
     server = CasServer(
-        path, tmp_path, "--redis-port", str(port), "--redis-env", "here", "--redis-flush-every", "0.2"
+        path, tmp_path, "--redis-port", "0", "--redis-env", "here", "--redis-flush-every", "0.2"
     )
+    port = server.redis_port
+    assert port is not None
     try:
         first = _client(tmp_path / "first", port, write, seed=rec)
         assert first["inductor"].get("fxgraph_cache_miss", 0) >= 1
