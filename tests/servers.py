@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -140,7 +141,7 @@ class Seaweed:
         from botocore.config import Config
 
         self.dir = workdir
-        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         conf = {
             "identities": [
                 {
@@ -151,27 +152,40 @@ class Seaweed:
             ]
         }
         (workdir / "s3.json").write_text(json.dumps(conf))
+        # Ports are picked here and bound by weed: one may be taken in between (by another
+        # test's server), so a start that fails is tried again on other ports.
+        for attempt in range(3):
+            try:
+                self._start(workdir, attempt, boto3.client, Config)
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+
+    def _start(self, workdir: Path, attempt: int, client: Any, config: Any) -> None:
         ports = {name: free_port(paired=10000) for name in ("master", "volume", "filer", "s3")}
         self.endpoint = f"http://127.0.0.1:{ports['s3']}"
         weed = VENV_BIN / "weed"
+        data = workdir / f"data-{attempt}"
+        data.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-dir={workdir / 'data'}", f"-master.port={ports['master']}",
+            f"-dir={data}", f"-master.port={ports['master']}",
             f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.config={workdir / 's3.json'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-metricsPort=0",
         ]
-        self.log = workdir / "weed.log"
+        self.log = workdir / f"weed-{attempt}.log"
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT)
-        self.client = boto3.client(
+        self.client = client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=S3_REGION,
             aws_access_key_id=S3_KEY,
             aws_secret_access_key=S3_SECRET,
-            config=Config(s3={"addressing_style": "path"}),
+            config=config(s3={"addressing_style": "path"}),
         )
         self._wait()
 
@@ -179,6 +193,7 @@ class Seaweed:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{_tail(self.log)}")
             try:
                 httpx.get(self.endpoint, timeout=1)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -115,7 +115,7 @@ def one_rank(args: argparse.Namespace) -> dict[str, Any]:
 
     # Ranks on one machine must not share a timing file (torch rewrites it whole).
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], f"rank{args.rank}")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
+    dist.init_process_group("gloo", init_method=f"file://{args.rendezvous}", rank=args.rank,
                             world_size=args.world)
     with autotune.shard(args.rank, args.world) as part:
         out, seen, _ = compile_once(args.device)
@@ -131,21 +131,22 @@ def one_rank(args: argparse.Namespace) -> dict[str, Any]:
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:
     """Start ``args.ranks`` processes of this script as one gloo job; their lines, and wall time."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, args.store, "--record", args.record or "main",
-                               "--device", args.device, "--rank", str(r), "--world", str(args.ranks),
-                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
-             for r in range(args.ranks)]
-    ranks = []
-    for p in procs:
-        stdout, _ = p.communicate(timeout=900)
-        lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
-        if p.returncode or not lines:
-            raise SystemExit(f"rank failed ({p.returncode}):\n{stdout[-3000:]}")
-        ranks.append(json.loads(lines[-1][len(MARKER):]))
+    # Rendezvous through a file, not a TCP port picked here: a port could be taken by
+    # another process before rank 0 binds it.
+    with tempfile.TemporaryDirectory(prefix="cas-gloo-") as tmp:
+        rendezvous = os.path.join(tmp, "rendezvous")
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, __file__, args.store, "--record", args.record or "main",
+                                   "--device", args.device, "--rank", str(r), "--world", str(args.ranks),
+                                   "--rendezvous", rendezvous], stdout=subprocess.PIPE, text=True)
+                 for r in range(args.ranks)]
+        ranks = []
+        for p in procs:
+            stdout, _ = p.communicate(timeout=900)
+            lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+            if p.returncode or not lines:
+                raise SystemExit(f"rank failed ({p.returncode}):\n{stdout[-3000:]}")
+            ranks.append(json.loads(lines[-1][len(MARKER):]))
     return {"wall_seconds": round(time.perf_counter() - start, 3), "ranks": ranks}
 
 
@@ -158,7 +159,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=0, help="Run a distributed autotune of N ranks.")
     parser.add_argument("--rank", type=int, default=None)
     parser.add_argument("--world", type=int, default=1)
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rendezvous", default=None, help="the gloo job's rendezvous file (--ranks makes one)")
     args = parser.parse_args()
     if args.ranks:
         print(MARKER + json.dumps(launch(args)))
