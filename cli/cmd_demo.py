@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,10 +33,8 @@ from cas_cli.context import Context, pass_ctx
 CAS = [sys.executable, "-m", "cas_cli.main"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: The line `cas serve` prints once it listens (with ``--port 0``, the port it got).
+_SERVING = re.compile(r"serving .* on (http://127\.0\.0\.1:\d+) ")
 
 
 def _machine(root: Path) -> dict[str, str]:
@@ -87,22 +85,23 @@ def _run_machine(store: Path, root: Path, program: list[str], *run_args: str) ->
     return out
 
 
-def _serve(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _serve(store: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`cas serve` on a free port (``--port 0``: no port picked here that another process
+    could take first); the server and the URL it printed once it listened."""
     _cas("--store", str(store), "init")
     with open(log, "wb") as out:
         server = subprocess.Popen([*CAS, "--store", str(store), "serve", "--host", "127.0.0.1",
-                                   "--port", str(port), "--no-auth"], stdout=out, stderr=out)
+                                   "--port", "0", "--no-auth"], stdout=out, stderr=out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        found = _SERVING.search(log.read_text(errors="replace"))
+        if found:
+            return server, found.group(1)
         if server.poll() is not None:
             raise TorchError(f"cas serve exited early (exit {server.returncode})", hint=f"see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return server
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.1)
     server.terminate()
-    raise TorchError("cas serve did not start listening within 60 s")
+    raise TorchError("cas serve did not start listening within 60 s", hint=f"see {log}")
 
 
 def _hits(counters: dict[str, dict[str, int]]) -> str:
@@ -132,10 +131,8 @@ def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
         work = Path(tmp)
         ctx.info(f"1/4 machine A: cas run --record {branch} -- python -m cas.torch.demo (compiles cold) ...")
         a = _run_machine(ctx.store_path, work / "a", program, "--record", branch)
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
+        server, url = _serve(work / "server-store", work / "serve.log")
         ctx.info(f"2/4 cas serve on {url}; cas push {branch} ...")
-        server = _serve(work / "server-store", port, work / "serve.log")
         try:
             pushed = _json_tail(_cas("--store", str(ctx.store_path), "--json", "push", url, branch).stdout)
             ctx.info("3/4 cas clone --env current --trusted into a second store ...")

@@ -24,7 +24,7 @@ def _parse_size(text: str) -> int:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=int,
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="Port to bind (0: a free one, printed in the 'serving' line).")
 @click.option(
     "--token-file",
@@ -40,7 +40,8 @@ def _parse_size(text: str) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append access-log lines here (default: stderr).",
 )
-@click.option("--redis-port", type=int, help="Also open the Redis door (stock torch/Triton) on this port.")
+@click.option("--redis-port", type=click.IntRange(0, 65535),
+              help="Also open the Redis door (stock torch/Triton) on this port (0: a free one, printed).")
 @click.option("--redis-ref", help="Ref the Redis door reads from (default: --redis-branch).")
 @click.option("--redis-branch", default="main", show_default=True, help="Branch Redis writes are committed to.")
 @click.option("--redis-read-only", is_flag=True, help="Record nothing from the Redis door (SETs are dropped).")
@@ -128,9 +129,10 @@ def serve(
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
 
     def ready(bound: Bound) -> None:
-        ctx.info(f"serving {path} on {scheme}://{host}:{bound.port} ({auth})")
+        # Printed even under --quiet/--json: with port 0 it is the only way to learn the port.
+        ctx.err.print(f"serving {path} on {scheme}://{host}:{bound.port} ({auth})")
         if redis is not None:
-            ctx.info(f"redis door on redis://{host}:{bound.redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
+            ctx.err.print(f"redis door on redis://{host}:{bound.redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
 
     run_server(path, tokens, options, ready=ready)
 

@@ -52,6 +52,31 @@ def _is_free(port: int) -> bool:
     return True
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (Linux: /proc)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _tail(path: Path, n: int = 2000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -191,18 +216,19 @@ class Seaweed:
 
     def _wait(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        port = int(self.endpoint.rsplit(":", 1)[1])
+        while True:
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{_tail(self.log)}")
-            try:
-                httpx.get(self.endpoint, timeout=1)
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"SeaweedFS did not start within {timeout}s:\n{_tail(self.log)}")
+            # Only our weed's S3 port counts: another server that took the port first
+            # would answer the requests below too.
+            if listening(self.proc.pid, port):
                 break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            self.stop()
-            raise RuntimeError(f"SeaweedFS did not start within {timeout}s:\n{_tail(self.log)}")
+            time.sleep(0.2)
         # Warm up: the first write allocates volumes and can take seconds.
         while True:
             try:
@@ -210,7 +236,7 @@ class Seaweed:
                 self.client.put_object(Bucket="caswarmup", Key="warm", Body=b"x")
                 return
             except Exception as exc:
-                if time.monotonic() > deadline:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"SeaweedFS not writable: {exc}\n{_tail(self.log)}") from exc
                 time.sleep(0.3)

@@ -50,15 +50,17 @@ def _access_handler(path: Path | None, stream: TextIO) -> logging.Handler:
     return handler
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or a one-line error (busy port, bad address)."""
+def _listen(host: str, port: int, flag: str) -> socket.socket:
+    """A listening socket on host:port, or a one-line error naming ``flag`` (busy port,
+    bad address, a port out of range)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port, or stop what is using it",
+            f"cannot listen on {host}:{port} ({flag}): {reason}",
+            hint=f"pick another {flag}, or stop what is using it",
         ) from exc
 
 
@@ -106,11 +108,11 @@ def serve(
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False
-    sock = _listen(options.host, options.port)
+    sock = _listen(options.host, options.port, "--port")
     redis_sock: socket.socket | None = None
     try:
         if options.redis:
-            redis_sock = _listen(options.redis.host, options.redis.port)
+            redis_sock = _listen(options.redis.host, options.redis.port, "--redis-port")
         config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock), options)
     except BaseException:
         for bound in (sock, redis_sock):

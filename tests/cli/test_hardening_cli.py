@@ -103,7 +103,7 @@ def test_serve_on_a_busy_port_fails_before_claiming_to_serve(cas: Any, tmp_path:
         port = busy.getsockname()[1]
         ports = {"--port": "0", "--redis-port": "0", door: str(port)}
         proc = cas("serve", "--no-auth", *(x for kv in ports.items() for x in kv), ok=False, timeout=60)
-    assert "cannot listen" in _one_line_error(proc, 2)
+    assert f"cannot listen on 127.0.0.1:{port} ({door})" in _one_line_error(proc, 2)
     assert "serving" not in proc.stdout + proc.stderr
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import httpx
@@ -63,13 +64,23 @@ def test_a_normal_request_with_headers_is_served(small: Served) -> None:
     assert httpx.get(f"{small.url}/v1/health", headers=headers).status_code == 200
 
 
-def _log_lines(s: Served) -> list[str]:
-    time.sleep(0.05)  # the line is written before the last byte goes out; let it flush
-    return s.server.access_log.read_text(encoding="ascii").splitlines()
+def _log_after(s: Served, marker: str, count: int) -> list[str]:
+    """The access-log lines after the one naming ``marker``, once there are ``count`` (a
+    line is written as its response goes out, so the log is polled, not read once)."""
+    deadline = time.monotonic() + 30
+    while True:
+        lines = s.server.access_log.read_text(encoding="ascii").splitlines()
+        at = [i for i, line in enumerate(lines) if marker in line]
+        after = lines[at[-1] + 1:] if at else []
+        if (at and len(after) >= count) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
 
 
 def test_one_request_is_one_printable_log_line_without_secrets(small: Served) -> None:
-    before = len(_log_lines(small))
+    marker = uuid.uuid4().hex  # the lines of this test are those after this request's
+    httpx.get(f"{small.url}/v1/refs", params={"prefix": marker}, headers={"Authorization": f"Bearer {small.read_token}"})
+    _log_after(small, marker, 0)
     auth = {"Authorization": f"Bearer {small.read_token}"}
     httpx.get(f"{small.url}/v1/refs%0A127.0.0.1 - \"GET /forged\" 200%00", headers=auth)
     httpx.get(f"{small.url}/v1/refs", params={"prefix": "refs/", "access_token": small.write_token,
@@ -78,7 +89,7 @@ def test_one_request_is_one_printable_log_line_without_secrets(small: Served) ->
     with _connect(small) as sock:  # invalid UTF-8 and controls, as no client library sends them
         sock.sendall(b"GET /v1/%ff%fe%01%0d%0a?x=%ff%0a HTTP/1.1\r\nHost: x\r\n\r\n")
         _status(sock)
-    lines = _log_lines(small)[before:]
+    lines = _log_after(small, marker, 4)
     assert len(lines) == 4, lines
     assert all(line.isprintable() and line.isascii() for line in lines)
     assert "forged" in lines[0] and "%0A" in lines[0]

@@ -17,7 +17,6 @@ compiled C++ kernels and precompiled header instead of waiting on g++.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ def seed_kernels(tuned: Tuned, dst_cache: Path) -> Path:
 
 
 def seed_header(tuned: Tuned, dst_tmpdir: Path) -> Path:
-    """Give an empty TMPDIR the cold run's precompiled header, and nothing else (hard links).
+    """Give an empty TMPDIR a copy of the cold run's precompiled header, and nothing else.
 
     A fresh torch process precompiles ``cpp_prefix.h`` (~5 s of g++) under $TMPDIR before
     loading any C++ kernel, even one already on disk. The header is compiler output for
@@ -93,8 +92,9 @@ def seed_header(tuned: Tuned, dst_tmpdir: Path) -> Path:
     choices, no graph, so the TMPDIR is still empty for everything these tests count.
     """
     for src in tuned.tmpdir.glob("*/precompiled_headers"):
-        shutil.copytree(src, dst_tmpdir / src.relative_to(tuned.tmpdir), copy_function=os.link,
-                        ignore=shutil.ignore_patterns("locks"))
+        # A copy, not a hard link: were g++ to rebuild the header in place, the session's
+        # own would change under the other tests.
+        shutil.copytree(src, dst_tmpdir / src.relative_to(tuned.tmpdir), ignore=shutil.ignore_patterns("locks"))
     assert {p.name for p in dst_tmpdir.glob("*/*")} == {"precompiled_headers"}
     return dst_tmpdir
 

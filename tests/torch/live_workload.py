@@ -123,6 +123,7 @@ def scenarios(path: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for spec in json.loads(Path(path).read_text()):
         print(SEGMENT + spec["name"], file=sys.stderr, flush=True)
+        saved_env = dict(os.environ)
         os.environ.update(spec.get("env", {}))
         warnings.filterwarnings("default", message="cas:")  # resets "shown once" memory
         if "cas" in sys.modules:
@@ -142,6 +143,8 @@ def scenarios(path: str) -> dict[str, Any]:
             session = active_session()
             if session is not None:
                 session.close()
+        os.environ.clear()
+        os.environ.update(saved_env)
         sys.stderr.flush()
     return results
 

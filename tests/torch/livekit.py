@@ -200,6 +200,9 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Checks:
         specs += [{"name": n, "args": ["--store", str(p), "--mode", "infer"]} for n, p in stores.items()]
         specs.append({"name": "backend-no-store", "args": ["--backend", "cas", "--mode", "infer"],
                       "env": {"CAS_DIR": str(blocker), "CAS_RECORD": ""}})
+        # "plain" must see a process where cas was never imported; backend="cas" enables
+        # cas once per process, so its run comes last.
+        assert specs[0]["name"] == "plain" and specs[-1]["name"] == "backend-no-store"
         for spec in specs:
             if spec["name"] not in caches:
                 caches[spec["name"]] = seed_kernels(rec.cache_dir, base / "caches" / spec["name"])

@@ -10,6 +10,7 @@ same file, key for key and candidate for candidate, as torch itself wrote it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_kernels
@@ -20,7 +21,7 @@ from cas.store import Store
 from cas.torch.autotune import records_in
 
 
-def test_two_ranks_split_the_tuning_and_a_pulled_store_replays_it(
+def test_two_ranks_split_the_tuning_and_a_pulled_store_hydrates_every_timing_torch_looks_up(
     torch_env: TorchEnv, tuned: Tuned, tmp_path: Path
 ) -> None:
     tuner, job = tmp_path / "tuner", tmp_path / "job"
@@ -58,6 +59,11 @@ def test_two_ranks_split_the_tuning_and_a_pulled_store_replays_it(
     # the timing file of this system: the same entries the cold compile of this model
     # wrote (tuned: one process, all three shapes benchmarked).
     assert timing_keys(tmp_path / "job-cache") == timing_keys(tuned.cache) != {}
+    # ... each with the time its rank measured (a number torch can compare, not a null).
+    times = [t for f in (tmp_path / "job-cache" / "cache").iterdir()
+             for by_inputs in json.loads(f.read_text())["cache"].values()
+             for by_prec in by_inputs.values() for choices in by_prec.values() for t in choices.values()]
+    assert times and all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in times), times
 
 
 def timing_keys(cache_dir: Path) -> dict[str, dict[str, dict[str, dict[str, set[str]]]]]:

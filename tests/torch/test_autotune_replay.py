@@ -119,8 +119,8 @@ def test_merge_keeps_the_faster_record_per_kernel_and_device_class_then_replay_b
     assert sorted(verdicts.values()) == ["added", "speedup"]
     assert "speedup" in torch_env.cas(tuned.a, "autotune", "diff", before, "main").stdout
 
-    # A new machine: empty cache dir, empty TMPDIR, a store cloned over a transport.
-    # The cache dir gets the cold run's compiled C++ kernels (seed_kernels: code only, no
+    # Another machine, as far as autotuning goes: no timings, no FX/AOT entries, a store
+    # cloned over a transport. The cache dir gets the cold run's compiled C++ kernels (seed_kernels: code only, no
     # FX/AOT entries, no timings) and the TMPDIR its precompiled header (seed_header:
     # compiler output for any model), so g++ does not rebuild them; benchmarks and picks
     # are decided by the hydrated records alone.
