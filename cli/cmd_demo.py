@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import click
 from rich.table import Table
 
 from cas.errors import TorchError
+from cas_cli.cmd_serve import announced
 from cas_cli.context import Context, pass_ctx
 
 CAS = [sys.executable, "-m", "cas_cli.main"]
@@ -37,9 +37,6 @@ CAS = [sys.executable, "-m", "cas_cli.main"]
 #: already holds this model (a second `cas demo` on the same store); it still records to
 #: the branch.
 COLD_REF = "refs/cas-demo/nothing"
-
-#: The line `cas serve` prints once it listens (with ``--port 0``, the port it got).
-_SERVING = re.compile(r"serving .* on (http://127\.0\.0\.1:\d+) ")
 
 
 def _machine(root: Path) -> dict[str, str]:
@@ -99,9 +96,9 @@ def _serve(store: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
                                    "--port", "0", "--no-auth"], stdout=out, stderr=out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = _SERVING.search(log.read_text(errors="replace"))
-        if found:
-            return server, found.group(1)
+        said = announced(log.read_text(errors="replace"))
+        if said is not None:
+            return server, said.url
         if server.poll() is not None:
             raise TorchError(f"cas serve exited early (exit {server.returncode})", hint=f"see {log}")
         time.sleep(0.1)

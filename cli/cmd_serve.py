@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -9,6 +11,28 @@ import click
 from cas.errors import UsageError
 from cas.server.auth import Scope, Tokens, add_token, remove_token
 from cas_cli.context import Context, pass_ctx
+
+#: The lines `cas serve` prints once its ports are bound. With ``--port 0`` they are how a
+#: script (cas demo, the test harness) learns the ports it got: read them with announced().
+_SERVING_LINE = re.compile(r"^serving .* on (https?://\S+?:(\d+)) \(", re.M)
+_REDIS_LINE = re.compile(r"^redis door on redis://\S+?:(\d+) \(", re.M)
+
+
+@dataclass(frozen=True)
+class Announced:
+    url: str
+    port: int
+    redis_port: int | None
+
+
+def announced(output: str) -> Announced | None:
+    """What `cas serve` said it listens on, from its stderr so far (None before it said)."""
+    serving = _SERVING_LINE.search(output)
+    if serving is None:
+        return None
+    redis = _REDIS_LINE.search(output)
+    return Announced(serving.group(1), int(serving.group(2)), int(redis.group(1)) if redis else None)
+
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 

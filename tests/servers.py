@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import queue
-import re
 import signal
 import socket
 import subprocess
@@ -24,9 +23,9 @@ from typing import Any
 
 import httpx
 
+from cas_cli.cmd_serve import Announced, announced
+
 VENV_BIN = Path(sys.executable).parent
-_SERVING = re.compile(r"serving .* on https?://127\.0\.0\.1:(\d+) ")
-_REDIS_DOOR = re.compile(r"redis door on redis://127\.0\.0\.1:(\d+) ")
 S3_KEY, S3_SECRET, S3_REGION = "caskey", "cassecret", "us-east-1"
 
 
@@ -105,21 +104,20 @@ class CasServer:
         env = {k: v for k, v in os.environ.items() if k != "CAS_DIR"}
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
-        ports = self._bound_ports(_SERVING, *([_REDIS_DOOR] if "--redis-port" in args else []))
-        self.port = ports[0]
+        said = self._announced(redis="--redis-port" in args)
+        self.port = said.port
         #: The Redis door's port (``--redis-port 0`` picks a free one), or None.
-        self.redis_port = ports[1] if len(ports) > 1 else None
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.redis_port = said.redis_port
+        self.url = said.url
         self._wait()
 
-    def _bound_ports(self, *lines: re.Pattern[str], timeout: float = 30.0) -> list[int]:
-        """The ports the server printed on its start-up lines (``lines``, one port each)."""
+    def _announced(self, redis: bool, timeout: float = 30.0) -> Announced:
+        """The ports the server printed once it had bound them (both, with ``redis``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace")
-            found = [line.search(text) for line in lines]
-            if all(found):
-                return [int(m.group(1)) for m in found if m]
+            said = announced(self.log.read_text(errors="replace"))
+            if said is not None and (said.redis_port is not None or not redis):
+                return said
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"cas serve exited with {self.proc.returncode}:\n{_tail(self.log)}")
