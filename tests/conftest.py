@@ -139,6 +139,17 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_served(served_pool: ServedPool) -> Iterator[Served]:
+    """One server for a module's tests that need no empty remote: their objects are their
+    own, and they assert nothing about what else the server holds."""
+    s = served_pool.take()
+    try:
+        yield s
+    finally:
+        served_pool.give_back(s)
+
+
 @pytest.fixture(scope="session")
 def served_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPool]:
     pool = ServedPool(tmp_path_factory.mktemp("served"))

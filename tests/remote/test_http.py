@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from servers import Served, ServedPool
+from servers import Served
 
 from cas.digest import ObjectId
 from cas.errors import AuthError, Forbidden, RefConflict, TransientRemoteError, UsageError
@@ -25,17 +25,6 @@ class TestHttpRemote(RemoteContract):
         r.close()
 
 
-@pytest.fixture(scope="module")
-def shared(served_pool: ServedPool) -> Iterator[Served]:
-    """One server for the tests below that need no empty remote (their objects are their
-    own, and they assert nothing about what else the server holds)."""
-    s = served_pool.take()
-    try:
-        yield s
-    finally:
-        served_pool.give_back(s)
-
-
 def test_open_remote_gives_an_http_remote_with_its_token(served: Served) -> None:
     r = open_remote(served.url, token=served.read_token)
     assert isinstance(r, HttpRemote)
@@ -43,9 +32,9 @@ def test_open_remote_gives_an_http_remote_with_its_token(served: Served) -> None
     r.close()
 
 
-def test_unknown_option_is_a_usage_error(shared: Served) -> None:
+def test_unknown_option_is_a_usage_error(shared_served: Served) -> None:
     with pytest.raises(UsageError, match="endpoint"):
-        HttpRemote(shared.url, endpoint="http://x")
+        HttpRemote(shared_served.url, endpoint="http://x")
 
 
 def test_read_token_fetches_but_cannot_push(served: Served) -> None:
@@ -67,8 +56,8 @@ def test_read_token_fetches_but_cannot_push(served: Served) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "cas_not-a-real-token"])
-def test_missing_or_unknown_token_is_an_auth_error(shared: Served, token: str | None) -> None:
-    r = HttpRemote(shared.url, token=token)
+def test_missing_or_unknown_token_is_an_auth_error(shared_served: Served, token: str | None) -> None:
+    r = HttpRemote(shared_served.url, token=token)
     with pytest.raises(AuthError, match="missing or unknown token") as info:
         r.list_refs()
     assert not isinstance(info.value, Forbidden)
@@ -129,8 +118,8 @@ def test_server_gone_is_transient(served: Served) -> None:
     r.close()
 
 
-def test_fetch_is_batched_into_few_requests(shared: Served) -> None:
-    r = HttpRemote(shared.url, token=shared.write_token)
+def test_fetch_is_batched_into_few_requests(shared_served: Served) -> None:
+    r = HttpRemote(shared_served.url, token=shared_served.write_token)
     objs = [blob(f"object {i}".encode() * 20) for i in range(2000)]
     r.send_pack(objs)
     sends = r.requests
@@ -173,12 +162,12 @@ def test_push_cut_mid_way_keeps_finished_packs_and_resumes(served: Served, tmp_p
         again.stop()
 
 
-def test_pack_whose_object_lacks_its_references_is_refused(shared: Served) -> None:
+def test_pack_whose_object_lacks_its_references_is_refused(shared_served: Served) -> None:
     from cas.codec import ObjType
     from cas.errors import MalformedPack
     from cas.objects import Commit
 
-    r = HttpRemote(shared.url, token=shared.write_token)
+    r = HttpRemote(shared_served.url, token=shared_served.write_token)
     c = Commit(ObjectId.of(b"no such manifest"), (), "t", 0, "orphan", {}).encode()
     orphan = (ObjectId.of(c), ObjType.COMMIT, c)
     with pytest.raises(MalformedPack, match="lacks"):
@@ -187,7 +176,7 @@ def test_pack_whose_object_lacks_its_references_is_refused(shared: Served) -> No
     r.close()
 
 
-def test_compression_level_is_the_clients_choice(shared: Served) -> None:
+def test_compression_level_is_the_clients_choice(shared_served: Served) -> None:
     """Loopback defaults to raw packs (zstd only costs CPU there); level 1 shrinks them.
 
     Objects under the store's compression threshold (2 KiB) are stored raw, so the level
@@ -196,16 +185,16 @@ def test_compression_level_is_the_clients_choice(shared: Served) -> None:
     text = [blob(b"kernel line %d\n" % i * 100) for i in range(20)]
     assert all(len(o[2]) < 2048 for o in text)
     raw_size = sum(len(o[2]) for o in text)
-    auto = HttpRemote(shared.url, token=shared.write_token)
+    auto = HttpRemote(shared_served.url, token=shared_served.write_token)
     assert auto.compress_level is None
     assert auto.send_pack(text) > raw_size
-    zipped = HttpRemote(shared.url, token=shared.write_token, compress_level="1")
+    zipped = HttpRemote(shared_served.url, token=shared_served.write_token, compress_level="1")
     zipped.fetch(ids(text))
     auto.fetch(ids(text))
     assert zipped.bytes_received < raw_size / 5 < raw_size < auto.bytes_received
     assert HttpRemote("https://cas.example.com").compress_level == 1
     with pytest.raises(UsageError, match="compress_level"):
-        HttpRemote(shared.url, compress_level="fast")
+        HttpRemote(shared_served.url, compress_level="fast")
     for r in (auto, zipped):
         r.close()
 
@@ -260,13 +249,13 @@ def test_cli_push_and_clone_over_http(served: Served, tmp_path) -> None:
     assert "Traceback" not in denied.stderr
 
 
-def test_concurrent_uploads_and_fetches_all_land_intact(shared: Served) -> None:
+def test_concurrent_uploads_and_fetches_all_land_intact(shared_served: Served) -> None:
     """Several clients at once: the server's per-thread store handles keep bytes intact."""
     groups = [[blob(os.urandom(500) + b"t%d-%d " % (g, i) * 300) for i in range(100)] for g in range(4)]
     errors: list[BaseException] = []
 
     def work(objs: list) -> None:
-        c = HttpRemote(shared.url, token=shared.write_token, compress_level=3)
+        c = HttpRemote(shared_served.url, token=shared_served.write_token, compress_level=3)
         try:
             c.send_pack(objs)
             assert c.fetch(ids(objs)) == objs
@@ -281,6 +270,6 @@ def test_concurrent_uploads_and_fetches_all_land_intact(shared: Served) -> None:
     for t in threads:
         t.join()
     assert not errors
-    r = HttpRemote(shared.url, token=shared.read_token)
+    r = HttpRemote(shared_served.url, token=shared_served.read_token)
     assert r.missing([o[0] for g in groups for o in g]) == []
     r.close()

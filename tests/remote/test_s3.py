@@ -135,12 +135,17 @@ def test_racing_ref_writers_on_conditional_puts(seaweed: Seaweed, s3_url: str) -
     r.close()
 
 
+def _bucket_key(seaweed: Seaweed, r: S3Remote, suffix: str) -> str:
+    """The key of the remote's one object whose name ends in ``suffix``."""
+    listed = seaweed.client.list_objects_v2(Bucket=r.bucket, Prefix=r.root)["Contents"]
+    return next(o["Key"] for o in listed if o["Key"].endswith(suffix))
+
+
 def test_corrupt_pack_in_the_bucket_is_caught_on_fetch(seaweed: Seaweed, s3_url: str) -> None:
     r = make(seaweed, s3_url)
     obj = blob(b"precious bytes " * 10)
     r.send_pack([obj])
-    key = next(o["Key"] for o in seaweed.client.list_objects_v2(
-        Bucket=r.bucket, Prefix=r.root)["Contents"] if o["Key"].endswith(".pack"))
+    key = _bucket_key(seaweed, r, ".pack")
     data = bytearray(seaweed.client.get_object(Bucket=r.bucket, Key=key)["Body"].read())
     data[-41 - 5] ^= 0xFF  # inside the last payload (the trailer is 41 bytes)
     seaweed.client.put_object(Bucket=r.bucket, Key=key, Body=bytes(data))
@@ -153,8 +158,7 @@ def test_an_index_naming_a_huge_frame_is_refused_before_any_get(seaweed: Seaweed
     r = make(seaweed, s3_url)
     obj = blob(b"precious bytes " * 10)
     r.send_pack([obj])
-    key = next(o["Key"] for o in seaweed.client.list_objects_v2(
-        Bucket=r.bucket, Prefix=r.root)["Contents"] if o["Key"].endswith(".idx"))
+    key = _bucket_key(seaweed, r, ".idx")
     pack_id = key.rsplit("/", 1)[1].split(".")[0]
     body = seaweed.client.get_object(Bucket=r.bucket, Key=key)["Body"].read()
     ((oid, otype, offset, _),) = decode_index(body, pack_id)

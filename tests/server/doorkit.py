@@ -39,6 +39,12 @@ class Door:
     write: str
     read: str
 
+    def __enter__(self) -> Door:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
     def client(self, token: str | None, protocol: int = 3) -> redis.Redis:
         """A client that raises what the door answers at once: redis-py retries a refused
         AUTH (an AuthenticationError is a ConnectionError to it) with seconds of backoff."""

@@ -28,21 +28,15 @@ from server.doorkit import ENV_A, FX_KEY, Door, seed, start, wire
 
 @pytest.fixture
 def door(tmp_path: Path) -> Iterator[Door]:
-    d = start(tmp_path)
-    try:
+    with start(tmp_path) as d:
         yield d
-    finally:
-        d.server.stop()
 
 
 @pytest.fixture(scope="module")
 def shared_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
     """One door for the tests that only read or are refused: none of them commits."""
-    d = start(tmp_path_factory.mktemp("shared-door"))
-    try:
+    with start(tmp_path_factory.mktemp("shared-door")) as d:
         yield d
-    finally:
-        d.server.stop()
 
 
 def _main_tip(path: Path) -> ObjectId:

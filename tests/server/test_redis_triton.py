@@ -98,11 +98,8 @@ def triton_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def door(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Door]:
-    d = start(tmp_path, *request.param)
-    try:
+    with start(tmp_path, *request.param) as d:
         yield d
-    finally:
-        d.server.stop()
 
 
 def _triton(tmp: Path, triton_dir: Path, port: int, request: dict[str, str]) -> dict:

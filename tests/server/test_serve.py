@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from servers import CasServer, Served, ServedPool, make_tls_cert
+from servers import CasServer, Served, make_tls_cert
 
 from cas import pack
 from cas.codec import ObjType
@@ -35,48 +34,38 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(scope="module")
-def shared(served_pool: ServedPool) -> Iterator[Served]:
-    """One server for the three tests below: none of them stores anything."""
-    s = served_pool.take()
-    try:
-        yield s
-    finally:
-        served_pool.give_back(s)
-
-
-def test_health_needs_no_token_and_reports_limits(shared: Served) -> None:
-    got = httpx.get(shared.url + "/v1/health")
+def test_health_needs_no_token_and_reports_limits(shared_served: Served) -> None:
+    got = httpx.get(shared_served.url + "/v1/health")
     assert got.status_code == 200
     body = got.json()
     assert body["status"] == "ok" and body["auth"] is True
     assert body["max_request"] == 256 << 20
 
 
-def test_401_and_403_are_json_with_clear_messages(shared: Served) -> None:
-    no = httpx.get(shared.url + "/v1/refs")
+def test_401_and_403_are_json_with_clear_messages(shared_served: Served) -> None:
+    no = httpx.get(shared_served.url + "/v1/refs")
     assert no.status_code == 401
     assert no.json() == {"error": "AuthError", "message": "missing or unknown token",
                          "hint": no.json()["hint"]}
     assert no.headers["www-authenticate"] == "Bearer"
-    bad = httpx.get(shared.url + "/v1/refs", headers=auth("cas_wrong"))
+    bad = httpx.get(shared_served.url + "/v1/refs", headers=auth("cas_wrong"))
     assert bad.status_code == 401
-    ro = httpx.post(shared.url + "/v1/packs", content=b"x", headers=auth(shared.read_token))
+    ro = httpx.post(shared_served.url + "/v1/packs", content=b"x", headers=auth(shared_served.read_token))
     assert ro.status_code == 403
     assert ro.json()["message"] == "token 'reader' lacks write scope"
-    assert httpx.get(shared.url + "/v1/refs", headers=auth(shared.read_token)).json() == {}
+    assert httpx.get(shared_served.url + "/v1/refs", headers=auth(shared_served.read_token)).json() == {}
 
 
-def test_errors_are_json_even_for_unknown_routes_and_bad_input(shared: Served) -> None:
-    h = auth(shared.write_token)
-    nope = httpx.get(shared.url + "/v2/whatever", headers=h)
+def test_errors_are_json_even_for_unknown_routes_and_bad_input(shared_served: Served) -> None:
+    h = auth(shared_served.write_token)
+    nope = httpx.get(shared_served.url + "/v2/whatever", headers=h)
     assert nope.status_code == 404 and nope.json()["error"] == "NotFound"
-    odd = httpx.post(shared.url + "/v1/missing", content=b"123", headers=h)
+    odd = httpx.post(shared_served.url + "/v1/missing", content=b"123", headers=h)
     assert odd.status_code == 400 and "multiple of 32" in odd.json()["message"]
-    bad_ref = httpx.put(shared.url + "/v1/refs/refs/heads/a..b", json={"new": None}, headers=h)
+    bad_ref = httpx.put(shared_served.url + "/v1/refs/refs/heads/a..b", json={"new": None}, headers=h)
     assert bad_ref.status_code == 400 and bad_ref.json()["error"] == "BadRefName"
     corrupt = pack.encode_bytes([(ObjectId.of(b"claimed"), ObjType.BLOB, b"actual")])
-    got = httpx.post(shared.url + "/v1/packs", content=corrupt, headers=h)
+    got = httpx.post(shared_served.url + "/v1/packs", content=corrupt, headers=h)
     assert got.status_code == 422 and got.json()["error"] == "CorruptObject"
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from torchkit import Captured, TorchEnv
+from torchkit import seed_kernels as copy_kernels
 
 from cas import history
 from cas.objects import Entry, EntryKey, Env
@@ -56,7 +57,7 @@ def tuned_once(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory, ca
     if _tuned is None:
         root = tmp_path_factory.mktemp("autotune")
         tmpdir = Path(torch_env.env["TMPDIR"])  # captured's: its precompiled header
-        _copy_code(captured.cache_dir, root / "cache")
+        copy_kernels(captured.cache_dir, root / "cache")
         a, b = root / "a", root / "b"
         with Store.init(a) as store:
             env = store.put_object(Env({"note": "base"}))
@@ -80,7 +81,7 @@ def seed_kernels(tuned: Tuned, dst_cache: Path) -> Path:
     what it benchmarks, picks and records is decided by timings alone, so a seeded dir
     is still an empty cache for everything these tests count.
     """
-    return _copy_code(tuned.cache, dst_cache)
+    return copy_kernels(tuned.cache, dst_cache)
 
 
 def seed_header(tuned: Tuned, dst_tmpdir: Path) -> Path:
@@ -97,13 +98,3 @@ def seed_header(tuned: Tuned, dst_tmpdir: Path) -> Path:
         shutil.copytree(src, dst_tmpdir / src.relative_to(tuned.tmpdir), ignore=shutil.ignore_patterns("locks"))
     assert {p.name for p in dst_tmpdir.glob("*/*")} == {"precompiled_headers"}
     return dst_tmpdir
-
-
-def _copy_code(src_cache: Path, dst_cache: Path) -> Path:
-    """The code dirs of a torch cache dir (two-letter dirs: .py, .cpp, .so), no .best_config."""
-    dst_cache.mkdir(parents=True, exist_ok=True)
-    for d in src_cache.iterdir():
-        if d.is_dir() and len(d.name) == 2:
-            shutil.copytree(d, dst_cache / d.name, ignore=shutil.ignore_patterns("*.best_config"),
-                            dirs_exist_ok=True)
-    return dst_cache

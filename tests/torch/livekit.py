@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torchkit import seed_kernels
 
 from cas import manifest
 from cas.codec import ObjType
@@ -94,19 +95,6 @@ def cas(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
 def copy_store(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def seed_kernels(src_cache: Path, dst_cache: Path) -> Path:
-    """Copy only the compiled C++ kernels of a cache dir (not its FX/AOT entries).
-
-    Torch still misses its FX and AOT caches and asks the remote one (what the safety
-    tests exercise), but does not spend seconds in g++ rebuilding identical kernels.
-    """
-    dst_cache.mkdir(parents=True, exist_ok=True)
-    for d in src_cache.iterdir():
-        if d.is_dir() and len(d.name) == 2:
-            shutil.copytree(d, dst_cache / d.name)
-    return dst_cache
 
 
 @dataclass

@@ -7,8 +7,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from livekit import seed_kernels
-from torchkit import Captured, TorchEnv
+from torchkit import Captured, TorchEnv, seed_kernels
 
 from cas.errors import CorruptObject
 from cas.objects import Env

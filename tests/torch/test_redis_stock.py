@@ -16,9 +16,10 @@ from pathlib import Path
 
 import livekit
 import pytest
-from livekit import Recorded, recorded, seed_kernels
+from livekit import Recorded, recorded
 from server.doorkit import run_fresh
 from servers import CasServer
+from torchkit import seed_kernels
 
 from cas import manifest
 from cas.refs import load_commit, resolve

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from livekit import base_env, cas, recorded, seed_kernels, served
+from livekit import base_env, cas, recorded, served
+from torchkit import seed_kernels
 
 from cas import manifest
 from cas.refs import load_commit, resolve

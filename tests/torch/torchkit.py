@@ -8,6 +8,7 @@ is read from a log rather than guessed from timings.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -83,3 +84,16 @@ class Captured:
     cache_dir: Path
 
 
+def seed_kernels(src_cache: Path, dst_cache: Path) -> Path:
+    """Copy only the compiled code of a torch cache dir (its two-letter dirs: .py, .cpp,
+    .so) into ``dst_cache``: no FX or AOT entries, no timing files (``cache/``), no
+    ``.best_config``. Torch then finds a kernel .so it would have built byte for byte the
+    same and skips g++, but still misses its FX, AOT and autotune caches: for everything
+    the tests count, the dir is still empty.
+    """
+    dst_cache.mkdir(parents=True, exist_ok=True)
+    for d in src_cache.iterdir():
+        if d.is_dir() and len(d.name) == 2:
+            shutil.copytree(d, dst_cache / d.name, ignore=shutil.ignore_patterns("*.best_config"),
+                            dirs_exist_ok=True)
+    return dst_cache
