@@ -475,3 +475,16 @@ def test_check_finds_nothing_in_built_trees_and_names_broken_shapes(store: Store
     lying = store.put_object(ManifestNode(0, 100, children=((0, fat),)))
     found = " | ".join(m.check(store, lying))
     assert "children hold 70" in found and "belong elsewhere" in found and "holds 70 entries" in found
+
+
+def test_check_entry_refuses_what_update_could_not_store() -> None:
+    from cas.errors import BadEntryKey
+
+    good = EntryKey(ENVS[0], "inductor", "fgood", "")
+    blob = ObjectId.of(b"x")
+    m.check_entry(good, Entry(blob, 1, None, {"time_taken_ms": 7}))
+    with pytest.raises(BadEntryKey, match="grammar"):
+        m.check_entry(EntryKey(ENVS[0], "inductor", "../../.bashrc", ""), Entry(blob, 1))
+    huge = Entry(blob, 1, None, {"time_taken_ms": 10**30})
+    with pytest.raises(UsageError, match="cannot be stored"):
+        m.check_entry(good, huge)

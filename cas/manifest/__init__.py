@@ -7,6 +7,7 @@ CONTRACT (other modules code against these names; the implementation fills them 
     update(store, root, changes) -> ObjectId
                                          apply {EntryKey: Entry | None} (None removes)
     lookup(store, root, key) -> Entry | None
+    check_entry(key, entry) -> None      raises UsageError if update could not store it
     entries(store, root) -> Iterator[tuple[EntryKey, Entry]]
     count(store, root) -> int
     diff(store, a, b) -> Iterator[Change]     Change(key, old, new); reads O(k log n) nodes
@@ -35,6 +36,7 @@ from cas.manifest.api import (
     Change,
     build,
     check,
+    check_entry,
     count,
     diff,
     entries,
@@ -62,6 +64,6 @@ __all__ = [
     "BITS", "DEFAULT_RULES", "DELETED", "EMPTY", "FANOUT", "LEAF_MAX", "MAX_DEPTH", "OURS",
     "Change", "Entry", "EntryKey", "ManifestNode", "MergeResult", "Resolution", "Resolver",
     "Rule", "Stats",
-    "build", "check", "count", "diff", "entries", "key_hash", "lookup", "merge", "new_nodes",
+    "build", "check", "check_entry", "count", "diff", "entries", "key_hash", "lookup", "merge", "new_nodes",
     "select", "update", "walk",
 ]  # fmt: skip

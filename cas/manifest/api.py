@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
+from cas.codec import canonical
 from cas.digest import ObjectId
+from cas.errors import UsageError
 from cas.manifest.node import (
     BITS,
     EMPTY_RAW,
@@ -64,6 +66,21 @@ def update(
     tree = Tree(store, stats)
     sub, _ = tree.update(root.raw, 0, items)
     return tree.flush(sub[0] if sub else EMPTY_RAW)
+
+
+def check_entry(key: EntryKey, entry: Entry) -> None:
+    """Raise :class:`~cas.errors.UsageError` (:class:`~cas.errors.BadEntryKey` for a key
+    outside its kind's grammar) if :func:`update` could not store this one entry.
+
+    For a caller that records many entries from strangers (the Redis door): it drops the
+    one that fails and commits the rest, where a failing :func:`update` would lose all.
+    Checks what ``make_row``'s fast path leaves to the node encoder (integers past 64 bits).
+    """
+    row = make_row(key, entry)
+    try:
+        canonical(row)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"entry {key.key[:80]!r} cannot be stored: {exc}") from exc
 
 
 def lookup(store: Store, root: ObjectId, key: EntryKey, *, stats: Stats | None = None) -> Entry | None:

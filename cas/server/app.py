@@ -450,6 +450,7 @@ def create_app(
     door = RedisDoor(store_path, tokens, redis) if redis is not None else None
     if door is not None:
         door.observe = counters.redis_observer(door.env.id.short())
+        door.on_drop = counters.redis_dropped
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

@@ -11,6 +11,7 @@ cas_request_seconds (histogram)  door, route                time to answer
 cas_received_bytes_total         door                       request bytes read
 cas_sent_bytes_total             door                       answer bytes written
 cas_lookups_total                door, kind, env, result    hits and misses (result=hit|miss)
+cas_redis_dropped_entries_total  reason                     Redis writes dropped at commit
 cas_store_used_bytes             -                          LMDB pages in use (read on scrape)
 cas_store_objects                -                          objects in the store
 cas_refs                         -                          refs in the store
@@ -74,6 +75,10 @@ class Metrics:
         self.lookups = Counter(
             "cas_lookups", "Cache lookups by outcome", ["door", "kind", "env", "result"], registry=r
         )
+        self.dropped = Counter(
+            "cas_redis_dropped_entries", "Redis door writes dropped at commit (key or value)", ["reason"],
+            registry=r,
+        )
         r.register(_StoreCollector(store_info))
         self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._lookup_children: dict[tuple[str, str, str, str], Any] = {}
@@ -118,6 +123,10 @@ class Metrics:
                 self.lookup("redis", kind or "unknown", env, outcome == "hit", outcome == "miss")
 
         return observe
+
+    def redis_dropped(self, reason: str) -> None:
+        """A write the Redis door accepted could not be stored (``reason``: key or value)."""
+        self.dropped.labels(reason).inc()
 
     def hit_rates(self) -> dict[tuple[str, str, str], tuple[int, int]]:
         """{(door, kind, env): (hits, misses)} so far, for the web view."""

@@ -16,11 +16,15 @@ names it (``cas serve --redis-env``), or the served ref holds exactly one env. E
 of other envs are never served.
 
 * Reads answer from ``ref`` (a tag or a branch), re-read when it moves, if the trust
-  policy allows it (:func:`cas.torch.policy.check_ref_allowed`), plus the writes not yet
-  committed. Every value is re-hashed (BLAKE3) before it is served.
+  policy allows it (:func:`cas.torch.policy.check_ref_allowed`). When ``ref`` is the write
+  branch itself, the writes not yet committed are served too; a door that reads a tag
+  (or another branch) serves exactly that ref's commit, whatever anyone writes (design
+  invariant 7). Every value is re-hashed (BLAKE3) before it is served.
 * Writes (write-scope tokens only) are accepted at once and committed to ``branch`` in batches
   (``batch`` entries, or every ``flush_every`` seconds, and at shutdown); the commit's
-  metadata names the token that wrote them, so a batch never mixes two tokens.
+  metadata names the token that wrote them, so a batch never mixes two tokens. A key
+  outside its kind's grammar (cas.entrykeys) is refused at ``SET``; a value that cannot
+  be decoded or stored is dropped at commit, logged and counted, and the rest commits.
 * ``AUTH [user] <cas token>``: the password is a cas token; a read token gets
   ``-NOPERM`` on ``SET``, except on a read-only door (no branch), which drops writes. Without AUTH a connection may only handshake, unless the
   server runs without tokens or the door allows anonymous reads (or reads and writes,
@@ -48,10 +52,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import provenance, refs
+from cas import entrykeys, provenance, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import CasError, UsageError
+from cas.errors import BadEntryKey, CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
 from cas.server.redis_session import Connection
@@ -69,6 +73,9 @@ HOT_BYTES = 256 << 20
 #: Called after each command: (command, key kind or "", outcome, bytes in, bytes out,
 #: seconds); outcome is "hit", "miss", "ok" or "error". The metrics module listens here.
 Observer = Callable[[str, str, str, int, int, float], None]
+#: Called, from the commit thread, for each accepted write dropped at commit, with the
+#: reason: "key" (outside the entry-key grammar) or "value" (not of its kind's shape).
+DropObserver = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,12 @@ class RedisDoor:
         tokens: Tokens | None,
         options: RedisOptions,
         observe: Observer | None = None,
+        on_drop: DropObserver | None = None,
     ) -> None:
         self.options = options
         self.tokens = tokens
         self.observe = observe
+        self.on_drop = on_drop
         self.path = Path(store_path)
         #: Used on the event loop's thread only (reads); commits use their own handle.
         self.store = Store(self.path)
@@ -112,8 +121,14 @@ class RedisDoor:
         if self.read_ref is None:
             raise UsageError("the Redis door needs a ref to read or a branch to write")
         self.env = self._pick_env()
-        self._ref_full: str | None = None
+        #: The write branch's full ref: only a door reading it serves uncommitted writes.
+        self._own_ref = refs.branch_ref(options.branch) if options.branch else None
+        # A door reading its write branch reads that branch even before it exists (a tag
+        # of the same name, made meanwhile, must not take its place).
+        self._ref_full: str | None = self._own_ref if self.read_ref == options.branch else None
         self._ref_raw: ObjectId | None = None
+        #: The commit served (peeled, allowed by the policy); a new write branch starts here.
+        self._served: ObjectId | None = None
         #: Commits the trust policy allowed (tips served so far).
         self._allowed: set[ObjectId] = set()
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
@@ -174,7 +189,7 @@ class RedisDoor:
         raw = self.store.get_ref(self._ref_full)
         if raw == self._ref_raw:
             return
-        self._ref_raw = raw
+        self._ref_raw, self._served = raw, None
         root = None
         if raw is not None:
             try:
@@ -183,6 +198,7 @@ class RedisDoor:
                     check_ref_allowed(self.store, self._ref_full)
                 self._allowed.add(commit)
                 root = refs.load_commit(self.store, commit).manifest
+                self._served = commit
             except CasError as exc:
                 LOG.warning("redis door serves nothing from %s: %s", self.read_ref, exc)
         self.reader.serve_from(root)
@@ -210,13 +226,18 @@ class RedisDoor:
 
     # -- commands ---------------------------------------------------------------------------
 
+    def _serves_writes(self) -> bool:
+        """Whether uncommitted writes are served: only when the read ref is the write branch."""
+        return self._own_ref is not None and self._ref_full == self._own_ref
+
     def get(self, key: bytes) -> bytes | None:
         text = key.decode("utf-8", "replace")
-        for batch in self._pending.values():
-            if text in batch:
-                return batch[text]
-        if text in self._flushing:
-            return self._flushing[text]
+        if self._serves_writes():
+            for batch in self._pending.values():
+                if text in batch:
+                    return batch[text]
+            if text in self._flushing:
+                return self._flushing[text]
         self._refresh()
         value = self._hot.get(text)
         if value is not None:
@@ -230,19 +251,24 @@ class RedisDoor:
                 self._hot_bytes -= len(self._hot.popitem(last=False)[1])
         return value
 
-    def set(self, key: bytes, value: bytes, token: str) -> str | None:
-        """Accept a write for the next batch; returns an error text, or None when accepted."""
-        text = key.decode("utf-8", "replace")
-        parsed = parse_backend_key(text)
-        if parsed is None:
-            if text.startswith("pt2:"):
-                return None  # a torch cache cas does not keep (bundled autotune): dropped
-            return "ERR cas: not a torch or Triton remote-cache key"
-        # The value is decoded once, in the commit thread (a malformed one is dropped with
-        # a warning there): decoding it here too would double the CPU cost of a SET.
+    def set(self, pairs: list[tuple[bytes, bytes]], token: str) -> str | None:
+        """Accept writes for the next batch, all or none (as ``MSET``); returns an error
+        text, or None when accepted."""
+        accepted: list[tuple[str, bytes]] = []
+        for key, value in pairs:
+            text = key.decode("utf-8", "replace")
+            parsed = parse_backend_key(text)
+            err = _refusal(text, parsed)
+            if err:
+                return err
+            if parsed is not None:
+                accepted.append((text, value))
+        # The value is decoded once, in the commit thread (a malformed one is dropped and
+        # logged there): decoding it here too would double the CPU cost of a SET.
         batch = self._pending.setdefault(token, {})
-        self._npending += text not in batch
-        batch[text] = value
+        for text, value in accepted:
+            self._npending += text not in batch
+            batch[text] = value
         if self._npending >= self.options.batch:
             self.start_flush()
         return None
@@ -256,8 +282,9 @@ class RedisDoor:
             return
         batches, self._pending, self._npending = self._pending, {}, 0
         self._flushing = {k: v for batch in batches.values() for k, v in batch.items()}
+        self._refresh()  # a write branch made by this commit starts at the served commit
         loop = asyncio.get_running_loop()
-        self._flush_task = loop.run_in_executor(self._pool, self._commit, batches)
+        self._flush_task = loop.run_in_executor(self._pool, self._commit, batches, self._served)
         self._flush_task.add_done_callback(lambda _: self._flushed())
 
     def _flushed(self) -> None:
@@ -267,14 +294,14 @@ class RedisDoor:
         if self._npending >= self.options.batch:
             self.start_flush()
 
-    def _commit(self, batches: dict[str, dict[str, bytes]]) -> None:
+    def _commit(self, batches: dict[str, dict[str, bytes]], base: ObjectId | None) -> None:
         """One commit per token on the write branch (runs in the commit thread)."""
         try:
-            self._commit_batches(batches)
+            self._commit_batches(batches, base)
         except Exception:  # a bug or a broken store: logged, and the door keeps serving
             LOG.exception("redis door could not commit %d entries", sum(map(len, batches.values())))
 
-    def _commit_batches(self, batches: dict[str, dict[str, bytes]]) -> None:
+    def _commit_batches(self, batches: dict[str, dict[str, bytes]], base: ObjectId | None) -> None:
         if self._writer_store is None:
             self._writer_store = Store(self.path)
         assert self.options.branch is not None
@@ -283,13 +310,26 @@ class RedisDoor:
                 self._writer_store, self.env, root=None, branch=self.options.branch,
                 message="redis: artifacts recorded through the Redis door",
                 metadata={"producer": "redis", "token": token},
-                base=self._ref_raw,
+                base=base,
             )
             for key, value in batch.items():
-                rec.put(key, value)
+                self._record(rec, key, value, token)
             oid = rec.flush()
             if oid is not None:
-                LOG.info("redis door committed %s (%d entries, token %s)", oid.short(), len(batch), token)
+                LOG.info("redis door committed %s (%d entries, token %s)", oid.short(), rec.stats.recorded, token)
+            elif rec.pending:
+                LOG.error("redis door could not commit %d entries (token %s)", rec.pending, token)
+
+    def _record(self, rec: LiveCache, key: str, value: bytes, token: str) -> None:
+        """Buffer one write for its token's commit, or drop it, log and count why: one
+        entry that cannot be stored must not sink the others of its batch."""
+        try:
+            rec.record(key, value)
+        except Exception as exc:  # whatever a stranger's bytes make a decoder raise
+            reason = "key" if isinstance(exc, BadEntryKey) else "value"
+            LOG.warning("redis door dropped %r (token %s): %s", key[:200], token, _one_line(exc))
+            if self.on_drop is not None:
+                self.on_drop(reason)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -332,6 +372,23 @@ class RedisDoor:
 
     def _connection(self) -> Connection:
         return Connection(self)
+
+
+def _refusal(key: str, parsed: tuple[str, str, str] | None) -> str | None:
+    """Why a ``SET`` of ``key`` (``parsed`` by parse_backend_key) is refused, as a one-line
+    error reply, or None when it is accepted: a key of no torch or Triton cache is refused,
+    and so is an entry key outside its kind's grammar (cas.entrykeys), which would make
+    its whole batch fail to commit."""
+    if parsed is None:
+        if key.startswith("pt2:"):
+            return None  # a torch cache cas does not keep (bundled autotune): dropped
+        return "ERR cas: not a torch or Triton remote-cache key"
+    why = entrykeys.problem(parsed[0], parsed[1])
+    return f"ERR cas: {why}" if why else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _envs_of(store: Store, tip: ObjectId) -> set[ObjectId]:

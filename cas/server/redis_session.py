@@ -223,14 +223,11 @@ class Session:
             return self.reply.ok(), "", "ok"
         if self.scope is not Scope.WRITE:
             return self.reply.error(f"NOPERM cas: token {self.token!r} has read scope only"), "", "error"
-        kind = ""
-        for key, value in pairs:
-            err = self.door.set(key, value, self.token)
-            if err:
-                return self.reply.error(err), "", "error"
-            parsed = parse_backend_key(key.decode("utf-8", "replace"))
-            kind = parsed[0] if parsed else kind
-        return self.reply.ok(), kind, "ok"
+        err = self.door.set(pairs, self.token)
+        if err:
+            return self.reply.error(err), "", "error"
+        parsed = parse_backend_key(pairs[-1][0].decode("utf-8", "replace"))
+        return self.reply.ok(), parsed[0] if parsed else "", "ok"
 
     def cmd_set(self, args: list[bytes]) -> tuple[bytes, str, str]:
         # Options (EX, PX, NX, KEEPTTL, ...) are accepted and ignored: entries do not expire.

@@ -224,6 +224,9 @@ def _start(
             metadata=meta,
             base=session.commit,
             cache_dir=cache_dir if cache_dir is not None else _compat.torch_cache_dir(),
+            # What this process records is served only when it records into the ref it
+            # reads: a tag (or another branch) serves exactly its own commit.
+            serve_puts=session.record is not None and session.record == _branch_of(opened, session.ref),
         )
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.

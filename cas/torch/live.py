@@ -121,7 +121,10 @@ class LiveCache:
 
     ``root`` is the manifest to serve from (None: serve nothing, e.g. when the policy
     refused the ref); ``branch`` is where :meth:`flush` commits what torch put (None: do
-    not record). All methods are thread-safe and never raise into torch.
+    not record). ``serve_puts``: also serve the puts not yet committed, right only when
+    ``root`` is ``branch``'s own commit: a pin serves exactly what it pins (design
+    invariant 7), never what this process records to another branch. All methods are
+    thread-safe and, but :meth:`record`, never raise into torch.
     """
 
     def __init__(
@@ -135,8 +138,10 @@ class LiveCache:
         metadata: dict[str, Any] | None = None,
         base: ObjectId | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        serve_puts: bool = False,
     ) -> None:
         self.store = store
+        self.serve_puts = serve_puts
         #: Commit a new ``branch`` starts from (the served ref), so it holds both.
         self.base = base
         #: Torch cache dir whose new C++ kernels / timings / Triton files flush records.
@@ -185,7 +190,7 @@ class LiveCache:
     def _candidates(self, kind: str, key: str) -> list[tuple[str, Entry, bytes | None]]:
         out: list[tuple[str, Entry, bytes | None]] = [
             (k.variant, p.entry, p.data)
-            for k, p in self._pending.items()
+            for k, p in (self._pending.items() if self.serve_puts else ())
             if k.kind == kind and k.key == key
         ]
         if self._index is None:
@@ -250,12 +255,16 @@ class LiveCache:
     def put(self, backend_key: str, data: bytes) -> None:
         """Buffer what torch stores, for the next :meth:`flush`. Never raises."""
         try:
-            self._put(backend_key, data)
+            self.record(backend_key, data)
         except Exception as exc:  # a put error must never crash compile (torch#AOT)
             self.stats.errors += 1
             warn_once("put-error", f"could not record a compiled artifact ({type(exc).__name__}: {exc})")
 
-    def _put(self, backend_key: str, value: bytes) -> None:
+    def record(self, backend_key: str, value: bytes) -> None:
+        """:meth:`put`, raising what is wrong with the entry: ValueError (or another
+        decoding error) for a value not of its kind's shape, a CasError for an entry a
+        manifest cannot hold (:func:`cas.manifest.check_entry`; BadEntryKey for its key).
+        A refused entry is not buffered, so the next :meth:`flush` commits the others."""
         parsed = parse_backend_key(backend_key)
         if parsed is None or self.branch is None:
             return
@@ -266,12 +275,14 @@ class LiveCache:
         # the pickle without unpickling it), so live and captured entries coincide.
         variant, guards = variant_for(kind, blob, "")
         entry = Entry(ObjectId.of(blob), len(blob), guards, meta)
+        ek = EntryKey(self.env_id, kind, key, variant)
+        manifest.check_entry(ek, entry)  # one bad entry must not fail the flush of all
         with self._lock:
             self.stats.puts += 1
             self.stats.bump(kind, "puts")
             # A key torch writes again replaces what it replaced: PGO state evolves, and a
             # compiled graph is only re-put when the one we served did not apply.
-            self._pending[EntryKey(self.env_id, kind, key, variant)] = _Pending(entry, blob)
+            self._pending[ek] = _Pending(entry, blob)
 
     @property
     def pending(self) -> int:

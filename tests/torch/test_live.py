@@ -163,3 +163,40 @@ def test_entries_recorded_live_have_the_keys_a_process_without_cas_looks_up(
     with Store(rec.store) as store:
         recorded_aot = {k.key for k, _ in _entries(store, "main")["aot_autograd"]}
     assert recorded_aot == {p.name for p in (cache / "aotautograd").iterdir()}
+
+
+def test_a_session_serves_what_it_records_only_when_it_records_into_the_ref_it_reads(tmp_path: Path) -> None:
+    import json
+
+    from cas.history import commit_changes
+    from cas.objects import Entry, EntryKey
+    from cas.refs import create_tag
+    from cas.torch.enable import SAME_BRANCH, enable
+    from cas.torch.env import current_env
+
+    def wire(data: bytes) -> bytes:
+        return json.dumps({"data": base64.b64encode(data).decode(), "time_taken_ms": 1}).encode()
+
+    def served(got: bytes | None) -> bytes | None:
+        return None if got is None else base64.b64decode(json.loads(got)["data"])
+
+    key, new = "pt2:fx-graph-v1::fpinned:c1", "pt2:fx-graph-v1::fnew:c1"
+    with Store.init(tmp_path / "store") as store:
+        env = current_env()
+        store.put_object(env)
+        pinned = EntryKey(env.id, "inductor", "fpinned", "")
+        oid = commit_changes(store, "main", {pinned: Entry(store.put(b"pinned"), 6)}, "seed")
+        create_tag(store, "release/1.0", oid)
+        # (ref read, branch recorded into, what a get of the pinned key and of a new key serve)
+        cases = [("release/1.0", "mine", b"pinned", None), ("main", "other", b"pinned", None),
+                 ("main", SAME_BRANCH, b"recorded", b"new")]
+        for ref, record, at_key, at_new in cases:
+            session = enable(store, ref=ref, record=record, hydrate=False, cache_dir=tmp_path / "cache")
+            try:
+                assert session.live is not None
+                session.live.put(key, wire(b"recorded"))
+                session.live.put(new, wire(b"new"))
+                assert (served(session.live.get(key)), served(session.live.get(new))) == (at_key, at_new), ref
+            finally:
+                session.close()
+        assert _entries(store, "mine")["inductor"]  # what a pinned session records is kept
