@@ -380,6 +380,8 @@ class Row:
             "env": str(self.key.env),
             "commit": str(self.commit) if self.commit else None,
             **{k: v for k, v in self.entry.meta.items()},
+            # an impossible time is shown as none, as the merge rule counts it
+            **({"time_ms": self.time()} if "time_ms" in self.entry.meta else {}),
         }
 
 

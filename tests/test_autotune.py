@@ -209,3 +209,5 @@ def test_an_impossible_time_never_wins_a_merge(store: Store, bad: float) -> None
         done = integrate(store, "refs/heads/main", theirs, message="pull", who="t")  # type: ignore[arg-type]
         (row,) = autotune.show_rows(store, done.new)  # type: ignore[arg-type]
         assert row.meta["time_ms"] == 0.5
+    (shown,) = autotune.show_rows(store, _commit_meta(store, rec, bad, [base]))  # type: ignore[arg-type]
+    assert shown.time() is None and shown.to_dict()["time_ms"] is None  # listed as untimed
