@@ -22,13 +22,15 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from cas import history, manifest
+from cas import entrykeys, history, manifest, timings
 from cas.digest import ObjectId
+from cas.errors import BadAutotuneRecord
 from cas.objects import Commit, Entry, EntryKey
 from cas.refs import load_commit
 from cas.store import Store
@@ -41,6 +43,7 @@ __all__ = [
     "config_line",
     "RECORD_FORMAT",
     "Record",
+    "check_entry",
     "diff_records",
     "diff_rows",
     "entry_meta",
@@ -65,6 +68,14 @@ _BEST_CONFIG_BOOKKEEPING = ("configs_hash", "found_by_coordesc", "time_taken_ms"
 #: Keys of a chosen config left out of its one-line name (the name must equal the one
 #: built from a live ``triton.Config``: sorted kwargs, num_warps, num_stages).
 _NOT_IN_NAME = (*_BEST_CONFIG_BOOKKEEPING, "extra_options", "num_consumer_groups", "num_buffers_warp_spec")
+#: Where torch keeps a ``.best_config`` (``<xx>/<hash>.best_config``, as cas.torch.kinds
+#: scans for it): the only files a Triton record writes.
+_BEST_CONFIG_PATH = re.compile(r"[a-z0-9_]{2}/[^/]+\.best_config\Z")
+#: Type of each field of a record (``time_ms`` and ``source`` are checked on their own).
+_FIELD_TYPES: Mapping[str, type | tuple[type, ...]] = MappingProxyType({
+    "key": str, "op": str, "inputs": list, "config": dict, "candidates": dict, "method": str,
+    "device_class": str, "provenance": dict, "source": dict,
+})
 
 
 @dataclass(frozen=True)
@@ -96,12 +107,78 @@ class Record:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Record:
-        """Parse a record blob; ValueError if it is not one this version reads."""
-        raw = json.loads(data)
+        """Parse and check a record blob (:meth:`check`); BadAutotuneRecord if it is not
+        a well-formed record of the format this version reads."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # RecursionError: a hostile nesting
+            raise BadAutotuneRecord(f"autotune record is not JSON: {str(exc)[:80]}") from exc
         if not isinstance(raw, dict) or raw.get("format") != RECORD_FORMAT:
-            raise ValueError("not an autotune record of format 1")
+            raise BadAutotuneRecord(f"not an autotune record of format {RECORD_FORMAT}")
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        missing = sorted(set(names) - {"source", "format"} - raw.keys())
+        if missing:
+            raise BadAutotuneRecord(f"autotune record lacks {', '.join(missing)}")
+        rec = cls(**{k: v for k, v in raw.items() if k in names})
+        rec.check()
+        return rec
+
+    def problem(self) -> str | None:
+        """Why this record may not be stored or written back, or None: a field of the
+        wrong type, an impossible time (cas.timings), or a source naming a file that is
+        not its own kind's (:meth:`target`)."""
+        for name, kind in _FIELD_TYPES.items():
+            if not isinstance(getattr(self, name), kind):
+                return f"{name} is not a {getattr(kind, '__name__', 'value')}"
+        times = ([] if self.time_ms is None else [self.time_ms]) + list(self.candidates.values())
+        impossible = next((w for w in map(timings.problem, times) if w is not None), None)
+        if impossible is not None:
+            return impossible
+        if not all(isinstance(t, dict) for t in self.inputs) or not isinstance(self.provenance.get("rank", 0), int):
+            return "inputs or provenance are malformed"
+        try:
+            self.target()
+        except BadAutotuneRecord as exc:
+            return exc.message
+        return None
+
+    def check(self) -> None:
+        """Raise BadAutotuneRecord, naming the record, if :meth:`problem` finds one."""
+        why = self.problem()
+        if why is not None:
+            raise BadAutotuneRecord(f"autotune record {str(self.key)[:80]!r}: {why}")
+
+    def target(self) -> tuple[str, str] | None:
+        """The (kind, entry key) of the file hydrate writes this record into, or None for a
+        record torch keeps elsewhere (a remote autotune value).
+
+        A Triton record writes its own ``.best_config`` (kind ``autotune``, key = the
+        record's key less ``triton/``), a GEMM record its slot of the timing file (kind
+        ``gemm_timing``, key = ``source.path`` less ``cache/``, the slot named by its
+        key); hydrate places either like every entry of that kind (kind grammar, inside
+        the cache dir). Any other ``source`` is BadAutotuneRecord: a record never names
+        another kind's file (an FX entry, a kernel), a path outside, or another key's slot.
+        """
+        src = self.source
+        if not isinstance(src, dict):
+            raise BadAutotuneRecord("source is not a map")
+        if src.get("remote") is True:
+            return None
+        path = src.get("path")
+        if not isinstance(path, str):
+            raise BadAutotuneRecord("source has no path")
+        if self.op == "triton":
+            ok = bool(_BEST_CONFIG_PATH.match(path)) and self.key == f"triton/{path}" and isinstance(
+                src.get("content"), dict)
+            kind, key = "autotune", path
+        else:
+            slot = [src.get(n) for n in ("op", "inputs_key", "precision")]
+            kind, key = "gemm_timing", path.removeprefix("cache/")
+            ok = path.startswith("cache/") and all(isinstance(v, str) for v in slot) and slot[0] == self.op \
+                and self.key == gemm_key(*slot)  # type: ignore[arg-type]
+        if not ok or entrykeys.problem(kind, key) is not None:
+            raise BadAutotuneRecord(f"source path {path[:80]!r} is not this record's own {kind} file")
+        return kind, key
 
     @property
     def choice(self) -> str:
@@ -115,7 +192,8 @@ class Record:
         """Input shapes and dtypes, e.g. ``64x512 f32, 512x512 f32``."""
         parts = []
         for t in self.inputs:
-            dims = "x".join(str(d) for d in t.get("shape", []))
+            shape = t.get("shape")
+            dims = "x".join(str(d) for d in shape) if isinstance(shape, list) else ""
             dtype = str(t.get("dtype", "")).replace("torch.", "").replace("float", "f")
             parts.append(f"{dims} {dtype}".strip())
         return ", ".join(parts)
@@ -123,6 +201,17 @@ class Record:
     def measured_at(self) -> float:
         value = self.provenance.get("time")
         return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def check_entry(key: EntryKey, entry: Entry, rec: Record) -> None:
+    """Raise BadAutotuneRecord unless ``rec``, read from ``entry``'s blob, is the record
+    its entry says: the same key and device class (a merge compares entries by key, so a
+    blob of another key would slip past it), and no impossible time in the metadata."""
+    why = timings.entry_problem(key.kind, entry.meta)
+    if why is None and (rec.key, rec.device_class) != (key.key, key.variant):
+        why = f"the blob is the record of {rec.key[:80]!r} on {rec.device_class[:40]!r}"
+    if why is not None:
+        raise BadAutotuneRecord(why)
 
 
 def entry_meta(rec: Record) -> dict[str, Any]:
@@ -196,9 +285,9 @@ def from_timing_file(
     cache = data.get("cache") if isinstance(data, dict) else None
     for op, by_inputs in (cache or {}).items():
         for inputs_key, by_precision in (by_inputs or {}).items():
-            for precision, timings in (by_precision or {}).items():
-                times = {str(c): float(t) for c, t in (timings or {}).items()
-                         if isinstance(t, (int, float)) and t == t and t != float("inf")}
+            for precision, measured in (by_precision or {}).items():
+                times = {str(c): float(t) for c, t in (measured or {}).items()  # inf: failed
+                         if timings.problem(t) is None}
                 if not times:
                     continue
                 winner = min(times, key=lambda c: times[c])
@@ -241,7 +330,7 @@ def from_best_config(
         return None
     chosen = {k: v for k, v in data.items() if k not in _BEST_CONFIG_BOOKKEEPING}
     coordesc = bool(data.get("found_by_coordesc"))
-    cands = {str(k): float(v) for k, v in (timings or {}).items()}
+    cands = {str(k): float(v) for k, v in (timings or {}).items() if _possible(v)}
     winner = config_line(chosen)
     prov = dict(provenance)
     if isinstance(data.get("time_taken_ms"), int):
@@ -281,8 +370,8 @@ class Row:
         return self.entry.meta
 
     def time(self) -> float | None:
-        t = self.entry.meta.get("time_ms")
-        return float(t) if isinstance(t, (int, float)) else None
+        """The measured time, or None when there is none or it is impossible."""
+        return _timing(self.entry)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,6 +380,8 @@ class Row:
             "env": str(self.key.env),
             "commit": str(self.commit) if self.commit else None,
             **{k: v for k, v in self.entry.meta.items()},
+            # an impossible time is shown as none, as the merge rule counts it
+            **({"time_ms": self.time()} if "time_ms" in self.entry.meta else {}),
         }
 
 
@@ -330,8 +421,8 @@ class Delta:
             "op": side.meta.get("op"), "shapes": side.meta.get("shapes"),
             "old_choice": self.old.meta.get("choice") if self.old else None,
             "new_choice": self.new.meta.get("choice") if self.new else None,
-            "old_ms": self.old.meta.get("time_ms") if self.old else None,
-            "new_ms": self.new.meta.get("time_ms") if self.new else None,
+            "old_ms": _timing(self.old),
+            "new_ms": _timing(self.new),
             "ratio": self.ratio(),
         }
 
@@ -350,16 +441,22 @@ def short_choice(text: object) -> str:
 
 
 #: Metadata keys holding a measured time in milliseconds, in order of preference.
-TIMING_KEYS = ("time_ms", "timing_ms")
+TIMING_KEYS = timings.TIMING_KEYS
+
+
+def _possible(value: object) -> bool:
+    return timings.problem(value) is None
 
 
 def _timing(entry: Entry | None) -> float | None:
+    # An impossible time (cas.timings: -1, 0, 1e-300; a store may hold one written by
+    # other means) counts as no time at all, so it never wins a merge.
     if entry is None:
         return None
     for name in TIMING_KEYS:
         value = entry.meta.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if _possible(value):
+            return float(value)  # type: ignore[arg-type]
     return None
 
 

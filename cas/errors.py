@@ -58,6 +58,11 @@ class BadEntryKey(UsageError):
     path outside a cache dir."""
 
 
+class BadAutotuneRecord(UsageError):
+    """An autotune record is malformed: a time that is no possible measurement (not
+    finite, or under cas.timings.MIN_MS), or a ``source`` naming another kind's file."""
+
+
 class BadRefTarget(UsageError):
     """A ref would point at an object that is not a commit or a tag."""
 

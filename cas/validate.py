@@ -5,8 +5,10 @@ Decoding alone is lenient (``Commit.decode`` turns a time of ``"12"`` into 12); 
 strict: the body is the canonical encoding of exactly the fields its type has, each of
 its type (a time is an integer, an id 32 bytes, metadata a map), no float is NaN or
 infinite, nothing nests deeper than MAX_NESTING, and every manifest entry key matches its
-kind's grammar (cas.entrykeys). Anything else is :class:`~cas.errors.CorruptObject`
-(422 on the server), or :class:`~cas.errors.BadEntryKey` (400).
+kind's grammar (cas.entrykeys), and every time an autotune record's entry claims is a
+possible one (cas.timings). Anything else is :class:`~cas.errors.CorruptObject`
+(422 on the server), or :class:`~cas.errors.BadEntryKey` or
+:class:`~cas.errors.BadAutotuneRecord` (400).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cas import codec, entrykeys
+from cas import codec, entrykeys, timings
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId
-from cas.errors import CorruptObject
+from cas.errors import BadAutotuneRecord, CorruptObject
 
 #: Deepest nesting of maps and lists in a body (metadata included).
 MAX_NESTING = 32
@@ -126,6 +128,9 @@ def _node(body: dict[str, Any]) -> list[ObjectId]:
         ):
             raise CorruptObject("malformed manifest leaf entry")
         entrykeys.check(kind, key)
+        impossible = timings.entry_problem(kind, meta)
+        if impossible is not None:
+            raise BadAutotuneRecord(f"{kind} {key[:80]!r}: {impossible}")
         out.append(_id(blob, "entry blob"))
         if env not in envs:
             envs.add(env)

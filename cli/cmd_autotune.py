@@ -38,7 +38,7 @@ def _rows_table(title: str, rows: list[autotune.Row], with_commit: bool) -> Tabl
         table.add_column("commit", no_wrap=True)
     for r in rows:
         cells = [str(r.meta.get("op", "")), str(r.meta.get("shapes", "")), autotune.short_choice(r.meta.get("choice")),
-                 _ms(r.meta.get("time_ms")), str(r.meta.get("device", "")), str(r.meta.get("host", ""))]
+                 _ms(r.time()), str(r.meta.get("device", "")), str(r.meta.get("host", ""))]
         if with_commit:
             cells.append(r.commit.hex[:10] if r.commit else "-")
         table.add_row(*(escape(c) for c in cells))

@@ -83,7 +83,12 @@ def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
     _require_torch(load=False)
     from cas.torch.hydrate import hydrate as do_hydrate
 
-    res = do_hydrate(ctx.store, ref, cache_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = do_hydrate(ctx.store, ref, cache_dir)
+    for w in caught:  # each skipped entry: one line naming it, not Python's two
+        message = str(w.message).splitlines()[0] if str(w.message) else w.category.__name__
+        click.echo(f"cas: warning: {message.removeprefix('cas: ')}", err=True)
     ctx.emit(res.to_dict(), None)
     if ctx.as_json:
         return
@@ -91,7 +96,7 @@ def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
     ctx.out.print(
         f"written {res.written} ({res.bytes_written} bytes), already present {res.present}, "
         f"skipped: {res.skipped_other_env} of other envs, {res.skipped_other_cpu} of other CPUs, "
-        f"{res.corrupt} corrupt, {res.bad_keys} with unsafe keys"
+        f"{res.corrupt} corrupt, {res.bad_keys} with unsafe keys, {res.bad_records} malformed autotune records"
     )
     for line in _warmth_lines(res.warmth):
         ctx.out.print(escape(line))

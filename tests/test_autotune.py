@@ -12,11 +12,13 @@ the order save builds it).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cas import autotune, history, manifest, refs
+from cas.errors import BadAutotuneRecord
 from cas.objects import Entry, EntryKey, Env
 from cas.store import Store
 
@@ -96,7 +98,7 @@ def test_record_bytes_round_trip_and_a_newer_format_is_refused() -> None:
     rec = next(autotune.from_timing_file(CPU_FILE, "cache/4413", CPU_CLASS, PROV))
     assert autotune.Record.from_bytes(rec.to_bytes()) == rec
     newer = json.loads(rec.to_bytes()) | {"format": 2}
-    with pytest.raises(ValueError):
+    with pytest.raises(BadAutotuneRecord):
         autotune.Record.from_bytes(json.dumps(newer).encode())
 
 
@@ -149,3 +151,63 @@ def test_merge_commit_message_says_which_measurement_each_kernel_kept(store: Sto
     assert len(lines) == 2 and all(line.startswith("packed_linear [16x") for line in lines)
     assert sum("kept theirs" in line for line in lines) == 1 and sum("kept ours" in line for line in lines) == 1
     assert all(f"on {CPU_CLASS}" in line and "(_mkl_linear)" in line for line in lines)
+
+
+# -- impossible times (issue 16, point 15) ----------------------------------------------------
+
+#: Times no measurement gives: each would win every merge, or is no number at all.
+IMPOSSIBLE = [-1.0, 0.0, 1e-300, float("nan"), float("inf")]
+
+
+@pytest.mark.parametrize("bad", IMPOSSIBLE)
+def test_a_record_with_an_impossible_time_is_refused_at_record(store: Store, bad: float) -> None:
+    from cas.torch.autotune import record  # imports no torch: the refusal comes first
+
+    good, other = list(autotune.from_timing_file(CPU_FILE, "cache/4413", CPU_CLASS, PROV))[:2]
+    forged = [replace(good, time_ms=bad), replace(other, candidates={**other.candidates, "cheat": bad})]
+    for rec in forged:
+        with pytest.raises(BadAutotuneRecord) as err:
+            record(store, records=[good, rec])
+        assert "impossible" in err.value.message and rec.key in err.value.message
+        assert "\n" not in err.value.message
+        with pytest.raises(BadAutotuneRecord):  # a rank's or a peer's blob alike
+            autotune.Record.from_bytes(json.dumps({**json.loads(good.to_bytes()), "time_ms": bad}).encode())
+    assert store.get_ref("refs/heads/main") is None  # nothing committed
+
+
+def test_impossible_times_in_torch_files_are_left_out_like_failed_ones() -> None:
+    data = json.loads(CPU_FILE)
+    slot = next(iter(data["cache"]["packed_linear"].values()))["highest"]
+    slot.update({"neg": -1.0, "zero": 0.0, "tiny": 1e-300})
+    for rec in autotune.from_timing_file(json.dumps(data).encode(), "cache/4413", CPU_CLASS, PROV):
+        assert rec.problem() is None and not {"neg", "zero", "tiny"} & set(rec.candidates)
+    got = autotune.from_best_config(best_config_bytes(), "ab/cd.best_config", "c", PROV,
+                                    timings={"XBLOCK=1024,R0_BLOCK=8,num_stages=1,num_warps=4": 0.0})
+    assert got is not None and got.time_ms is None and got.candidates == {}
+
+
+def _commit_meta(store: Store, rec: autotune.Record, time_ms: float, parents: list) -> object:
+    """A commit holding ``rec`` whose entry claims ``time_ms``, written directly (as a
+    store can come to hold one: not through record, not received)."""
+    env = store.put_object(Env({"device": "cpu"}))
+    base = refs.load_commit(store, parents[0]).manifest if parents else manifest.EMPTY
+    oid = store.put(rec.to_bytes())
+    entry = Entry(oid, len(rec.to_bytes()), None, {**autotune.entry_meta(rec), "time_ms": time_ms})
+    root = manifest.update(store, base, {EntryKey(env, autotune.KIND, rec.key, rec.device_class): entry})
+    return history.commit(store, root, parents, "autotune", {"producer": "autotune"})
+
+
+@pytest.mark.parametrize("bad", IMPOSSIBLE)
+def test_an_impossible_time_never_wins_a_merge(store: Store, bad: float) -> None:
+    from cas.sync.merge import integrate
+
+    rec = next(autotune.from_timing_file(CPU_FILE, "cache/4413", CPU_CLASS, PROV))
+    base = _commit_meta(store, rec, 5.0, [])
+    for ours_ms, theirs_ms in ((bad, 0.5), (0.5, bad)):  # on either side
+        ours, theirs = _commit_meta(store, rec, ours_ms, [base]), _commit_meta(store, rec, theirs_ms, [base])
+        store.set_ref("refs/heads/main", ours)
+        done = integrate(store, "refs/heads/main", theirs, message="pull", who="t")  # type: ignore[arg-type]
+        (row,) = autotune.show_rows(store, done.new)  # type: ignore[arg-type]
+        assert row.meta["time_ms"] == 0.5
+    (shown,) = autotune.show_rows(store, _commit_meta(store, rec, bad, [base]))  # type: ignore[arg-type]
+    assert shown.time() is None and shown.to_dict()["time_ms"] is None  # listed as untimed

@@ -13,7 +13,8 @@ POST     /v1/fetch            read     body: 32-byte ids; answer: a pack of thos
 POST     /v1/packs            write    body: a pack; verified, closure-checked, stored
 PUT      /v1/refs/{name}      write    ``{"new": hex|null, "expected": hex|null}``: CAS
 GET      /metrics             read     Prometheus text format (cas.server.metrics)
-GET      /ui/...              read     the web view, token in a cookie (cas.server.web)
+GET      /ui/...              read     the web view, token in a cookie (cas.server.web);
+                                      POST /ui/login and /ui/logout with a CSRF token
 =======  ===================  =======  ==================================================
 
 With ``redis=RedisOptions(...)`` the same event loop also runs the Redis door
@@ -54,7 +55,7 @@ from cas.errors import (
     UsageError,
 )
 from cas.ingest import MAX_UNPACKED, Commits, receive
-from cas.server import web
+from cas.server import web, websec
 from cas.server.auth import Scope, Tokens
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cas.server.metrics import Metrics, route_of
@@ -486,4 +487,5 @@ def create_app(
     app.state.limits = limits or Limits()
     app.state.redis = door
     app.state.metrics = counters
-    return AccessLog(app, counters, app.routes)
+    app.state.csrf = websec.Csrf()
+    return AccessLog(websec.SecurityHeaders(app), counters, app.routes)

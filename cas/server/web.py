@@ -7,8 +7,10 @@ saved (``/ui/entries/<ref>``), and an explain box (``/ui/explain``) answering, f
 cache key, what ``cas explain`` would for a process of a chosen env.
 
 Access: when the server has tokens, a page needs a token of read scope (any token), given
-once through the login form and kept in an HttpOnly, SameSite=Strict cookie. The view
-never writes to the store.
+once through the login form and kept in an HttpOnly, SameSite=Strict cookie. Logging in
+and out are POSTs of forms that carry a CSRF token (cas.server.websec), and every
+response carries the security headers of cas.server.websec. The view never writes to the
+store.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from starlette.staticfiles import StaticFiles
 from cas import manifest, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import CasError
+from cas.errors import CasError, Forbidden
 from cas.history import log
 from cas.objects import Env
 from cas.server.auth import Tokens
 from cas.server.protocol import read_body
+from cas.server.websec import CSRF_FIELD, Csrf, set_nonce
 from cas.stats import human_size
 from cas.store import Store
 
@@ -47,7 +50,7 @@ _TEMPLATES.filters["size"] = lambda n: human_size(int(n))
 _TEMPLATES.filters["url"] = lambda s: quote(str(s), safe="/")
 _TEMPLATES.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t)))
 LOG_LIMIT = 200
-#: Largest login form (a token and the page to go back to); read before any auth.
+#: Largest login or logout form (a token, a CSRF token); read before any auth.
 MAX_LOGIN_BODY = 8 << 10
 DIFF_LIMIT = 500
 
@@ -176,8 +179,24 @@ async def _page(request: Request, template: str, read: Any = None, **context: An
         data = await run_in_threadpool(lambda: read(store())) if read is not None else {}
     except CasError as exc:
         data, status = {"error": str(exc)}, exc.http_status
-    html = _TEMPLATES.get_template(template).render(who=who, **context, **data)
-    return HTMLResponse(html, status_code=status)
+    return _render(request, template, status, who=who, **context, **data)
+
+
+def _render(request: Request, template: str, status: int, **context: Any) -> Response:
+    """A page, with the CSRF token its forms carry (and the cookie it fits, when new)."""
+    csrf: Csrf = request.app.state.csrf
+    token, nonce = csrf.issue(request)
+    html = _TEMPLATES.get_template(template).render(csrf=token, **context)
+    return set_nonce(HTMLResponse(html, status_code=status), request, nonce)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A POSTed form (at most MAX_LOGIN_BODY bytes), its CSRF token checked (403 if not)."""
+    raw = parse_qs((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
+    form = {k: v[0] for k, v in raw.items()}
+    csrf: Csrf = request.app.state.csrf
+    csrf.check(request, form.get(CSRF_FIELD, ""))
+    return form
 
 
 async def index(request: Request) -> Response:
@@ -227,22 +246,26 @@ async def login(request: Request) -> Response:
     target = request.query_params.get("next", "/ui/")
     if not target.startswith("/ui"):
         target = "/ui/"  # never redirect off the view
-    error = ""
+    error, status = "", 200
     if request.method == "POST":
-        form = parse_qs((await read_body(request, MAX_LOGIN_BODY)).decode("utf-8", "replace"))
-        token = form.get("token", [""])[0].strip()
-        tokens: Tokens | None = request.app.state.tokens
-        if tokens is None or tokens.check(token) is not None:
-            response = RedirectResponse(target, status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/ui",
-                                secure=request.url.scheme == "https")
-            return response
-        error = "unknown token"
-    html = _TEMPLATES.get_template("login.html").render(who=None, error=error, next=target)
-    return HTMLResponse(html, status_code=401 if error else 200)
+        try:
+            token = (await _form(request)).get("token", "").strip()
+        except Forbidden as exc:  # another site's form, or a stale one: a fresh form, no cookie
+            error, status = exc.message, exc.http_status
+        else:
+            tokens: Tokens | None = request.app.state.tokens
+            if tokens is None or tokens.check(token) is not None:
+                response = RedirectResponse(target, status_code=303)
+                response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/ui",
+                                    secure=request.url.scheme == "https")
+                return response
+            error, status = "unknown token", 401
+    return _render(request, "login.html", status, who=None, error=error, next=target)
 
 
 async def logout(request: Request) -> Response:
+    """POST only, with the page's CSRF token: a link or another site cannot log one out."""
+    await _form(request)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response
@@ -253,7 +276,7 @@ def routes() -> list[Any]:
         Route("/ui", lambda r: RedirectResponse("/ui/", status_code=307)),
         Route("/ui/", index),
         Route("/ui/login", login, methods=["GET", "POST"]),
-        Route("/ui/logout", logout),
+        Route("/ui/logout", logout, methods=["POST"]),
         Route("/ui/log/{ref:path}", log_page),
         Route("/ui/commit/{oid}", commit_page),
         Route("/ui/entries/{ref:path}", entries_page),

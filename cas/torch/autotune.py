@@ -39,6 +39,7 @@ from typing import Any
 from cas import autotune, manifest
 from cas.codec import ObjType
 from cas.digest import ObjectId
+from cas.errors import BadAutotuneRecord
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey
 from cas.refs import branch_ref, load_commit
@@ -50,6 +51,7 @@ from cas.torch.env import cpu_fingerprint, current_env
 __all__ = [
     "Observed",
     "RecordResult",
+    "RecordsHere",
     "Shard",
     "count_benchmarks",
     "device_class",
@@ -374,15 +376,18 @@ def record(
     read too. ``records`` replaces reading the dir (distributed shards, tests); ``since``
     reads only the files written since then (a live session's own measurements).
     """
-    env_id = store.put_object(current_env())
     tip = store.get_ref(branch_ref(branch))
     root = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
     if records is None:
+        env = current_env().id
         remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
-                  if ek.kind == "autotune_remote" and ek.env == env_id]
+                  if ek.kind == "autotune_remote" and ek.env == env]
         cdir = Path(cache_dir) if cache_dir is not None else _compat.torch_cache_dir()
         records = read_records(cdir, observed=observed, remote_values=remote, method=method, since=since)
     recs = list(records)
+    for rec in recs:  # one impossible time or foreign source refuses the whole recording
+        rec.check()
+    env_id = store.put_object(current_env())
     device = str(recs[0].provenance.get("device", "")) if recs else ""
     result = RecordResult(commit=None, device=device)
     chosen: dict[EntryKey, autotune.Record] = {}
@@ -420,22 +425,24 @@ def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
 
     A GEMM record replaces its (op, inputs, precision) slot of the timing file with its
     candidate times, so torch's lookup hits and picks the recorded winner; a Triton record
-    writes its ``.best_config`` as torch saved it. Records of another device class are
-    the caller's to filter out.
+    writes its ``.best_config`` as torch saved it. Each file is placed as an entry of its
+    kind is (:meth:`cas.autotune.Record.target`, :func:`cas.torch.kinds.place`); a
+    malformed record (:meth:`~cas.autotune.Record.problem`) and a remote one are skipped.
+    Records of another device class are the caller's to filter out.
     """
-    by_file: dict[str, list[autotune.Record]] = {}
+    by_file: dict[Path, list[autotune.Record]] = {}
     written = 0
     for rec in records:
-        rel = str(rec.source.get("path", ""))
-        if not rel or rec.source.get("remote") or not _confined(rel, Path(cache_dir)):
+        target = rec.target() if rec.problem() is None else None
+        if target is None:
             continue
+        path = kinds.place(Path(cache_dir), *target, b"")
         if rec.op == "triton":
-            _write(Path(cache_dir) / rel, json.dumps(rec.source["content"]).encode())
+            _write(path, json.dumps(rec.source["content"]).encode())
             written += 1
         else:
-            by_file.setdefault(rel, []).append(rec)
-    for rel, recs in by_file.items():
-        path = Path(cache_dir) / rel
+            by_file.setdefault(path, []).append(rec)
+    for path, recs in by_file.items():
         try:
             data = json.loads(path.read_bytes()) if path.exists() else {}
         except ValueError:
@@ -451,15 +458,6 @@ def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
     return written
 
 
-def _confined(rel: str, base: Path) -> bool:
-    # A record names a path under the cache dir; one that could leave it (``..``, an
-    # absolute path, a symlink pointing out) is ignored, as hydrate does for entry keys.
-    parts = Path(rel).parts
-    if not parts or Path(rel).is_absolute() or ".." in parts:
-        return False
-    return (base / rel).resolve().is_relative_to(base.resolve())
-
-
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -467,25 +465,40 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def records_for_here(
-    store: Store, pairs: Iterable[tuple[EntryKey, Entry]]
-) -> tuple[list[autotune.Record], int]:
-    """The records among ``pairs`` measured on this device class, and how many were not."""
-    here, other, out = device_class(), 0, []
+@dataclass
+class RecordsHere:
+    """The records of some entries measured on this device class, and what was not used:
+    records of other device classes, and malformed ones (``bad``: entry and why)."""
+
+    records: list[autotune.Record] = field(default_factory=list)
+    other_device: int = 0
+    missing: int = 0
+    bad: list[tuple[EntryKey, str]] = field(default_factory=list)
+
+
+def records_for_here(store: Store, pairs: Iterable[tuple[EntryKey, Entry]]) -> RecordsHere:
+    """The records among ``pairs`` measured on this device class, each read and checked
+    (:meth:`cas.autotune.Record.from_bytes`, and the entry's own times): a malformed one
+    is reported in ``bad``, never raised, so it cannot stop the others."""
+    here, out = device_class(), RecordsHere()
     for ek, entry in pairs:
         if ek.kind != autotune.KIND:
             continue
         if ek.variant != here:
-            other += 1
+            out.other_device += 1
             continue
         data = store.get(entry.blob)
         if data is None or ObjectId.of(data) != entry.blob:
+            out.missing += 1
             continue
         try:
-            out.append(autotune.Record.from_bytes(data))
-        except (ValueError, TypeError):
+            rec = autotune.Record.from_bytes(data)
+            autotune.check_entry(ek, entry, rec)
+        except BadAutotuneRecord as exc:
+            out.bad.append((ek, exc.message))
             continue
-    return out, other
+        out.records.append(rec)
+    return out
 
 
 def records_in(store: Store, root: ObjectId) -> Mapping[EntryKey, Entry]:

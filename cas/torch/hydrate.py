@@ -48,6 +48,9 @@ class HydrateResult:
     corrupt: int = 0
     #: Entries whose key breaks its kind's grammar (cas.entrykeys): never written.
     bad_keys: int = 0
+    #: Autotune records that are malformed (an impossible time, a source naming another
+    #: kind's file, not a record): each warned about by name, never written.
+    bad_records: int = 0
     bytes_written: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     other_envs: dict[str, int] = field(default_factory=dict)
@@ -268,9 +271,13 @@ def _write_autotune_records(
 ) -> None:
     from cas.torch.autotune import records_for_here, write_records
 
-    here, other = records_for_here(store, records)
-    result.skipped_other_cpu += other
-    written = write_records(here, root_dir)
+    found = records_for_here(store, records)
+    result.skipped_other_cpu += found.other_device
+    result.corrupt += found.missing
+    result.bad_records += len(found.bad)
+    for ek, why in found.bad:  # the key is the peer's text: quoted, so the line stays one
+        warnings.warn(f"cas: skipping autotune record {ek.key[:80]!r} on {ek.variant[:40]!r}: {why}", stacklevel=3)
+    written = write_records(found.records, root_dir)
     if written:
         result.by_kind[AUTOTUNE_RECORD] = written
         result.written += written

@@ -17,7 +17,7 @@ from cas import pack
 from cas.codec import ObjType, encode
 from cas.digest import ObjectId
 from cas.fsck import CORRUPT, fsck
-from cas.objects import Commit, ManifestNode
+from cas.objects import Commit, Env, ManifestNode
 from cas.store import Store
 
 
@@ -68,6 +68,21 @@ def test_malformed_objects_are_refused_with_4xx_and_not_stored(server: Served, n
     assert "\n" not in resp.json()["message"]
     with Store(server.store_path) as store:
         assert store.missing([ObjectId.of(data)]) == [ObjectId.of(data)]
+
+
+@pytest.mark.parametrize("time_ms", [-1.0, 0, 1e-300, 0.5])
+def test_an_autotune_entry_claiming_an_impossible_time_is_refused(server: Served, time_ms: float) -> None:
+    # Whole: the env and blob it names come in the same pack, so only the time can refuse it.
+    blob, env = b"an autotune record", Env({"device": "cpu"}).encode()
+    node = ManifestNode.encode_leaf(0, [[ObjectId.of(env).raw, "autotune_record", "gemm/mm/0", "cpu-x",
+                                         ObjectId.of(blob).raw, len(blob), None, {"time_ms": time_ms}]])
+    resp = push(server, (ObjType.BLOB, blob), (ObjType.ENV, env), (ObjType.NODE, node))
+    with Store(server.store_path) as store:
+        stored = not store.missing([ObjectId.of(node)])
+    if time_ms == 0.5:  # a possible time: the same node is taken
+        assert resp.status_code < 300 and stored, resp.text
+        return
+    assert resp.status_code == 400 and "impossible" in resp.json()["message"] and not stored, resp.text
 
 
 def test_a_ref_names_a_commit_or_tag_only(server: Served) -> None:

@@ -1,11 +1,16 @@
 """The web view in a real headless browser (Debian's chromium, driven by Playwright):
-login with a token, every page and every link answers 200 with no console errors, a
-commit page shows its diff, the explain box answers; screenshots of the main pages are
-saved under build/artifacts/web/ (gitignored; CI can keep them)."""
+login with a token, every page and every link answers 200 with no console errors (a
+script or style the Content-Security-Policy blocks is one), a commit page shows its diff,
+the explain box answers, the log-out button logs out; screenshots of the main pages are
+saved under build/artifacts/web/ (gitignored; CI can keep them). Over plain HTTP: a
+cross-site login or logout (no or a wrong CSRF token, another Origin) changes nothing, a
+GET of /ui/logout does not log out, and every response carries the security headers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -66,11 +71,74 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, i
         server.stop()
 
 
+def csrf_of(page: httpx.Response) -> str:
+    """The CSRF token a page's forms carry."""
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+@contextlib.contextmanager
+def logged_in(url: str, token: str) -> Iterator[httpx.Client]:
+    """A client that logged in as a browser does: the login page, then its form."""
+    with httpx.Client(base_url=url) as client:
+        form = client.get("/ui/login")
+        got = client.post("/ui/login", data={"token": token, "csrf": csrf_of(form)})
+        assert got.status_code == 303 and "cas_token" in got.headers["set-cookie"], got.text
+        yield client
+
+
 def test_a_wrong_token_is_refused(site: tuple[str, str, int]) -> None:
     url, _, _ = site
-    got = httpx.post(url + "/ui/login", data={"token": "cas_wrong"})
-    assert got.status_code == 401 and "unknown token" in got.text
-    assert httpx.get(url + "/ui/", follow_redirects=False).status_code == 303
+    with httpx.Client(base_url=url) as client:
+        got = client.post("/ui/login", data={"token": "cas_wrong", "csrf": csrf_of(client.get("/ui/login"))})
+        assert got.status_code == 401 and "unknown token" in got.text
+        assert client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_a_cross_site_login_sets_no_cookie(site: tuple[str, str, int]) -> None:
+    url, token, _ = site
+    with httpx.Client(base_url=url) as client:
+        good = csrf_of(client.get("/ui/login"))  # this client holds the nonce cookie now
+        forged = [
+            ({"token": token}, {}),  # no CSRF token: any other site's form
+            ({"token": token, "csrf": "0" * 64}, {}),  # a made-up one
+            ({"token": token, "csrf": good}, {"origin": "https://evil.example"}),  # the right one, elsewhere
+        ]
+        for data, headers in forged:
+            got = client.post("/ui/login", data=data, headers=headers)
+            assert got.status_code == 403 and "cas_token" not in got.headers.get("set-cookie", ""), got.text
+        # without the cookie (a cross-site POST: SameSite=Strict keeps it back) the right token fails too
+        bare = httpx.post(url + "/ui/login", data={"token": token, "csrf": good})
+        assert bare.status_code == 403 and "cas_token" not in bare.headers.get("set-cookie", "")
+        assert client.get("/ui/", follow_redirects=False).status_code == 303  # still logged out
+        got = client.post("/ui/login", data={"token": token, "csrf": good}, headers={"origin": url})
+        assert got.status_code == 303 and "samesite=strict" in got.headers["set-cookie"].lower()
+
+
+def test_logout_is_a_post_with_the_pages_csrf_token(site: tuple[str, str, int]) -> None:
+    url, token, _ = site
+    with logged_in(url, token) as client:
+        page = client.get("/ui/")
+        assert page.status_code == 200
+        assert client.get("/ui/logout", follow_redirects=False).status_code == 405  # a link cannot log out
+        assert client.post("/ui/logout", data={"csrf": "0" * 64}).status_code == 403
+        assert client.get("/ui/", follow_redirects=False).status_code == 200  # still logged in
+        got = client.post("/ui/logout", data={"csrf": csrf_of(page)})
+        assert got.status_code == 303 and got.headers["location"] == "/ui/login"
+        assert client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_every_response_carries_the_security_headers(site: tuple[str, str, int]) -> None:
+    url, token, _ = site
+    with logged_in(url, token) as client:
+        for path in ("/ui/login", "/ui/", "/ui/log/main", "/ui/static/style.css", "/ui/nope", "/v1/health"):
+            got = client.get(path, follow_redirects=False)
+            headers = got.headers
+            assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path
+            assert headers["referrer-policy"] == "same-origin", path
+            csp = headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
 
 
 def test_a_login_form_is_read_only_up_to_its_limit(site: tuple[str, str, int]) -> None:
@@ -103,7 +171,7 @@ def test_every_page_in_chromium(site: tuple[str, str, int]) -> None:
         page.screenshot(path=str(ARTIFACTS / "login.png"), full_page=True)
         page.fill("#token", token)
         with page.expect_navigation() as nav:
-            page.click("button[type=submit]")
+            page.click("form.login button")
         assert nav.value is not None and nav.value.status == 200
         assert page.url == url + "/ui/entries/main"
         text = page.inner_text("main")
@@ -132,7 +200,7 @@ def test_every_page_in_chromium(site: tuple[str, str, int]) -> None:
         visit("/ui/explain")
         page.fill("#key", "fgraphkey")
         with page.expect_navigation() as nav:
-            page.click("button[type=submit]")
+            page.click("form.explain button")
         assert nav.value is not None and nav.value.status == 200
         assert "applies here" in page.inner_text("pre.answer")
         page.screenshot(path=str(ARTIFACTS / "explain.png"), full_page=True)
@@ -150,7 +218,11 @@ def test_every_page_in_chromium(site: tuple[str, str, int]) -> None:
             todo.extend(h for h in hrefs if h not in seen)
         assert len(seen) >= 8
 
-        visit("/ui/logout")
+        with page.expect_navigation() as nav:
+            page.click("form.logout button")
+        assert nav.value is not None and nav.value.status == 200
+        assert page.url.startswith(url + "/ui/login")
+        visit("/ui/entries/main")  # logged out: the login form again
         assert page.url.startswith(url + "/ui/login")
         browser.close()
     assert problems == []

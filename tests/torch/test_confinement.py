@@ -4,12 +4,15 @@ written outside the target dirs; files get the modes torch would give them."""
 
 from __future__ import annotations
 
+import json
 import stat
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cas import entrykeys, manifest
+from cas import autotune, entrykeys, manifest
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import BadEntryKey
@@ -117,3 +120,61 @@ def test_a_symlink_inside_the_cache_dir_does_not_lead_out(store: Store, tmp_path
     with pytest.raises(BadEntryKey, match="outside"):
         hydrate(store, "main", cache, env=env, check_policy=False)
     assert not any(outside.iterdir())
+
+
+# -- autotune records (issue 16, point 14) ---------------------------------------------------
+
+#: Prints this process's env and device class: what the ``cas`` processes of torch_env see.
+HERE = ("import json; from cas.torch.env import current_env; from cas.torch.autotune import device_class; "
+        "print('HERE ' + json.dumps({'env': current_env().encode().hex(), 'cls': device_class()}))")
+BEST = {"XBLOCK": 64, "num_warps": 4, "num_stages": 2, "configs_hash": "c" * 64, "found_by_coordesc": False}
+TIMING_FILE = (Path(__file__).parent.parent / "data" / "autotune" / "cpu-timing-file.json").read_bytes()
+
+
+def _evil_records(good: autotune.Record, gemm: autotune.Record, victim: Path, fx_rel: str) -> list[autotune.Record]:
+    """Records a hostile peer may hand over: each names a file not its own, or is malformed."""
+
+    def at(path: str, **change: Any) -> autotune.Record:
+        return replace(good, key=f"triton/{path}", source={**good.source, "path": path}, **change)
+
+    return [
+        at("../victim/a.best_config"),
+        at(f"{victim}/b.best_config"),
+        at(fx_rel),  # an FX entry's file, inside the cache dir
+        replace(gemm, source={**gemm.source, "path": fx_rel}),  # a timing "file" over it
+        replace(good, key="triton/cd/cdnot.best_config", source="garbage"),  # type: ignore[arg-type]
+        replace(good, key="triton/ce/cenocontent.best_config", source={"path": "ce/cenocontent.best_config"}),
+        at("cf/cfimpossible.best_config", time_ms=-1.0, candidates={"x": -1.0}),
+    ]
+
+
+def test_cas_hydrate_writes_records_only_into_their_own_files(torch_env: Any, tmp_path: Path) -> None:
+    here = torch_env.python(tmp_path / "probe", "-c", HERE, marker="HERE ")
+    env, cls = Env.decode(bytes.fromhex(here["env"])), here["cls"]
+    cache, victim = tmp_path / "a" / "cache", tmp_path / "victim"
+    victim.mkdir()
+    fx_key, fx_bytes = GOOD["inductor"], b"\x80pickled FX entry"
+    fx_rel = kinds.path_for("inductor", fx_key, fx_bytes)
+    good = autotune.from_best_config(json.dumps(BEST).encode(), "ab/cabgood.best_config", cls, {"host": "h"})
+    gemm = next(autotune.from_timing_file(TIMING_FILE, "cache/4413", cls, {"host": "h"}))
+    assert good is not None
+    evil = _evil_records(good, gemm, victim, fx_rel)
+    with Store.init(tmp_path / "store") as store:
+        store.put_object(env)
+        changes = {EntryKey(env.id, "inductor", fx_key, ""): Entry(store.put(fx_bytes), len(fx_bytes))}
+        for rec in [good, *evil]:
+            blob = rec.to_bytes()
+            changes[EntryKey(env.id, autotune.KIND, rec.key, cls)] = Entry(store.put(blob), len(blob), None,
+                                                                          autotune.entry_meta(rec))
+        commit_changes(store, "main", changes, "a peer's records")
+
+    proc = torch_env.cas(tmp_path / "store", "hydrate", "main", "--cache-dir", str(cache))  # exits 0
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("cas: warning: skipping autotune record")]
+    assert "Traceback" not in proc.stderr and len(warned) == len(evil), proc.stderr
+    assert all(any(repr(rec.key[:80]) in line for line in warned) for rec in evil), warned
+    assert f"{len(evil)} malformed autotune records" in proc.stdout, proc.stdout
+    assert (cache / fx_rel).read_bytes() == fx_bytes  # the FX entry is torch's, unchanged
+    assert json.loads((cache / "ab" / "cabgood.best_config").read_bytes()) == BEST  # the good record is written
+    written = {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}
+    assert written == {fx_rel, "ab/cabgood.best_config"}, written
+    assert not any(victim.iterdir())
