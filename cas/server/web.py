@@ -3,7 +3,8 @@
 Pages: refs and tags with hit rates (``/ui/``), a ref's commit log (``/ui/log/<ref>``), a
 commit with its diff against its first parent grouped by kind and env
 (``/ui/commit/<id>``), a ref's entries grouped by env and kind with sizes and compile time
-saved (``/ui/entries/<ref>``), and an explain box (``/ui/explain``) answering, for a torch
+saved (``/ui/entries/<ref>``), what a ref covers per env, recorder, kind and graph and the
+misses machines reported for it (``/ui/coverage/<ref>``, :mod:`cas.coverage`), and an explain box (``/ui/explain``) answering, for a torch
 cache key, what ``cas explain`` would for a process of a chosen env.
 
 Access: when the server has tokens, a page needs a token of read scope (any token), given
@@ -27,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cas import manifest, refs
+from cas import coverage, manifest, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError
@@ -205,6 +206,11 @@ async def entries_page(request: Request) -> Response:
     return await _page(request, "entries.html", lambda s: _entries(s, ref), ref=ref)
 
 
+async def coverage_page(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    return await _page(request, "coverage.html", lambda s: {"cov": coverage.coverage(s, ref).to_dict()}, ref=ref)
+
+
 async def explain_page(request: Request) -> Response:
     q = request.query_params
     ref, key = q.get("ref", "main"), q.get("key", "").strip()
@@ -257,6 +263,7 @@ def routes() -> list[Any]:
         Route("/ui/log/{ref:path}", log_page),
         Route("/ui/commit/{oid}", commit_page),
         Route("/ui/entries/{ref:path}", entries_page),
+        Route("/ui/coverage/{ref:path}", coverage_page),
         Route("/ui/explain", explain_page),
         Mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
