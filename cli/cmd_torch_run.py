@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from cas.errors import UsageError
+from cas.errors import CasError, UsageError
 from cas_cli.context import Context, pass_ctx
 
 # The bootstrap `cas run` puts first on the program's PYTHONPATH. It runs the
@@ -175,18 +176,16 @@ def _program(command: tuple[str, ...]) -> str:
 
 def _report(ctx: Context, lines: list[dict[str, Any]]) -> list[str]:
     """Commit the run's miss reports (one per pin) into the store; their commit ids."""
-    import platform
     import time
 
-    from cas.coverage import report_branch, run_reports, write_report
+    from cas.coverage import run_reports, write_report
 
-    host = platform.node()
-    made = run_reports(lines, host=host, time=int(time.time()))
-    oids = [write_report(ctx.store, r).hex for r in made]
-    if oids:
-        ctx.info(f"cas run: miss report committed on {report_branch(host)} "
-                 f"(share it: cas push origin {report_branch(host)})")
-    return oids
+    made = run_reports(lines, host=platform.node(), time=int(time.time()))
+    try:
+        return [write_report(ctx.store, r).hex for r in made]
+    except CasError as exc:  # the program's exit code still comes through
+        click.echo(f"cas run: could not commit the miss report: {exc.message}", err=True)
+        return []
 
 
 def register(cli: click.Group) -> None:
@@ -264,6 +263,12 @@ def register(cli: click.Group) -> None:
                 click.echo(json.dumps({"exit_code": rc, **total}), err=True)
             elif not ctx.quiet:
                 click.echo(_summary_text(total, record), err=True)
+                if total.get("reports"):
+                    from cas.coverage import report_branch
+
+                    branch = report_branch(platform.node())
+                    click.echo(f"cas run: miss report committed on {branch} (share it: cas push origin {branch})",
+                               err=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         ctx.close()
