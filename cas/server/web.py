@@ -206,9 +206,31 @@ async def entries_page(request: Request) -> Response:
     return await _page(request, "entries.html", lambda s: _entries(s, ref), ref=ref)
 
 
+def _door_lookups(store: Store, door: Any, pin: ObjectId, rates: dict[tuple[str, str, str], tuple[int, int]]
+                  ) -> dict[str, Any] | None:
+    """What the Redis door counted since the server started, when the ref it reads is at
+    ``pin`` now: its ref, env and per-kind hits and misses (from the metrics)."""
+    if door is None or door.read_ref is None:
+        return None
+    try:
+        if refs.resolve(store, door.read_ref) != pin:
+            return None
+    except CasError:
+        return None
+    env = door.env.id.short()
+    kinds = [{"kind": k, "hits": h, "misses": m} for (d, k, e), (h, m) in rates.items() if d == "redis" and e == env]
+    return {"ref": door.read_ref, "env": env, "kinds": kinds}
+
+
 async def coverage_page(request: Request) -> Response:
     ref = request.path_params["ref"]
-    return await _page(request, "coverage.html", lambda s: {"cov": coverage.coverage(s, ref).to_dict()}, ref=ref)
+    door, rates = request.app.state.redis, request.app.state.metrics.hit_rates()
+
+    def read(s: Store) -> dict[str, Any]:
+        cov = coverage.coverage(s, ref)
+        return {"cov": cov.to_dict(), "door": _door_lookups(s, door, cov.commit, rates)}
+
+    return await _page(request, "coverage.html", read, ref=ref)
 
 
 async def explain_page(request: Request) -> Response:

@@ -91,6 +91,9 @@ def test_the_coverage_page_of_a_tag(site: tuple[str, str, int]) -> None:
         assert got.status_code == 200, got.text
         for words in (ENV_A.id.short(), "aot_autograd", "fgraphkey", "akey", "no miss reports for this pin"):
             assert words in got.text, words
+        # The Redis door reads main, which is at this tag: its hit and miss since start.
+        assert "Redis door since the server started" in got.text
+        assert "<tr><td>inductor</td><td class=\"n\">1</td><td class=\"n\">1</td></tr>" in got.text
         assert web.get("/ui/coverage/release/9.9").status_code == 404
 
 
