@@ -55,6 +55,8 @@ REPORT_KINDS, REPORT_KEYS, REPORT_REBUILDS, REPORT_TEXT = 16, 32, 16, 200
 #: Missed keys listed in a coverage (the most reported first).
 MISSED_SHOWN = 50
 _HOST_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: A raw 32-byte env id: coverage keys by these, since hashing an ObjectId runs Python code.
+RawId = bytes
 
 
 @dataclass
@@ -99,11 +101,11 @@ class Graph:
     kind: str
     key: str
     variants: set[str]
-    envs: set[ObjectId]
+    envs: set[RawId]
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "variants": sorted(self.variants),
-                "envs": sorted(e.hex for e in self.envs)}
+                "envs": sorted(e.hex() for e in self.envs)}
 
 
 @dataclass
@@ -208,7 +210,7 @@ class Coverage:
     entries: int = 0
     bytes: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
-    envs: dict[ObjectId, EnvCoverage] = field(default_factory=dict)
+    envs: dict[RawId, EnvCoverage] = field(default_factory=dict)
     graphs: dict[tuple[str, str], Graph] = field(default_factory=dict)
     recorders: dict[str, Recorder] = field(default_factory=dict)
     misses: Misses = field(default_factory=Misses)
@@ -218,11 +220,20 @@ class Coverage:
         self.entries += 1
         self.bytes += entry.size
         self.kinds[key.kind] += 1
-        self.envs.setdefault(key.env, EnvCoverage(key.env)).add(key, entry)
+        # get, then create: setdefault would build an EnvCoverage/Graph per entry; and
+        # raw ids as keys (ObjectId hashes in Python): each cost more than the manifest
+        # walk itself at 10^5 entries.
+        raw = key.env.raw
+        env = self.envs.get(raw)
+        if env is None:
+            env = self.envs[raw] = EnvCoverage(key.env)
+        env.add(key, entry)
         if key.kind in GRAPH_KINDS:
-            g = self.graphs.setdefault((key.kind, key.key), Graph(key.kind, key.key, set(), set()))
+            g = self.graphs.get((key.kind, key.key))
+            if g is None:
+                g = self.graphs[(key.kind, key.key)] = Graph(key.kind, key.key, set(), set())
             g.variants.add(key.variant)
-            g.envs.add(key.env)
+            g.envs.add(raw)
 
     def graph_list(self) -> list[Graph]:
         """The graphs by kind and key, at most GRAPHS_SHOWN."""
@@ -324,9 +335,10 @@ def _add_recorder(recorders: dict[str, Recorder], meta: Mapping[str, Any], when:
 def judge(cov: Coverage, env: str, envs: list[dict[str, Any]], warmth: dict[str, Any]) -> Here:
     """The verdict for a machine of env ``env`` (hex), given cas.torch.explain's per-env
     verdicts ``envs`` and predicted ``warmth`` for it."""
-    mine = next((e for e in cov.envs.values() if e.env.hex == env), None)
-    elsewhere = [g for g in cov.graph_list() if all(e.hex != env for e in g.envs)]
-    compile_ = Counter(g.kind for g in cov.graphs.values() if all(e.hex != env for e in g.envs))
+    raw = bytes.fromhex(env)
+    mine = cov.envs.get(raw)
+    elsewhere = [g for g in cov.graph_list() if raw not in g.envs]
+    compile_ = Counter(g.kind for g in cov.graphs.values() if raw not in g.envs)
     return Here(env, mine.entries if mine else 0, dict(sorted(mine.kinds.items())) if mine else {},
                 dict(sorted(compile_.items())), [g.to_dict() for g in elsewhere], envs, warmth)
 
