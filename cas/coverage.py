@@ -196,8 +196,10 @@ class Here:
         out += [f"  will not hit: {r['line']}" for r in self.warmth.get("rebuilds", [])]
         for e in self.envs:
             if not e["matches"]:
-                diff = ", ".join(f"{d['field']} {d['entry']!r} here {d['here']!r}" for d in e["diff"])
-                out.append(f"  env {e['env'][:12]} does not apply: {diff or 'its env object is missing'}")
+                out.append(f"  env {e['env'][:12]} does not apply"
+                           + ("; differs in:" if e["diff"] else " (its env object is missing)"))
+                out += [f"      {d['field']}: entry has {d['entry']!r}, this machine has {d['here']!r}"
+                        for d in e["diff"]]
         return out
 
 

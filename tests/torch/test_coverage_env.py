@@ -69,7 +69,8 @@ def test_a_graph_held_only_for_another_env_will_compile_and_says_why(store_path:
                                 catch_exceptions=False)
     assert "warm start: partly; 3 entries apply" in result.output
     assert "will compile: 1 inductor graph(s) the pin holds only for other envs" in result.output
-    assert "does not apply: threads '64' here" in result.output
+    assert "does not apply; differs in:" in result.output
+    assert "      threads: entry has '64', this machine has" in result.output
 
 
 def test_a_pin_of_other_envs_only_is_cold_here(store_path: Path) -> None:
