@@ -47,6 +47,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cas import provenance, refs
 from cas.codec import ObjType
@@ -54,6 +55,7 @@ from cas.digest import ObjectId
 from cas.errors import CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.server.door_report import DoorReporter
 from cas.server.redis_session import Connection
 from cas.store import Store
 from cas.torch.live import LiveCache
@@ -90,6 +92,8 @@ class RedisOptions:
     #: Let connections that never AUTH read and write (Triton's client sends no password);
     #: their commits name the token ``anonymous``.
     anonymous_write: bool = False
+    #: Seconds between miss reports (cas.server.door_report); None: no reports.
+    report_every: float | None = None
 
 
 class RedisDoor:
@@ -114,6 +118,10 @@ class RedisDoor:
         self.env = self._pick_env()
         self._ref_full: str | None = None
         self._ref_raw: ObjectId | None = None
+        #: The commit reads answer from (None: nothing served).
+        self.pin: ObjectId | None = None
+        self.reporter = (DoorReporter(self.read_ref, self.env.id.hex, options.report_every)
+                         if options.report_every is not None else None)
         #: Commits the trust policy allowed (tips served so far).
         self._allowed: set[ObjectId] = set()
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
@@ -175,7 +183,7 @@ class RedisDoor:
         if raw == self._ref_raw:
             return
         self._ref_raw = raw
-        root = None
+        root, self.pin = None, None
         if raw is not None:
             try:
                 commit = refs.peel(self.store, raw)
@@ -183,6 +191,7 @@ class RedisDoor:
                     check_ref_allowed(self.store, self._ref_full)
                 self._allowed.add(commit)
                 root = refs.load_commit(self.store, commit).manifest
+                self.pin = commit
             except CasError as exc:
                 LOG.warning("redis door serves nothing from %s: %s", self.read_ref, exc)
         self.reader.serve_from(root)
@@ -211,6 +220,12 @@ class RedisDoor:
     # -- commands ---------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
+        value = self._lookup(key)
+        if self.reporter is not None:
+            self.reporter.lookup(self.pin, key, value is not None)
+        return value
+
+    def _lookup(self, key: bytes) -> bytes | None:
         text = key.decode("utf-8", "replace")
         for batch in self._pending.values():
             if text in batch:
@@ -312,6 +327,20 @@ class RedisDoor:
             await asyncio.sleep(min(1.0, self.options.flush_every))
             if time.monotonic() - self._last_flush >= self.options.flush_every:
                 self.start_flush()
+            if self.reporter is not None and self.reporter.due():
+                self._pool.submit(self._write_reports, self.reporter.take())
+
+    def _write_reports(self, reports: list[dict[str, Any]]) -> None:
+        """Commit miss reports (runs in the commit thread; a failure is logged)."""
+        from cas.coverage import write_report
+
+        try:
+            if self._writer_store is None:
+                self._writer_store = Store(self.path)
+            for report in reports:
+                write_report(self._writer_store, report)
+        except Exception:  # the door keeps serving; the counts of this report are lost
+            LOG.exception("redis door could not commit a miss report")
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -325,6 +354,8 @@ class RedisDoor:
                 await asyncio.sleep(0)  # let its done-callback run
             else:
                 self.start_flush()
+        if self.reporter is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._write_reports, self.reporter.take())
         self._pool.shutdown()
         if self._writer_store is not None:
             self._writer_store.close()
