@@ -79,6 +79,9 @@ def _parse_size(text: str) -> int:
     "--redis-flush-every", default=5.0, show_default=True, type=float, help="Seconds between Redis commits."
 )
 @click.option("--redis-anonymous-read", is_flag=True, help="Let Redis clients that send no AUTH read.")
+@click.option("--redis-report-misses", "redis_report_every", type=click.FloatRange(min=1.0), metavar="SECONDS",
+              help="Commit what the Redis door's readers missed as a miss report every SECONDS "
+                   "(and at shutdown) on cas/reports/<host>-redis-door (default: no reports).")
 @click.option(
     "--redis-anonymous-write",
     is_flag=True,
@@ -104,6 +107,7 @@ def serve(
     redis_flush_every: float,
     redis_anonymous_read: bool,
     redis_anonymous_write: bool,
+    redis_report_every: float | None,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
@@ -137,6 +141,7 @@ def serve(
             flush_every=redis_flush_every,
             anonymous_read=redis_anonymous_read,
             anonymous_write=redis_anonymous_write,
+            report_every=redis_report_every,
         )
     path = ctx.store.path
     ctx.close()  # the server opens its own handles, one per worker thread

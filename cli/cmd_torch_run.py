@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from cas.errors import UsageError
+from cas.errors import CasError, UsageError
 from cas_cli.context import Context, pass_ctx
 
 # The bootstrap `cas run` puts first on the program's PYTHONPATH. It runs the
@@ -160,6 +161,33 @@ def _summary_text(t: dict[str, Any], record: str | None) -> str:
     return "\n".join(lines)
 
 
+def _program(command: tuple[str, ...]) -> str:
+    """What the recorded commits name as the program: the script or module a Python
+    interpreter runs, else the command's name."""
+    name = Path(command[0]).name
+    args = list(command[1:])
+    if name.startswith("python"):
+        if args[:1] == ["-m"] and len(args) > 1:
+            return args[1]
+        script = next((a for a in args if not a.startswith("-")), None)
+        return Path(script).name if script else name
+    return name
+
+
+def _report(ctx: Context, lines: list[dict[str, Any]]) -> list[str]:
+    """Commit the run's miss reports (one per pin) into the store; their commit ids."""
+    import time
+
+    from cas.coverage import run_reports, write_report
+
+    made = run_reports(lines, host=platform.node(), time=int(time.time()))
+    try:
+        return [write_report(ctx.store, r).hex for r in made]
+    except CasError as exc:  # the program's exit code still comes through
+        click.echo(f"cas run: could not commit the miss report: {exc.message}", err=True)
+        return []
+
+
 def register(cli: click.Group) -> None:
     @cli.command(
         "run",
@@ -173,6 +201,10 @@ def register(cli: click.Group) -> None:
         help="Torch cache dir to hydrate into (default: $TORCHINDUCTOR_CACHE_DIR, else a fresh one).",
     )
     @click.option("--no-hydrate", is_flag=True, help="Serve through the live backend only.")
+    @click.option("--report-misses/--no-report-misses", default=False, envvar="CAS_REPORT_MISSES",
+                  show_default=True,
+                  help="Commit what missed as a report on cas/reports/<host> (push it to share; "
+                       "`cas coverage` sums them). Default from $CAS_REPORT_MISSES.")
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     @pass_ctx
     def run(
@@ -181,6 +213,7 @@ def register(cli: click.Group) -> None:
         record: str | None,
         cache_dir: Path | None,
         no_hydrate: bool,
+        report_misses: bool,
         command: tuple[str, ...],
     ) -> None:
         """Run COMMAND with torch.compile served from the store (and recorded into it).
@@ -213,6 +246,7 @@ def register(cli: click.Group) -> None:
             env["CAS_RUN_RECORD"] = record or ""
             env["CAS_RUN_HYDRATE"] = "0" if no_hydrate else "1"
             env["CAS_RUN_STATS"] = str(work / "stats.jsonl")
+            env["CAS_RUN_PROGRAM"] = _program(command)
             if cache_dir is not None:
                 env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
             elif fresh_cache:
@@ -221,11 +255,20 @@ def register(cli: click.Group) -> None:
                 rc = subprocess.call(list(command), env=env)
             except OSError as exc:
                 raise UsageError(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
-            total = _summarise(_read_stats(work / "stats.jsonl"))
+            lines = _read_stats(work / "stats.jsonl")
+            total = _summarise(lines)
+            if report_misses:
+                total["reports"] = _report(ctx, lines)
             if ctx.as_json:
                 click.echo(json.dumps({"exit_code": rc, **total}), err=True)
             elif not ctx.quiet:
                 click.echo(_summary_text(total, record), err=True)
+                if total.get("reports"):
+                    from cas.coverage import report_branch
+
+                    branch = report_branch(platform.node())
+                    click.echo(f"cas run: miss report committed on {branch} (share it: cas push origin {branch})",
+                               err=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         ctx.close()

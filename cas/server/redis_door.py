@@ -51,6 +51,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cas import entrykeys, provenance, refs
 from cas.codec import ObjType
@@ -58,6 +59,7 @@ from cas.digest import ObjectId
 from cas.errors import BadEntryKey, CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.server.door_report import DoorReporter
 from cas.server.redis_session import Connection
 from cas.store import Store
 from cas.torch.live import LiveCache
@@ -97,6 +99,8 @@ class RedisOptions:
     #: Let connections that never AUTH read and write (Triton's client sends no password);
     #: their commits name the token ``anonymous``.
     anonymous_write: bool = False
+    #: Seconds between miss reports (cas.server.door_report); None: no reports.
+    report_every: float | None = None
 
 
 class RedisDoor:
@@ -127,8 +131,11 @@ class RedisDoor:
         # of the same name, made meanwhile, must not take its place).
         self._ref_full: str | None = self._own_ref if self.read_ref == options.branch else None
         self._ref_raw: ObjectId | None = None
-        #: The commit served (peeled, allowed by the policy); a new write branch starts here.
-        self._served: ObjectId | None = None
+        #: The commit reads answer from (peeled, allowed by the policy; None: nothing
+        #: served); a new write branch starts here.
+        self.pin: ObjectId | None = None
+        self.reporter = (DoorReporter(self.read_ref, self.env.id.hex, options.report_every)
+                         if options.report_every is not None else None)
         #: Commits the trust policy allowed (tips served so far).
         self._allowed: set[ObjectId] = set()
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
@@ -189,8 +196,8 @@ class RedisDoor:
         raw = self.store.get_ref(self._ref_full)
         if raw == self._ref_raw:
             return
-        self._ref_raw, self._served = raw, None
-        root = None
+        self._ref_raw = raw
+        root, self.pin = None, None
         if raw is not None:
             try:
                 commit = refs.peel(self.store, raw)
@@ -198,7 +205,7 @@ class RedisDoor:
                     check_ref_allowed(self.store, self._ref_full)
                 self._allowed.add(commit)
                 root = refs.load_commit(self.store, commit).manifest
-                self._served = commit
+                self.pin = commit
             except CasError as exc:
                 LOG.warning("redis door serves nothing from %s: %s", self.read_ref, exc)
         self.reader.serve_from(root)
@@ -231,6 +238,12 @@ class RedisDoor:
         return self._own_ref is not None and self._ref_full == self._own_ref
 
     def get(self, key: bytes) -> bytes | None:
+        value = self._lookup(key)
+        if self.reporter is not None:
+            self.reporter.lookup(self.pin, key, value is not None)
+        return value
+
+    def _lookup(self, key: bytes) -> bytes | None:
         text = key.decode("utf-8", "replace")
         if self._serves_writes():
             for batch in self._pending.values():
@@ -284,7 +297,7 @@ class RedisDoor:
         self._flushing = {k: v for batch in batches.values() for k, v in batch.items()}
         self._refresh()  # a write branch made by this commit starts at the served commit
         loop = asyncio.get_running_loop()
-        self._flush_task = loop.run_in_executor(self._pool, self._commit, batches, self._served)
+        self._flush_task = loop.run_in_executor(self._pool, self._commit, batches, self.pin)
         self._flush_task.add_done_callback(lambda _: self._flushed())
 
     def _flushed(self) -> None:
@@ -352,6 +365,20 @@ class RedisDoor:
             await asyncio.sleep(min(1.0, self.options.flush_every))
             if time.monotonic() - self._last_flush >= self.options.flush_every:
                 self.start_flush()
+            if self.reporter is not None and self.reporter.due():
+                self._pool.submit(self._write_reports, self.reporter.take())
+
+    def _write_reports(self, reports: list[dict[str, Any]]) -> None:
+        """Commit miss reports (runs in the commit thread; a failure is logged)."""
+        from cas.coverage import write_report
+
+        try:
+            if self._writer_store is None:
+                self._writer_store = Store(self.path)
+            for report in reports:
+                write_report(self._writer_store, report)
+        except Exception:  # the door keeps serving; the counts of this report are lost
+            LOG.exception("redis door could not commit a miss report")
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -365,6 +392,8 @@ class RedisDoor:
                 await asyncio.sleep(0)  # let its done-callback run
             else:
                 self.start_flush()
+        if self.reporter is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._write_reports, self.reporter.take())
         self._pool.shutdown()
         if self._writer_store is not None:
             self._writer_store.close()

@@ -3,7 +3,8 @@
 Pages: refs and tags with hit rates (``/ui/``), a ref's commit log (``/ui/log/<ref>``), a
 commit with its diff against its first parent grouped by kind and env
 (``/ui/commit/<id>``), a ref's entries grouped by env and kind with sizes and compile time
-saved (``/ui/entries/<ref>``), and an explain box (``/ui/explain``) answering, for a torch
+saved (``/ui/entries/<ref>``), what a ref covers per env, recorder, kind and graph and the
+misses machines reported for it (``/ui/coverage/<ref>``, :mod:`cas.coverage`), and an explain box (``/ui/explain``) answering, for a torch
 cache key, what ``cas explain`` would for a process of a chosen env.
 
 Access: when the server has tokens, a page needs a token of read scope (any token), given
@@ -29,7 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cas import manifest, refs
+from cas import coverage, manifest, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, Forbidden
@@ -224,6 +225,33 @@ async def entries_page(request: Request) -> Response:
     return await _page(request, "entries.html", lambda s: _entries(s, ref), ref=ref)
 
 
+def _door_lookups(store: Store, door: Any, pin: ObjectId, rates: dict[tuple[str, str, str], tuple[int, int]]
+                  ) -> dict[str, Any] | None:
+    """What the Redis door counted since the server started, when the ref it reads is at
+    ``pin`` now: its ref, env and per-kind hits and misses (from the metrics)."""
+    if door is None or door.read_ref is None:
+        return None
+    try:
+        if refs.resolve(store, door.read_ref) != pin:
+            return None
+    except CasError:
+        return None
+    env = door.env.id.short()
+    kinds = [{"kind": k, "hits": h, "misses": m} for (d, k, e), (h, m) in rates.items() if d == "redis" and e == env]
+    return {"ref": door.read_ref, "env": env, "kinds": kinds}
+
+
+async def coverage_page(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    door, rates = request.app.state.redis, request.app.state.metrics.hit_rates()
+
+    def read(s: Store) -> dict[str, Any]:
+        cov = coverage.coverage(s, ref)
+        return {"cov": cov.to_dict(), "door": _door_lookups(s, door, cov.commit, rates)}
+
+    return await _page(request, "coverage.html", read, ref=ref)
+
+
 async def explain_page(request: Request) -> Response:
     q = request.query_params
     ref, key = q.get("ref", "main"), q.get("key", "").strip()
@@ -280,6 +308,7 @@ def routes() -> list[Any]:
         Route("/ui/log/{ref:path}", log_page),
         Route("/ui/commit/{oid}", commit_page),
         Route("/ui/entries/{ref:path}", entries_page),
+        Route("/ui/coverage/{ref:path}", coverage_page),
         Route("/ui/explain", explain_page),
         Mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]

@@ -57,6 +57,8 @@ class Session:
     closed: bool = False
     owns_store: bool = True
     installed: bool = False
+    #: What the recorded commits name as their program (``cas run`` passes the script).
+    program: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -85,6 +87,7 @@ class Session:
             "hydrated": self.hydrated,
             "commits": [str(c) for c in self.commits],
             "pending": self.live.pending if self.live else 0,
+            "env": self.live.env_id.hex if self.live else None,
         }
         if self.live is not None:
             out["live"] = self.live.stats.to_dict()
@@ -143,6 +146,7 @@ def enable(
     live: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     message: str | None = None,
+    program: str | None = None,
 ) -> Session:
     """Serve ``ref`` of ``store`` to torch.compile in this process; record into ``record``.
 
@@ -150,14 +154,16 @@ def enable(
     ``record``, a missing store is created; ``record=SAME_BRANCH`` records into ``ref``
     when it is a branch. Call before the first ``torch.compile`` call
     runs (a later call still works, but graphs compiled before it were not served).
-    Enabling again replaces the previous session (which is flushed first).
+    Enabling again replaces the previous session (which is flushed first). ``program``
+    is named in the metadata of what is recorded (``cas coverage`` groups by it).
     """
     global _active
     with _lock:
         previous = _active
     if previous is not None:
         previous.close()
-    session = Session(store_path=str(store) if store is not None else "", ref=ref, record=record)
+    session = Session(store_path=str(store) if store is not None else "", ref=ref, record=record,
+                      program=program)
     try:
         _start(session, store, hydrate=hydrate, live=live, cache_dir=cache_dir, message=message)
     except Exception as exc:  # enable never raises: torch compiles without cas
@@ -214,7 +220,7 @@ def _start(
     if hydrate and session.commit is not None:
         _hydrate(session, opened, cache_dir)
     if live:
-        meta = {"ref": session.ref}
+        meta = {"ref": session.ref, **({"program": session.program} if session.program else {})}
         session.live = LiveCache(
             opened,
             env,
@@ -342,7 +348,8 @@ def _at_exit() -> None:
 # -- bootstrap for `cas run` -------------------------------------------------------------
 
 #: Environment variables ``cas run`` sets for the program it starts.
-RUN_VARS = ("CAS_RUN_STORE", "CAS_RUN_REF", "CAS_RUN_RECORD", "CAS_RUN_STATS", "CAS_RUN_HYDRATE")
+RUN_VARS = ("CAS_RUN_STORE", "CAS_RUN_REF", "CAS_RUN_RECORD", "CAS_RUN_STATS", "CAS_RUN_HYDRATE",
+            "CAS_RUN_PROGRAM")
 
 
 def bootstrap_from_env() -> Session | None:
@@ -362,6 +369,7 @@ def bootstrap_from_env() -> Session | None:
             ref=env_value("CAS_RUN_REF") or "main",
             record=env_value("CAS_RUN_RECORD") or None,
             hydrate=env_value("CAS_RUN_HYDRATE") == "1",
+            program=env_value("CAS_RUN_PROGRAM") or None,
         )
         stats_path = env_value("CAS_RUN_STATS")
         if stats_path:

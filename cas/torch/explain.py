@@ -16,12 +16,13 @@ from typing import Any
 
 from cas import manifest
 from cas.codec import ObjType
+from cas.coverage import Coverage, Here, judge
 from cas.digest import ObjectId
 from cas.objects import EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
 
-__all__ = ["EnvReport", "Explanation", "explain_env", "explain_key"]
+__all__ = ["EnvReport", "Explanation", "coverage_here", "explain_env", "explain_key"]
 
 Diff = list[tuple[str, str | None, str | None]]
 
@@ -180,3 +181,11 @@ def explain_env(store: Store, ref: str, here: Env | None = None) -> EnvReport:
             }
         )
     return report
+
+
+def coverage_here(store: Store, cov: Coverage, here: Env | None = None) -> Here:
+    """``cas coverage REF --env current``: will this process start warm from ``cov``'s
+    pin, what will it compile, and why do the other envs not apply (:func:`explain_env`
+    on the same commit)."""
+    report = explain_env(store, cov.commit.hex, here)
+    return judge(cov, report.here.hex, report.envs, report.warmth)

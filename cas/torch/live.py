@@ -62,6 +62,8 @@ __all__ = [
     "warn_once",
 ]
 
+#: Keys kept per kind in LiveStats.missed: enough to name what a run missed, bounded.
+MISSED_KEPT = 32
 #: GPU cache-dir files no remote cache carries; flush records those written meanwhile.
 _GPU_SIDE_KINDS = frozenset({"autotune", "triton_kernel"})
 
@@ -100,9 +102,18 @@ class LiveStats:
     autotuned: int = 0  # autotune records committed (flush_autotune)
     skipped_other_env: int = 0
     by_kind: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    #: The first MISSED_KEPT keys per kind that missed (a miss report names them).
+    missed: dict[str, list[str]] = field(default_factory=dict)
 
     def bump(self, kind: str, what: str) -> None:
         self.by_kind[kind][what] = self.by_kind[kind].get(what, 0) + 1
+
+    def miss(self, kind: str, key: str) -> None:
+        self.misses += 1
+        self.bump(kind, "misses")
+        keys = self.missed.setdefault(kind, [])
+        if len(keys) < MISSED_KEPT and key not in keys:
+            keys.append(key)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "by_kind"}
@@ -239,8 +250,7 @@ class LiveCache:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
                     return wrap(kind, data, entry)
-            self.stats.misses += 1
-            self.stats.bump(kind, "misses")
+            self.stats.miss(kind, key)
             if not candidates and self._foreign.get((kind, key)):
                 self.stats.skipped_other_env += 1
                 warn_once(

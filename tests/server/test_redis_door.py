@@ -232,3 +232,34 @@ def test_a_stranger_cannot_make_the_door_buffer_more_than_64_kib(tmp_path: Path)
         assert b"more than 65536 bytes before AUTH" in reply, reply
     finally:
         server.stop()
+
+
+def test_miss_reports_say_what_stock_clients_missed(tmp_path: Path) -> None:
+    """--redis-report-misses: the door commits what its readers hit and missed against
+    the pin it served, every interval and at shutdown; `cas coverage` of that pin sums it."""
+    import platform
+
+    from cas import coverage
+
+    def reports(path: Path) -> dict:
+        with Store(path) as s:
+            return coverage.coverage(s, "main").misses.to_dict()
+
+    with start(tmp_path, "--redis-report-misses", "1") as d:
+        c = d.client(d.read)
+        assert c.get(FX_KEY) is not None
+        assert c.get("pt2:fx-graph-v1::fmissing1:c1") is None
+        deadline = time.monotonic() + 60  # the first report lands within ~2 s; a busy machine is slower
+        while reports(d.store)["lookups"].get("inductor", {}).get("misses", 0) == 0:
+            assert time.monotonic() < deadline, "the door committed no report"
+            time.sleep(0.1)
+        assert c.get("pt2:fx-graph-v1::fmissing2:c1") is None  # reported at shutdown at the latest
+    got = reports(d.store)
+    # Two reports at least (the tick may split the first two GETs), and nothing counted twice.
+    assert got["reports"] >= 2 and got["hosts"] == [f"{platform.node()} redis door"]
+    assert got["envs"] == [ENV_A.id.hex]
+    assert got["lookups"] == {"inductor": {"hits": 1, "misses": 2}}
+    assert {(m["kind"], m["key"]) for m in got["missed"]} == {("inductor", "fmissing1"), ("inductor", "fmissing2")}
+    with Store(d.store) as s:
+        assert coverage.report_branch(f"{platform.node()} redis door") in {
+            n.removeprefix("refs/heads/") for n in s.list_refs("refs/heads/")}

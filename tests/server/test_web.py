@@ -148,6 +148,23 @@ def test_a_login_form_is_read_only_up_to_its_limit(site: tuple[str, str, int]) -
     assert got.status_code == 413, got.text
 
 
+def test_the_coverage_page_of_a_tag(site: tuple[str, str, int]) -> None:
+    """The refs page links each ref to its coverage; the page names the tag's env, its
+    kinds, its graphs and says no machine reported misses yet."""
+    url, token, _ = site
+    with httpx.Client(base_url=url) as web:
+        assert web.post("/ui/login", data={"token": token, "next": "/ui/"}).status_code == 303
+        assert 'href="/ui/coverage/release/1.0"' in web.get("/ui/").text
+        got = web.get("/ui/coverage/release/1.0")
+        assert got.status_code == 200, got.text
+        for words in (ENV_A.id.short(), "aot_autograd", "fgraphkey", "akey", "no miss reports for this pin"):
+            assert words in got.text, words
+        # The Redis door reads main, which is at this tag: its hit and miss since start.
+        assert "Redis door since the server started" in got.text
+        assert "<tr><td>inductor</td><td class=\"n\">1</td><td class=\"n\">1</td></tr>" in got.text
+        assert web.get("/ui/coverage/release/9.9").status_code == 404
+
+
 def test_every_page_in_chromium(site: tuple[str, str, int]) -> None:
     from playwright.sync_api import sync_playwright
 

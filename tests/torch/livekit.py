@@ -124,13 +124,14 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
 def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Proc]:
     """``cas run --record exp`` of a program compiling mlp (in the store) and mlp-wide
     (new) that flushes explicitly and exits 3, on a copy of the recorded store and an
-    empty cache dir; once per session (test_run and test_live assert on it)."""
+    empty cache dir, reporting its misses; once per session (test_run and test_live
+    assert on it)."""
     global _served
     if _served is None:
         rec = recorded(tmp_path_factory)
         base = tmp_path_factory.mktemp("live-served")
         store = copy_store(rec.store, base / "store")
-        run = cas("--store", str(store), "run", "--record", "exp", "--",
+        run = cas("--store", str(store), "run", "--record", "exp", "--report-misses", "--",
                   sys.executable, str(WORKLOAD), "--models", "mlp,mlp-wide", "--flush", "--exit", "3",
                   env=base_env(TORCHINDUCTOR_CACHE_DIR=str(base / "cache")))
         _served = (store, run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import platform
 import sys
 from pathlib import Path
 
@@ -27,7 +29,7 @@ def test_cas_run_serves_records_and_passes_the_exit_code_through(tmp_path_factor
     assert run.counter("inductor", "fxgraph_cache_hit") == 1
     assert run.counter("inductor", "fxgraph_cache_miss") == 1
     summary = [line for line in run.stderr.splitlines() if line.startswith("cas run:")]
-    assert len(summary) == 2, run.stderr[-3000:]
+    assert len(summary) == 3, run.stderr[-3000:]
     assert "fx graph cache 1 hit / 1 miss" in summary[0]
     assert "recorded on exp" in summary[0]
     # mlp-wide was compiled: the start was not fully warm, and the summary says so.
@@ -36,6 +38,23 @@ def test_cas_run_serves_records_and_passes_the_exit_code_through(tmp_path_factor
     with Store(store_path) as store:
         new = _keys(store, "exp") - _keys(store, "main")
         assert {k.kind for k in new} >= {"inductor", "aot_autograd"}
+    _check_miss_report(store_path, summary[2], new)
+
+
+def _check_miss_report(store_path: Path, line: str, new: set) -> None:
+    """--report-misses committed what missed against main, and `cas coverage main` sums
+    it: mlp-wide's FX graph missed, by its key; exp names the program that recorded it."""
+    from cas import coverage
+
+    host = coverage.report_branch(platform.node())
+    assert line == f"cas run: miss report committed on {host} (share it: cas push origin {host})"
+    got = json.loads(cas("--json", "--store", str(store_path), "coverage", "main").stdout)["misses"]
+    assert got["reports"] == 1 and got["hosts"] == [platform.node()]
+    assert got["lookups"]["inductor"] == {"hits": 1, "misses": 1}
+    assert {m["key"] for m in got["missed"] if m["kind"] == "inductor"} == {
+        k.key for k in new if k.kind == "inductor"}
+    recorders = json.loads(cas("--json", "--store", str(store_path), "coverage", "exp").stdout)["recorders"]
+    assert "live_workload.py" in {r["name"] for r in recorders}
 
 
 def test_cas_run_chains_an_existing_sitecustomize_and_spares_non_torch_programs(tmp_path: Path) -> None:
