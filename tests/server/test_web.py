@@ -152,8 +152,7 @@ def test_the_coverage_page_of_a_tag(site: tuple[str, str, int]) -> None:
     """The refs page links each ref to its coverage; the page names the tag's env, its
     kinds, its graphs and says no machine reported misses yet."""
     url, token, _ = site
-    with httpx.Client(base_url=url) as web:
-        assert web.post("/ui/login", data={"token": token, "next": "/ui/"}).status_code == 303
+    with logged_in(url, token) as web:
         assert 'href="/ui/coverage/release/1.0"' in web.get("/ui/").text
         got = web.get("/ui/coverage/release/1.0")
         assert got.status_code == 200, got.text
