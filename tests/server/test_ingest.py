@@ -12,7 +12,7 @@ from cas import pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, MalformedPack
-from cas.ingest import Commits, Verified, write_group
+from cas.ingest import Commits, Verified, verify, write_group
 from cas.objects import Commit
 from cas.server.app import ingest
 from cas.store import Store, records
@@ -50,11 +50,7 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
         orphan = Commit(ObjectId.of(b"no such manifest"), (), "t", 0, "orphan", {}).encode()
         packs = [
             Verified([], [], [_encoded(ObjType.BLOB, good)]),
-            Verified(
-                [ObjectId.of(b"no such manifest")],
-                [],
-                [_encoded(ObjType.COMMIT, orphan)],
-            ),
+            verify(pack.encode_bytes([(ObjectId.of(orphan), ObjType.COMMIT, orphan)])),
             Verified([], [], [_encoded(ObjType.BLOB, later)]),
         ]
         write_group(store, packs)
