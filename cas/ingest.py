@@ -109,10 +109,11 @@ def _links(owner: ObjectId, otype: ObjType, data: bytes | memoryview, seen: Mapp
     return its references to objects outside the pack."""
     out = []
     for link in validate.check(otype, data):
-        if link.oid in seen:
-            _check_type(Need(owner, otype, link), seen[link.oid])
-        else:
+        actual = seen.get(link.oid)
+        if actual is None:
             out.append(Need(owner, otype, link))
+        elif actual not in link.types:
+            _check_type(Need(owner, otype, link), actual)
     return out
 
 

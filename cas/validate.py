@@ -154,7 +154,7 @@ def _node(body: dict[str, Any]) -> list[Link]:
 
 def _leaf(rows: list[Any]) -> list[Link]:
     blobs: list[ObjectId] = []
-    envs: dict[ObjectId, None] = {}
+    envs: dict[bytes, None] = {}  # raw ids: hashing bytes is cheap, and a leaf has few envs
     for row in rows:
         if type(row) is not list or len(row) != 8:
             raise CorruptObject("malformed manifest leaf entry")
@@ -166,16 +166,18 @@ def _leaf(rows: list[Any]) -> list[Link]:
         ):
             raise CorruptObject("malformed manifest leaf entry")
         entrykeys.check(kind, key)
-        _numeric_meta(meta)
+        if meta and not meta.keys().isdisjoint(NUMERIC_META):
+            _numeric_meta(meta)
         blobs.append(_id(blob, "entry blob"))
-        envs[_id(env, "entry env")] = None
+        if type(env) is not bytes or env not in envs:
+            envs[_id(env, "entry env").raw] = None
     # An id that is both a blob and an env of this leaf (an env's bytes stored as a blob
     # too) may be either, as the fetch walk accepts (cas.sync.walk.Walker.leaves).
-    both = envs.keys() & set(blobs)
+    both = envs.keys() & {b.raw for b in blobs}
     either = _BLOBS | _ENVS
     return [
-        *(Link(b, either if b in both else _BLOBS, "entry blob") for b in blobs),
-        *(Link(e, either if e in both else _ENVS, "entry env") for e in envs),
+        *(Link(b, either if b.raw in both else _BLOBS, "entry blob") for b in blobs),
+        *(Link(ObjectId(e), either if e in both else _ENVS, "entry env") for e in envs),
     ]
 
 
