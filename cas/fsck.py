@@ -8,7 +8,9 @@ Checks, in one pass over every object and then over the refs:
   stream; each chunk is also checked on its own, as an object);
 * a structured object decodes, and every object it references is present (closure holds
   for *every* stored object, not only reachable ones: gc keeps whatever a young object
-  references, so a violation anywhere is a real defect);
+  references, so a violation anywhere is a real defect) and of the type its role wants
+  (a commit's manifest a manifest node, its parents commits, a tag's target what the
+  tag names, a node's children nodes, an entry's blob a blob and its env an env);
 * every ref points at a present commit or tag whose closure is complete;
 * objects no ref reaches are listed as ``dangling`` (information, not an error).
 
@@ -28,6 +30,7 @@ from cas.store import Store
 
 CORRUPT = "corrupt"
 MISSING = "missing"
+WRONG_TYPE = "wrong-type"
 BAD_REF = "bad-ref"
 DANGLING = "dangling"
 #: Finding kinds that are not errors.
@@ -106,8 +109,8 @@ class _Checker:
         self.store = store
         self.verify = verify
         self.report = FsckReport()
-        # id -> ids it references (structured objects and chunked blobs only)
-        self.links: dict[ObjectId, list[ObjectId]] = {}
+        # id -> what it references (structured objects and chunked blobs only)
+        self.links: dict[ObjectId, list[validate.Link]] = {}
         self.types: dict[ObjectId, ObjType] = {}
         self.damaged: set[ObjectId] = set()
 
@@ -136,7 +139,7 @@ class _Checker:
                 return
             rec, body = got
             if isinstance(body, list):  # a chunked blob: its chunk ids
-                self.links[oid] = body
+                self.links[oid] = [validate.Link(c, _CHUNKS, "chunk") for c in body]
                 if self.verify:
                     _verify_chunked(self.store, oid, rec.raw_size, body)
             else:
@@ -160,14 +163,27 @@ class _Checker:
     def check_closure(self) -> None:
         # A chunk may already have been reported missing by the hash check of its blob.
         seen = {f.oid for f in self.report.findings if f.kind == MISSING and f.oid}
-        for oid, refs in self.links.items():
-            for ref in refs:
+        for oid, links in self.links.items():
+            for link in links:
+                ref = link.oid
+                self.check_type(oid, link)
                 if self.present(ref) or ref in seen:
                     continue
                 if self.store.has(ref):  # written after the listing passed its id
                     continue
                 seen.add(ref)
                 self.add(MISSING, ref, f"object {ref.short()} referenced by {oid.short()} is missing")
+
+    def check_type(self, oid: ObjectId, link: validate.Link) -> None:
+        actual = self.types.get(link.oid)
+        if actual is not None and actual not in link.types:
+            expected = " or ".join(sorted(t.label for t in link.types))
+            self.add(
+                WRONG_TYPE,
+                oid,
+                f"{_label(self.types.get(oid))} {oid.short()} names {link.oid.short()} as its {link.role}, "
+                f"but that is a {actual.label}, not a {expected}",
+            )
 
     def check_refs(self) -> set[ObjectId]:
         reachable: set[ObjectId] = set()
@@ -207,8 +223,17 @@ class _Checker:
                 broken.add(oid)
                 continue
             reachable.add(oid)
-            stack.extend(self.links.get(oid, ()))
+            stack.extend(link.oid for link in self.links.get(oid, ()))
         return len(broken)
+
+
+#: A chunk's bytes may already be stored as a small blob of the same content (a put of
+#: existing content is a no-op), so a chunk link accepts either.
+_CHUNKS = frozenset({ObjType.CHUNK, ObjType.BLOB})
+
+
+def _label(otype: ObjType | None) -> str:
+    return otype.label if otype is not None else "object"
 
 
 class _MissingChunk(CasError):
@@ -234,4 +259,4 @@ def _one_line(exc: CasError, oid: ObjectId) -> str:
     return text if oid.short() in text else f"object {oid.short()}: {text}"
 
 
-__all__ = ["BAD_REF", "CORRUPT", "DANGLING", "MISSING", "Finding", "FsckReport", "fsck"]
+__all__ = ["BAD_REF", "CORRUPT", "DANGLING", "MISSING", "WRONG_TYPE", "Finding", "FsckReport", "fsck"]

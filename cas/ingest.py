@@ -13,7 +13,10 @@ into a local store.
   id against its bytes, its type against what was expected, its structure.
 * :func:`require` is the closure check — a structured object's references must be
   earlier in the pack or already held, so that no object lands before what it names
-  (invariant 1) even when a client sends a broken pack.
+  (invariant 1) even when a client sends a broken pack — and the type check: each
+  reference must name an object of the type its role wants (a commit's manifest a
+  manifest node, its parents commits, a tag's target what the tag says; see
+  :class:`cas.validate.Link`), or every later fetch of the receiver would fail.
 * :func:`write_group` writes verified packs into a Store, and :class:`Commits` groups
   the packs verified meanwhile into one transaction; :func:`receive` is all of it.
 """
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId, verify_id
-from cas.errors import MalformedPack, RequestTooLarge
+from cas.errors import CorruptObject, MalformedPack, RequestTooLarge
 from cas.store import CHUNK_THRESHOLD, Store
 from cas.store import records as rc
 
@@ -36,15 +40,28 @@ from cas.store import records as rc
 #: to MAX_OBJECT alone; see cas.pack.batches).
 MAX_UNPACKED = pack.MAX_OBJECT + pack.PACK_BYTES
 
-#: The subset of some ids that a receiver lacks (Store.missing, Remote.missing).
-Missing = Callable[[list[ObjectId]], list[ObjectId]]
+#: The types of those of some ids that a receiver holds; the ids it lacks are left out.
+Held = Callable[[list[ObjectId]], Mapping[ObjectId, ObjType]]
+
+
+class Need(NamedTuple):
+    """A reference that a pack's object makes to an object outside the pack."""
+
+    owner: ObjectId
+    otype: ObjType
+    link: validate.Link
+
+
+def held_by(store: Store) -> Held:
+    """What ``store`` holds of some ids, with their types (from record headers)."""
+    return lambda ids: {oid: rec.type for oid, rec in store.records(ids).items()}
 
 
 @dataclass
 class Verified:
     """A verified pack waiting to be written (see :func:`write_group`)."""
 
-    wanted: list[ObjectId]  # what its structured objects reference, outside the pack
+    wanted: list[Need]  # what its structured objects reference, outside the pack
     big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
     records: list[rc.Encoded]  # the rest, encoded (none unless verify was asked to encode)
     count: int = 0
@@ -60,7 +77,7 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
     ``max_unpacked`` raw bytes in all is refused from their headers, before they are
     decompressed.
     """
-    seen: set[ObjectId] = set()
+    seen: dict[ObjectId, ObjType] = {}
     out = Verified([], [], [])
     unpacked = 0
     for f in pack.frames(io.BytesIO(data), max_object=min(pack.MAX_OBJECT, max_unpacked)):
@@ -71,7 +88,7 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
         _no_chunk(f.otype)
         if f.otype in STRUCTURED:  # at most pack.MAX_STRUCTURED bytes
             raw = f.data()
-            out.wanted.extend(r for r in validate.check(f.otype, raw) if r not in seen)
+            out.wanted.extend(_links(f.oid, f.otype, raw, seen))
             if encode:
                 out.records.append((f.oid, f.otype, rc.encode(f.otype, raw, fast=True, packed=f.packed)))
         elif f.raw_size > CHUNK_THRESHOLD:
@@ -83,8 +100,32 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
                 out.records.append((f.oid, f.otype, rc.frame_record(f.otype, f.raw_size, f.payload)))
         else:
             out.records.append((f.oid, f.otype, rc.encode(f.otype, f.data(), fast=True)))
-        seen.add(f.oid)
+        seen[f.oid] = f.otype
     return out
+
+
+def _links(owner: ObjectId, otype: ObjType, data: bytes | memoryview, seen: Mapping[ObjectId, ObjType]) -> list[Need]:
+    """Check ``owner`` and the types of its references to ``seen`` (earlier in its pack);
+    return its references to objects outside the pack."""
+    out = []
+    for link in validate.check(otype, data):
+        actual = seen.get(link.oid)
+        if actual is None:
+            out.append(Need(owner, otype, link))
+        elif actual not in link.types:
+            _check_type(Need(owner, otype, link), actual)
+    return out
+
+
+def _check_type(need: Need, actual: ObjType) -> None:
+    link = need.link
+    if actual not in link.types:
+        expected = " or ".join(sorted(t.label for t in link.types))
+        raise CorruptObject(
+            f"{need.otype.label} {need.owner.short()} names {link.oid.short()} as its {link.role}, "
+            f"but that is a {actual.label}, not a {expected}",
+            oid=need.owner,
+        )
 
 
 def verify_objects(
@@ -93,33 +134,39 @@ def verify_objects(
     expect: Mapping[ObjectId, frozenset[ObjType]] | None = None,
     source: str | None = None,
     hint: str | None = None,
-) -> list[ObjectId]:
+) -> list[Need]:
     """Check decoded objects: each id against its bytes, its type against ``expect``
     (when given), no chunks, structured bodies well formed; raise on the first bad one.
     Returns what their structured objects reference outside them, for :func:`require`."""
-    seen: set[ObjectId] = set()
-    wanted: list[ObjectId] = []
+    seen: dict[ObjectId, ObjType] = {}
+    wanted: list[Need] = []
     for oid, otype, data in objs:
         verify_id(oid, ObjectId.of(data), source=source, hint=hint)
         if expect is not None:
             pack.check_expected(oid, otype, len(data), expect[oid], source or "pack")
         _no_chunk(otype)
         if otype in STRUCTURED:
-            wanted.extend(r for r in validate.check(otype, data) if r not in seen)
-        seen.add(oid)
+            wanted.extend(_links(oid, otype, data, seen))
+        seen[oid] = otype
     return wanted
 
 
-def require(wanted: list[ObjectId], missing: Missing, written: Collection[ObjectId] = ()) -> None:
-    """Closure: raise MalformedPack if the receiver lacks any of ``wanted`` (``missing``
-    tells which it lacks; ``written``: objects of earlier packs of the same group)."""
-    absent = [o for o in missing(list(dict.fromkeys(wanted))) if o not in written]
+def require(wanted: list[Need], held: Held, written: Mapping[ObjectId, ObjType] | None = None) -> None:
+    """Closure and types: raise MalformedPack if the receiver lacks any of ``wanted``,
+    CorruptObject if one it holds is not of the type its reference wants (``held``
+    tells what it holds; ``written``: objects of earlier packs of the same group)."""
+    written = written or {}
+    ids = list(dict.fromkeys(n.link.oid for n in wanted if n.link.oid not in written))
+    types = {**held(ids), **written}
+    absent = [o for o in ids if o not in types]
     if absent:
         raise MalformedPack(
             f"pack is incomplete: it references {len(absent)} object(s) the "
             f"receiver lacks, e.g. {absent[0].short()}",
             hint="send referenced objects first (children before parents)",
         )
+    for need in wanted:
+        _check_type(need, types[need.link.oid])
 
 
 def _no_chunk(otype: ObjType) -> None:
@@ -137,11 +184,11 @@ def write_group(store: Store, group: list[Verified]) -> None:
     for p in group:  # until written: a writer killed half-way must not report success
         p.error = RuntimeError("pack was not written: the writer failed")
     ok: list[Verified] = []
-    written: set[ObjectId] = set()
+    written: dict[ObjectId, ObjType] = {}
     try:
         for p in group:
             try:
-                require(p.wanted, store.missing, written)
+                require(p.wanted, held_by(store), written)
                 for f in p.big:  # chunked like a local put of the file, never whole in memory
                     if store.put_stream(f.reader()) != f.oid:
                         raise MalformedPack(f"blob {f.oid.short()} changed while stored")
@@ -149,7 +196,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
                 p.error = exc
                 continue
             ok.append(p)
-            written.update(oid for oid, _, _ in p.records)
+            written.update((oid, otype) for oid, otype, _ in p.records)
         try:
             store.write([r for p in ok for r in p.records], encoded=True)
         except Exception as exc:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import re
 import time
 
+from cas import validate
 from cas.codec import ObjType
 from cas.config import identity
 from cas.digest import ObjectId, is_hex_prefix
 from cas.errors import (
     AmbiguousId,
     BadRefName,
+    BadRefTarget,
     CorruptObject,
     ObjectNotFound,
     RefNotFound,
@@ -198,6 +200,8 @@ def create_tag(
     oid = target
     if message is not None:
         otype = store.require(target)[0]
+        if otype not in validate.TAG_TARGETS:
+            raise BadRefTarget(f"cannot tag {target.short()}: a {otype.label}, not a commit or tag", oid=target)
         tag = Tag(target, otype, name, identity(), int(time.time()), message, signature)
         oid = store.put_object(tag)
     if old is not None and not force:

@@ -9,12 +9,18 @@ kind's grammar (cas.entrykeys), and every time an autotune record's entry claims
 possible one (cas.timings). Anything else is :class:`~cas.errors.CorruptObject`
 (422 on the server), or :class:`~cas.errors.BadEntryKey` or
 :class:`~cas.errors.BadAutotuneRecord` (400).
+
+What is valid can be shown: a time lies within what a calendar date can show (years 1
+to 9999, MIN_TIME..MAX_TIME), and the entry metadata that is summed and handed to torch
+(NUMERIC_META) is a non-negative integer. Every reference comes with the types its
+target may have (:class:`Link`), so that ingest and fsck check them (docs/format.md,
+"Reference types").
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from cas import codec, entrykeys, timings
 from cas.codec import STRUCTURED, ObjType
@@ -23,6 +29,15 @@ from cas.errors import BadAutotuneRecord, CorruptObject
 
 #: Deepest nesting of maps and lists in a body (metadata included).
 MAX_NESTING = 32
+#: Commit and tag times, seconds since the epoch: 0001-01-01 to 9999-12-31 UTC, the dates
+#: Python's datetime (so `cas log`, `cas show` and /ui) can show.
+MIN_TIME, MAX_TIME = -62_135_596_800, 253_402_300_799
+#: Entry metadata that cas sums (compile time saved) and hands to torch as an integer,
+#: in the order cas.display prefers them.
+NUMERIC_META = ("time_taken_ms", "compile_ms")
+_INT64_MAX = 2**63 - 1
+#: What a tag may target (and so name in its ``type`` field).
+TAG_TARGETS = frozenset({ObjType.COMMIT, ObjType.TAG})
 _FANOUT, _MAX_DEPTH = 16, 64  # cas.manifest.FANOUT / MAX_DEPTH (no import: manifest needs a Store)
 
 _FIELDS: dict[ObjType, tuple[frozenset[str], frozenset[str]]] = {  # (required, optional)
@@ -31,8 +46,22 @@ _FIELDS: dict[ObjType, tuple[frozenset[str], frozenset[str]]] = {  # (required, 
 }
 
 
-def check(otype: ObjType, data: bytes | memoryview) -> list[ObjectId]:
-    """The ids a well-formed object refers to; raises if it is not well formed.
+class Link(NamedTuple):
+    """A reference from an object: the id, the types its target may have, and its role
+    (``manifest``, ``parent``, ``target``, ``child``, ``entry blob``, ``entry env``)."""
+
+    oid: ObjectId
+    types: frozenset[ObjType]
+    role: str
+
+
+_COMMITS, _NODES = frozenset({ObjType.COMMIT}), frozenset({ObjType.NODE})
+_BLOBS, _ENVS = frozenset({ObjType.BLOB}), frozenset({ObjType.ENV})
+
+
+def check(otype: ObjType, data: bytes | memoryview) -> list[Link]:
+    """What a well-formed object refers to, with the types each target may have; raises
+    if it is not well formed.
 
     Blobs and chunks are bytes, always well formed, and refer to nothing here.
     """
@@ -58,17 +87,23 @@ def check(otype: ObjType, data: bytes | memoryview) -> list[ObjectId]:
     if not required <= body.keys() <= required | optional:
         raise CorruptObject(f"malformed {what}: fields {sorted(body)}, expected {sorted(required)}")
     _is(body, "time", int, what)
+    if not MIN_TIME <= body["time"] <= MAX_TIME:
+        raise CorruptObject(f"malformed {what}: time {body['time']} is not a date in years 1 to 9999")
     for name in ("author", "message") if otype == ObjType.COMMIT else ("name", "tagger", "message", "type"):
         _is(body, name, str, what)
     if otype == ObjType.COMMIT:
         _is(body, "metadata", dict, what)
         _is(body, "parents", list, what)
-        return [_id(body["manifest"], "commit manifest"), *(_id(p, "commit parent") for p in body["parents"])]
-    if body["type"] not in {t.label for t in ObjType if t != ObjType.CHUNK}:
-        raise CorruptObject(f"malformed tag: target type {body['type']!r}")
+        return [
+            Link(_id(body["manifest"], "commit manifest"), _NODES, "manifest"),
+            *(Link(_id(p, "commit parent"), _COMMITS, "parent") for p in body["parents"]),
+        ]
+    target = {t.label: t for t in TAG_TARGETS}.get(body["type"])
+    if target is None:
+        raise CorruptObject(f"malformed tag: target type {body['type']!r}, expected commit or tag")
     if "signature" in body and not isinstance(body["signature"], bytes):
         raise CorruptObject("malformed tag: signature is not bytes")
-    return [_id(body["target"], "tag target")]
+    return [Link(_id(body["target"], "tag target"), frozenset({target}), "target")]
 
 
 def _scan(value: Any, what: str, depth: int) -> None:
@@ -102,7 +137,7 @@ def _env(body: dict[str, Any]) -> None:
             raise CorruptObject(f"malformed env: field {k!r} is a {type(v).__name__}, not text")
 
 
-def _node(body: dict[str, Any]) -> list[ObjectId]:
+def _node(body: dict[str, Any]) -> list[Link]:
     depth, count = body.get("d"), body.get("n")
     if type(depth) is not int or type(count) is not int or not 0 <= depth <= _MAX_DEPTH or count < 0:
         raise CorruptObject("malformed manifest node: bad depth or count")
@@ -112,12 +147,17 @@ def _node(body: dict[str, Any]) -> list[ObjectId]:
             if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int or not prev < pair[0] < _FANOUT:
                 raise CorruptObject("malformed manifest node: bad child slot")
             prev = pair[0]
-            out.append(_id(pair[1], "node child"))
+            out.append(Link(_id(pair[1], "node child"), _NODES, "child"))
         return out
     if body.keys() != {"d", "e", "n"} or type(body["e"]) is not list or len(body["e"]) != count:
         raise CorruptObject("malformed manifest node: neither an inner node nor a leaf")
-    out, envs = [], set()
-    for row in body["e"]:
+    return _leaf(body["e"])
+
+
+def _leaf(rows: list[Any]) -> list[Link]:
+    blobs: list[ObjectId] = []
+    envs: dict[bytes, None] = {}  # raw ids: hashing bytes is cheap, and a leaf has few envs
+    for row in rows:
         if type(row) is not list or len(row) != 8:
             raise CorruptObject("malformed manifest leaf entry")
         env, kind, key, variant, blob, size, guards, meta = row
@@ -128,11 +168,26 @@ def _node(body: dict[str, Any]) -> list[ObjectId]:
         ):
             raise CorruptObject("malformed manifest leaf entry")
         entrykeys.check(kind, key)
+        if meta and not meta.keys().isdisjoint(NUMERIC_META):
+            _numeric_meta(meta)
         impossible = timings.entry_problem(kind, meta)
         if impossible is not None:
             raise BadAutotuneRecord(f"{kind} {key[:80]!r}: {impossible}")
-        out.append(_id(blob, "entry blob"))
-        if env not in envs:
-            envs.add(env)
-            out.append(_id(env, "entry env"))
-    return out
+        blobs.append(_id(blob, "entry blob"))
+        if type(env) is not bytes or env not in envs:
+            envs[_id(env, "entry env").raw] = None
+    # An id that is both a blob and an env of this leaf (an env's bytes stored as a blob
+    # too) may be either, as the fetch walk accepts (cas.sync.walk.Walker.leaves).
+    both = envs.keys() & {b.raw for b in blobs}
+    either = _BLOBS | _ENVS
+    return [
+        *(Link(b, either if b.raw in both else _BLOBS, "entry blob") for b in blobs),
+        *(Link(ObjectId(e), either if e in both else _ENVS, "entry env") for e in envs),
+    ]
+
+
+def _numeric_meta(meta: dict[str, Any]) -> None:
+    for name in NUMERIC_META:
+        value = meta.get(name)
+        if value is not None and (type(value) is not int or not 0 <= value <= _INT64_MAX):
+            raise CorruptObject(f"malformed manifest leaf entry: {name} {value!r:.40} is not a count of milliseconds")

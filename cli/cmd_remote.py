@@ -148,7 +148,7 @@ def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any]
         new = u.new.short() if u.new else "(deleted)"
         note = f" - {u.note}" if u.note else ""
         lines.append(f"  {refs.short_name(u.ref)}: {old} -> {new} [{u.status}]{note}")
-    ctx.emit(data, escape("\n".join(lines)))
+    ctx.emit(data, "\n".join(lines))
 
 
 # -- remote add|remove|list ------------------------------------------------------------------

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cas import history, manifest, refs
+from cas import display, history, manifest, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId, verify_id
 from cas.errors import ObjectNotFound, UsageError
@@ -22,7 +22,7 @@ from cas_cli.context import Context, pass_ctx
 
 
 def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return display.utc(ts) + " UTC"
 
 
 def _entry_json(key: EntryKey, e: Entry) -> dict[str, Any]:
@@ -136,7 +136,8 @@ def ls_(ctx: Context, rev: str, kind: str | None, env_prefix: str | None) -> Non
     for col in ("env", "kind", "key", "variant", "size", "blob"):
         table.add_column(col, justify="right" if col == "size" else "left")
     for k, e in rows:
-        table.add_row(k.env.short(8), k.kind, k.key, k.variant, human_size(e.size), e.blob.short())
+        cells = (k.env.short(8), k.kind, k.key, k.variant, human_size(e.size), e.blob.short())
+        table.add_row(*map(escape, cells))
     ctx.out.print(table)
     ctx.info(f"{len(rows)} entries")
 
@@ -156,14 +157,14 @@ def log(ctx: Context, rev: str, max_count: int | None, oneline: bool) -> None:
     for oid, c in items:
         first = c.message.splitlines()[0] if c.message else ""
         if oneline:
-            ctx.out.print(f"[yellow]{oid.short()}[/] {first}", markup=True)
+            ctx.out.print(f"[yellow]{oid.short()}[/] {escape(first)}", markup=True)
             continue
         ctx.out.print(f"[yellow]commit {oid.hex}[/]", markup=True)
         if len(c.parents) > 1:
             ctx.out.print("Merge:  " + " ".join(p.short() for p in c.parents))
-        ctx.out.print(f"Author: {c.author}\nDate:   {_when(c.time)}\n")
+        ctx.out.print(f"Author: {c.author}\nDate:   {_when(c.time)}\n", markup=False)
         for line in c.message.splitlines() or [""]:
-            ctx.out.print(f"    {line}")
+            ctx.out.print(f"    {line}", markup=False)
         ctx.out.print("")
 
 
@@ -232,12 +233,12 @@ def diff(ctx: Context, a: str, b: str, stat: bool) -> None:
         for op, k, _, _ in rows:
             counts[(k.kind, op)] = counts.get((k.kind, op), 0) + 1
         for (kind, op), n in sorted(counts.items()):
-            ctx.out.print(f"{op} {n:6d} {kind}")
+            ctx.out.print(f"{op} {n:6d} {kind}", markup=False)
     else:
         for op, k, old, new in rows:
             color = {"+": "green", "-": "red", "~": "yellow"}[op]
             size = (new or old).size  # type: ignore[union-attr]
-            ctx.out.print(f"[{color}]{op} {k}[/] ({human_size(size)})", markup=True)
+            ctx.out.print(f"[{color}]{op} {escape(str(k))}[/] ({human_size(size)})", markup=True)
     ctx.info(f"{len(rows)} changed entries")
 
 

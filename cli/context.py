@@ -56,7 +56,7 @@ class Context:
         if self.as_json:
             click.echo(json.dumps(data, indent=2, default=str))
         elif text is not None:
-            self.out.print(text)
+            self.out.print(text, markup=False)  # text holds what objects say, never markup
 
     def info(self, text: str) -> None:
         if not self.quiet and not self.as_json:

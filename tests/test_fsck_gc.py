@@ -10,13 +10,14 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from hostile import UNSHOWABLE, Parts, wrong_types
 from testclock import Clock
 
 from cas import store as store_mod
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import BadRefTarget
-from cas.fsck import BAD_REF, CORRUPT, DANGLING, MISSING, fsck
+from cas.fsck import BAD_REF, CORRUPT, DANGLING, MISSING, WRONG_TYPE, fsck
 from cas.gc import gc
 from cas.objects import Commit, Entry, EntryKey, Env, ManifestNode, Tag
 from cas.stats import stats
@@ -167,6 +168,32 @@ def test_ref_at_blob_or_missing_object_is_bad(store_path: Path, store: Store) ->
         bad = {f.ref: f.message for f in fsck(s).errors if f.kind == BAD_REF}
         assert set(bad) == {"refs/heads/odd", "refs/heads/main"}
         assert "blob" in bad["refs/heads/odd"] and "missing" in bad["refs/heads/main"]
+
+
+def test_references_of_the_wrong_type_are_findings(store: Store) -> None:
+    """Objects written behind ingest's back (a store that was never checked, or one of an
+    older cas): every reference naming an object of another type than its role wants
+    is a finding naming both; well-typed references are not."""
+    shapes = {shape.name: shape for shape in wrong_types("fsck")}
+    for shape in shapes.values():
+        store.write((otype, data) for _, otype, data in [*shape.refs, shape.bad])
+    report = fsck(store)
+    wrong = {f.oid: f.message for f in report.errors if f.kind == WRONG_TYPE}
+    # a tag that names a blob fails validation itself: a corrupt tag, its target unchecked
+    untyped = shapes.pop("tag names a blob").bad[0]
+    assert {f.oid for f in report.errors if f.kind == CORRUPT} == {untyped}
+    assert set(wrong) == {shape.bad[0] for shape in shapes.values()}
+    for shape in shapes.values():
+        assert shape.says in wrong[shape.bad[0]] and shape.bad[0].short() in wrong[shape.bad[0]], shape.name
+
+
+def test_what_cannot_be_shown_is_corrupt(store: Store) -> None:
+    parts = Parts("fsck")
+    store.write((otype, data) for _, otype, data in [parts.blob, parts.env, parts.node, parts.commit])
+    bad = {make(parts)[0]: name for name, make in UNSHOWABLE.items()}
+    store.write((otype, data) for _, otype, data in (make(parts) for make in UNSHOWABLE.values()))
+    corrupt = {f.oid for f in fsck(store).errors if f.kind == CORRUPT}
+    assert corrupt == set(bad)
 
 
 def test_progress_reports_every_object(store: Store) -> None:

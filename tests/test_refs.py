@@ -8,6 +8,7 @@ from cas import history, refs
 from cas.errors import (
     AmbiguousId,
     BadRefName,
+    BadRefTarget,
     ObjectNotFound,
     RefConflict,
     RefNotFound,
@@ -97,6 +98,18 @@ def test_tags_never_move_without_force(store: Store) -> None:
     assert refs.resolve(store, "v1") == a
     refs.create_tag(store, "v1", b, force=True)
     assert refs.resolve(store, "v1") == b
+
+
+def test_an_annotated_tag_pins_a_commit_or_tag_only(store: Store) -> None:
+    """A tag of a blob, env or node would be refused by every receiver (docs/format.md)."""
+    (a,) = _chain(store, 1)
+    blob = store.put(b"just bytes")
+    with pytest.raises(BadRefTarget, match=f"cannot tag {blob.short()}: a blob, not a commit or tag"):
+        refs.create_tag(store, "v0", blob, message="a tag of a blob")
+    assert store.list_refs("refs/tags/") == {}
+    inner = refs.create_tag(store, "inner", a, message="of a commit")
+    refs.create_tag(store, "outer", inner, message="of a tag")
+    assert refs.resolve(store, "outer") == a
 
 
 def test_annotated_tag_peels_to_commit(store: Store) -> None:

@@ -20,8 +20,9 @@ Layout under ``s3://bucket/prefix`` (docs/format.md, "S3 layout")::
   the price is that writers of *different* refs also race, which update_ref absorbs by
   re-reading and retrying (the compare is still on the one ref named). SeaweedFS 4.48 was
   checked to honour both conditions atomically (8 racing writers: exactly 1 wins).
-* There is no server to verify uploads, so this client verifies what it sends (ids and
-  closure) and what it receives (every frame is hashed on fetch).
+* There is no server to verify uploads, so this client verifies what it sends (ids,
+  closure, and the type of every reference, from the indexes) and what it receives
+  (every frame is hashed on fetch, its type checked against what the walk expects).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import (
     AuthError,
+    BadRefTarget,
     CorruptObject,
     MalformedPack,
     ObjectNotFound,
@@ -275,11 +277,14 @@ class S3Remote:
         return {n: o for n, o in sorted(table.items()) if n.startswith(prefix)}
 
     def missing(self, oids: Sequence[ObjectId]) -> list[ObjectId]:
-        if not oids:
-            return []
+        held = self._held(oids)
+        return [o for o in oids if o not in held]
+
+    def _held(self, oids: Sequence[ObjectId]) -> dict[ObjectId, ObjType]:
+        """The types of those of ``oids`` the bucket holds (:data:`cas.ingest.Held`)."""
         if any(o not in self._index for o in oids):
             self._refresh()
-        return [o for o in oids if o not in self._index]
+        return {o: self._index[o].type for o in oids if o in self._index}
 
     def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
         sent = count = 0
@@ -290,7 +295,7 @@ class S3Remote:
                 # `missing` just before, so a fresh view is not listed again per pack.
                 self._refresh()
             # ids and closure of the pack, before any byte of it is uploaded
-            ingest.require(ingest.verify_objects(batch), self.missing)
+            ingest.require(ingest.verify_objects(batch), self._held)
             fresh = [o for o in batch if o[0] not in self._index]
             if fresh:
                 sent += self._upload(pack.encode_bytes(fresh, level=self.compress_level))
@@ -303,7 +308,7 @@ class S3Remote:
         """Upload one encoded pack as it is, after verifying it all (ids, framing, closure:
         :func:`cas.ingest.verify`, in memory that follows the pack's size)."""
         verified = ingest.verify(data, encode=False)
-        ingest.require(verified.wanted, self.missing)
+        ingest.require(verified.wanted, self._held)
         return self._upload(data) if verified.count else 0
 
     def _upload(self, data: bytes) -> int:
@@ -381,12 +386,8 @@ class S3Remote:
 
     def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:
         check_name(name)
-        if new is not None and new not in self._index:
-            self._refresh()
-            if new not in self._index:
-                raise ObjectNotFound(
-                    f"cannot point {name} at {new.short()}: object not on {self.url}", oid=new
-                )
+        if new is not None:
+            self._check_ref_target(name, new)
         for attempt in range(_CAS_RETRIES):
             table, etag = self._read_refs()
             current = table.get(name)
@@ -416,6 +417,16 @@ class S3Remote:
                 # Another ref (or this one) moved under us: re-read and compare again.
                 time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
         raise TransientRemoteError(f"{self.url}: refs kept changing; gave up after {_CAS_RETRIES} tries")
+
+    def _check_ref_target(self, name: str, new: ObjectId) -> None:
+        """A ref names a commit or tag the bucket holds (docs/format.md, invariant 1)."""
+        otype = self._held([new]).get(new)
+        if otype is None:
+            raise ObjectNotFound(f"cannot point {name} at {new.short()}: object not on {self.url}", oid=new)
+        if otype not in (ObjType.COMMIT, ObjType.TAG):
+            raise BadRefTarget(
+                f"cannot point {name} at {new.short()}: a {otype.label}, not a commit or tag", oid=new
+            )
 
     def close(self) -> None:
         self._s3.close()

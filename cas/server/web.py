@@ -16,7 +16,6 @@ store.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cas import coverage, manifest, refs
+from cas import coverage, display, manifest, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, Forbidden
@@ -49,7 +48,7 @@ _TEMPLATES = Environment(
 )
 _TEMPLATES.filters["size"] = lambda n: human_size(int(n))
 _TEMPLATES.filters["url"] = lambda s: quote(str(s), safe="/")
-_TEMPLATES.filters["utc"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t)))
+_TEMPLATES.filters["utc"] = lambda t: display.utc(t, seconds=False)
 LOG_LIMIT = 200
 #: Largest login or logout form (a token, a CSRF token); read before any auth.
 MAX_LOGIN_BODY = 8 << 10
@@ -69,11 +68,6 @@ class Group:
     removed: int = 0
     changed: int = 0
     keys: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-def _saved_ms(meta: Any) -> int:
-    value = meta.get("time_taken_ms", meta.get("compile_ms", 0)) if meta else 0
-    return int(value or 0)
 
 
 # -- what each page reads ---------------------------------------------------------------
@@ -131,7 +125,7 @@ def _entries(store: Store, ref: str) -> dict[str, Any]:
         g = groups.setdefault((k.env.short(), k.kind), Group(k.env.short(), k.kind))
         g.count += 1
         g.bytes += e.size
-        g.saved_ms += _saved_ms(e.meta)
+        g.saved_ms += display.saved_ms(e.meta)
     by_env: dict[str, list[Group]] = defaultdict(list)
     for (env, _), g in sorted(groups.items()):
         by_env[env].append(g)

@@ -23,11 +23,13 @@ import os
 import struct
 
 import pytest
+from hostile import EMPTY_NODE, UNSHOWABLE, Parts, wrong_types
 
 from cas import pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import (
+    BadRefTarget,
     CorruptObject,
     FormatVersionError,
     IntegrityError,
@@ -200,6 +202,49 @@ class RemoteContract:
         assert remote.missing([fine[0], commit[0]]) == [fine[0], commit[0]]
         remote.send_pack([node, commit])  # with its reference, the same commit is fine
         assert remote.missing([commit[0]]) == []
+
+    # -- reference types and what can be shown (docs/format.md, "Reference types") -------
+
+    @pytest.mark.parametrize("where", ["same pack", "held already"])
+    def test_a_reference_to_an_object_of_the_wrong_type_is_refused_and_nothing_stored(
+        self, remote: Remote, where: str
+    ) -> None:
+        """Every reference role, naming an object of a type it must not have: refused with
+        one line naming both objects, whether the named object travels in the same pack
+        or the remote holds it already; nothing of the pack is stored."""
+        for shape in wrong_types(where):
+            bystander = blob(f"innocent bystander of {shape.name}, {where}".encode())
+            if where == "held already":
+                remote.send_pack(shape.refs)
+                pack_ = [bystander, shape.bad]
+            else:
+                pack_ = [bystander, *shape.refs, shape.bad]
+            with pytest.raises(CorruptObject) as caught:
+                remote.send_pack(pack_)
+            message = caught.value.message
+            assert shape.says in message and "\n" not in message, shape.name
+            lost = [o[0] for o in pack_ if o[0] != EMPTY_NODE]
+            assert remote.missing(lost) == lost, shape.name
+
+    def test_what_cannot_be_shown_is_refused_and_not_stored(self, remote: Remote) -> None:
+        """Times outside years 1 to 9999, compile times that are not counts (cas log and
+        /ui could not show them): refused, whatever they reference."""
+        parts = Parts("unshowable")
+        remote.send_pack([parts.blob, parts.env, parts.node, parts.commit])
+        for name, make in UNSHOWABLE.items():
+            bad = make(parts)
+            with pytest.raises(CorruptObject) as caught:
+                remote.send_pack([bad])
+            assert "\n" not in caught.value.message, name
+            assert remote.missing([bad[0]]) == [bad[0]], name
+
+    def test_a_ref_names_a_commit_or_tag_only(self, remote: Remote) -> None:
+        parts = Parts("refs")
+        remote.send_pack([parts.blob, parts.env, parts.node])
+        for target in (parts.blob, parts.env, parts.node):
+            with pytest.raises(BadRefTarget, match=f"{target[0].short()}: a {target[1].label}, not a commit or tag"):
+                remote.update_ref("refs/heads/main", target[0], None)
+        assert remote.list_refs() == {}
 
     def test_chunks_do_not_travel(self, remote: Remote) -> None:
         data = b"a chunk of some large blob"

@@ -12,8 +12,8 @@ from cas import pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject, MalformedPack
-from cas.ingest import Commits, Verified, write_group
-from cas.objects import Commit
+from cas.ingest import Commits, Verified, verify, write_group
+from cas.objects import Commit, Entry, EntryKey, Env, ManifestNode
 from cas.server.app import ingest
 from cas.store import Store, records
 
@@ -50,11 +50,7 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
         orphan = Commit(ObjectId.of(b"no such manifest"), (), "t", 0, "orphan", {}).encode()
         packs = [
             Verified([], [], [_encoded(ObjType.BLOB, good)]),
-            Verified(
-                [ObjectId.of(b"no such manifest")],
-                [],
-                [_encoded(ObjType.COMMIT, orphan)],
-            ),
+            verify(pack.encode_bytes([(ObjectId.of(orphan), ObjType.COMMIT, orphan)])),
             Verified([], [], [_encoded(ObjType.BLOB, later)]),
         ]
         write_group(store, packs)
@@ -79,3 +75,15 @@ def test_concurrent_ingests_all_land(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert store.missing([ObjectId.of(b) for b in blobs]) == []
+
+
+def test_an_id_that_is_both_an_entry_blob_and_its_env_may_be_either(tmp_path: Path) -> None:
+    """An env's bytes stored as a blob too (`cas put` of an env's encoding): the same id,
+    stored once, is that leaf's env and blob, as a fetch accepts (docs/format.md)."""
+    env = Env({"device": "cpu"}).encode()
+    leaf = ManifestNode(0, 1, entries=((EntryKey(ObjectId.of(env), "inductor", "k1"),
+                                        Entry(ObjectId.of(env), len(env))),)).encode()
+    with Store.init(tmp_path / "s") as store:
+        ingest(store, pack.encode_bytes([(ObjectId.of(env), ObjType.ENV, env),
+                                         (ObjectId.of(leaf), ObjType.NODE, leaf)]))
+        assert store.missing([ObjectId.of(leaf)]) == []

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+from hostile import EMPTY_NODE, UNSHOWABLE, Parts, wrong_types
 from servers import Served
 
 from cas import pack
@@ -83,6 +84,30 @@ def test_an_autotune_entry_claiming_an_impossible_time_is_refused(server: Served
         assert resp.status_code < 300 and stored, resp.text
         return
     assert resp.status_code == 400 and "impossible" in resp.json()["message"] and not stored, resp.text
+
+
+@pytest.mark.parametrize("name", sorted(UNSHOWABLE))
+def test_what_cannot_be_shown_gets_422_with_its_references_at_hand(server: Served, name: str) -> None:
+    """Years past 9999, compile times that are text: `cas log` and /ui could not show
+    them. Sent with everything they reference, so that closure is not the reason."""
+    parts = Parts("server")
+    bad = UNSHOWABLE[name](parts)
+    resp = push(server, *((otype, data) for _, otype, data in [parts.blob, parts.env, parts.node, parts.commit, bad]))
+    assert resp.status_code == 422 and resp.json()["error"] == "CorruptObject", resp.text
+    assert "\n" not in resp.json()["message"]
+    with Store(server.store_path) as store:
+        assert store.missing([bad[0], parts.commit[0]]) == [bad[0], parts.commit[0]]
+
+
+@pytest.mark.parametrize("shape", wrong_types("server"), ids=lambda shape: shape.name)
+def test_a_reference_of_the_wrong_type_gets_422_and_nothing_is_stored(server: Served, shape: Any) -> None:
+    resp = push(server, *((otype, data) for _, otype, data in [*shape.refs, shape.bad]))
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "CorruptObject"
+    assert shape.says in resp.json()["message"] and "\n" not in resp.json()["message"]
+    sent = [shape.bad[0], *(oid for oid, _, _ in shape.refs if oid != EMPTY_NODE)]
+    with Store(server.store_path) as store:
+        assert store.missing(sent) == sent
 
 
 def test_a_ref_names_a_commit_or_tag_only(server: Served) -> None:

@@ -6,21 +6,27 @@ one could be): its references are present, so closure holds, but one of them nam
 256 MiB blob where a commit, a manifest node or a tag's commit belongs. The clone fails
 with one line naming the object and the remote, stores none of it, makes no ref, and
 never holds the blob in memory (tracemalloc: a decode would cost 256 MiB at least).
+The same holds over HTTP and S3, from a served store or a bucket written past ingest.
 """
 
 from __future__ import annotations
 
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import pytest
+from hostile import Parts
+from servers import S3_KEY, S3_REGION, S3_SECRET
 
-from cas import sync
+from cas import pack, sync
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CorruptObject
 from cas.objects import Commit, ManifestNode, Tag
+from cas.remote.base import Remote
 from cas.remote.local import LocalRemote
+from cas.store import Store
 
 from .helpers import new_store
 
@@ -93,5 +99,48 @@ def test_a_tag_whose_target_has_another_type_than_it_names_is_refused(tmp_path: 
             sync.clone(local, remote, remote_name="origin")
     finally:
         remote.close()
+    assert local.list_refs() == {}
+    local.close()
+
+
+def _written_behind_ingest(kind: str, request: pytest.FixtureRequest) -> tuple[Remote, Parts, ObjectId]:
+    """A remote holding a commit whose manifest is a blob, written past every check: into
+    the store behind a real `cas serve`, or into a bucket as a hostile writer would."""
+    parts = Parts(kind)
+    bad = parts.commit_of(parts.blob)
+    if kind == "http":
+        from cas.remote.http import HttpRemote
+
+        served = request.getfixturevalue("served")
+        with Store(served.store_path) as store:
+            store.write((otype, data) for _, otype, data in [parts.blob, bad])
+            store.set_ref("refs/heads/main", bad[0])
+        return HttpRemote(served.url, token=served.read_token), parts, bad[0]
+    from cas.remote.s3 import S3Remote
+
+    seaweed = request.getfixturevalue("seaweed")
+    url = f"s3://{request.getfixturevalue('sync_bucket')}/t-{uuid.uuid4().hex[:12]}"
+    remote = S3Remote(url, endpoint=seaweed.endpoint, region=S3_REGION, access_key=S3_KEY, secret_key=S3_SECRET)
+    remote._upload(pack.encode_bytes([parts.blob, bad]))  # past send_pack's checks
+    remote.update_ref("refs/heads/main", bad[0], None)
+    return remote, parts, bad[0]
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_a_remote_written_behind_ingest_is_refused_by_the_clone(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Whoever wrote the remote, the client checks each type it receives: the clone
+    fails with one line, stores none of it and makes no ref."""
+    remote, parts, bad = _written_behind_ingest(kind, request)
+    local = new_store(tmp_path / "local")
+    try:
+        with pytest.raises(CorruptObject) as caught:
+            sync.clone(local, remote, remote_name="origin")
+    finally:
+        remote.close()
+    message = caught.value.message
+    assert "\n" not in message and f"{parts.blob[0].short()} from" in message and "expected a node" in message
+    assert local.missing([bad, parts.blob[0]]) == [bad, parts.blob[0]]
     assert local.list_refs() == {}
     local.close()
