@@ -9,6 +9,7 @@ A fake only to inject faults: the client under test is the real `cas` CLI.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -67,28 +68,30 @@ class Hostile:
     def stream(self, chunks: Callable[[], Iterator[bytes]], status: int = 200) -> Handler:
         """An answer streamed from ``chunks()``, counted in :attr:`sent`."""
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body(request: Request) -> AsyncIterator[bytes]:
             for chunk in chunks():
+                if await request.is_disconnected():
+                    return  # the client stopped reading: so does the bomb
                 self.sent += len(chunk)
                 yield chunk
 
         async def handler(request: Request) -> Response:
-            return StreamingResponse(body(), status_code=status, media_type="application/json")
+            return StreamingResponse(body(request), status_code=status, media_type="application/json")
 
         return handler
 
     def trickle(self, head: bytes, every: float) -> Handler:
         """``head``, then one space (valid inside JSON) every ``every`` seconds, for ever."""
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body(request: Request) -> AsyncIterator[bytes]:
             yield head
-            while True:
+            while not await request.is_disconnected():
                 await asyncio.sleep(every)
                 self.sent += 1
                 yield b" "
 
         async def handler(request: Request) -> Response:
-            return StreamingResponse(body(), media_type="application/json")
+            return StreamingResponse(body(request), media_type="application/json")
 
         return handler
 
@@ -110,3 +113,38 @@ def huge(head: bytes, total: int) -> Callable[[], Iterator[bytes]]:
             yield block
 
     return chunks
+
+
+class TricklingHead:
+    """A raw TCP server that answers every connection with a status line and then its
+    headers one byte every ``every`` seconds, for ever: what httpx's per-read timeouts
+    never cut, since each read gets a byte in time. Uvicorn cannot be made to do this."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self._stop.wait(self._every):
+                    conn.sendall(b"a")
+            except OSError:
+                return  # the client hung up: what a deadline does
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()

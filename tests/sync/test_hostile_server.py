@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 from bombs import HEADROOM
-from hostile_server import Handler, Hostile, MiB, fixed, huge
+from hostile_server import Handler, Hostile, MiB, TricklingHead, fixed, huge
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cas import history, pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
+from cas.errors import RemoteError
 from cas.objects import Entry, EntryKey, Env
 from cas.remote import bounded
+from cas.remote.http import HttpRemote
 from cas.store import Store
 
 RUN = "import sys; from cas_cli.main import main; sys.argv[0] = 'cas'; main()"
@@ -215,11 +217,38 @@ def test_a_trickling_server_meets_the_deadline(hostile: Hostile, tmp_path: Path)
     assert url in run.stderr
 
 
-def test_a_trickling_clone_meets_the_deadline_it_was_given(hostile: Hostile, tmp_path: Path) -> None:
-    url = hostile.set(refs=hostile.trickle(b"{", every=0.05))
-    run = Run(["clone", url, str(tmp_path / "dest"), "-o", "deadline=0.5"], tmp_path)
+@pytest.mark.parametrize("where", ["refs", "fetch", "head"])
+def test_a_trickling_clone_meets_the_deadline_it_was_given(
+    hostile: Hostile, source: Store, tmp_path: Path, where: str
+) -> None:
+    """A trickle in a refs listing, in a pack (the header, then spaces: 58 of them make a
+    frame header) or in the response head, each cut at the deadline."""
+    if where == "head":
+        head = TricklingHead(every=0.05)
+        url = head.url
+    elif where == "refs":
+        url = hostile.set(refs=hostile.trickle(b"{", every=0.05))
+    else:
+        url = hostile.set(refs=_refs(source), fetch=hostile.trickle(pack.MAGIC + b"\x01", every=0.05))
+    try:
+        run = Run(["clone", url, str(tmp_path / "dest"), "-o", "deadline=0.5"], tmp_path)
+    finally:
+        if where == "head":
+            head.close()
     assert "deadline of 0.5 s" in run.one_line(8)
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_missing_answer_naming_ids_not_asked_about_is_refused(hostile: Hostile, tmp_path: Path) -> None:
+    asked = ObjectId.of(b"asked")
+    url = hostile.set(missing=fixed(ObjectId.of(b"other").raw))
+    remote = HttpRemote(url)
+    with pytest.raises(RemoteError, match="ids that were not asked about"):
+        remote.missing([asked])
+    url = hostile.set(missing=fixed(asked.raw * 2))
+    with pytest.raises(RemoteError, match="over the limit of 32 bytes"):
+        remote.missing([asked])
+    remote.close()
 
 
 # -- 12: a failed clone leaves nothing, whatever the failure -----------------------------------
