@@ -305,3 +305,12 @@ def test_a_clone_refused_after_objects_arrived_leaves_nothing(
     url = hostile.set(refs=_refs(source), fetch=fetch)
     Run(["clone", url, str(tmp_path / "empty")], tmp_path).one_line(5)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"store_id": ["x"], "pack_multi_frame": "yes"}', b"\x00"])
+def test_a_malformed_health_answer_reads_as_no_health(hostile: Hostile, body: bytes) -> None:
+    """Health is asked in passing (the server's id, whether it reads multi-frame blobs):
+    a malformed one counts as none, never as a traceback or a wrong value."""
+    remote = HttpRemote(hostile.set(health=fixed(body)))
+    assert remote.server_id is None and remote.multi_frame is False
+    remote.close()
