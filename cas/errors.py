@@ -12,6 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 
+def shown(text: str, chars: int = 60) -> str:
+    """``text`` quoted for a one-line message, cut to about ``chars`` characters (a name
+    from a stranger may be megabytes long, or hold newlines)."""
+    if len(text) <= chars:
+        return repr(text)
+    return repr(text[:chars]) + f"... ({len(text)} characters)"
+
+
 class CasError(Exception):
     """Root of every error cas raises on purpose."""
 
@@ -197,3 +205,8 @@ class TorchError(CasError):
 
     exit_code = 11
     http_status = 500
+
+
+class DeadlineExceeded(RemoteError):
+    """A remote did not finish answering one request within its deadline (a trickling
+    server). Not transient: another try would cost another whole deadline."""

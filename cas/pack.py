@@ -445,9 +445,10 @@ def frames(
 
     The caller verifies each (Frame.verify / data / reader) before using it; the
     trailer is checked when the last frame has been taken. Sizes over ``max_object``
-    (MAX_STRUCTURED for a structured object), ids outside ``want`` and types other than
-    ``expect`` names for the id are refused from the frame header alone, before the
-    payload is read.
+    (MAX_STRUCTURED for a structured object), ids outside ``want``, an id of ``want``
+    sent twice and types other than ``expect`` names for the id are refused from the
+    frame header alone, before the payload is read: an answer to a fetch holds at most
+    one frame per id asked for.
     """
     r = _Reader(stream)
     head = r.exact(len(MAGIC) + 1, "header")
@@ -456,6 +457,7 @@ def frames(
     if head[-1] != VERSION:
         raise FormatVersionError(f"pack version {head[-1]} is not supported (this cas reads {VERSION})")
     count = 0
+    seen: set[ObjectId] = set()
     while True:
         t = r.exact(1, "frame type", hashed=False)
         if t[0] == END:
@@ -484,6 +486,11 @@ def frames(
         oid = ObjectId(raw_id)
         if want is not None and oid not in want:
             raise MalformedPack(f"pack holds object {oid.short()}, which was not asked for")
+        if want is not None:
+            if oid in seen:
+                # An answer repeating what it sent could run on for ever, each copy verified.
+                raise MalformedPack(f"pack holds object {oid.short()} twice")
+            seen.add(oid)
         if expect is not None:
             check_expected(oid, otype, raw_size, expect.get(oid), source)
         payload = r.exact(payload_size, "object payload")

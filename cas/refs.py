@@ -30,6 +30,7 @@ from cas.errors import (
     RefNotFound,
     TagExists,
     UsageError,
+    shown,
 )
 from cas.objects import Commit, Tag
 from cas.store import ANY, Store
@@ -52,8 +53,18 @@ def check_name(name: str) -> str:
         or _BAD.search(name)
         or len(name.encode()) > 400
     ):
-        raise BadRefName(f"invalid ref name: {name!r}", hint="see docs/format.md, section 6")
+        raise BadRefName(f"invalid ref name: {shown(name)}", hint="see docs/format.md, section 6")
     return name
+
+
+def check_any(name: str) -> str:
+    """:func:`check_name`, plus git's branch and tag rules for a name under
+    ``refs/heads/`` or ``refs/tags/``: the check for every name a remote lists, since
+    what it names becomes a local ref."""
+    for prefix, what in ((HEADS, "branch"), (TAGS, "tag")):
+        if name.startswith(prefix):
+            return _under(prefix, name, what)
+    return check_name(name)
 
 
 def branch_ref(name: str) -> str:
@@ -69,7 +80,7 @@ def _under(prefix: str, name: str, what: str) -> str:
     ``HEAD`` or ``@`` (they would shadow revisions), not starting with ``-`` (an option)."""
     short = name[len(prefix) :] if name.startswith(prefix) else name
     if short in ("HEAD", "@") or short.startswith("-"):
-        raise BadRefName(f"invalid {what} name: {short!r}", hint=f"a {what} is not named HEAD or @ and does not start with '-'")
+        raise BadRefName(f"invalid {what} name: {shown(short)}", hint=f"a {what} is not named HEAD or @ and does not start with '-'")
     return check_name(name if name.startswith("refs/") else prefix + name)
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from cas import refs, remotes_config, sync
 from cas.config import env_value
 from cas.digest import ObjectId, is_hex_prefix
-from cas.errors import UsageError
+from cas.errors import TransientRemoteError, UsageError
 from cas.remote.base import Remote
 from cas.remote.retry import RetryingRemote
 from cas.stats import human_size
@@ -159,11 +159,26 @@ def remote_group() -> None:
     """Manage named remotes (paths, http(s)://host:port, s3://bucket/prefix)."""
 
 
+def _options(items: tuple[str, ...]) -> dict[str, str]:
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
+_option_option = click.option(
+    "-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+    help="Transport option, e.g. endpoint=…, region=…, token_env=VAR, deadline=SECONDS.",
+)
+
+
 @remote_group.command("add")
 @click.argument("name")
 @click.argument("url")
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Transport option, e.g. endpoint=…, region=…, token_env=VAR.")
+@_option_option
 @click.option("--trusted", is_flag=True,
               help="Let torch load what is pulled from this remote (else only signed tags).")
 @pass_ctx
@@ -173,12 +188,7 @@ def remote_add(ctx: Context, name: str, url: str, options: tuple[str, ...], trus
     With --trusted, torch may load artifacts pulled from it without a signed tag
     (see docs/torch-live.md, trust policy); otherwise only signed tags are loaded.
     """
-    opts = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"bad option {item!r}", hint="use -o KEY=VALUE")
-        opts[key] = value
+    opts = _options(options)
     # `-o trusted=true` (older cas read it from the options) means --trusted
     trusted = trusted or opts.pop("trusted", "").lower() == "true"
     cfg = remotes_config.add(ctx.store, name, _absolute(url), **opts)
@@ -331,14 +341,19 @@ def push(ctx: Context, remote: str | None, specs: tuple[str, ...], all_: bool, t
               help="Name of the remote in the new store.")
 @click.option("--trusted", is_flag=True,
               help="Let torch load what comes from this remote (else only signed tags).")
+@_option_option
 @pass_ctx
 def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remote_name: str,
-          trusted: bool) -> None:
-    """Create a store at PATH (default --store) holding REMOTE's branches and tags."""
+          trusted: bool, options: tuple[str, ...]) -> None:
+    """Create a store at PATH (default --store) holding REMOTE's branches and tags.
+
+    -o options are used for the clone and kept in the new store's remote config.
+    """
     target = path or ctx.store_path
     wanted = _envs(None, envs)
     remotes_config.check_name(remote_name)
-    r = _connect(url, {})
+    opts = _options(options)
+    r = _connect(url, opts)
     feedback = Feedback(ctx)
     fresh = not (target / "data.mdb").exists()
     created = not target.exists()
@@ -347,11 +362,9 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
             remotes_config.set_trusted(store, remote_name, trusted, url=_absolute(url))
             try:
                 result = sync.clone(store, r, remote_name=remote_name, url=_absolute(url), envs=wanted,
-                                    progress=feedback, cpu_variant=_cpu(envs))
-            except BaseException:
-                # Nothing received: leave nothing behind. Something received: keep it, so
-                # that `cas clone` again (or `cas fetch`) resumes from there.
-                fresh = fresh and next(store.iter_ids(), None) is None and not store.list_refs()
+                                    progress=feedback, cpu_variant=_cpu(envs), options=opts)
+            except BaseException as exc:
+                fresh = fresh and not _resumable(store, exc)
                 raise
             fresh = False
     except BaseException:
@@ -362,6 +375,15 @@ def clone(ctx: Context, url: str, path: Path | None, envs: tuple[str, ...], remo
         feedback.close()
         r.close()
     _summary(ctx, f"cloned into {target}:", result)
+
+
+def _resumable(store: Store, exc: BaseException) -> bool:
+    """Whether a failed clone keeps its store: only a cut (a transient remote failure,
+    or Ctrl-C) after objects arrived, so that `cas clone` again (or `cas fetch`) resumes
+    from there. Any other failure is a verdict on the remote (malformed, hostile, over a
+    limit or a deadline) or a crash: nothing of the clone is kept."""
+    cut = isinstance(exc, (TransientRemoteError, KeyboardInterrupt))
+    return cut and next(store.iter_ids(), None) is not None
 
 
 def _remove_store(target: Path, created: bool) -> None:

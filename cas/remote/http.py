@@ -13,6 +13,7 @@ import io
 import json
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -23,16 +24,25 @@ from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
     AuthError,
     CasError,
+    DeadlineExceeded,
     Forbidden,
     RefConflict,
     RemoteError,
     TransientRemoteError,
     UsageError,
+    shown,
 )
+from cas.remote import bounded
 from cas.remote.base import Expect, Progress, WireObject
+from cas.remote.deadline import Watchdog
 
 #: Ids per missing/fetch request (32 bytes each: 2 MiB of ids).
 ID_BATCH = 65_536
+#: Total seconds one pack request (a fetch answer, a pushed pack) may take, by default
+#: (remote option ``deadline=SECONDS``).
+DEADLINE = 600.0
+#: Total seconds any other request (refs, health, missing, a ref update) may take.
+SMALL_DEADLINE = 60.0
 #: Objects per fetch request: bounds what one dropped connection costs to redo.
 FETCH_BATCH = 4_096
 #: Request header naming the zstd level the client wants for fetched packs.
@@ -85,6 +95,7 @@ class HttpRemote:
         token: str | None = None,
         verify: bool | str = True,
         timeout: float = 60.0,
+        deadline: float | str = DEADLINE,
         compress_level: int | str | None = "auto",
         **options: Any,
     ) -> None:
@@ -113,7 +124,11 @@ class HttpRemote:
         # Options from `cas remote add -o KEY=VALUE` arrive as strings.
         self.compress_level = _level(compress_level, self.url)
         timeout = float(timeout)
-        headers = {"User-Agent": "cas", LEVEL_HEADER: str(self.compress_level).lower(), FRAMES_HEADER: "multi"}
+        #: Total seconds a pack request may take; other requests take SMALL_DEADLINE at most.
+        self.deadline = _seconds(deadline, "deadline")
+        self.small_deadline = min(self.deadline, SMALL_DEADLINE)
+        self._watchdog = Watchdog()
+        headers = {"User-Agent": "cas", "Accept-Encoding": "identity", LEVEL_HEADER: str(self.compress_level).lower(), FRAMES_HEADER: "multi"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
@@ -133,18 +148,63 @@ class HttpRemote:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    @contextmanager
+    def _exchange(self, method: str, path: str, deadline: float, **kw: Any) -> Iterator[httpx.Response]:
+        """One request under a total ``deadline``, its status checked; the caller reads
+        the body (bounded) inside the block. Every failure leaves as one CasError."""
         self.requests += 1
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
-        if resp.status_code >= 400:
-            raise self._error(resp)
-        return resp
+        with self._watchdog.armed(deadline) as fired:
+            try:
+                extensions = {"trace": self._watchdog.trace}
+                with self._http.stream(method, path, extensions=extensions, **kw) as resp:
+                    self._check(resp, method, path)
+                    yield resp
+            except Exception as exc:
+                if fired.is_set():  # whatever the cut looked like, the deadline made it
+                    raise DeadlineExceeded(
+                        f"{self.url}: {method} /v1{path} got no complete answer within its "
+                        f"deadline of {deadline:g} s",
+                        hint="raise it with the remote option deadline=SECONDS",
+                        url=self.url,
+                    ) from exc
+                if isinstance(exc, httpx.TransportError):
+                    raise self._transport_error(exc) from exc
+                raise
+
+    def _check(self, resp: httpx.Response, method: str, path: str) -> None:
+        """Refuse an error, a redirect or an encoded body, reading at most MAX_ERROR."""
+        status = resp.status_code
+        if status >= 400:
+            body, whole = bounded.read_head(resp.iter_raw(), bounded.MAX_ERROR)
+            raise self._error(resp, body if whole else b"")
+        if 300 <= status < 400:
+            # Not followed: a server sending the client's token elsewhere, or to a plain
+            # http:// URL, is not one to trust; the user may point the remote there.
+            where = shown(resp.headers.get("location", ""), 100)
+            raise RemoteError(
+                f"{self.url}: {method} /v1{path} was redirected (HTTP {status}) to {where}; "
+                "cas does not follow redirects",
+                hint="if that address is right, give it as the remote's URL",
+                url=self.url,
+            )
+        encoding = resp.headers.get("content-encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            # Asked for identity: a compressed answer could inflate past every limit here.
+            raise bounded.malformed(self.url, f"the answer to {method} /v1{path}", f"encoded as {encoding}")
+
+    def _body(self, method: str, path: str, limit: int, deadline: float | None = None, **kw: Any) -> bytes:
+        """The whole answer to one request, at most ``limit`` bytes."""
+        what = f"the answer to {method} /v1{path}"
+        with self._exchange(method, path, deadline or self.small_deadline, **kw) as resp:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise bounded.too_large(self.url, what, limit)
+            data = bounded.read(resp.iter_raw(), limit, url=self.url, what=what)
+        self.bytes_received += len(data)
+        return data
 
     def _transport_error(self, exc: httpx.TransportError) -> RemoteError:
-        text = str(exc)
+        text = bounded.one_line(str(exc))
         if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
             # Not transient: retrying cannot make an untrusted certificate trusted.
             return RemoteError(
@@ -154,13 +214,14 @@ class HttpRemote:
             )
         return TransientRemoteError(f"{self.url}: {type(exc).__name__}: {text}", url=self.url)
 
-    def _error(self, resp: httpx.Response) -> CasError:
+    def _error(self, resp: httpx.Response, data: bytes) -> CasError:
+        """The CasError an error answer stands for; ``data`` is its body ("" when cut)."""
         try:
-            body = resp.json()
-            message = str(body.get("message") or resp.reason_phrase)
-            name = str(body.get("error") or "")
-        except (ValueError, AttributeError):
-            body, message, name = {}, resp.text[:200] or resp.reason_phrase, ""
+            body = bounded.json_object(data, url=self.url, what="an error answer")
+        except RemoteError:
+            body = {"message": data.decode("utf-8", "replace")}
+        message = bounded.one_line(str(body.get("message") or resp.reason_phrase))
+        name = str(body.get("error") or "")
         status = resp.status_code
         where = f"{self.url}: {message}"
         if status == 401:
@@ -171,11 +232,13 @@ class HttpRemote:
             return TransientRemoteError(f"{where} (HTTP {status})", url=self.url)
         cls = getattr(errors, name, None)
         if isinstance(cls, type) and issubclass(cls, CasError):
-            fields = {k: v for k, v in body.items() if k not in ("error", "message", "hint", "url")}
+            fields = _fields(body)
             if issubclass(cls, RefConflict):
                 fields = {k: _maybe_oid(v) for k, v in fields.items()}
+            hint = body.get("hint")
             # The server's own class: a full disk there is StoreFull here, not a retry.
-            return cls(where, hint=body.get("hint"), url=self.url, **fields)
+            return cls(where, hint=bounded.one_line(hint) if isinstance(hint, str) else None,
+                       url=self.url, **fields)
         if status >= 500:
             return TransientRemoteError(f"{where} (HTTP {status})", url=self.url)
         return RemoteError(f"{where} (HTTP {status})", url=self.url)
@@ -184,14 +247,15 @@ class HttpRemote:
 
     def health(self) -> dict[str, Any]:
         """The server's health answer (versions and limits); needs no token."""
-        return dict(self._request("GET", "/health").json())
+        return bounded.json_object(self._body("GET", "/health", bounded.MAX_SMALL), url=self.url,
+                                   what="the answer to GET /v1/health")
 
     def _known_health(self) -> dict[str, Any]:
         """Health, asked once per remote ({} when it cannot be had)."""
         if self._health is None:
             try:
                 self._health = self.health()
-            except (CasError, ValueError, AttributeError):
+            except CasError:
                 return {}
         return self._health
 
@@ -208,15 +272,25 @@ class HttpRemote:
         return self._known_health().get("pack_multi_frame") is True
 
     def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
-        got = self._request("GET", "/refs", params={"prefix": prefix}).json()
-        return {name: ObjectId.parse(hex_) for name, hex_ in got.items()}
+        what = "the answer to GET /v1/refs"
+        data = self._body("GET", "/refs", bounded.MAX_REFS, params={"prefix": prefix})
+        got = bounded.string_map(data, url=self.url, what=what)
+        try:
+            return {name: ObjectId.parse(hex_) for name, hex_ in got.items()}
+        except CasError as exc:
+            raise bounded.malformed(self.url, what, exc.message) from exc
 
     def missing(self, oids: Sequence[ObjectId]) -> list[ObjectId]:
         out: list[ObjectId] = []
         for i in range(0, len(oids), ID_BATCH):
-            body = b"".join(o.raw for o in oids[i : i + ID_BATCH])
-            raw = self._request("POST", "/missing", content=body).content
-            out.extend(ObjectId(raw[j : j + DIGEST_SIZE]) for j in range(0, len(raw), DIGEST_SIZE))
+            asked = oids[i : i + ID_BATCH]
+            body = b"".join(o.raw for o in asked)
+            # The answer is a subset of what was asked: never more bytes than the question.
+            raw = self._body("POST", "/missing", len(body), content=body)
+            got = [ObjectId(raw[j : j + DIGEST_SIZE]) for j in range(0, len(raw), DIGEST_SIZE)]
+            if len(raw) % DIGEST_SIZE or not set(got) <= set(asked):
+                raise bounded.malformed(self.url, "the answer to POST /v1/missing", "ids that were not asked about")
+            out.extend(got)
         return out
 
     def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
@@ -235,9 +309,11 @@ class HttpRemote:
 
     def send_pack_bytes(self, data: bytes) -> int:
         """Upload one encoded pack as it is (the server verifies it all or nothing)."""
-        self._request(
+        self._body(
             "POST",
             "/packs",
+            bounded.MAX_SMALL,
+            self.deadline,
             content=_chunks(data),
             headers={"Content-Type": "application/x-cas-pack", "Content-Length": str(len(data))},
         )
@@ -261,28 +337,22 @@ class HttpRemote:
     def _fetch_one(
         self, body: bytes, want: set[ObjectId], expect: Expect | None
     ) -> tuple[list[WireObject], int]:
-        self.requests += 1
-        try:
-            with self._http.stream("POST", "/fetch", content=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise self._error(resp)
-                reader = _StreamReader(resp.iter_raw(1 << 20))
-                # decode verifies every id, refuses any not asked for or not of the
-                # expected type (from its frame header, before its payload is read) and
-                # decompresses in bounded steps (a hostile server's bomb costs one
-                # step); a cut stream fails at the trailer.
-                objs = pack.decode_all(
-                    reader, want=want, expect=expect, source=self.url  # type: ignore[arg-type]
-                )
-                self.bytes_received += reader.consumed
-                return objs, reader.consumed
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+        with self._exchange("POST", "/fetch", self.deadline, content=body) as resp:
+            reader = _StreamReader(resp.iter_raw(1 << 20))
+            # decode verifies every id, refuses any not asked for, asked for but sent
+            # already, or not of the expected type (from its frame header, before its
+            # payload is read) and decompresses in bounded steps (a hostile server's bomb
+            # costs one step); a cut stream fails at the trailer, and bytes after the
+            # trailer are refused unread.
+            objs = pack.decode_all(
+                reader, want=want, expect=expect, source=self.url  # type: ignore[arg-type]
+            )
+            self.bytes_received += reader.consumed
+            return objs, reader.consumed
 
     def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:
         body = {"new": new.hex if new else None, "expected": expected.hex if expected else None}
-        self._request("PUT", f"/refs/{quote(name, safe='/')}", content=json.dumps(body))
+        self._body("PUT", f"/refs/{quote(name, safe='/')}", bounded.MAX_SMALL, content=json.dumps(body))
 
     def close(self) -> None:
         self._http.close()
@@ -298,6 +368,30 @@ def _level(value: int | str | None, url: str) -> int | None:
         return int(value)
     except ValueError as exc:
         raise UsageError(f"compress_level must be a number, none or auto, not {value!r}") from exc
+
+
+def _seconds(value: float | str, name: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise UsageError(f"{name} must be a number of seconds, not {value!r}") from exc
+    if not seconds > 0:
+        raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _fields(body: dict[str, Any]) -> dict[str, str | None]:
+    """The structured fields of a server's error (ref, expected, actual, oid...): only
+    short strings under plain names, so that no answer sets ``exit_code`` or the like."""
+    return {
+        k: bounded.one_line(v) if isinstance(v, str) else None
+        for k, v in body.items()
+        if k in _FIELDS and (v is None or isinstance(v, str))
+    }
+
+
+#: Error fields a server may send back (those the server's CasErrors carry).
+_FIELDS = frozenset({"ref", "expected", "actual", "oid"})
 
 
 def _chunks(data: bytes, size: int = 1 << 20) -> Iterator[memoryview]:

@@ -57,6 +57,7 @@ from cas.errors import (
     UsageError,
 )
 from cas.refs import check_name
+from cas.remote import bounded
 from cas.remote.base import Expect, Progress, WireObject
 
 LAYOUT = "cas-v1"
@@ -214,12 +215,17 @@ class S3Remote:
             return TransientRemoteError(where, url=self.url)
         return RemoteError(where, url=self.url)
 
-    def _get(self, key: str, **kw: Any) -> tuple[bytes, str] | None:
+    def _get(self, key: str, limit: int, **kw: Any) -> tuple[bytes, str] | None:
+        """The object ``key`` (its ETag too), refused past ``limit`` bytes: a bucket is
+        a stranger too, and one object could be a terabyte."""
         got = self._call("get_object", Bucket=self.bucket, Key=self.root + key, **kw)
         if got is None:
             return None
+        what = f"object {key}"
         try:
-            body = got["Body"].read()
+            if int(got.get("ContentLength") or 0) > limit:
+                raise bounded.too_large(self.url, what, limit)
+            body = bounded.read(iter(lambda: got["Body"].read(1 << 20), b""), limit, url=self.url, what=what)
             self.bytes_received += len(body)
             return body, str(got.get("ETag", ""))
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
@@ -254,7 +260,7 @@ class S3Remote:
         cached = self._cache / f"{pack_id}.idx" if self._cache else None
         data = cached.read_bytes() if cached and cached.exists() else None
         if data is None:
-            got = self._get(f"packs/{pack_id}.idx")
+            got = self._get(f"packs/{pack_id}.idx", bounded.MAX_INDEX)
             if got is None:
                 return
             data = got[0]
@@ -356,7 +362,7 @@ class S3Remote:
                 )
         start = span[0][1].offset
         end = max(loc.offset + loc.length for _, loc in span)
-        res = self._get(f"packs/{pack_id}.pack", Range=f"bytes={start}-{end - 1}")
+        res = self._get(f"packs/{pack_id}.pack", end - start, Range=f"bytes={start}-{end - 1}")
         if res is None:
             raise RemoteError(f"{self.url}: pack {pack_id[:12]} is indexed but missing", url=self.url)
         data = memoryview(res[0])
@@ -375,14 +381,15 @@ class S3Remote:
     # -- refs ----------------------------------------------------------------------------
 
     def _read_refs(self) -> tuple[dict[str, ObjectId], str | None]:
-        got = self._get("refs")
+        got = self._get("refs", bounded.MAX_REFS)
         if got is None:
             return {}, None
         try:
             table = json.loads(got[0])["refs"]
             return {n: ObjectId.parse(h) for n, h in table.items()}, got[1]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptObject(f"{self.url}: the refs object is corrupt: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            why = bounded.one_line(str(exc) or type(exc).__name__)
+            raise CorruptObject(f"{self.url}: the refs object is corrupt: {why}") from exc
 
     def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:
         check_name(name)

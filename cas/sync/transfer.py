@@ -10,22 +10,24 @@ fetched branch (cas.sync.merge); clone fills an empty store.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from cas import pack, provenance, remotes_config
 from cas.config import identity
 from cas.digest import ObjectId
 from cas.errors import (
+    BadRefName,
     CorruptObject,
     NonFastForward,
     ObjectNotFound,
     RefConflict,
     RefNotFound,
+    RemoteError,
     TagExists,
     UsageError,
 )
 from cas.history import is_ancestor
-from cas.refs import DEFAULT_BRANCH, HEADS, REMOTES, TAGS, branch_ref
+from cas.refs import DEFAULT_BRANCH, HEADS, REMOTES, TAGS, branch_ref, check_any, check_name
 from cas.remote.base import Remote, WireObject
 from cas.store import Store
 from cas.sync import negotiate
@@ -58,7 +60,7 @@ def push(
     """
     start = time.monotonic()
     result = Result()
-    remote_refs = remote.list_refs()
+    remote_refs = listed_refs(remote)
     todo: list[RefUpdate] = []
     for local_ref, remote_ref in refspecs:
         new = store.get_ref(local_ref)
@@ -205,7 +207,7 @@ def fetch(
     result = Result()
     wanted = {
         name: oid
-        for name, oid in remote.list_refs().items()
+        for name, oid in listed_refs(remote, remote_name).items()
         if name.startswith(HEADS) or name.startswith(TAGS)
     }
     walker = Walker(store, remote, result.stats, progress)
@@ -221,6 +223,34 @@ def fetch(
         _finish_clone(store, remote.url, result.tips, envs is not None)
     result.stats.seconds = time.monotonic() - start
     return result
+
+
+def listed_refs(remote: Remote, remote_name: str | None = None) -> dict[str, ObjectId]:
+    """The remote's refs, every name checked by the local rules (refs.check_any), and
+    the tracking ref each branch would get, before anything is fetched: a name like
+    ``refs/heads/../../x``, ``refs/heads/-x`` or one of 5,000 characters stops the fetch
+    with one line and nothing half-made."""
+    listed = remote.list_refs()
+    for name in listed:
+        why = _breaks_local_rules(name, remote_name)
+        if why is not None:
+            raise RemoteError(
+                f"{remote.url} lists a ref that cannot be a local ref: {why}",
+                hint="nothing was fetched; the remote's refs need renaming there",
+                url=remote.url,
+            )
+    return listed
+
+
+def _breaks_local_rules(name: str, remote_name: str | None) -> str | None:
+    """Why the remote ref ``name`` (or its tracking ref) cannot be a local ref; None if it can."""
+    try:
+        check_any(name)
+        if remote_name is not None and name.startswith(HEADS):
+            check_name(tracking_ref(remote_name, name))
+    except BadRefName as exc:
+        return exc.message
+    return None
 
 
 def _track(
@@ -311,13 +341,15 @@ def clone(
     envs: set[ObjectId] | None = None,
     progress: ProgressFn | None = None,
     cpu_variant: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> Result:
     """Fill an empty store (no refs) from ``remote``: every branch and tag.
 
     A clone cut half-way leaves a store without local branches (meta ``clone.pending``);
     cloning again, or fetching from the same remote, resumes it and makes them.
 
-    ``url`` (if given) is recorded as the remote's config. HEAD becomes ``main`` when the
+    ``url`` (if given) is recorded as the remote's config, with ``options`` (transport
+    options such as ``deadline``). HEAD becomes ``main`` when the
     remote has it, else its first branch.
     """
     if store.list_refs() and store.get_meta(CLONE_PENDING) != remote_name:
@@ -327,7 +359,7 @@ def clone(
     known = {r.name: r.url for r in remotes_config.list_remotes(store)}
     if url is not None and known.get(remote_name) != url:
         # Re-running a cut clone finds its own config: that resumes, not an error.
-        remotes_config.add(store, remote_name, url)
+        remotes_config.add(store, remote_name, url, **(options or {}))
     # Until the branches are made: a cut clone is finished by `cas clone` or `cas fetch`.
     store.set_meta(CLONE_PENDING, remote_name)
     return fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress,

@@ -234,3 +234,21 @@ def test_send_pack_bytes_refuses_bombs_and_uploads_nothing(seaweed: Seaweed, s3_
         assert "Contents" not in seaweed.client.list_objects_v2(Bucket=r.bucket, Prefix=r.root)
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("key, call", [("refs", "list_refs"), ("packs/p.idx", "missing")])
+def test_an_s3_object_over_its_limit_is_refused_before_it_is_read(
+    seaweed: Seaweed, s3_url: str, key: str, call: str
+) -> None:
+    """A bucket is a stranger too: a refs object or pack index past its limit (a
+    terabyte, for all the client knows) is refused from its length, not read."""
+    from cas.remote import bounded
+
+    r = make(seaweed, s3_url)
+    limit = bounded.MAX_REFS if key == "refs" else bounded.MAX_INDEX
+    r._put(key, b" " * (limit + 1))
+    received = r.bytes_received
+    with pytest.raises(RemoteError, match=f"over the limit of {limit} bytes"):
+        r.list_refs() if call == "list_refs" else r.missing([blob(b"x")[0]])
+    assert r.bytes_received == received
+    r.close()
