@@ -30,6 +30,7 @@ COMMANDS = {
     "cmd_remote": ("remote", "fetch", "pull", "push", "clone"),
     "cmd_serve": ("serve", "token"),
     "cmd_autotune": ("autotune",),
+    "cmd_revoke": ("revoke", "blame"),
 }
 _MODULE_OF = {name: module for module, names in COMMANDS.items() for name in names}
 
