@@ -220,3 +220,12 @@ def test_revoke_by_key_or_blob_names_the_same_entry(cas: Cas, how: str) -> None:
     what = BAD if how == "key" else bad.hex()[:16]
     a("revoke", what, "-m", "bad")
     assert _revoked(a.store) == {bad}
+
+
+def test_a_partial_clone_takes_the_whole_revocation_branch(cas: Cas, tmp_path: Path) -> None:
+    a = _machine_a(cas)
+    a("revoke", BAD, "-m", "poisoned")
+    b = _other(cas, tmp_path / "b")
+    a("clone", str(a.store), str(b.store), "--trusted", "--env", ENV.id.hex)
+    assert _revoked(b.store) == {_blob_of(a.store, BAD)}
+    assert "revoked" in b("log", "cas/revocations").stdout

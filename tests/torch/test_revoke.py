@@ -17,7 +17,7 @@ def test_a_revoked_graph_is_recompiled_on_the_machine_that_pulls_it(torch_env: T
     a, b = tmp_path / "a", tmp_path / "b"
     Store.init(a).close()
     cold = torch_env.python(tmp_path / "a-cache", str(PROGRAM), "cold", str(a), marker="CAS-REVOKE ",
-                            tmpdir=tmp_path / "a-tmp")
+                            tmpdir=tmp_path / "a-tmp", timeout=600)
     assert cold["f"]["keys"] and cold["g"]["keys"] and cold["capture"]["commit"]
     torch_env.cas(a, "tag", "v1", "main", "-m", "release")
     bad = cold["g"]["keys"][0]
@@ -25,7 +25,7 @@ def test_a_revoked_graph_is_recompiled_on_the_machine_that_pulls_it(torch_env: T
     torch_env.cas(a, "clone", str(a), str(b), "--trusted")
 
     warm = torch_env.python(tmp_path / "b-cache", str(PROGRAM), "warm", str(b), "v1", marker="CAS-REVOKE ",
-                            tmpdir=tmp_path / "b-tmp")
+                            tmpdir=tmp_path / "b-tmp", timeout=600)
     assert warm["hydrate"]["revoked"] >= 1
     f, g = warm["f"]["inductor"], warm["g"]["inductor"]
     assert f.get("fxgraph_cache_hit", 0) >= 1 and f.get("fxgraph_cache_miss", 0) == 0
