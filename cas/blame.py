@@ -14,7 +14,6 @@ Redis-door token, and the timings the entry and commit record.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from cas import manifest, revocations
 from cas.digest import ObjectId
 from cas.errors import NotFound
+from cas.history import log
 from cas.objects import Commit, Entry, EntryKey
 from cas.refs import load_commit
 from cas.store import Store
@@ -64,23 +64,8 @@ class Event:
 
 def walk(store: Store, refs: Sequence[str] | None = None) -> Iterator[tuple[ObjectId, Commit]]:
     """Commits reachable from the revisions ``refs`` (default every local branch and tag,
-    the revocation branch aside), each once, newest first."""
-    heap: list[tuple[int, bytes, ObjectId, Commit]] = []
-    seen: set[ObjectId] = set()
-
-    def push(oid: ObjectId) -> None:
-        if oid not in seen:
-            seen.add(oid)
-            c = load_commit(store, oid)
-            heapq.heappush(heap, (-c.time, oid.raw, oid, c))
-
-    for tip in revocations.tips(store, refs):
-        push(tip)
-    while heap:
-        _, _, oid, c = heapq.heappop(heap)
-        yield oid, c
-        for p in c.parents:
-            push(p)
+    the revocation branch aside), each once, newest first: history.log from all of them."""
+    return log(store, revocations.tips(store, refs))
 
 
 def _event(oid: ObjectId, c: Commit, action: str, key: EntryKey, entry: Entry | None) -> Event:
