@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from conftest import Cas
+from typing import Any
 
 from cas import history, revocations
 from cas.objects import Entry, EntryKey, Env
@@ -36,7 +35,7 @@ def _history(path: Path) -> None:
         revocations.revoke(s, revocations.find_targets(s, KEY, ["main"]), "nan in the output")
 
 
-def test_blame_lists_every_change_and_the_revocation_newest_first(cas: Cas) -> None:
+def test_blame_lists_every_change_and_the_revocation_newest_first(cas: Any) -> None:
     _history(cas.store)
     rows = json.loads(cas("--json", "blame", KEY).stdout)
     assert [r["action"] for r in rows] == ["revoked", "removed", "changed", "added"]
@@ -54,7 +53,7 @@ def test_blame_lists_every_change_and_the_revocation_newest_first(cas: Cas) -> N
     assert [r["action"] for r in on_main] == ["revoked", "changed", "added"]
 
 
-def test_blame_of_an_unknown_key_is_one_line(cas: Cas) -> None:
+def test_blame_of_an_unknown_key_is_one_line(cas: Any) -> None:
     _history(cas.store)
     proc = cas("blame", "fnosuchkey", ok=False)
     assert proc.returncode == 3 and "no commit of any branch or tag holds key 'fnosuchkey'" in proc.stderr
