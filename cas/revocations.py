@@ -35,7 +35,7 @@ from cas.digest import ObjectId, is_hex_prefix
 from cas.errors import AmbiguousId, NotFound, RefConflict, UsageError
 from cas.history import log
 from cas.objects import Commit, EntryKey
-from cas.refs import HEADS, TAGS, load_commit, resolve
+from cas.refs import HEADS, TAGS, find_ref, load_commit, resolve, short_name
 from cas.store import Store
 
 __all__ = [
@@ -148,6 +148,7 @@ def find_targets(store: Store, what: str, refs: Sequence[str] | None = None) -> 
     if len(keys) > 1:
         raise AmbiguousId(f"key prefix {what!r} matches {len(keys)} cache keys", hint="give more of the key")
     if not found:
+        _refuse_ref(store, what)
         where = ", ".join(refs) if refs else "any branch or tag"
         raise NotFound(f"no entry with key or blob {what!r} in {where}; nothing revoked",
                        hint="see `cas ls REF` for the entries of a ref")
@@ -168,6 +169,16 @@ def _object(store: Store, text: str) -> ObjectId | None:
         hint = "revoke takes an entry key or a blob id; drop a tag with `cas tag -d NAME`"
         raise UsageError(f"{ids[0].short()} is a {rec.type.label}, not an entry's blob; nothing revoked", hint=hint)
     return ids[0]
+
+
+def _refuse_ref(store: Store, text: str) -> None:
+    """A UsageError if ``text`` names a branch or tag: refs are dropped, not revoked."""
+    found = find_ref(store, text)
+    if found is not None:
+        what = "tag" if found[0].startswith(TAGS) else "branch" if found[0].startswith(HEADS) else "ref"
+        drop = f"; drop a {what} with `cas {what} -d {short_name(found[0])}`" if what != "ref" else ""
+        raise UsageError(f"{text} is a {what}, not an entry; nothing revoked",
+                         hint=f"revoke takes an entry key or a blob id{drop}")
 
 
 def _matches(k: EntryKey, text: str) -> bool:

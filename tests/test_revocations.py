@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_and_writes_nothing(cas: Any) -> None:
     a = _machine_a(cas)
     for args, code, text in [
         (("fnosuchkey000",), 3, "no entry with key or blob 'fnosuchkey000'"),
-        (("release/1.0",), 3, "no entry with key or blob"),
+        (("release/1.0",), 2, "release/1.0 is a tag, not an entry"),
         ((resolve_hex(a, "release/1.0"),), 2, "is a tag, not an entry's blob"),
         ((resolve_hex(a, "main"),), 2, "is a commit, not an entry's blob"),
         ((BAD, "--ref", "nosuchref"), 3, "unknown revision 'nosuchref'"),
