@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from cas import manifest, provenance
@@ -92,12 +92,17 @@ def commit_changes(
     raise RefConflict(f"branch {branch} kept changing; gave up after {MAX_RETRIES} tries")
 
 
-def log(store: Store, start: ObjectId, limit: int | None = None) -> Iterator[tuple[ObjectId, Commit]]:
-    """Commits reachable from ``start``, newest first (by commit time, then id)."""
-    seen = {start}
+def log(
+    store: Store, start: ObjectId | Iterable[ObjectId], limit: int | None = None
+) -> Iterator[tuple[ObjectId, Commit]]:
+    """Commits reachable from ``start`` (one commit or several), each once, newest first
+    (by commit time, then id)."""
+    starts = [start] if isinstance(start, ObjectId) else list(dict.fromkeys(start))
+    seen = set(starts)
     heap: list[tuple[int, bytes, ObjectId, Commit]] = []
-    first = load_commit(store, start)
-    heapq.heappush(heap, (-first.time, start.raw, start, first))
+    for oid in starts:
+        first = load_commit(store, oid)
+        heapq.heappush(heap, (-first.time, oid.raw, oid, first))
     n = 0
     while heap and (limit is None or n < limit):
         _, _, oid, c = heapq.heappop(heap)

@@ -133,6 +133,9 @@ def _cpu(values: tuple[str, ...]) -> str | None:
 def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any] | None = None) -> None:
     s = result.stats
     data = {"action": verb, **result.to_dict(), **(extra or {})}
+    for u in result.updates:  # revocations this store may not honour (cas.sync.revoked)
+        if u.status == "ignored":
+            ctx.err.print(escape(f"warning: {refs.short_name(u.ref)} from the remote not taken: {u.note}"))
     if ctx.as_json:
         ctx.emit(data)
         return

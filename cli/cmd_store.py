@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cas import display, history, manifest, refs
+from cas import display, history, manifest, refs, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId, verify_id
 from cas.errors import ObjectNotFound, UsageError
@@ -146,10 +146,17 @@ def ls_(ctx: Context, rev: str, kind: str | None, env_prefix: str | None) -> Non
 @click.argument("rev", required=False, default="HEAD")
 @click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits.")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
+@click.option("--entry", default=None, metavar="KEY", help="Only the commits that changed or revoked KEY (cas blame).")
 @pass_ctx
-def log(ctx: Context, rev: str, max_count: int | None, oneline: bool) -> None:
+def log(ctx: Context, rev: str, max_count: int | None, oneline: bool, entry: str | None) -> None:
     """Show the commits reachable from REV, newest first."""
     store = ctx.store
+    if entry is not None:
+        from cas.blame import blame
+        from cas_cli.cmd_revoke import show as show_events
+
+        show_events(ctx, blame(store, entry, [rev])[:max_count])
+        return
     items = list(history.log(store, refs.resolve(store, rev), limit=max_count))
     if ctx.as_json:
         ctx.emit([_commit_json(o, c) for o, c in items])
@@ -165,6 +172,9 @@ def log(ctx: Context, rev: str, max_count: int | None, oneline: bool) -> None:
         ctx.out.print(f"Author: {c.author}\nDate:   {_when(c.time)}\n", markup=False)
         for line in c.message.splitlines() or [""]:
             ctx.out.print(f"    {line}", markup=False)
+        for row in revocations.revoked_rows(c):  # a revocation: say what, signed or not
+            signed = " (signed)" if "signature" in c.metadata else ""
+            ctx.out.print(f"    revoked {revocations.entry_text(row)} blob {row['blob'][:12]}{signed}", markup=False)
         ctx.out.print("")
 
 

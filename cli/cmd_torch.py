@@ -96,7 +96,8 @@ def hydrate(ctx: Context, ref: str, cache_dir: Path | None) -> None:
     ctx.out.print(
         f"written {res.written} ({res.bytes_written} bytes), already present {res.present}, "
         f"skipped: {res.skipped_other_env} of other envs, {res.skipped_other_cpu} of other CPUs, "
-        f"{res.corrupt} corrupt, {res.bad_keys} with unsafe keys, {res.bad_records} malformed autotune records"
+        f"{res.corrupt} corrupt, {res.bad_keys} with unsafe keys, {res.bad_records} malformed autotune records, "
+        f"{res.revoked} revoked"
     )
     for line in _warmth_lines(res.warmth):
         ctx.out.print(escape(line))

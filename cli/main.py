@@ -31,6 +31,7 @@ COMMANDS = {
     "cmd_serve": ("serve", "token"),
     "cmd_autotune": ("autotune",),
     "cmd_coverage": ("coverage",),
+    "cmd_revoke": ("revoke", "blame"),
 }
 _MODULE_OF = {name: module for module, names in COMMANDS.items() for name in names}
 

@@ -69,6 +69,8 @@ class MergeResult:
     root: ObjectId
     conflicts: list[tuple[EntryKey, Entry | None, Entry | None]] = field(default_factory=list)
     resolved: list[tuple[EntryKey, Entry | None, str]] = field(default_factory=list)
+    #: Keys whose entry on their side was refused (``refuse``): ours kept.
+    refused: list[EntryKey] = field(default_factory=list)
 
 
 def _rule_name(resolver: Resolver) -> str:
@@ -83,21 +85,32 @@ def merge(
     rules: Mapping[str, Resolver] = DEFAULT_RULES,
     *,
     stats: Stats | None = None,
+    refuse: Callable[[Entry], bool] | None = None,
 ) -> MergeResult:
     """Three-way merge: the union of both sides' changes since ``base``.
 
     A conflict is a key both sides changed differently; it goes to ``rules[kind]`` (or
     ``rules["*"]``); without a rule, or when the rule returns None, it stays unresolved.
+    An entry of theirs that ``refuse`` rejects (a revoked blob) is never taken, whatever
+    the rule; an entry of ours it rejects gives way to theirs (rule ``refused``).
     Costs two diffs and one update: O(k log n) for k changed keys.
     """
     if ours == theirs or theirs == base:
         return MergeResult(ours)
-    if ours == base:
+    if ours == base and refuse is None:
         return MergeResult(theirs)
     mine = {c.key: c.new for c in diff(store, base, ours, stats=stats)}
     result = MergeResult(ours)
     apply: dict[EntryKey, Entry | None] = {}
     for key, _, new in diff(store, base, theirs, stats=stats):
+        if refuse is not None and new is not None and refuse(new):
+            result.refused.append(key)
+            continue
+        mine_entry = mine.get(key)
+        if refuse is not None and mine_entry is not None and refuse(mine_entry):
+            result.resolved.append((key, new, "refused"))
+            apply[key] = new
+            continue
         if key not in mine:
             apply[key] = new
             continue

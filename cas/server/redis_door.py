@@ -19,7 +19,8 @@ of other envs are never served.
   policy allows it (:func:`cas.torch.policy.check_ref_allowed`). When ``ref`` is the write
   branch itself, the writes not yet committed are served too; a door that reads a tag
   (or another branch) serves exactly that ref's commit, whatever anyone writes (design
-  invariant 7). Every value is re-hashed (BLAKE3) before it is served.
+  invariant 7). Every value is re-hashed (BLAKE3) before it is served. A revoked entry
+  (:mod:`cas.revocations`) is nil, from the first request after its revocation arrives.
 * Writes (write-scope tokens only) are accepted at once and committed to ``branch`` in batches
   (``batch`` entries, or every ``flush_every`` seconds, and at shutdown); the commit's
   metadata names the token that wrote them, so a batch never mixes two tokens. A key
@@ -252,6 +253,7 @@ class RedisDoor:
             if text in self._flushing:
                 return self._flushing[text]
         self._refresh()
+        self._drop_revoked()
         value = self._hot.get(text)
         if value is not None:
             self._hot.move_to_end(text)
@@ -263,6 +265,13 @@ class RedisDoor:
             while self._hot_bytes > HOT_BYTES:
                 self._hot_bytes -= len(self._hot.popitem(last=False)[1])
         return value
+
+    def _drop_revoked(self) -> None:
+        """Forget the served values when the revocations changed (cas.revocations): a
+        revoked entry is nil from then on, even one served a moment ago."""
+        if self.reader.check_revocations():
+            self._hot.clear()
+            self._hot_bytes = 0
 
     def set(self, pairs: list[tuple[bytes, bytes]], token: str) -> str | None:
         """Accept writes for the next batch, all or none (as ``MSET``); returns an error

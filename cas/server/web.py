@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cas import coverage, display, manifest, refs
+from cas import coverage, display, manifest, refs, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, Forbidden
@@ -67,6 +67,7 @@ class Group:
     added: int = 0
     removed: int = 0
     changed: int = 0
+    revoked: int = 0  # entries withheld from torch (cas.revocations)
     keys: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -99,6 +100,7 @@ def _commit(store: Store, text: str) -> dict[str, Any]:
     base = refs.load_commit(store, commit.parents[0]).manifest if commit.parents else manifest.EMPTY
     groups: dict[tuple[str, str], Group] = {}
     shown = 0
+    revoked = revocations.load(store)
     for ch in manifest.diff(store, base, commit.manifest):
         g = groups.setdefault((ch.key.env.short(), ch.key.kind), Group(ch.key.env.short(), ch.key.kind))
         what = "added" if ch.old is None else "removed" if ch.new is None else "changed"
@@ -106,6 +108,8 @@ def _commit(store: Store, text: str) -> dict[str, Any]:
         entry = ch.new or ch.old
         assert entry is not None
         g.bytes += entry.size if ch.new is not None else 0
+        if entry.blob in revoked:
+            what += ", revoked"
         if shown < DIFF_LIMIT:
             g.keys.append((what, ch.key.key + (f" #{ch.key.variant}" if ch.key.variant else ""), human_size(entry.size)))
             shown += 1
@@ -121,9 +125,11 @@ def _entries(store: Store, ref: str) -> dict[str, Any]:
     commit = refs.resolve(store, ref)
     root = refs.load_commit(store, commit).manifest
     groups: dict[tuple[str, str], Group] = {}
+    revoked = revocations.load(store)
     for k, e in manifest.entries(store, root):
         g = groups.setdefault((k.env.short(), k.kind), Group(k.env.short(), k.kind))
         g.count += 1
+        g.revoked += e.blob in revoked
         g.bytes += e.size
         g.saved_ms += display.saved_ms(e.meta)
     by_env: dict[str, list[Group]] = defaultdict(list)

@@ -5,7 +5,8 @@ The per-kind rules live with the kinds (:data:`RULES`: the faster autotune recor
 both sides changed differently that no rule decides is a conflict. Conflicts are
 reported, and the branch is not moved unless the caller accepts our side for them
 (``allow_conflicts``), because a merge that silently drops one side of a conflict would
-be a lost update.
+be a lost update. A revoked entry (cas.revocations) is never taken from their side, and
+gives way where ours holds it, so a merge never brings one back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from cas import autotune, history, manifest
+from cas import autotune, history, manifest, revocations
 from cas.digest import ObjectId
 from cas.errors import MergeConflict
 from cas.objects import Entry, EntryKey
@@ -38,6 +39,8 @@ class Integration:
     new: ObjectId | None
     conflicts: list[Conflict] = field(default_factory=list)
     resolved: list[tuple[EntryKey, Entry | None, str]] = field(default_factory=list)
+    #: Keys whose entry on their side is revoked: not taken.
+    refused: list[EntryKey] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -47,6 +50,7 @@ class Integration:
             "new": str(self.new) if self.new else None,
             "conflicts": [str(k) for k, _, _ in self.conflicts],
             "resolved": [{"key": str(k), "rule": rule} for k, _, rule in self.resolved],
+            "refused_revoked": [str(k) for k in self.refused],
         }
 
 
@@ -76,10 +80,12 @@ def integrate(
         return Integration(ref, "fast-forward", ours, theirs)
     base_commit = history.merge_base(store, ours, theirs)
     base = load_commit(store, base_commit).manifest if base_commit else manifest.EMPTY
+    revoked = revocations.load(store)
     result = manifest.merge(
-        store, base, load_commit(store, ours).manifest, load_commit(store, theirs).manifest, RULES
+        store, base, load_commit(store, ours).manifest, load_commit(store, theirs).manifest, RULES,
+        refuse=(lambda e: e.blob in revoked) if len(revoked) else None,
     )
-    out = Integration(ref, "merge", ours, None, result.conflicts, result.resolved)
+    out = Integration(ref, "merge", ours, None, result.conflicts, result.resolved, result.refused)
     if result.conflicts and not allow_conflicts:
         keys = ", ".join(str(k) for k, _, _ in result.conflicts[:3])
         more = f" and {len(result.conflicts) - 3} more" if len(result.conflicts) > 3 else ""
@@ -101,6 +107,7 @@ def integrate(
         **({"remote": remote} if remote else {}),
         "resolved": [[str(k), rule] for k, _, rule in result.resolved],
         "conflicts_kept_ours": [str(k) for k, _, _ in result.conflicts],
+        **({"refused_revoked": [str(k) for k in result.refused]} if result.refused else {}),
     }
     merged = history.commit(store, result.root, [ours, theirs], message, meta, author=who)
     store.set_ref(ref, merged, expected=ours, who=who, message=message)

@@ -29,11 +29,13 @@ from cas.errors import (
 from cas.history import is_ancestor
 from cas.refs import DEFAULT_BRANCH, HEADS, REMOTES, TAGS, branch_ref, check_any, check_name
 from cas.remote.base import Remote, WireObject
+from cas.revocations import REF as REVOCATIONS
 from cas.store import Store
 from cas.sync import negotiate
 from cas.sync.merge import Integration, integrate
 from cas.sync.partial import fetch_partial
 from cas.sync.results import ProgressFn, RefUpdate, Result, Stats, tracking_ref
+from cas.sync.revoked import take, with_revocations
 from cas.sync.walk import PARALLEL, Walker, fetch_full, pipelined
 
 #: Objects read from the store at once while producing a push.
@@ -56,13 +58,14 @@ def push(
 
     A branch moves only forward unless ``force``; a tag never moves unless ``force``.
     Every remote ref moves by compare-and-swap against the value listed at the start,
-    so a concurrent push to the same ref makes this one fail with "pull first".
+    so a concurrent push to the same ref makes this one fail with "pull first". The
+    revocation branch is always carried (cas.sync.revoked.with_revocations).
     """
     start = time.monotonic()
     result = Result()
     remote_refs = listed_refs(remote)
     todo: list[RefUpdate] = []
-    for local_ref, remote_ref in refspecs:
+    for local_ref, remote_ref in with_revocations(store, refspecs):
         new = store.get_ref(local_ref)
         if new is None:
             raise RefNotFound(f"no local ref {local_ref} to push", ref=local_ref)
@@ -70,7 +73,14 @@ def push(
         if old == new:
             result.updates.append(RefUpdate(remote_ref, old, new, "up-to-date"))
             continue
-        status = _push_status(store, remote.url, remote_ref, old, new, force)
+        try:
+            status = _push_status(store, remote.url, remote_ref, old, new, force)
+        except NonFastForward:
+            if remote_ref != REVOCATIONS:
+                raise
+            note = "the remote has revocations this store lacks; fetch, then push again"
+            result.updates.append(RefUpdate(remote_ref, old, new, "rejected", note))
+            continue
         todo.append(RefUpdate(remote_ref, old, new, status))
     if todo:
         plan = negotiate.plan_push(store, [u.new for u in todo if u.new], remote_refs.values())
@@ -201,7 +211,8 @@ def fetch(
 
     Branches land in ``refs/remotes/<remote_name>/*`` (stale ones are pruned); tags in
     ``refs/tags/*``, never moving an existing local tag unless ``force``. With ``envs``
-    the fetch is partial (see :func:`fetch_partial` and docs/sync.md).
+    the fetch is partial (see :func:`fetch_partial` and docs/sync.md). The remote's
+    revocations are taken in where they are honoured (cas.sync.revoked.take).
     """
     start = time.monotonic()
     result = Result()
@@ -211,14 +222,19 @@ def fetch(
         if name.startswith(HEADS) or name.startswith(TAGS)
     }
     walker = Walker(store, remote, result.stats, progress)
+    who = provenance.remote_identity(remote)
     if envs is not None:
+        revocations = wanted.pop(REVOCATIONS, None)  # never partial: it holds no entries
+        provenance.mark_remote(store, fetch_full(walker, [revocations] if revocations else []), who)
         fetch_partial(walker, wanted, envs, remote_name, result, cpu_variant)
     else:
         received = fetch_full(walker, list(wanted.values()))
-        provenance.mark_remote(store, received, provenance.remote_identity(remote))
+        provenance.mark_remote(store, received, who)
         remotes_config.note_server(store, remote.url, provenance.server_id_of(remote))
         result.tips = {n: o for n, o in wanted.items()}
         _track(store, wanted, remote_name, force, result)
+        revocations = wanted.get(REVOCATIONS)
+    take(store, revocations, who, result)
     if remote_name is not None and store.get_meta(CLONE_PENDING) == remote_name:
         _finish_clone(store, remote.url, result.tips, envs is not None)
     result.stats.seconds = time.monotonic() - start
@@ -376,6 +392,8 @@ def _finish_clone(store: Store, url: str, tips: dict[str, ObjectId], partial: bo
     who = identity()
     branches = []
     for name, tip in sorted(tips.items()):
+        if name == REVOCATIONS:
+            continue  # made by take() where its revocations are honoured, else not at all
         if name.startswith(HEADS) or (partial and store.get_ref(name) is None):
             # A partial clone cannot hold the remote's tag objects: its tags are
             # lightweight tags of the local partial commits.

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from cas import manifest
+from cas import manifest, revocations
 from cas.codec import ObjType
 from cas.coverage import Coverage, Here, judge
 from cas.digest import ObjectId
@@ -50,7 +50,8 @@ class Explanation:
     ``status`` is ``applies`` (an entry for this env exists), ``other-cpu`` (this env, but
     built for another CPU model), ``other-env`` (only other envs hold it; ``diff`` lists
     the fields of the nearest one that differ, as ``(field, entry's, here)``) or
-    ``absent`` (the ref does not hold the key at all).
+    ``absent`` (the ref does not hold the key at all), or ``revoked`` (entries for this
+    env exist, and every one is revoked: ``revoked`` says by whom and why).
     """
 
     key: str
@@ -62,6 +63,7 @@ class Explanation:
     nearest: ObjectId | None = None
     diff: Diff = field(default_factory=list)
     others: int = 0
+    revoked: list[revocations.Revoked] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,10 +76,16 @@ class Explanation:
             "nearest_env": str(self.nearest) if self.nearest else None,
             "diff": [{"field": f, "entry": a, "here": b} for f, a, b in self.diff],
             "entries_of_other_envs": self.others,
+            "revoked": [r.to_dict() for r in self.revoked],
         }
 
     def lines(self) -> list[str]:
         """A human account, one fact per line."""
+        return self._verdict() + [f"  {r.entry}: {r.line()}" for r in self.revoked]
+
+    def _verdict(self) -> list[str]:
+        if self.status == "revoked":
+            return [f"{self.key}: revoked; torch compiles it here instead"]
         if self.status == "absent":
             return [f"{self.key}: not in {self.ref} ({self.commit.short()}) for any env"]
         if self.status == "applies":
@@ -108,14 +116,20 @@ def explain_key(store: Store, ref: str, key: str, here: Env | None = None) -> Ex
     commit, root = _root(store, ref)
     mine: list[EntryKey] = []
     theirs: list[EntryKey] = []
-    for ek, _entry in manifest.entries(store, root):
+    revoked = revocations.load(store)
+    withheld: dict[EntryKey, revocations.Revoked] = {}
+    for ek, entry in manifest.entries(store, root):
         if ek.key == key or (len(key) >= 8 and ek.key.startswith(key)):
             (mine if ek.env == here_id else theirs).append(ek)
-    out = Explanation(key, ref, commit, here_id, "absent", others=len(theirs))
+            if (why := revoked.get(entry.blob)) is not None:
+                withheld[ek] = why
+    out = Explanation(key, ref, commit, here_id, "absent", others=len(theirs), revoked=list(withheld.values()))
     if mine:
         cpu = f"cpu-{cpu_fingerprint()}"
         usable = [k for k in mine if k.kind not in CPU_BOUND_KINDS or k.variant == cpu]
         out.status, out.matches = ("applies", usable) if usable else ("other-cpu", mine)
+        if usable and all(k in withheld for k in usable):
+            out.status = "revoked"
         return out
     if theirs:
         cache: dict[ObjectId, Diff | None] = {}

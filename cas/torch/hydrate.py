@@ -8,7 +8,9 @@ this never worse than no cache:
   torch build never reach torch), and CPU-bound kinds only onto the same CPU model;
 - every blob is hashed before it is written; a corrupt or missing one costs a warning
   and is skipped. Files are written atomically (temp file, then rename), so a
-  concurrent torch never reads half a file.
+  concurrent torch never reads half a file;
+- a revoked entry (:mod:`cas.revocations`) is never written, from any ref (counted as
+  ``revoked``, one warning naming who revoked it and why).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas import entrykeys, manifest
+from cas import entrykeys, manifest, revocations
 from cas.autotune import KIND as AUTOTUNE_RECORD
 from cas.digest import Hasher, ObjectId, verify_id
 from cas.objects import Entry, EntryKey, Env
@@ -51,6 +53,8 @@ class HydrateResult:
     #: Autotune records that are malformed (an impossible time, a source naming another
     #: kind's file, not a record): each warned about by name, never written.
     bad_records: int = 0
+    #: Entries of this env withheld because they are revoked (cas.revocations).
+    revoked: int = 0
     bytes_written: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     other_envs: dict[str, int] = field(default_factory=dict)
@@ -103,12 +107,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def matching_entries(
-    store: Store, root: ObjectId, env: Env, result: HydrateResult
+    store: Store, root: ObjectId, env: Env, result: HydrateResult,
+    revoked: revocations.RevokedSet | None = None,
 ) -> list[tuple[EntryKey, Entry]]:
     """Entries of manifest ``root`` that may be written here; counts the others."""
     env_id, cpu = env.id, f"cpu-{cpu_fingerprint()}"
     out = []
     for ek, entry in manifest.entries(store, root):
+        if ek.env == env_id and revoked is not None and (why := revoked.get(entry.blob)) is not None:
+            result.revoked += 1
+            warnings.warn(f"cas: not writing {ek}: {why.line()}", stacklevel=3)
+            continue
         if ek.env != env_id:
             result.skipped_other_env += 1
             short = ek.env.short()
@@ -223,7 +232,7 @@ def hydrate(
     result.warmth = predict(store, root, env, cpu_fingerprint()).to_dict()
     deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
     records: list[tuple[EntryKey, Entry]] = []
-    for ek, entry in matching_entries(store, root, env, result):
+    for ek, entry in matching_entries(store, root, env, result, revocations.load(store)):
         if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.autotune)
             records.append((ek, entry))
             continue

@@ -16,7 +16,9 @@ local ``<xx>/<hash>.best_config`` path hydrate writes, so they get their own kin
 Safety ("never worse than no cache"): only entries whose env id equals
 this process's env are served; every served blob is re-hashed and must match its id;
 anything that goes wrong is one warning and a miss, never an exception into torch. A put
-is buffered in memory and written by :meth:`LiveCache.flush` as one commit.
+is buffered in memory and written by :meth:`LiveCache.flush` as one commit. A revoked
+entry (:mod:`cas.revocations`) is a miss: the revocations are re-read when their branch
+moves, so one that arrives while a server runs takes effect on the next get.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas import manifest
+from cas import manifest, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError
@@ -101,6 +103,7 @@ class LiveStats:
     recorded: int = 0
     autotuned: int = 0  # autotune records committed (flush_autotune)
     skipped_other_env: int = 0
+    revoked: int = 0  # gets whose entry is revoked (a miss)
     by_kind: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
     #: The first MISSED_KEPT keys per kind that missed (a miss report names them).
     missed: dict[str, list[str]] = field(default_factory=dict)
@@ -168,6 +171,8 @@ class LiveCache:
         self._lock = threading.RLock()
         self._index: dict[tuple[str, str], list[tuple[str, Entry]]] | None = None
         self._foreign: dict[tuple[str, str], int] = {}
+        self._revocations = revocations.Watch(store)
+        self._revoked_keys: set[tuple[str, str]] = set()
         self._pending: dict[EntryKey, _Pending] = {}
         self._owner_pid = os.getpid()
         self.observed: Any = None  # cas.torch.autotune.Observed, once watch_autotune ran
@@ -181,16 +186,29 @@ class LiveCache:
             if root != self.root:
                 self.root, self._index, self._foreign = root, None, {}
 
+    def check_revocations(self) -> bool:
+        """Re-read the revocations if their branch moved (one ref read); True, and the
+        index is rebuilt on the next get, if the revoked set changed."""
+        with self._lock:
+            if not self._revocations.refresh():
+                return False
+            self._index, self._foreign = None, {}
+            return True
+
     def _build_index(self) -> dict[tuple[str, str], list[tuple[str, Entry]]]:
         # One pass over the manifest, on the first get: the live kinds of this env by
         # (kind, key), all guard variants, and how many entries other envs hold per key
-        # (for the "entry is for another env" warning).
+        # (for the "entry is for another env" warning). Revoked entries are left out.
         index: dict[tuple[str, str], list[tuple[str, Entry]]] = defaultdict(list)
+        self._revoked_keys = set()
         if self.root is not None:
             for k, e in manifest.entries(self.store, self.root):
                 if k.kind not in LIVE_KINDS:
                     continue
-                if k.env == self.env_id:
+                if e.blob in self._revocations:
+                    if k.env == self.env_id:
+                        self._revoked_keys.add((k.kind, k.key))
+                elif k.env == self.env_id:
                     index[(k.kind, k.key)].append((k.variant, e))
                 else:
                     self._foreign[(k.kind, k.key)] = self._foreign.get((k.kind, k.key), 0) + 1
@@ -243,6 +261,7 @@ class LiveCache:
         kind, key, _ = parsed
         with self._lock:
             self.stats.gets += 1
+            self.check_revocations()
             candidates = self._candidates(kind, key)
             for _variant, entry, data in candidates:
                 data = data if data is not None else self._verified_bytes(entry)
@@ -251,7 +270,10 @@ class LiveCache:
                     self.stats.bump(kind, "hits")
                     return wrap(kind, data, entry)
             self.stats.miss(kind, key)
-            if not candidates and self._foreign.get((kind, key)):
+            if not candidates and (kind, key) in self._revoked_keys:
+                self.stats.revoked += 1
+                warn_once("revoked", f"{kind} entry {key[:16]}… is revoked; compiling instead")
+            elif not candidates and self._foreign.get((kind, key)):
                 self.stats.skipped_other_env += 1
                 warn_once(
                     "other-env",

@@ -23,7 +23,8 @@ Torch unpickles what its caches return, so an entry is code. The rule, kept simp
    is pinned, the id matches. Bare names (older marks) use the meta key
    ``remote.<name>.trusted`` (:func:`set_remote_trusted`). Trusted keys are Ed25519 public keys listed in the meta
    key ``trust.keys`` (:func:`add_trusted_key`); signatures need the ``cryptography``
-   package, and without it no signature verifies (fail closed).
+   package, and without it no signature verifies (fail closed). These primitives live in
+   :mod:`cas.trust`, which revocations (:mod:`cas.revocations`) share.
 
 The check costs one meta read per reachable commit, plus the ancestry of the tips of
 untrusted remotes' refs (none in the common, single-machine case).
@@ -31,16 +32,23 @@ untrusted remotes' refs (none in the common, single-machine case).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from cas import provenance, refs, remotes_config
+from cas import provenance, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import PolicyError
 from cas.history import ancestors
 from cas.objects import Tag
 from cas.store import Store
+from cas.trust import (  # the primitives live below torch; re-exported for callers
+    add_trusted_key,
+    remote_trusted,
+    set_remote_trusted,
+    sign,
+    trusted_keys,
+    verify,
+)
 
 __all__ = [
     "Verdict",
@@ -54,8 +62,6 @@ __all__ = [
     "verify",
 ]
 
-_KEYS_META = "trust.keys"
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -65,62 +71,6 @@ class Verdict:
     commit: ObjectId
     reason: str
     remotes: tuple[str, ...] = ()
-
-
-def remote_trusted(store: Store, origin: str) -> bool:
-    """True if what came from ``origin`` may reach torch.
-
-    ``origin`` is a remote's identity (cas.provenance): trusted only if that URL was
-    trusted (``--trusted``) and, once pinned, by the same server. A bare name (a tracking
-    ref's remote, or a mark by older cas) is trusted by its by-name flag or its current
-    URL's trust.
-    """
-    if provenance.is_identity(origin):
-        return remotes_config.trust_of(store, origin) is not None
-    if (store.get_meta(f"remote.{origin}.trusted") or "").lower() == "true":
-        return True
-    return remotes_config.is_trusted(store, origin)
-
-
-def set_remote_trusted(store: Store, name: str, trusted: bool = True) -> None:
-    """Mark remote ``name`` trusted (its commits may reach torch) or not."""
-    store.set_meta(f"remote.{name}.trusted", "true" if trusted else None)
-
-
-def trusted_keys(store: Store) -> list[bytes]:
-    raw = store.get_meta(_KEYS_META)
-    return [bytes.fromhex(k) for k in json.loads(raw)] if raw else []
-
-
-def add_trusted_key(store: Store, public_key: bytes) -> None:
-    """Trust signatures made with the Ed25519 key whose 32-byte public half is given."""
-    if len(public_key) != 32:
-        raise PolicyError("an ed25519 public key is 32 bytes")
-    keys = {k.hex() for k in trusted_keys(store)} | {public_key.hex()}
-    store.set_meta(_KEYS_META, json.dumps(sorted(keys)))
-
-
-def sign(private_key: bytes, payload: bytes) -> bytes:
-    """Sign ``payload`` with a raw 32-byte Ed25519 private key (needs ``cryptography``)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return Ed25519PrivateKey.from_private_bytes(private_key).sign(payload)
-
-
-def verify(payload: bytes, signature: bytes, keys: list[bytes]) -> bool:
-    """True if one of ``keys`` signed ``payload``; False without ``cryptography``."""
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    except ImportError:
-        return False
-    for key in keys:
-        try:
-            Ed25519PublicKey.from_public_bytes(key).verify(signature, payload)
-            return True
-        except (InvalidSignature, ValueError):
-            continue
-    return False
 
 
 def _signed_tag(store: Store, oid: ObjectId) -> bool:

@@ -15,7 +15,7 @@ import pytest
 import redis
 from servers import CasServer
 
-from cas import manifest
+from cas import manifest, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.history import commit_changes
@@ -263,3 +263,12 @@ def test_miss_reports_say_what_stock_clients_missed(tmp_path: Path) -> None:
     with Store(d.store) as s:
         assert coverage.report_branch(f"{platform.node()} redis door") in {
             n.removeprefix("refs/heads/") for n in s.list_refs("refs/heads/")}
+def test_a_revoked_entry_is_nil_from_the_next_get(door: Door) -> None:
+    """A revocation that reaches the served store (here written into it, as a push
+    does) makes GET nil at once, even for a value the door has just served (hot)."""
+    c = door.client(door.read)
+    assert c.get(FX_KEY) is not None
+    with Store(door.store) as s:
+        revocations.revoke(s, revocations.find_targets(s, "fgraphkey"), "miscompiled on this CPU")
+    assert c.get(FX_KEY) is None
+    assert c.exists(FX_KEY) == 0

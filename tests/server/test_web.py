@@ -242,3 +242,24 @@ def test_every_page_in_chromium(site: tuple[str, str, int]) -> None:
         assert page.url.startswith(url + "/ui/login")
         browser.close()
     assert problems == []
+
+
+def test_revoked_entries_are_marked_on_the_entries_and_commit_pages(tmp_path: Path) -> None:
+    from cas import revocations
+    from cas.refs import resolve
+
+    path = tmp_path / "store"
+    Store.init(path).close()
+    seed(path)  # main: the FX key for env A and env B
+    with Store(path) as s:
+        revocations.revoke(s, revocations.find_targets(s, "fgraphkey"), "miscompiled")
+        tip = resolve(s, "main").hex
+    server = CasServer(path, tmp_path, "--no-auth")
+    try:
+        entries = httpx.get(f"{server.url}/ui/entries/main")
+        assert entries.status_code == 200
+        assert entries.text.count('<td class="n">1</td><td class="n">1</td>') == 2  # one of one, per env
+        commit = httpx.get(f"{server.url}/ui/commit/{tip}")
+        assert commit.status_code == 200 and "added, revoked" in commit.text
+    finally:
+        server.stop()
