@@ -54,6 +54,8 @@ from cas.digest import ObjectId
 from cas.errors import CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.server.peers import ConnectionLimits, Peers
+from cas.server.redis_budget import WriteBudget
 from cas.server.redis_session import Connection
 from cas.store import Store
 from cas.torch.live import LiveCache
@@ -90,6 +92,14 @@ class RedisOptions:
     #: Let connections that never AUTH read and write (Triton's client sends no password);
     #: their commits name the token ``anonymous``.
     anonymous_write: bool = False
+    #: Largest value a write-scope connection may send (a bulk string of SET or MSET).
+    max_value: int = 128 << 20
+    #: Bytes of values the door holds at once: being received, or accepted and not yet
+    #: committed (cas.server.redis_budget). Past it, writers wait.
+    max_pending: int = 256 << 20
+    #: Connection caps and idle timeout (Redis clients keep a pooled connection open for
+    #: a whole run, and reconnect when it was closed, so the timeout is long).
+    connections: ConnectionLimits = ConnectionLimits(idle_timeout=300.0)
 
 
 class RedisDoor:
@@ -124,6 +134,10 @@ class RedisDoor:
         #: Accepted writes not yet committed, per token: {redis key: wire value}.
         self._pending: dict[str, dict[str, bytes]] = {}
         self._npending = 0
+        self._pending_bytes = 0
+        self._flushing_bytes = 0
+        self.budget = WriteBudget(options.max_pending)
+        self.peers = Peers(options.connections)
         #: The batch being committed (still served until its commit is visible).
         self._flushing: dict[str, bytes] = {}
         self._flush_task: asyncio.Future[None] | None = None
@@ -242,10 +256,18 @@ class RedisDoor:
         # a warning there): decoding it here too would double the CPU cost of a SET.
         batch = self._pending.setdefault(token, {})
         self._npending += text not in batch
+        grown = len(value) - len(batch.get(text, b""))
         batch[text] = value
-        if self._npending >= self.options.batch:
+        self._pending_bytes += grown
+        self.budget.accept(grown)
+        if self._full():
             self.start_flush()
         return None
+
+    def _full(self) -> bool:
+        """Whether the pending writes make a batch: by count, or half the byte budget (so
+        a commit lands before writers have to wait)."""
+        return self._npending >= self.options.batch or self._pending_bytes * 2 >= self.budget.limit
 
     # -- batch commits --------------------------------------------------------------------
 
@@ -255,6 +277,7 @@ class RedisDoor:
         if not self._pending or self._flush_task is not None:
             return
         batches, self._pending, self._npending = self._pending, {}, 0
+        self._flushing_bytes, self._pending_bytes = self._pending_bytes, 0
         self._flushing = {k: v for batch in batches.values() for k, v in batch.items()}
         loop = asyncio.get_running_loop()
         self._flush_task = loop.run_in_executor(self._pool, self._commit, batches)
@@ -264,7 +287,9 @@ class RedisDoor:
         self._flush_task = None
         self._refresh()  # the new commit is visible before its entries leave _flushing
         self._flushing = {}
-        if self._npending >= self.options.batch:
+        self.budget.free(self._flushing_bytes)
+        self._flushing_bytes = 0
+        if self._full():
             self.start_flush()
 
     def _commit(self, batches: dict[str, dict[str, bytes]]) -> None:
