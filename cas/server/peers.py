@@ -31,7 +31,7 @@ class ConnectionLimits:
     #: Connections open at once from one peer address.
     max_per_peer: int = 100
     #: Seconds a connection may stay silent (no request, no command) before it is closed.
-    idle_timeout: float = 30.0
+    idle_timeout: int = 30
 
 
 class Peers:

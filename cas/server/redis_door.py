@@ -99,7 +99,7 @@ class RedisOptions:
     max_pending: int = 256 << 20
     #: Connection caps and idle timeout (Redis clients keep a pooled connection open for
     #: a whole run, and reconnect when it was closed, so the timeout is long).
-    connections: ConnectionLimits = ConnectionLimits(idle_timeout=300.0)
+    connections: ConnectionLimits = ConnectionLimits(idle_timeout=300)
 
 
 class RedisDoor:
@@ -287,8 +287,8 @@ class RedisDoor:
         self._flush_task = None
         self._refresh()  # the new commit is visible before its entries leave _flushing
         self._flushing = {}
-        self.budget.free(self._flushing_bytes)
-        self._flushing_bytes = 0
+        done, self._flushing_bytes = self._flushing_bytes, 0
+        self.budget.free(done)  # wakes waiting writers, which may start the next commit
         if self._full():
             self.start_flush()
 

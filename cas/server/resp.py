@@ -125,7 +125,7 @@ class Parser:
                     return self._wait()
                 if not line.startswith(b"$"):
                     raise ProtocolError("expected a bulk string")
-                self._bulk = self._declare(_length(line, MAX_BULK))
+                self._bulk = self._declare(_length(line, 10**12))  # max_arg <= MAX_BULK
             if len(self._buf) - self._pos < self._bulk + 2:
                 return self._wait()
             args = self._take()
@@ -178,7 +178,10 @@ class Parser:
         byte: what is moved is never more than what was consumed)."""
         if self._pos and self._pos * 2 >= len(self._buf):
             self._start += self._pos
-            del self._buf[:self._pos]
+            if self._pos == len(self._buf):
+                self._buf = bytearray()  # gives a large value's buffer back at once
+            else:
+                del self._buf[:self._pos]
             self._scan -= self._pos
             self._pos = 0
         return None
