@@ -19,7 +19,7 @@ its latency is what a load balancer sees while both doors are busy.
 
 It stops by itself and reports operations per second, p50/p99 latency per operation (and
 per Redis command), health latency (p50/p99/max, and failures), errors (anything but a
-won or lost race; goal 0), lost or corrupt objects (goal 0: ``cas fsck`` on the server's
+won or lost race; goal 0), the server's CPU seconds, lost or corrupt objects (goal 0: ``cas fsck`` on the server's
 store, then every pushed commit and blob read back over HTTP and hashed) and the
 server's peak resident memory (VmHWM).
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -161,6 +162,34 @@ class RedisClient(threading.Thread):
             self.client.close()
 
 
+class Trickler(threading.Thread):
+    """A read-token connection that sends MGETs of 2,000 keys (50 KB) in 64-byte pieces,
+    one every 5 ms: the slow-client shape that cost a door re-parsing each unfinished
+    command from its start seconds of event loop (``CAS_LOAD_TRICKLERS``, default 0)."""
+
+    def __init__(self, port: int, token: str, deadline: float) -> None:
+        super().__init__(name="trickler")
+        self.port, self.token, self.deadline = port, token, deadline
+        self.commands = 0
+
+    def run(self) -> None:
+        keys = [b"triton:none:%05d" % i for i in range(2000)]
+        command = b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
+        answer = b"*%d\r\n" % len(keys) + b"$-1\r\n" * len(keys)  # all missing
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one packet a piece
+            sock.sendall(b"AUTH %s\r\n" % self.token.encode())
+            sock.recv(64)
+            while time.monotonic() < self.deadline:
+                for i in range(0, len(command), 64):
+                    sock.sendall(command[i:i + 64])
+                    time.sleep(0.005)
+                got = 0
+                while got < len(answer):
+                    got += len(sock.recv(65536))
+                self.commands += 1
+
+
 class HealthProbe(threading.Thread):
     """Asks ``/v1/health`` every 50 ms until the deadline; records latency and failures."""
 
@@ -202,7 +231,7 @@ def _latency(threads: list[Any]) -> dict[str, dict[str, float]]:
     return {op: {"n": len(xs), "p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99)} for op, xs in sorted(latency.items())}
 
 
-def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32) -> dict[str, Any]:
+def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32, tricklers: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cas-load-") as tmp:
         work = Path(tmp)
         served = _serve(work)
@@ -212,12 +241,14 @@ def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32) -> di
             assert served.server.redis_port is not None
             rworkers = [RedisClient(i, served.server.redis_port, served.write_token, start + seconds)
                         for i in range(redis_clients)]
+            slow = [Trickler(served.server.redis_port, served.read_token, start + seconds) for _ in range(tricklers)]
             probe = HealthProbe(served.url, start + seconds)
             for w in workers:
                 w.deadline = start + seconds
-            for t in [*workers, *rworkers, probe]:
+            cpu = _cpu_seconds(served.server.proc.pid)
+            for t in [*workers, *rworkers, *slow, probe]:
                 t.start()
-            for t in [*workers, *rworkers, probe]:
+            for t in [*workers, *rworkers, *slow, probe]:
                 t.join()
             elapsed = time.monotonic() - start
             ops = sum(len(xs) for w in workers for xs in w.latency.values())
@@ -238,7 +269,8 @@ def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32) -> di
                           "no_lost_update": chain_ok},
                 "redis": {"clients": redis_clients, "operations": redis_ops,
                           "ops_per_s": round(redis_ops / elapsed, 1), "latency_ms": _latency(rworkers),
-                          "errors": len(redis_errors), "error_samples": redis_errors[:5]},
+                          "errors": len(redis_errors), "error_samples": redis_errors[:5],
+                          "tricklers": tricklers, "trickled_commands": sum(t.commands for t in slow)},
                 "health_ms": {"n": len(probe.latency), "p50": _pct(probe.latency, 0.5),
                               "p99": _pct(probe.latency, 0.99), "max": _pct(probe.latency, 1.0),
                               "failures": probe.failures},
@@ -248,6 +280,7 @@ def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32) -> di
                 "lost_objects": lost,
                 "corrupt_objects": corrupt,
                 "server_peak_rss_mib": round(peak_rss(served.server.proc.pid) / (1 << 20), 1),
+                "server_cpu_s": round(_cpu_seconds(served.server.proc.pid) - cpu, 1),
             }
         finally:
             served.stop()
@@ -266,6 +299,12 @@ def _chain(served: Served, changes: list[tuple[ObjectId | None, ObjectId]]) -> b
 
     same = sorted(map(key, ((e.old, e.new) for e in log))) == sorted(map(key, changes))
     return linked and same and (log[-1].new if log else None) == final
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (Linux /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _fsck(served: Served) -> int:
@@ -301,5 +340,5 @@ def test_load_bench(benchmark: Any) -> None:
 
 if __name__ == "__main__":
     result = run(float(os.environ.get("CAS_LOAD_SECONDS", "30")), int(os.environ.get("CAS_LOAD_CLIENTS", "32")),
-                 int(os.environ.get("CAS_LOAD_REDIS_CLIENTS", "32")))
+                 int(os.environ.get("CAS_LOAD_REDIS_CLIENTS", "32")), int(os.environ.get("CAS_LOAD_TRICKLERS", "0")))
     print(json.dumps(result, indent=2))
