@@ -27,6 +27,10 @@ of other envs are never served.
   for Triton's client, which cannot send a password).
 * ``DEL``, ``FLUSHALL`` and every other command that would rewrite history are refused:
   entries leave a store through ``cas gc``, not through a cache client.
+* What a stranger may make the door hold is bounded (docs/server.md, "Limits"): each
+  connection's commands by its scope (cas.server.redis_session), write values across
+  the door by a byte budget (cas.server.redis_budget), connections per door and per
+  peer address, and silence by an idle timeout (cas.server.peers).
 
 This module is the store side (env, served ref, reads, write batches); the wire codec is
 cas.server.resp, and a connection's handshake and command handlers cas.server.redis_session.

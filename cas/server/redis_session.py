@@ -103,17 +103,19 @@ class Connection(asyncio.Protocol):
         """Answer the whole commands buffered, until replies back up."""
         assert self.transport is not None and self.session is not None
         out: list[bytes] = []
+        size = 0
         try:
             while "replies" not in self._paused and not self.session.closing:
                 args = self.parser.next()
                 if args is None:
                     break
                 out.append(self._run(args, self.parser.consumed - self._mark))
+                size += len(out[-1])
                 self._mark = self.parser.consumed
                 self._limit()  # AUTH may have changed what this connection may send
-                if sum(map(len, out)) >= REPLY_CHUNK:
+                if size >= REPLY_CHUNK:
                     self.transport.write(b"".join(out))  # may call pause_writing at once
-                    out = []
+                    out, size = [], 0
             self._reserve()
         except ProtocolError as exc:
             self.transport.write(b"".join(out) + Reply.error(f"ERR protocol error: {exc}"))
