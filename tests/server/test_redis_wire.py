@@ -280,3 +280,12 @@ def test_options_out_of_range_are_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--redis-max-value must be 1 byte to 512M, not 1G"):
         CasServer(path, tmp_path, "--no-auth", "--redis-port", "0", "--redis-env", ENV_A.id.hex,
                   "--redis-max-value", "1G")
+
+
+def test_a_read_only_door_takes_large_values_from_any_client_and_drops_them(tmp_path: Path) -> None:
+    """Triton's put carries kernel files well over 64 KiB: on a read-only door an
+    anonymous client's SET of 1 MiB is answered OK (and dropped), not refused."""
+    with start(tmp_path, "--redis-read-only", "--redis-anonymous-read") as door:
+        anonymous = door.client(None, 2)
+        assert anonymous.set("triton:h:kernel.cubin", os.urandom(MiB)) is True
+        assert anonymous.get("triton:h:kernel.cubin") is None
