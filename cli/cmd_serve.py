@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -34,6 +36,8 @@ def announced(output: str) -> Announced | None:
     return Announced(serving.group(1), int(serving.group(2)), int(redis.group(1)) if redis else None)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -44,6 +48,34 @@ def _parse_size(text: str) -> int:
     if not number.isdigit():
         raise UsageError(f"not a size: {text!r}", hint="e.g. 256M, 1G, 65536")
     return int(number) * _SIZE_UNITS[unit]
+
+
+def _redis_value_size(text: str) -> int:
+    from cas.server.resp import MAX_BULK
+
+    n = _parse_size(text)
+    if not 0 < n <= MAX_BULK:
+        raise UsageError(f"--redis-max-value must be 1 byte to {MAX_BULK >> 20}M, not {text}")
+    return n
+
+
+def _connection_options(prefix: str, door: str, idle: int) -> Callable[[F], F]:
+    """One door's connection caps and idle timeout (cas.server.peers.ConnectionLimits)."""
+    options = [
+        click.option(f"--{prefix}max-connections", default=1000, show_default=True, type=click.IntRange(1),
+                     help=f"Connections open at once on the {door} door (refused past it)."),
+        click.option(f"--{prefix}max-connections-per-peer", default=100, show_default=True,
+                     type=click.IntRange(1), help=f"Connections open at once from one address on the {door} door."),
+        click.option(f"--{prefix}idle-timeout", default=idle, show_default=True, type=click.IntRange(1),
+                     help=f"Seconds a connection to the {door} door may stay silent before it is closed."),
+    ]
+
+    def apply(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
 
 
 @click.command()
@@ -59,6 +91,7 @@ def _parse_size(text: str) -> int:
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM private key.")
 @click.option("--max-request", default="256M", show_default=True, help="Largest request body.")
+@_connection_options("", "HTTP", idle=30)
 @click.option(
     "--access-log",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -87,6 +120,11 @@ def _parse_size(text: str) -> int:
     is_flag=True,
     help="Let Redis clients that send no AUTH (Triton's) read and write to --redis-branch.",
 )
+@click.option("--redis-max-value", default="128M", show_default=True,
+              help="Largest value a Redis write may carry.")
+@click.option("--redis-max-pending", default="256M", show_default=True,
+              help="Bytes of Redis write values held at once (received, not yet committed); past it writers wait.")
+@_connection_options("redis-", "Redis", idle=300)
 @pass_ctx
 def serve(
     ctx: Context,
@@ -97,6 +135,9 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     max_request: str,
+    max_connections: int,
+    max_connections_per_peer: int,
+    idle_timeout: int,
     access_log: Path | None,
     redis_port: int | None,
     redis_ref: str | None,
@@ -108,9 +149,15 @@ def serve(
     redis_anonymous_read: bool,
     redis_anonymous_write: bool,
     redis_report_every: float | None,
+    redis_max_value: str,
+    redis_max_pending: str,
+    redis_max_connections: int,
+    redis_max_connections_per_peer: int,
+    redis_idle_timeout: int,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
+    from cas.server.peers import ConnectionLimits
     from cas.server.redis_door import RedisOptions
     from cas.server.run import Bound, ServeOptions
     from cas.server.run import serve as run_server
@@ -142,6 +189,9 @@ def serve(
             anonymous_read=redis_anonymous_read,
             anonymous_write=redis_anonymous_write,
             report_every=redis_report_every,
+            max_value=_redis_value_size(redis_max_value),
+            max_pending=_parse_size(redis_max_pending),
+            connections=ConnectionLimits(redis_max_connections, redis_max_connections_per_peer, redis_idle_timeout),
         )
     path = ctx.store.path
     ctx.close()  # the server opens its own handles, one per worker thread
@@ -153,6 +203,7 @@ def serve(
         access_log=access_log,
         limits=Limits(max_request=_parse_size(max_request)),
         redis=redis,
+        connections=ConnectionLimits(max_connections, max_connections_per_peer, idle_timeout),
     )
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"

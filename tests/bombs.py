@@ -27,12 +27,13 @@ BLOCK = 128 << 10
 GiB = 1 << 30
 
 
-def peak_rss(pid: int | str) -> int:
-    """The high-water mark of a process's resident memory (VmHWM), in bytes."""
+def peak_rss(pid: int | str, field: str = "VmHWM") -> int:
+    """The high-water mark of a process's resident memory (VmHWM; or another memory
+    field of its /proc status, e.g. VmRSS), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
+    raise AssertionError(f"no {field} in /proc status")
 
 
 def rle_frame(total: int, content_size: int | None = None, byte: int = 0) -> bytes:

@@ -271,7 +271,9 @@ def make_tls_cert(workdir: Path) -> tuple[Path, Path]:
 class Served:
     """A fresh store served by `cas serve`, with a write token and a read token."""
 
-    def __init__(self, workdir: Path, *args: str, scheme: str = "http") -> None:
+    def __init__(self, workdir: Path, *args: str, scheme: str = "http", prepare: Any = None) -> None:
+        """``prepare(store)``, if given, runs on the new store before the server starts
+        (e.g. to put the env a Redis door serves)."""
         from cas.server.auth import Scope, add_token
         from cas.store import Store
 
@@ -279,6 +281,8 @@ class Served:
         with Store.init(self.store_path) as store:
             self.write_token = add_token("writer", Scope.WRITE, store=store)
             self.read_token = add_token("reader", Scope.READ, store=store)
+            if prepare is not None:
+                prepare(store)
         self.server = CasServer(self.store_path, workdir, *args, scheme=scheme)
         self.url = self.server.url
 

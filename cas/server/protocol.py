@@ -9,17 +9,27 @@ incomplete, which bounds what httptools buffers for one endless header — and a
 431 with the server's JSON error body, then closes the connection, as soon as the head
 passes ``MAX_HEAD`` bytes or ``MAX_HEADERS`` headers. h11 was measured too: it enforces
 a size (as a 400) but parses bodies in pure Python.
+
+It also counts connections (:class:`cas.server.peers.Peers`, through
+:func:`limited_protocol`): one past the door's cap, in all or from one peer address, is
+answered 503 and closed at once (uvicorn's own ``limit_concurrency`` answers 503 only
+once a request arrives, and keeps the idle socket open meanwhile). And a connection is
+closed when silent for the idle timeout from the moment it opens, and while a request
+head is incomplete: uvicorn arms its keep-alive timer only after a response, so a
+connection that never sent a request was held for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from starlette.requests import Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from cas.errors import RequestTooLarge
+from cas.errors import RequestTooLarge, TransientRemoteError
+from cas.server.peers import ConnectionLimits, Peers, peer_of
 
 #: Largest request head (request line and headers), in bytes.
 MAX_HEAD = 64 << 10
@@ -39,6 +49,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _raw = 0  # bytes received since the current head began
     _head = 0  # bytes of URL and headers parsed so far
     _count = 0
+    #: The door's connections; a subclass per server sets it (limited_protocol).
+    peers: Peers | None = None
+    _peer: str | None = None  # set once counted
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.peers is not None:
+            peer = peer_of(transport.get_extra_info("peername"))
+            refused = self.peers.admit(peer)
+            if refused is not None:
+                self._answer(503, "Service Unavailable", TransientRemoteError.__name__, refused)
+                return
+            self._peer = peer
+        self._idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peers is not None and self._peer is not None:
+            self.peers.leave(self._peer)
+            self._peer = None
+        super().connection_lost(exc)
+
+    def _idle(self) -> None:
+        """(Re)start the keep-alive timer while the connection waits for a request head."""
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_message_begin(self) -> None:
         self._in_head, self._head, self._count = True, 0, 0
@@ -72,18 +107,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)  # _HeadTooLarge from a callback ends in send_400_response
         if self._in_head and self._raw > MAX_HEAD and not self.transport.is_closing():
             self._refuse()
+        elif self._in_head and self._raw and not self.transport.is_closing() and self._between_requests():
+            self._idle()  # a head in pieces: silence between pieces counts
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
     def _refuse(self) -> None:
         message = f"request head exceeds the server limit of {MAX_HEAD} bytes or {MAX_HEADERS} headers"
-        body = json.dumps({"error": "RequestTooLarge", "message": message}).encode()
+        self._answer(431, "Request Header Fields Too Large", RequestTooLarge.__name__, message)
+
+    def _answer(self, status: int, reason: str, error: str, message: str) -> None:
+        """Answer ``status`` with the server's JSON error body, log it, and close."""
+        body = json.dumps({"error": error, "message": message}).encode()
         head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())
+            + b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n"
         )
         client = self.client[0] if self.client else "-"
-        ACCESS_LOG.info('%s - "- -" 431 %d 0.0ms', client, len(body))
+        ACCESS_LOG.info('%s - "- -" %d %d 0.0ms', client, status, len(body))
         self.transport.write(head + body)
         self.transport.close()
 
@@ -95,7 +139,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
 
-__all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol"]
+def limited_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for one server: its instances share one count of connections."""
+    return type("ServerHttpProtocol", (LimitedHttpToolsProtocol,), {"peers": Peers(limits)})
+
+
+__all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol", "limited_protocol"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

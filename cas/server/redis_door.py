@@ -32,6 +32,10 @@ of other envs are never served.
   for Triton's client, which cannot send a password).
 * ``DEL``, ``FLUSHALL`` and every other command that would rewrite history are refused:
   entries leave a store through ``cas gc``, not through a cache client.
+* What a stranger may make the door hold is bounded (docs/server.md, "Limits"): each
+  connection's commands by its scope (cas.server.redis_session), write values across
+  the door by a byte budget (cas.server.redis_budget), connections per door and per
+  peer address, and silence by an idle timeout (cas.server.peers).
 
 This module is the store side (env, served ref, reads, write batches); the wire codec is
 cas.server.resp, and a connection's handshake and command handlers cas.server.redis_session.
@@ -61,6 +65,8 @@ from cas.errors import BadEntryKey, CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
 from cas.server.door_report import DoorReporter
+from cas.server.peers import ConnectionLimits, Peers
+from cas.server.redis_budget import WriteBudget
 from cas.server.redis_session import Connection
 from cas.store import Store
 from cas.torch.live import LiveCache
@@ -102,6 +108,14 @@ class RedisOptions:
     anonymous_write: bool = False
     #: Seconds between miss reports (cas.server.door_report); None: no reports.
     report_every: float | None = None
+    #: Largest value a write-scope connection may send (a bulk string of SET or MSET).
+    max_value: int = 128 << 20
+    #: Bytes of values the door holds at once: being received, or accepted and not yet
+    #: committed (cas.server.redis_budget). Past it, writers wait.
+    max_pending: int = 256 << 20
+    #: Connection caps and idle timeout (Redis clients keep a pooled connection open for
+    #: a whole run, and reconnect when it was closed, so the timeout is long).
+    connections: ConnectionLimits = ConnectionLimits(idle_timeout=300)
 
 
 class RedisDoor:
@@ -147,6 +161,10 @@ class RedisDoor:
         #: Accepted writes not yet committed, per token: {redis key: wire value}.
         self._pending: dict[str, dict[str, bytes]] = {}
         self._npending = 0
+        self._pending_bytes = 0
+        self._flushing_bytes = 0
+        self.budget = WriteBudget(options.max_pending)
+        self.peers = Peers(options.connections)
         #: The batch being committed (still served until its commit is visible).
         self._flushing: dict[str, bytes] = {}
         self._flush_task: asyncio.Future[None] | None = None
@@ -290,10 +308,18 @@ class RedisDoor:
         batch = self._pending.setdefault(token, {})
         for text, value in accepted:
             self._npending += text not in batch
+            grown = len(value) - len(batch.get(text, b""))
             batch[text] = value
-        if self._npending >= self.options.batch:
+            self._pending_bytes += grown
+            self.budget.accept(grown)
+        if self._full():
             self.start_flush()
         return None
+
+    def _full(self) -> bool:
+        """Whether the pending writes make a batch: by count, or half the byte budget (so
+        a commit lands before writers have to wait)."""
+        return self._npending >= self.options.batch or self._pending_bytes * 2 >= self.budget.limit
 
     # -- batch commits --------------------------------------------------------------------
 
@@ -303,6 +329,7 @@ class RedisDoor:
         if not self._pending or self._flush_task is not None:
             return
         batches, self._pending, self._npending = self._pending, {}, 0
+        self._flushing_bytes, self._pending_bytes = self._pending_bytes, 0
         self._flushing = {k: v for batch in batches.values() for k, v in batch.items()}
         self._refresh()  # a write branch made by this commit starts at the served commit
         loop = asyncio.get_running_loop()
@@ -313,7 +340,9 @@ class RedisDoor:
         self._flush_task = None
         self._refresh()  # the new commit is visible before its entries leave _flushing
         self._flushing = {}
-        if self._npending >= self.options.batch:
+        done, self._flushing_bytes = self._flushing_bytes, 0
+        self.budget.free(done)  # wakes waiting writers, which may start the next commit
+        if self._full():
             self.start_flush()
 
     def _commit(self, batches: dict[str, dict[str, bytes]], base: ObjectId | None) -> None:

@@ -13,13 +13,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cas.server.auth import Scope
-from cas.server.resp import ProtocolError, Reply, parse_command
+from cas.server.peers import peer_of
+from cas.server.resp import Parser, ProtocolError, Reply
 from cas.torch.wire import parse_backend_key
 
-#: Most bytes a connection may hold buffered before it authenticates (AUTH and HELLO are
-#: small): past it the connection is closed, so a stranger cannot make the door buffer
-#: 65,536 bulk strings of MAX_BULK bytes each.
-PRE_AUTH_BUFFER = 64 << 10
+#: Most bytes one command may hold when its connection may not send values: before AUTH
+#: (AUTH and HELLO are small), and with read scope (a key is short). Past it the
+#: connection is answered an error and closed, before the bytes arrive.
+SMALL_COMMAND = 64 << 10
+#: Reply bytes gathered before they are written: pipelined commands are answered in one
+#: write, and a client that does not read its replies stops being read (pause_writing)
+#: instead of making the door hold them all.
+REPLY_CHUNK = 256 << 10
+#: After a protocol error, bytes still read (and dropped) while the error reaches the
+#: client: closing a socket with unread bytes resets it, and the client would see a reset
+#: instead of the error (a client sends the whole command before it reads the reply).
+LINGER = 1 << 20
 
 if TYPE_CHECKING:
     from cas.server.redis_door import RedisDoor
@@ -30,44 +39,187 @@ class Connection(asyncio.Protocol):
 
     A protocol rather than a stream reader: one callback per packet instead of a
     coroutine step per line, and pipelined commands are answered in one write.
+
+    What one connection may make the door hold is bounded: the parser refuses a command
+    past the connection's limits at its header (64 KiB unless it may send values; then
+    ``--redis-max-value``); a connection that may send values reserves what its command
+    declares from the door's WriteBudget and, when it does not fit, is not read until a
+    commit frees room; replies wait in the parser's buffer while the client is not
+    reading them. Reading is paused for either reason (``_paused``) and resumed when both
+    are gone. A connection silent for the idle timeout is closed.
     """
 
     def __init__(self, door: RedisDoor) -> None:
         self.door = door
-        self.buf = bytearray()
+        self.parser = Parser(SMALL_COMMAND, SMALL_COMMAND)
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
+        self.peer = ""
+        self._admitted = False
+        self._reserved = 0
+        self._mark = 0  # parser.consumed after the last command (bytes in, for metrics)
+        self._paused: set[str] = set()  # "budget", "replies"
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._linger = -1  # bytes still dropped after a protocol error; -1: none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.peer = peer_of(transport.get_extra_info("peername"))
+        refused = self.door.peers.admit(self.peer)
+        if refused is not None:
+            transport.write(Reply.error(f"ERR {refused}"))  # what Redis says past maxclients
+            transport.close()
+            return
+        self._admitted = True
         self.session = Session(self.door, transport.get_extra_info("peername"))
+        self._limit()
+        self._last = asyncio.get_running_loop().time()
+        self._arm(self.door.options.connections.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.door.peers.leave(self.peer)
+        self.door.budget.forget(id(self))
+        self.door.budget.reserve(self._reserved, 0)
+        self._reserved = 0
+        if self._timer is not None:
+            self._timer.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger >= 0:
+            self._drop(len(data))
+            return
+        if self.session is None or self.session.closing:
+            return
+        self._last = asyncio.get_running_loop().time()
+        self.parser.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Answer the whole commands buffered, until replies back up."""
         assert self.transport is not None and self.session is not None
-        self.buf += data
         out: list[bytes] = []
-        pos = 0
+        size = 0
         try:
-            while pos < len(self.buf):
-                got = parse_command(self.buf, pos)
-                if got is None:
+            while "replies" not in self._paused and not self.session.closing:
+                args = self.parser.next()
+                if args is None:
                     break
-                args, end = got
-                out.append(self._run(args, end - pos))
-                pos = end
-                if self.session.closing:
-                    break
-            if self.session.scope is None and len(self.buf) - pos > PRE_AUTH_BUFFER:
-                raise ProtocolError(f"more than {PRE_AUTH_BUFFER} bytes before AUTH")
+                out.append(self._run(args, self.parser.consumed - self._mark))
+                size += len(out[-1])
+                self._mark = self.parser.consumed
+                self._limit()  # AUTH may have changed what this connection may send
+                if size >= REPLY_CHUNK:
+                    self.transport.write(b"".join(out))  # may call pause_writing at once
+                    out, size = [], 0
+            self._reserve()
         except ProtocolError as exc:
-            out.append(Reply.error(f"ERR protocol error: {exc}"))
-            self.session.closing = True
-        del self.buf[:pos]
+            self.transport.write(b"".join(out) + Reply.error(f"ERR protocol error: {exc}"))
+            self._refuse()
+            return
         if out:
             self.transport.write(b"".join(out))
         if self.session.closing:
             self.transport.close()
+        else:
+            self._resume()
+
+    def _refuse(self) -> None:
+        """After the error reply: send EOF, drop what still arrives (up to LINGER), close."""
+        assert self.transport is not None and self.session is not None
+        self.session.closing = True
+        self.parser = Parser(0, 0)  # frees what the parser held
+        self._linger = LINGER
+        self._paused.clear()
+        self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def _drop(self, n: int) -> None:
+        assert self.transport is not None
+        self._linger -= n
+        if self._linger < 0:
+            self.transport.abort()
+
+    def _may_send_values(self) -> bool:
+        """Write scope; or any authenticated scope on a read-only door, which answers a
+        SET with OK and drops the value (stock clients put every miss, values included)."""
+        assert self.session is not None
+        scope = self.session.scope
+        return scope is Scope.WRITE or (scope is not None and self.door.options.branch is None)
+
+    def _limit(self) -> None:
+        assert self.session is not None
+        if self._may_send_values():
+            value = self.door.options.max_value
+            self.parser.max_arg, self.parser.max_command = value, value + SMALL_COMMAND
+            self.parser.why = "(the door's largest value, --redis-max-value)"
+        else:
+            self.parser.max_arg = self.parser.max_command = SMALL_COMMAND
+            self.parser.why = "before AUTH" if self.session.scope is None else "with read scope"
+
+    # -- backpressure -----------------------------------------------------------------------
+
+    def _reserve(self) -> None:
+        """Hold room in the door's write budget for what the unfinished command declared;
+        stop reading until there is room."""
+        assert self.transport is not None
+        if not self._may_send_values():
+            return
+        want = self.parser.size
+        if self.door.budget.reserve(self._reserved, want):
+            self._reserved = want
+            self._paused.discard("budget")
+            return
+        self._pause("budget")
+        self.door.budget.wait(id(self), self._retry)
+        self.door.start_flush()  # the commit that lands frees room and wakes us
+
+    def _retry(self) -> None:
+        if self._admitted and self.transport is not None and not self.transport.is_closing():
+            self._reserve()
+            self._resume()
+
+    def _pause(self, why: str) -> None:
+        assert self.transport is not None
+        self._paused.add(why)
+        self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        assert self.transport is not None
+        if not self._paused and not self.transport.is_closing():
+            self.transport.resume_reading()  # a no-op when reading was not paused
+
+    def pause_writing(self) -> None:
+        self._pause("replies")
+
+    def resume_writing(self) -> None:
+        self._paused.discard("replies")
+        if self.session is not None and not self.session.closing:
+            self._process()  # the commands that waited in the buffer; resumes reading
+
+    # -- idle -------------------------------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._idle)
+
+    def _idle(self) -> None:
+        """Close a connection silent for the idle timeout (one timer a connection, moved
+        on lazily: a packet only records its time). Waiting on the write budget is the
+        door's doing, not the client's: it does not count as silence."""
+        assert self.transport is not None
+        timeout = self.door.options.connections.idle_timeout
+        quiet = asyncio.get_running_loop().time() - self._last
+        if quiet >= timeout and "budget" not in self._paused:
+            self.transport.close()
+        else:
+            self._arm(max(timeout - quiet, 0.0) or timeout)
 
     def _run(self, args: list[bytes], size: int) -> bytes:
         assert self.session is not None

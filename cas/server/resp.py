@@ -7,8 +7,11 @@ strings, arrays and (RESP3) maps and nil. Nothing here knows a command or a stor
 
 from __future__ import annotations
 
-#: Largest bulk string accepted (a Redis value is at most 512 MB; torch's are far smaller).
+#: Largest bulk string the parser accepts at all (a Redis value is at most 512 MB); the
+#: connection narrows it by scope (cas.server.redis_session).
 MAX_BULK = 512 << 20
+#: Longest line: an inline command, or an array or bulk string header.
+MAX_LINE = 64 << 10
 _MAX_ARGS = 1 << 16
 
 
@@ -48,42 +51,147 @@ class Reply:
 
 
 class ProtocolError(Exception):
-    """The client sent something that is not RESP; the connection is closed."""
+    """The client sent something that is not RESP, or more than it may; the connection is
+    answered this error and closed."""
 
 
-def parse_command(buf: bytearray | bytes, pos: int) -> tuple[list[bytes], int] | None:
-    """One command at ``buf[pos:]`` (a RESP array of bulk strings, or an inline line) and
-    the position after it; None if the buffer does not hold all of it yet."""
-    eol = buf.find(b"\r\n", pos)
-    if eol < 0:
-        if len(buf) - pos > 64 << 10:
-            raise ProtocolError("line too long")
-        return None
-    if buf[pos] != ord("*"):
-        return bytes(buf[pos:eol]).split(), eol + 2  # inline command (redis-cli, telnet)
-    n = _length(buf[pos:eol + 2], _MAX_ARGS)
-    args: list[bytes] = []
-    at = eol + 2
-    for _ in range(n):
-        eol = buf.find(b"\r\n", at)
+class Parser:
+    """Commands out of a byte stream (RESP arrays of bulk strings, or inline lines), kept
+    in step across packets.
+
+    The parser keeps its place: the array elements still to read, the length of the bulk
+    string being read, and where the search for the next CRLF resumes. So a packet costs
+    work in proportion to its own size, however a command is split: a command trickled a
+    byte at a time is examined once, not re-parsed from its start on every packet (which
+    cost an event loop shared with the HTTP door seconds per connection). ``examined``
+    counts the bytes looked at, for the tests that hold it to that.
+
+    Limits are checked on what a command *declares*, before its bytes arrive: a bulk
+    string longer than ``max_arg``, or a command longer than ``max_command`` in all
+    (headers and declared strings), is a ProtocolError at its header. The connection sets
+    both from who authenticated (cas.server.redis_session).
+    """
+
+    def __init__(self, max_arg: int = MAX_BULK, max_command: int = MAX_BULK + MAX_LINE) -> None:
+        self.max_arg = max_arg
+        self.max_command = max_command
+        #: Says which limit applies, in errors ("before AUTH", ...).
+        self.why = "for a Redis value"
+        self.examined = 0
+        #: Bytes consumed by commands so far (headers and strings).
+        self.consumed = 0
+        self._buf = bytearray()
+        self._pos = 0  # first byte not consumed
+        self._scan = 0  # where the search for the next CRLF resumes
+        self._left = -1  # array elements still to read; -1: between commands
+        self._bulk = -1  # length of the bulk string being read; -1: its header is next
+        self._args: list[bytes] = []
+        self._start = 0  # the current command's bytes consumed so far are _start + _pos
+
+    @property
+    def size(self) -> int:
+        """Bytes the unfinished command holds or has declared (0 between commands)."""
+        if self._left < 0:
+            return 0
+        return self._start + self._pos + max(self._bulk, 0)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as part of a command."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> list[bytes] | None:
+        """The next whole command (``[]`` for an empty one), or None until more bytes
+        arrive; ProtocolError for anything that is not RESP or passes a limit."""
+        while True:
+            if self._left < 0:
+                line = self._line()
+                if line is None:
+                    return self._wait()
+                if not line.startswith(b"*"):
+                    return line.split()  # an inline command (redis-cli, telnet)
+                self._left, self._args = _length(line, _MAX_ARGS), []
+                self._start = len(line) + 2 - self._pos
+                if self._left == 0:
+                    self._left = -1
+                    return []
+                continue
+            if self._bulk < 0:
+                line = self._line()
+                if line is None:
+                    return self._wait()
+                if not line.startswith(b"$"):
+                    raise ProtocolError("expected a bulk string")
+                self._bulk = self._declare(_length(line, 10**12))  # max_arg <= MAX_BULK
+            if len(self._buf) - self._pos < self._bulk + 2:
+                return self._wait()
+            args = self._take()
+            if args is not None:
+                return args
+
+    def _declare(self, n: int) -> int:
+        if n > self.max_arg:
+            raise ProtocolError(f"a string of {n} bytes: more than {self.max_arg} bytes {self.why}")
+        if self._start + self._pos + n > self.max_command:
+            raise ProtocolError(f"a command of more than {self.max_command} bytes {self.why}")
+        return n
+
+    def _take(self) -> list[bytes] | None:
+        """Consume the bulk string in full; the command's arguments once it is complete."""
+        start, end = self._pos, self._pos + self._bulk
+        if self._buf[end:end + 2] != b"\r\n":
+            raise ProtocolError("a bulk string must end with CRLF")
+        self._args.append(bytes(self._buf[start:end]))
+        self.examined += self._bulk + 2
+        self.consumed += self._bulk + 2
+        self._pos = self._scan = end + 2
+        self._bulk = -1
+        self._left -= 1
+        if self._left:
+            return None
+        args, self._args, self._left = self._args, [], -1
+        return args
+
+    def _line(self) -> bytes | None:
+        """The next CRLF-terminated line, searched from where the last search stopped."""
+        eol = self._buf.find(b"\r\n", self._scan)
         if eol < 0:
+            end = len(self._buf)
+            self.examined += end - self._scan
+            self._scan = max(self._pos, end - 1)  # a CR may be the last byte so far
+            if end - self._pos > MAX_LINE:
+                raise ProtocolError("line too long")
             return None
-        if buf[at] != ord("$"):
-            raise ProtocolError("expected a bulk string")
-        length = _length(buf[at:eol + 2], MAX_BULK)
-        start, at = eol + 2, eol + 2 + length + 2
-        if at > len(buf):
-            return None
-        args.append(bytes(buf[start:start + length]))
-    return args, at
+        self.examined += eol + 2 - self._scan
+        if eol - self._pos > MAX_LINE:
+            raise ProtocolError("line too long")
+        line = bytes(self._buf[self._pos:eol])
+        self.consumed += eol + 2 - self._pos
+        self._pos = self._scan = eol + 2
+        return line
+
+    def _wait(self) -> list[bytes] | None:
+        """Drop consumed bytes when they are at least half the buffer (amortized O(1) a
+        byte: what is moved is never more than what was consumed)."""
+        if self._pos and self._pos * 2 >= len(self._buf):
+            self._start += self._pos
+            if self._pos == len(self._buf):
+                self._buf = bytearray()  # gives a large value's buffer back at once
+            else:
+                del self._buf[:self._pos]
+            self._scan -= self._pos
+            self._pos = 0
+        return None
 
 
-def _length(line: bytearray | bytes, limit: int) -> int:
-    try:
-        n = int(line[1:-2])
-    except ValueError as exc:
-        raise ProtocolError("bad length") from exc
-    if not 0 <= n <= limit:
+def _length(line: bytes, limit: int) -> int:
+    digits = line[1:]
+    if not (0 < len(digits) <= 12 and digits.isdigit()):
+        raise ProtocolError("bad length")
+    n = int(digits)
+    if n > limit:
         raise ProtocolError(f"length {n} out of range")
     return n
-

@@ -15,7 +15,8 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
-from cas.server.protocol import LimitedHttpToolsProtocol
+from cas.server.peers import ConnectionLimits, ensure_files
+from cas.server.protocol import limited_protocol
 from cas.server.redis_door import RedisOptions
 
 
@@ -30,6 +31,9 @@ class ServeOptions:
     limits: Limits = Limits()
     #: The Redis door (``--redis-port``), or None.
     redis: RedisOptions | None = None
+    #: The HTTP door's connection caps and idle timeout (keep-alive: pack uploads are
+    #: large, so connections stay open between the requests of a push).
+    connections: ConnectionLimits = ConnectionLimits()
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,10 @@ def _config(app: Any, options: ServeOptions) -> uvicorn.Config:
         ssl_keyfile=str(options.tls_key) if options.tls_key else None,
         access_log=False,
         log_level="info",
-        # Pack uploads are large; keep connections open between the requests of a push.
-        timeout_keep_alive=30,
-        # Limits on request heads (431): uvicorn's own h11 limit does nothing with httptools.
-        http=LimitedHttpToolsProtocol,
+        timeout_keep_alive=options.connections.idle_timeout,
+        # Limits on request heads (431): uvicorn's own h11 limit does nothing with httptools;
+        # connection caps (503) and an idle timeout from the first byte.
+        http=limited_protocol(options.connections),
     )
     try:
         config.load()  # TLS files are read here: a bad one fails now, not after "serving"
@@ -105,6 +109,8 @@ def serve(
     for p in (options.tls_cert, options.tls_key):
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
+    ensure_files(options.connections.max_connections
+                 + (options.redis.connections.max_connections if options.redis else 0))
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.addHandler(_access_handler(options.access_log, sys.stderr))
     ACCESS_LOG.propagate = False

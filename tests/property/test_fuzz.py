@@ -1,12 +1,14 @@
 """Fuzzing within a bounded budget (derandomized, so CI is reproducible): the pack
-decoder, every object decoder, ref names, entry keys and a real `cas serve`'s HTTP API
-meet random and mutated input with a CasError or a 4xx, never another exception, a 5xx
-or unbounded memory. A longer soak: docs/robustness.md, "Fuzzing"."""
+decoder, every object decoder, ref names, entry keys, the RESP parser, and a real `cas
+serve`'s HTTP API and Redis door meet random and mutated input with a CasError, a
+ProtocolError or a 4xx, never another exception, a 5xx or unbounded memory. A longer
+soak: docs/robustness.md, "Fuzzing"."""
 
 from __future__ import annotations
 
 import io
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from bombs import HEADROOM, LIMIT, peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from server.doorkit import Door, start
 from servers import Served
 
 from cas import entrykeys, pack, refs, validate
@@ -22,6 +25,7 @@ from cas.codec import STRUCTURED, ObjType, encode
 from cas.digest import ObjectId
 from cas.errors import BadEntryKey, CasError
 from cas.objects import Commit, Env, ManifestNode, Tag
+from cas.server.resp import Parser, ProtocolError
 from cas.torch.kinds import path_for  # path_for is torch-free; hydrate writes what it names
 
 #: Examples per property; CAS_FUZZ_EXAMPLES raises it for a soak (docs/robustness.md).
@@ -170,3 +174,75 @@ def test_the_http_api_never_answers_5xx(
         return
     assert resp.status_code < 500, (endpoint, resp.status_code, resp.text)
     assert peak_rss(served.server.proc.pid) < LIMIT + HEADROOM
+
+
+# -- RESP: the parser, and a real server's Redis door ----------------------------------------------
+
+
+def resp(args: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+GOOD_RESP = (resp([b"HELLO", b"3", b"AUTH", b"default", b"cas_token"]) + resp([b"SET", b"triton:h:f", b"a\r\nb"])
+             + b"PING\r\n" + resp([b"MGET", b"pt2:fx-graph-v1::k:c1", b""]) + resp([]))
+args_lists = st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6), max_size=5)
+
+
+def parse_in(data: bytes, cuts: list[int], limit: int = 200) -> tuple[list[list[bytes]], str | None, int]:
+    """(commands, the protocol error or None, bytes examined) for ``data`` fed in pieces
+    of the sizes in ``cuts``, taken in turn, to a parser limited to ``limit`` bytes a
+    command (and a third of it a string)."""
+    parser, out, at, i = Parser(max_arg=limit // 3, max_command=limit), [], 0, 0
+    try:
+        while at < len(data):
+            step = cuts[i % len(cuts)]
+            parser.feed(data[at:at + step])
+            at, i = at + step, i + 1
+            while (args := parser.next()) is not None:
+                out.append(args)
+    except ProtocolError as exc:
+        return out, str(exc), parser.examined
+    return out, None, parser.examined
+
+
+@FUZZ
+@given(st.one_of(mutated(GOOD_RESP), st.binary(max_size=300), args_lists.map(lambda c: b"".join(map(resp, c)))),
+       st.lists(st.integers(1, 64), min_size=1, max_size=8))
+def test_the_resp_parser_reads_the_same_however_the_bytes_are_split(data: bytes, cuts: list[int]) -> None:
+    whole = parse_in(data, [len(data) or 1])
+    split = parse_in(data, cuts)
+    assert split[:2] == whole[:2]  # same commands, same error (or none), only ProtocolErrors
+    assert split[2] <= 2 * len(data)  # each byte examined about once, however it arrived
+
+
+@FUZZ
+@given(args_lists)
+def test_the_resp_parser_gives_back_what_was_encoded(commands: list[list[bytes]]) -> None:
+    got, error, _ = parse_in(b"".join(map(resp, commands)), [3], limit=1 << 20)
+    assert (got, error) == (commands, None)
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
+    with start(tmp_path_factory.mktemp("fuzz-redis"), "--redis-anonymous-read") as d:
+        yield d
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 2, 50))
+@given(st.one_of(mutated(GOOD_RESP), st.binary(max_size=300)))
+def test_the_redis_door_survives_any_bytes(door: Door, data: bytes) -> None:
+    """Each example on its own connection, half-closed after the bytes (the door then
+    closes it too: the barrier); the door still answers a new one in bounded memory."""
+    port = door.port
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(64) == b"+PONG\r\n"
+    assert peak_rss(door.server.proc.pid) < LIMIT + HEADROOM
