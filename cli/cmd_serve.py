@@ -84,6 +84,11 @@ def _parse_size(text: str) -> int:
     is_flag=True,
     help="Let Redis clients that send no AUTH (Triton's) read and write to --redis-branch.",
 )
+@click.option(
+    "--gc-every", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+    help="Seconds between rounds that write noted reads and apply the store's gc budget "
+         "(`cas gc --max-size N --save`).",
+)
 @pass_ctx
 def serve(
     ctx: Context,
@@ -104,6 +109,7 @@ def serve(
     redis_flush_every: float,
     redis_anonymous_read: bool,
     redis_anonymous_write: bool,
+    gc_every: float,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
@@ -148,6 +154,7 @@ def serve(
         access_log=access_log,
         limits=Limits(max_request=_parse_size(max_request)),
         redis=redis,
+        gc_every=gc_every,
     )
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
