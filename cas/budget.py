@@ -165,20 +165,24 @@ def _units(
     chunk); once no blob names it, a later gc collects it as unreachable.
     """
     out: dict[ObjectId, tuple[ObjectId, list[ObjectId], int]] = {}
+    chunked: list[Record] = []
     for rec in blobs:
-        chunks = [c for c in store.chunk_ids(rec.oid) if c not in kept] if rec.chunked else []
-        out[rec.oid] = (rec.oid, chunks, rec.stored_size)
-    shared = _shared_chunks(out.values())
-    for oid, (blob, chunks, size) in list(out.items()):
-        own = [c for c in chunks if c not in shared]
-        out[oid] = (blob, own, size + sum(records[c].stored_size for c in own if c in records))
+        if rec.chunked:
+            chunked.append(rec)
+        else:
+            out[rec.oid] = (rec.oid, [], rec.stored_size)
+    lists = {rec.oid: [c for c in store.chunk_ids(rec.oid) if c not in kept] for rec in chunked}
+    shared = _shared_chunks(lists.values())
+    for rec in chunked:
+        own = [c for c in lists[rec.oid] if c not in shared]
+        out[rec.oid] = (rec.oid, own, rec.stored_size + sum(records[c].stored_size for c in own if c in records))
     return out
 
 
-def _shared_chunks(units: Iterable[tuple[ObjectId, list[ObjectId], int]]) -> set[ObjectId]:
+def _shared_chunks(lists: Iterable[list[ObjectId]]) -> set[ObjectId]:
     seen: set[ObjectId] = set()
     shared: set[ObjectId] = set()
-    for _, chunks, _ in units:
+    for chunks in lists:
         shared.update(c for c in chunks if c in seen)
         seen.update(chunks)
     return shared

@@ -23,7 +23,7 @@ from cas.gc import gc
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import create_tag
 from cas.stats import stats
-from cas.store import Store
+from cas.store import CHUNK_SIZE, Store
 from cas.store.reads import READ_BATCH
 
 DAY = 86400
@@ -160,3 +160,20 @@ def test_cli_budget_gc_saved_budget_and_stats(cas: Cas, store_path: Path) -> Non
     cas("gc", "--max-size", "none", "--save")
     with Store(store_path) as s:
         assert budgets.load(s) is None
+
+
+def test_a_chunked_blob_is_evicted_with_its_chunks(store: Store, clock: Clock) -> None:
+    big = os.urandom(CHUNK_SIZE + 1000)
+    old = store.put(big)
+    chunks = store.chunk_ids(old)
+    root = manifest.build(store, {EntryKey(ENV.id, "inductor", "big"): Entry(old, len(big))})
+    store.put_object(ENV)
+    first = history.commit(store, root, [], "big", when=1)
+    store.set_ref("refs/heads/main", first, expected=None)
+    build = manifest.build(store, {EntryKey(ENV.id, "inductor", "small"): Entry(store.put(b"s" * BLOB), BLOB)})
+    store.set_ref("refs/heads/main", history.commit(store, build, [first], "small", when=2), expected=first)
+    clock.now += 30 * DAY
+    report = gc(store, grace_seconds=DAY, budget=Budget(max_size=64 << 10, keep_commits=1))
+    assert report.evicted == 1 and report.evicted_bytes >= len(big)
+    assert not store.has(old) and not any(store.has(c) for c in chunks)
+    assert fsck(store).ok and stored(store) <= 64 << 10
