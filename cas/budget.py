@@ -121,17 +121,17 @@ def kept_roots(store: Store, keep_commits: int) -> list[ObjectId]:
 def plan(
     store: Store,
     budget: Budget,
-    survivors: set[ObjectId],
+    records: dict[ObjectId, Record],
     kept: set[ObjectId],
     times: dict[ObjectId, int],
     cutoff: float,
 ) -> Plan:
-    """Decide the evictions that bring ``survivors`` (what a plain gc keeps) under budget.
+    """Decide the evictions that bring ``records`` (what a plain gc keeps: the records
+    its mark read) under budget.
 
     ``kept`` is what kept snapshots and young objects reach (never evicted). Raises
     :class:`BudgetTooSmall` when even evicting every candidate would not fit.
     """
-    records = store.records(survivors)
     out = Plan(budget, size=sum(r.stored_size for r in records.values()))
     candidates = [
         r for oid, r in records.items()

@@ -16,7 +16,8 @@ Mark and sweep, with git's safety rules (docs/robustness.md, "Garbage collection
   entries and staged objects younger than the grace period anyway), so that a budget
   too small (below) deletes nothing at all;
 * with a :class:`cas.budget.Budget`, blobs that no kept snapshot names are then evicted
-  least recently read first until the store fits (cas.budget has the model).
+  least recently read first until the store fits (cas.budget has the model), in write
+  transactions of EVICT_BATCH blobs, each of which re-reads write times like the sweep.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from cas.store.records import Record
 
 DEFAULT_GRACE_SECONDS = 14 * 86400
 DEFAULT_REFLOG_EXPIRY_SECONDS = 90 * 86400
+#: Blobs evicted per write transaction.
+EVICT_BATCH = 8192
 
 
 @dataclass
@@ -98,14 +101,16 @@ def gc(
     roots = _roots(store, cutoff, times)
     young = [o for o in all_ids if o not in times or times[o] >= cutoff]
     absent: set[ObjectId] = set()
-    from_refs = mark(store, roots, absent=absent)
-    marked = mark(store, young, known=from_refs, absent=absent)
+    recs: dict[ObjectId, Record] | None = {} if budget is not None else None
+    from_refs = mark(store, roots, absent=absent, records=recs)
+    marked = mark(store, young, known=from_refs, absent=absent, records=recs)
     report.reachable = len(from_refs)
     report.kept_recent = len(marked) - len(from_refs)
     plan = None
     if budget is not None:
         kept = mark(store, [*budgets.kept_roots(store, budget.keep_commits), *young], parents=False)
-        plan = budgets.plan(store, budget, marked, kept, times, cutoff)
+        assert recs is not None
+        plan = budgets.plan(store, budget, recs, kept, times, cutoff)
 
     if not dry_run:
         report.reflog_expired = store.expire_reflog(now - reflog_expiry_seconds)
@@ -145,7 +150,11 @@ def _evict(store: Store, report: GcReport, plan: budgets.Plan, cutoff: float, dr
         report.objects_freed += sum(1 + len(chunks) for _, chunks in plan.units)
         report.stored_bytes_freed += plan.evict_bytes
     else:
-        gone = store.evict(plan.units, before=cutoff)
+        # Batches: the writer lock is held for one batch at a time (a Redis door commit
+        # waits for one, not for all), and pages freed by one batch serve the next.
+        gone = []
+        for i in range(0, len(plan.units), EVICT_BATCH):
+            gone.extend(store.evict(plan.units[i : i + EVICT_BATCH], before=cutoff))
         report.evicted = sum(1 for r in gone if r.type is ObjType.BLOB)
         report.evicted_bytes = sum(r.stored_size for r in gone)
         _count(report, gone)
@@ -173,13 +182,15 @@ def mark(
     known: set[ObjectId] | None = None,
     parents: bool = True,
     absent: set[ObjectId] | None = None,
+    records: dict[ObjectId, Record] | None = None,
 ) -> set[ObjectId]:
     """Every present object reachable from ``roots`` (plus ``known``, already marked).
 
     Follows structured references and the chunks of chunked blobs; with ``parents``
     false, a commit's manifest but not its parents (the snapshots named, not their
     history). Missing or corrupt objects are skipped (fsck reports them): gc never
-    deletes *more* because of damage; ``absent`` collects the missing ones.
+    deletes *more* because of damage; ``absent`` collects the missing ones, ``records``
+    the records of those marked (read anyway, kept for a budget's plan).
     """
     marked: set[ObjectId] = set(known or ())
     stack = [o for o in roots if o not in marked]
@@ -194,6 +205,8 @@ def mark(
                     absent.add(oid)
                 continue
             marked.add(oid)
+            if records is not None:
+                records[oid] = rec
             if rec.chunked:
                 stack.extend(store.chunk_ids(oid))
             elif rec.type in STRUCTURED:

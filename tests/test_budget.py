@@ -177,3 +177,12 @@ def test_a_chunked_blob_is_evicted_with_its_chunks(store: Store, clock: Clock) -
     assert report.evicted == 1 and report.evicted_bytes >= len(big)
     assert not store.has(old) and not any(store.has(c) for c in chunks)
     assert fsck(store).ok and stored(store) <= 64 << 10
+
+
+def test_a_blob_written_again_after_the_plan_is_not_evicted(store: Store, clock: Clock) -> None:
+    a, b = store.put(b"a" * BLOB), store.put(b"b" * BLOB)
+    clock.now += 30 * DAY
+    store.put(b"a" * BLOB)  # a concurrent writer stores it again (it will name it)
+    gone = store.evict([(a, []), (b, [])], before=clock.now - DAY)
+    assert [r.oid for r in gone] == [b]
+    assert store.has(a) and not store.has(b) and store.evicted_ids() == {b}

@@ -143,12 +143,11 @@ class Maintenance:
         env = self._env
 
         def go(txn: Txn) -> list[Record]:
-            times = wtlog.times(txn, env.otime)
+            young = wtlog.written_since(txn, env.otime, before, [blob.raw for blob, _ in todo])
             gone: list[Record] = []
             mark = reads.TIME.pack(int(self.clock()))
             for blob, chunks in todo:
-                when = times.get(blob.raw)
-                if when is None or when >= before:
+                if blob.raw in young:
                     continue
                 for oid in (blob, *chunks):
                     value = txn.get(oid.raw, db=env.objects)
@@ -156,9 +155,8 @@ class Maintenance:
                         gone.append(rc.decode(oid, value))
                         txn.delete(oid.raw, db=env.objects)
                 txn.put(blob.raw, mark, db=env.evicted)
-            raws = [r.oid.raw for r in gone]
-            reads.forget(txn, env.atime, raws)
-            wtlog.forget(txn, env.otime, set(raws))
+            # Their write and read times go at the next prune_times (gc calls it next):
+            # dropping them here would scan both logs once per batch.
             return gone
 
         return env.write(go)
