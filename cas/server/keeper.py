@@ -40,8 +40,10 @@ class BudgetKeeper:
         self._stop = threading.Event()
         self._wrote = threading.Event()
         self._thread: threading.Thread | None = None
-        #: The last budget gc's report (None until one ran), for tests and the logs.
+        #: The last budget gc's report (None until one ran), for the web view and the logs.
         self.last: GcReport | None = None
+        #: Stored bytes at the last check after a write (None until one), for the web view.
+        self.size: int | None = None
         self.rounds = 0
 
     def start(self) -> None:
@@ -78,7 +80,7 @@ class BudgetKeeper:
         budget = budgets.load(store)
         if budget is None:
             return
-        size = sum(r.stored_size for r in store.iter_records())
+        size = self.size = sum(r.stored_size for r in store.iter_records())
         if size <= budget.max_size:
             return
         grace = DEFAULT_GRACE_SECONDS if budget.grace_seconds is None else budget.grace_seconds
@@ -90,6 +92,7 @@ class BudgetKeeper:
         except CasError as exc:
             LOG.warning("budget gc failed: %s", exc)
             return
+        self.size = self.last.size_after
         LOG.info("budget gc: evicted %d blobs (%d bytes); %d of %d bytes stored",
                  self.last.evicted, self.last.evicted_bytes, self.last.size_after or 0, budget.max_size)
 

@@ -23,6 +23,7 @@ from cas.gc import gc
 from cas.objects import Entry, EntryKey
 from cas.refs import create_tag, load_commit, resolve
 from cas.server.auth import Scope, add_token
+from cas.server.web import COOKIE
 from cas.stats import stats
 from cas.store import Store
 from server.doorkit import ENV_A, FX_KEY, Door, wire
@@ -91,6 +92,8 @@ def test_served_store_counts_reads_and_keeps_to_its_saved_budget(tmp_path: Path)
                 return len(s.evicted_ids()) >= 15
 
         until("a budget gc", evicted)
+        page = httpx.get(f"{door.server.url}/ui/", cookies={COOKIE: token}).text
+        assert "Size budget" in page and "last budget gc evicted" in page
     with Store(path) as s:
         assert stats(s).stored_bytes <= budget
         reads = s.read_times()
