@@ -186,3 +186,17 @@ def test_a_blob_written_again_after_the_plan_is_not_evicted(store: Store, clock:
     gone = store.evict([(a, []), (b, [])], before=clock.now - DAY)
     assert [r.oid for r in gone] == [b]
     assert store.has(a) and not store.has(b) and store.evicted_ids() == {b}
+
+
+def test_hydrate_counts_as_a_read(store: Store, tmp_path: Path) -> None:
+    # cas.torch.hydrate with an explicit env imports no torch: cheap enough for here
+    from cas.history import commit_changes
+    from cas.torch.hydrate import hydrate
+
+    store.put_object(ENV)
+    blob = store.put(b"graph" * 20)
+    commit_changes(store, "main", {EntryKey(ENV.id, "inductor", "fgraphabc"): Entry(blob, 100)}, "m")
+    result = hydrate(store, "main", tmp_path / "cache", env=ENV, check_policy=False, pch_dir=tmp_path / "pch")
+    assert result.written == 1
+    store.flush_reads()
+    assert blob in store.read_times()
