@@ -125,7 +125,7 @@ def gc(
     if not dry_run:
         # Eviction marks stay for blobs a kept object names: absent ones named before, and
         # those evicted just now (they were marked when present).
-        store.forget_evicted(absent | marked)
+        store.forget_evicted(lambda oid: oid in absent or oid in marked)
         store.prune_times()
         store.set_meta("last_gc", str(int(now)))
     return report

@@ -161,7 +161,7 @@ class Maintenance:
 
         return env.write(go)
 
-    def forget_evicted(self, still_named: set[ObjectId]) -> int:
+    def forget_evicted(self, still_named: Callable[[ObjectId], bool]) -> int:
         """Drop eviction marks of blobs stored again or no longer named by a stored object."""
         env = self._env
 
@@ -169,7 +169,7 @@ class Maintenance:
             keys = [bytes(k) for k in txn.cursor(db=env.evicted).iternext(values=False)]
             stale = [
                 k for k in keys
-                if ObjectId(k) not in still_named or txn.get(k, db=env.objects) is not None
+                if not still_named(ObjectId(k)) or txn.get(k, db=env.objects) is not None
             ]
             return reads.forget(txn, env.evicted, stale)
 
