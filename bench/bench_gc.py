@@ -14,7 +14,8 @@ Reported in ``extra_info``: the fastest round of each (seconds), their ratio, an
 peak Python heap of each (tracemalloc, in a separate untimed round), and its ratio.
 
 Run: ``.venv/bin/pytest bench/bench_gc.py --benchmark-only`` (10^5 entries);
-``CAS_BENCH_GC_MILLION=1`` adds 10^6 entries (about 10 minutes on a 2-core machine).
+``CAS_BENCH_GC_MILLION=1`` adds 10^6 entries (with ``--timeout 3200``: about half an
+hour on a loaded 2-core machine, most of it building the store).
 Results: docs/benchmarks.md.
 """
 
