@@ -53,6 +53,14 @@ class UsageError(CasError):
     http_status = 400
 
 
+class BudgetTooSmall(UsageError):
+    """A gc byte budget is smaller than what gc must keep (tags, recent commits, young
+    objects): nothing is deleted."""
+
+    max_size: int
+    pinned: int
+
+
 class BadObjectId(UsageError):
     """A string is not a valid object id or id prefix."""
 

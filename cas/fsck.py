@@ -12,7 +12,9 @@ Checks, in one pass over every object and then over the refs:
   (a commit's manifest a manifest node, its parents commits, a tag's target what the
   tag names, a node's children nodes, an entry's blob a blob and its env an env);
 * every ref points at a present commit or tag whose closure is complete;
-* objects no ref reaches are listed as ``dangling`` (information, not an error).
+* objects no ref reaches are listed as ``dangling`` (information, not an error);
+* a blob a size-bounded gc evicted (cas.budget) is absent by design: a reference to it
+  is counted in ``evicted``, not reported missing.
 
 Findings carry a ``kind``, the ``oid`` concerned (or the ref name) and a one-line message.
 """
@@ -63,6 +65,8 @@ class FsckReport:
     objects: int = 0
     refs: int = 0
     reachable: int = 0
+    #: Evicted blobs still named by a stored object (absent by design, not errors).
+    evicted: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -89,6 +93,7 @@ class FsckReport:
             "objects": self.objects,
             "refs": self.refs,
             "reachable": self.reachable,
+            "evicted": self.evicted,
             "findings": [
                 {"kind": f.kind, "oid": str(f.oid) if f.oid else None, "ref": f.ref,
                  "message": f.message}
@@ -113,6 +118,7 @@ class _Checker:
         self.links: dict[ObjectId, list[validate.Link]] = {}
         self.types: dict[ObjectId, ObjType] = {}
         self.damaged: set[ObjectId] = set()
+        self.evicted = store.evicted_ids()
 
     def add(self, kind: str, oid: ObjectId | None, message: str, ref: str | None = None) -> None:
         self.report.findings.append(Finding(kind, oid, message, ref))
@@ -163,16 +169,21 @@ class _Checker:
     def check_closure(self) -> None:
         # A chunk may already have been reported missing by the hash check of its blob.
         seen = {f.oid for f in self.report.findings if f.kind == MISSING and f.oid}
+        named: set[ObjectId] = set()
         for oid, links in self.links.items():
             for link in links:
                 ref = link.oid
                 self.check_type(oid, link)
                 if self.present(ref) or ref in seen:
                     continue
+                if ref in self.evicted and self.types.get(oid) is ObjType.NODE:
+                    named.add(ref)
+                    continue
                 if self.store.has(ref):  # written after the listing passed its id
                     continue
                 seen.add(ref)
                 self.add(MISSING, ref, f"object {ref.short()} referenced by {oid.short()} is missing")
+        self.report.evicted = len(named)
 
     def check_type(self, oid: ObjectId, link: validate.Link) -> None:
         actual = self.types.get(link.oid)
@@ -220,7 +231,8 @@ class _Checker:
             if oid in reachable or oid in broken:
                 continue
             if oid not in self.types:
-                broken.add(oid)
+                if oid not in self.evicted:
+                    broken.add(oid)
                 continue
             reachable.add(oid)
             stack.extend(link.oid for link in self.links.get(oid, ()))

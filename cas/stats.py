@@ -1,7 +1,9 @@
 """stats: what a store holds, by object type, and what a ref's manifest holds.
 
 Counts come from the object records (no payload is read); per-ref entry counts read the
-ref's manifest through :mod:`cas.manifest`.
+ref's manifest through :mod:`cas.manifest`. With ``gc_preview``, also the store's gc
+budget (cas.budget) and what the next gc would free: a dry run of it (a mark of the
+store, as costly as the gc's own).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cas import budget as budgets
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import CasError, RefNotFound
+from cas.errors import BudgetTooSmall, CasError, RefNotFound
+from cas.gc import DEFAULT_GRACE_SECONDS, gc
 from cas.objects import Commit, Tag
 from cas.store import Store
 
@@ -58,6 +62,22 @@ class EntryStats:
 
 
 @dataclass
+class GcPreview:
+    """The store's saved budget, and what the next ``cas gc`` would do (a dry run)."""
+
+    max_size: int | None = None
+    keep_commits: int | None = None
+    #: Stored bytes now, and what the next gc would free (eviction included).
+    size: int = 0
+    frees_bytes: int = 0
+    frees_objects: int = 0
+    evicts: int = 0
+    #: Set when the budget cannot be met: what gc must keep, and the error's line.
+    pinned_bytes: int | None = None
+    problem: str | None = None
+
+
+@dataclass
 class Stats:
     """The result of :func:`stats`.
 
@@ -75,11 +95,14 @@ class Stats:
     map_size: int = 0
     used_bytes: int = 0
     manifest: EntryStats | None = None
+    gc: GcPreview | None = None
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
-            k: v for k, v in self.__dict__.items() if k not in ("by_type", "manifest")
+            k: v for k, v in self.__dict__.items() if k not in ("by_type", "manifest", "gc")
         }
+        if self.gc is not None:
+            out["gc"] = vars(self.gc)
         out["by_type"] = {k: v.to_dict() for k, v in self.by_type.items()}
         m = self.manifest
         if m is not None:
@@ -92,10 +115,11 @@ class Stats:
         return out
 
 
-def stats(store: Store, target: str | ObjectId | None = None) -> Stats:
+def stats(store: Store, target: str | ObjectId | None = None, *, gc_preview: bool = False) -> Stats:
     """Count the objects of ``store`` by type; with ``target``, also a manifest's entries.
 
-    ``target`` is a ref name, or the id of a commit, a tag or a manifest root.
+    ``target`` is a ref name, or the id of a commit, a tag or a manifest root;
+    ``gc_preview`` adds the gc budget and what the next gc would free.
     """
     out = Stats()
     for rec in store.iter_records():
@@ -114,6 +138,26 @@ def stats(store: Store, target: str | ObjectId | None = None) -> Stats:
     out.map_size, out.used_bytes = info["map_size"], info["used_bytes"]
     if target is not None:
         out.manifest = entry_stats(store, target)
+    if gc_preview:
+        out.gc = preview_gc(store, out.stored_bytes)
+    return out
+
+
+def preview_gc(store: Store, size: int) -> GcPreview:
+    """What the next ``cas gc`` would free, under the store's saved budget if any."""
+    budget = budgets.load(store)
+    out = GcPreview(size=size)
+    grace = DEFAULT_GRACE_SECONDS
+    if budget is not None:
+        out.max_size, out.keep_commits = budget.max_size, budget.keep_commits
+        grace = grace if budget.grace_seconds is None else budget.grace_seconds
+    try:
+        report = gc(store, grace_seconds=grace, budget=budget, dry_run=True)
+    except BudgetTooSmall as exc:
+        out.pinned_bytes, out.problem = exc.pinned, str(exc)
+        report = gc(store, grace_seconds=grace, dry_run=True)
+    out.frees_bytes, out.frees_objects = report.stored_bytes_freed, report.objects_freed
+    out.evicts = report.evicted
     return out
 
 
@@ -157,4 +201,4 @@ def entry_stats(store: Store, target: str | ObjectId) -> EntryStats:
     return out
 
 
-__all__ = ["Bucket", "EntryStats", "Stats", "TypeStats", "entry_stats", "human_size", "stats"]
+__all__ = ["Bucket", "EntryStats", "GcPreview", "preview_gc", "Stats", "TypeStats", "entry_stats", "human_size", "stats"]

@@ -125,6 +125,11 @@ def _connection_options(prefix: str, door: str, idle: int) -> Callable[[F], F]:
 @click.option("--redis-max-pending", default="256M", show_default=True,
               help="Bytes of Redis write values held at once (received, not yet committed); past it writers wait.")
 @_connection_options("redis-", "Redis", idle=300)
+@click.option(
+    "--gc-every", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+    help="Seconds between rounds that write noted reads and apply the store's gc budget "
+         "(`cas gc --max-size N --save`).",
+)
 @pass_ctx
 def serve(
     ctx: Context,
@@ -154,6 +159,7 @@ def serve(
     redis_max_connections: int,
     redis_max_connections_per_peer: int,
     redis_idle_timeout: int,
+    gc_every: float,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
@@ -204,6 +210,7 @@ def serve(
         limits=Limits(max_request=_parse_size(max_request)),
         redis=redis,
         connections=ConnectionLimits(max_connections, max_connections_per_peer, idle_timeout),
+        gc_every=gc_every,
     )
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"

@@ -11,12 +11,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from cas import budget as budgets
 from cas import display, history, manifest, refs, revocations
+from cas.budget import DEFAULT_KEEP_COMMITS, Budget
 from cas.codec import ObjType
 from cas.digest import ObjectId, verify_id
 from cas.errors import ObjectNotFound, UsageError
 from cas.objects import Commit, Entry, EntryKey, Tag, decode_object
-from cas.stats import human_size
+from cas.stats import GcPreview, human_size
 from cas.store import Store
 from cas_cli.context import Context, pass_ctx
 
@@ -355,19 +357,57 @@ def fsck(ctx: Context, no_verify: bool) -> None:
 
 
 @click.command()
-@click.option("--grace", default="2w", show_default=True, help="Keep unreachable objects younger than this (e.g. 0, 3d, 2w).")
+@click.option("--grace", default=None, help="Keep objects younger than this (e.g. 0, 3d, 2w)  [default: the saved budget's, else 2w]")
 @click.option("-n", "--dry-run", is_flag=True, help="Report what would be freed, delete nothing.")
+@click.option("--max-size", help="Byte budget (e.g. 20G): evict least recently read blobs beyond it; "
+                                 "'none' with --save clears the saved one  [default: the saved budget]")
+@click.option("--keep-commits", type=click.IntRange(min=1), default=None,
+              help=f"Commits per branch whose entries a budget keeps  [default: {DEFAULT_KEEP_COMMITS}]")
+@click.option("--save", is_flag=True, help="Save --max-size/--keep-commits/--grace as this store's gc budget "
+                                           "(applied by `cas serve` as it writes, and by later `cas gc`).")
 @pass_ctx
-def gc(ctx: Context, grace: str, dry_run: bool) -> None:
-    """Remove objects no ref or recent reflog entry reaches."""
+def gc(ctx: Context, grace: str | None, dry_run: bool, max_size: str | None,
+       keep_commits: int | None, save: bool) -> None:
+    """Remove objects no ref or recent reflog entry reaches; with a budget, evict old blobs."""
+    from cas.gc import DEFAULT_GRACE_SECONDS
     from cas.gc import gc as run_gc
 
-    report = run_gc(ctx.store, grace_seconds=int(_duration(grace)), dry_run=dry_run)
+    budget = _budget(ctx.store, max_size, keep_commits, grace, save)
+    grace_s = int(_duration(grace)) if grace is not None else None
+    if grace_s is None:
+        grace_s = budget.grace_seconds if budget and budget.grace_seconds is not None else DEFAULT_GRACE_SECONDS
+    report = run_gc(ctx.store, grace_seconds=grace_s, dry_run=dry_run, budget=budget)
     verb = "would free" if dry_run else "freed"
     extra = f", expired {report.reflog_expired} reflog entries" if report.reflog_expired else ""
+    if report.max_size is not None:
+        extra += (f"; budget {human_size(report.max_size)}: {'would evict' if dry_run else 'evicted'} "
+                  f"{report.evicted} blobs ({human_size(report.evicted_bytes)}), "
+                  f"{human_size(report.size_after or 0)} stored")
     ctx.emit(report.to_dict(), f"gc: {verb} {report.objects_freed} objects, "
                                f"{human_size(report.stored_bytes_freed)} on disk "
                                f"({human_size(report.raw_bytes_freed)} raw); kept {report.objects_kept}{extra}")
+
+
+def _budget(store: Store, max_size: str | None, keep: int | None, grace: str | None, save: bool) -> Budget | None:
+    """The budget this gc applies: the options over the saved one; saved with ``save``."""
+    saved = budgets.load(store)
+    if max_size is not None and max_size.strip().lower() == "none":
+        if save:
+            budgets.save(store, None)
+        return None
+    size = budgets.parse_size(max_size) if max_size is not None else (saved.max_size if saved else None)
+    if size is None:
+        if save or keep is not None:
+            raise UsageError("--save and --keep-commits need a budget", hint="pass --max-size, e.g. 20G")
+        return None
+    budget = Budget(
+        size,
+        keep if keep is not None else (saved.keep_commits if saved else DEFAULT_KEEP_COMMITS),
+        int(_duration(grace)) if grace is not None else (saved.grace_seconds if saved else None),
+    )
+    if save:
+        budgets.save(store, budget)
+    return budget
 
 
 def _duration(text: str) -> float:
@@ -392,11 +432,13 @@ def stats(ctx: Context, rev: str | None) -> None:
     root = None
     if rev or store.get_ref(refs.head(store)) is not None:
         root = refs.load_commit(store, refs.resolve(store, rev or "HEAD")).manifest
-    s = run_stats(store, root)
+    s = run_stats(store, root, gc_preview=True)
     d: dict[str, Any] = s.to_dict()
     if ctx.as_json:
         ctx.emit(d)
         return
+    if s.gc is not None:
+        ctx.out.print(_gc_line(s.gc))
     table = Table(title="objects", box=None)
     for col in ("type", "count", "raw", "stored"):
         table.add_column(col, justify="left" if col == "type" else "right")
@@ -412,6 +454,14 @@ def stats(ctx: Context, rev: str | None) -> None:
             for k, v in d[section].items():
                 t2.add_row(k, str(v["count"]), human_size(v["bytes"]))
             ctx.out.print(t2)
+
+
+def _gc_line(g: GcPreview) -> str:
+    budget = "no budget" if g.max_size is None else (
+        f"budget {human_size(g.max_size)} (keeps the last {g.keep_commits} commits of each branch, and tags)")
+    line = f"gc: {human_size(g.size)} stored, {budget}; next gc frees {human_size(g.frees_bytes)}"
+    line += f" ({g.frees_objects} objects, {g.evicts} evicted)" if g.max_size is not None else f" ({g.frees_objects} objects)"
+    return line + (f"\ngc: {g.problem}" if g.problem else "")
 
 
 def register(cli: click.Group) -> None:

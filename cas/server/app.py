@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cas import pack, provenance, refs
+from cas.codec import ObjType
 from cas.digest import DIGEST_SIZE, ObjectId
 from cas.errors import (
     AuthError,
@@ -57,6 +58,7 @@ from cas.errors import (
 from cas.ingest import MAX_UNPACKED, Commits, receive
 from cas.server import web, websec
 from cas.server.auth import Scope, Tokens
+from cas.server.keeper import DEFAULT_EVERY, BudgetKeeper
 from cas.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cas.server.metrics import Metrics, route_of
 from cas.server.protocol import read_body
@@ -212,9 +214,14 @@ def _pack_stream(
 
     def objects() -> Iterator[pack.WireObject]:
         for i in range(0, len(ids), 64):
-            for obj in pack.from_store(stores.get(), ids[i : i + 64]):
+            store = stores.get()
+            sent = []
+            for obj in pack.from_store(store, ids[i : i + 64]):
                 if obj is not None:
+                    if obj[1] is ObjType.BLOB:
+                        sent.append(obj[0])
                     yield obj
+            store.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
 
     buf: list[bytes] = []
     size = 0
@@ -299,6 +306,7 @@ async def update_ref(request: Request) -> Response:
             name, new, expected=expected, who=f"cas serve ({who})", message="push"
         )
     )
+    request.app.state.keeper.wrote()
     return JSONResponse({"ref": name, "old": old.hex if old else None, "new": new.hex if new else None})
 
 
@@ -436,6 +444,7 @@ def create_app(
     limits: Limits | None = None,
     redis: RedisOptions | None = None,
     redis_sock: socket.socket | None = None,
+    gc_every: float = DEFAULT_EVERY,
 ) -> Any:
     """The ASGI app serving the store at ``store_path``.
 
@@ -444,17 +453,21 @@ def create_app(
     door (cas.server.redis_door) in the same event loop, for the app's lifetime; a
     misconfigured door (no env to serve, say) raises here, before anything listens.
     ``redis_sock``, a socket bound already, is where the door listens (``cas serve`` binds
-    it up front so that a busy port fails before it says "serving").
+    it up front so that a busy port fails before it says "serving"). A budget keeper
+    (cas.server.keeper) runs every ``gc_every`` seconds for the app's lifetime.
     """
     stores = _Stores(Path(store_path))
     counters = Metrics(lambda: stores.get().info())
     door = RedisDoor(store_path, tokens, redis) if redis is not None else None
+    keeper = BudgetKeeper(Path(store_path), gc_every)
     if door is not None:
         door.observe = counters.redis_observer(door.env.id.short())
         door.on_drop = counters.redis_dropped
+        door.on_commit = keeper.wrote
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        keeper.start()
         if door is not None:
             await door.start(redis_sock)
         try:
@@ -462,6 +475,7 @@ def create_app(
         finally:
             if door is not None:
                 await door.stop()
+            keeper.stop()
             stores.close()
 
     app = Starlette(
@@ -486,6 +500,7 @@ def create_app(
     app.state.tokens = tokens
     app.state.limits = limits or Limits()
     app.state.redis = door
+    app.state.keeper = keeper
     app.state.metrics = counters
     app.state.csrf = websec.Csrf()
     return AccessLog(websec.SecurityHeaders(app), counters, app.routes)

@@ -154,8 +154,9 @@ class RedisDoor:
         #: Commits the trust policy allowed (tips served so far).
         self._allowed: set[ObjectId] = set()
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
-        #: Served values of the current commit, already BLAKE3-checked: {key: wire value}.
-        self._hot: OrderedDict[str, bytes] = OrderedDict()
+        #: Served values of the current commit, already BLAKE3-checked:
+        #: {key: (wire value, blob id)}; the id so that a hit here still counts as a read.
+        self._hot: OrderedDict[str, tuple[bytes, ObjectId]] = OrderedDict()
         self._hot_bytes = 0
         self._refresh()
         #: Accepted writes not yet committed, per token: {redis key: wire value}.
@@ -173,6 +174,8 @@ class RedisDoor:
         self._writer_store: Store | None = None
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        #: Called (in the commit thread) after each batch commit: the budget keeper.
+        self.on_commit: Callable[[], None] | None = None
 
     # -- env and ref ----------------------------------------------------------------------
 
@@ -272,16 +275,20 @@ class RedisDoor:
                 return self._flushing[text]
         self._refresh()
         self._drop_revoked()
-        value = self._hot.get(text)
-        if value is not None:
+        hot = self._hot.get(text)
+        if hot is not None:
             self._hot.move_to_end(text)
-            return value
-        value = self.reader.get(text)
-        if value is not None and len(value) <= HOT_BYTES // 64:
-            self._hot[text] = value
+            self.store.note_reads((hot[1],))  # in memory; written in batches
+            return hot[0]
+        found = self.reader.get_entry(text)  # notes the read itself
+        if found is None:
+            return None
+        value = found[0]
+        if len(value) <= HOT_BYTES // 64:
+            self._hot[text] = found
             self._hot_bytes += len(value)
             while self._hot_bytes > HOT_BYTES:
-                self._hot_bytes -= len(self._hot.popitem(last=False)[1])
+                self._hot_bytes -= len(self._hot.popitem(last=False)[1][0])
         return value
 
     def _drop_revoked(self) -> None:
@@ -349,6 +356,8 @@ class RedisDoor:
         """One commit per token on the write branch (runs in the commit thread)."""
         try:
             self._commit_batches(batches, base)
+            if self.on_commit is not None:
+                self.on_commit()
         except Exception:  # a bug or a broken store: logged, and the door keeps serving
             LOG.exception("redis door could not commit %d entries", sum(map(len, batches.values())))
 

@@ -15,6 +15,7 @@ import uvicorn
 from cas.errors import UsageError
 from cas.server.app import ACCESS_LOG, Limits, create_app
 from cas.server.auth import Tokens
+from cas.server.keeper import DEFAULT_EVERY
 from cas.server.peers import ConnectionLimits, ensure_files
 from cas.server.protocol import limited_protocol
 from cas.server.redis_door import RedisOptions
@@ -34,6 +35,8 @@ class ServeOptions:
     #: The HTTP door's connection caps and idle timeout (keep-alive: pack uploads are
     #: large, so connections stay open between the requests of a push).
     connections: ConnectionLimits = ConnectionLimits()
+    #: Seconds between the budget keeper's rounds (cas.server.keeper).
+    gc_every: float = DEFAULT_EVERY
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def serve(
     try:
         if options.redis:
             redis_sock = _listen(options.redis.host, options.redis.port, "--redis-port")
-        config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock), options)
+        config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock, options.gc_every), options)
     except BaseException:
         for bound in (sock, redis_sock):
             if bound is not None:

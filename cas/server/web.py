@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cas import budget as budgets
 from cas import coverage, display, manifest, refs, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
@@ -36,6 +37,7 @@ from cas.errors import CasError, Forbidden
 from cas.history import log
 from cas.objects import Env
 from cas.server.auth import Tokens
+from cas.server.keeper import BudgetKeeper
 from cas.server.protocol import read_body
 from cas.server.websec import CSRF_FIELD, Csrf, set_nonce
 from cas.stats import human_size
@@ -207,7 +209,23 @@ async def index(request: Request) -> Response:
          "rate": f"{100 * h / (h + m):.0f}%" if h + m else "-"}
         for (d, k, e), (h, m) in metrics.hit_rates().items()
     ]
-    return await _page(request, "index.html", lambda s: {"refs": _refs(s)}, rates=rates)
+    keeper = request.app.state.keeper
+    return await _page(request, "index.html", lambda s: {"refs": _refs(s), "budget": _budget(s, keeper)}, rates=rates)
+
+
+def _budget(store: Store, keeper: BudgetKeeper) -> dict[str, Any] | None:
+    """The saved gc budget and what the budget keeper last saw (no scan of the store)."""
+    budget = budgets.load(store)
+    if budget is None:
+        return None
+    last = keeper.last
+    return {
+        "max_size": human_size(budget.max_size),
+        "keep_commits": budget.keep_commits,
+        "size": human_size(keeper.size) if keeper.size is not None else "not measured since start",
+        "evicted": last.evicted if last else None,
+        "evicted_bytes": human_size(last.evicted_bytes) if last else None,
+    }
 
 
 async def log_page(request: Request) -> Response:

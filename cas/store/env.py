@@ -27,13 +27,15 @@ from typing import Any, TypeVar
 import lmdb
 
 from cas.errors import StoreError, StoreFull, StoreNotFound, UsageError
+from cas.store import reads
+from cas.store.reads import ReadBuffer
 
 STORE_FORMAT = 1
 INITIAL_MAP_SIZE = 64 << 20
 MAX_MAP_SIZE = 1 << 44
 #: Free space below which an I/O error at commit is taken for a full disk.
 _LOW_SPACE = 16 << 20
-_DBS = ("objects", "refs", "reflog", "meta", "stage", "otime")
+_DBS = ("objects", "refs", "reflog", "meta", "stage", "otime", "atime", "evicted")
 
 T = TypeVar("T")
 Txn = lmdb.Transaction
@@ -44,6 +46,8 @@ class _Shared:
 
     lock = threading.Lock()
     envs: dict[str, tuple[lmdb.Environment, dict[str, Any], int]] = {}
+    #: Reads noted and not yet written, per path: every handle of a process shares them.
+    reads: dict[str, ReadBuffer] = {}
 
 
 def _is_enospc(exc: BaseException) -> bool:
@@ -117,6 +121,7 @@ class Env:
             else:
                 env, dbs = _open(key, durable, clock)
                 _Shared.envs[key] = (env, dbs, 1)
+                _Shared.reads[key] = ReadBuffer()
         self.key = key
         self.handle: lmdb.Environment = env
         self.objects = dbs["objects"]
@@ -125,6 +130,9 @@ class Env:
         self.meta = dbs["meta"]
         self.stage = dbs["stage"]
         self.otime = dbs["otime"]
+        self.atime = dbs["atime"]
+        self.evicted = dbs["evicted"]
+        self.reads = _Shared.reads[key]
 
     def close(self) -> None:
         if not self.key:
@@ -132,7 +140,9 @@ class Env:
         with _Shared.lock:
             env, dbs, count = _Shared.envs[self.key]
             if count <= 1:
+                self.flush_reads()  # the last handle of the process: nothing noted is lost
                 del _Shared.envs[self.key]
+                del _Shared.reads[self.key]
                 env.close()
             else:
                 _Shared.envs[self.key] = (env, dbs, count - 1)
@@ -203,6 +213,16 @@ class Env:
         used = (info["last_pgno"] + 1) * stat["psize"]
         return {"map_size": info["map_size"], "used_bytes": used, **counts}
 
+    def flush_reads(self) -> int:
+        """Write the noted reads in one transaction; returns how many ids it wrote."""
+        pending = self.reads.take()
+        if pending:
+            try:
+                self.write(lambda txn: reads.write(txn, self.atime, pending))
+            except StoreError:
+                pass  # read times are a hint for gc's order: a full disk must not fail a read
+        return len(pending)
+
     def sync(self) -> None:
         self.handle.sync(True)
 
@@ -214,7 +234,7 @@ def _open(key: str, durable: bool, clock: Callable[[], float]) -> tuple[lmdb.Env
             map_size=INITIAL_MAP_SIZE,
             sync=durable,
             metasync=durable,
-            max_dbs=8,
+            max_dbs=12,
             subdir=True,
             readahead=False,
             meminit=False,

@@ -1,12 +1,13 @@
-"""What gc asks of the store: write times (cas.store.wtlog), sweeping, deleting."""
+"""What gc asks of the store: write times (cas.store.wtlog), read times (cas.store.reads),
+sweeping, evicting (a size-bounded gc) and deleting."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
 from cas.digest import ObjectId
+from cas.store import reads, wtlog
 from cas.store import records as rc
-from cas.store import wtlog
 from cas.store.env import Env, Txn
 from cas.store.records import Record
 
@@ -77,6 +78,8 @@ class Maintenance:
             def alive(raw: bytes) -> bool:
                 return txn.get(raw, db=env.objects) is not None or txn.get(raw, db=env.stage) is not None
 
+            gone = [raw for raw in reads.times(txn, env.atime) if txn.get(raw, db=env.objects) is None]
+            reads.forget(txn, env.atime, gone)
             return wtlog.prune(txn, env.otime, alive)
 
         return env.write(go)
@@ -106,5 +109,68 @@ class Maintenance:
         def go(txn: Txn) -> int:
             wtlog.forget(txn, env.otime, {o.raw for o in ids})
             return sum(1 for o in ids if txn.delete(o.raw, db=env.objects))
+
+        return env.write(go)
+
+    # -- read times and eviction (cas.budget) -----------------------------------------------
+
+    def note_reads(self, oids: Iterable[ObjectId]) -> None:
+        """Note that ``oids`` were read now; written in batches (cas.store.reads)."""
+        if self._env.reads.note((o.raw for o in oids), self.clock()):
+            self._env.flush_reads()
+
+    def flush_reads(self) -> int:
+        """Write the reads noted so far in this process (one transaction)."""
+        return self._env.flush_reads()
+
+    def read_times(self) -> dict[ObjectId, int]:
+        """Every recorded read time (id -> epoch seconds); noted reads not yet flushed excluded."""
+        raw = self._env.read(lambda txn: reads.times(txn, self._env.atime))
+        return {ObjectId(k): when for k, when in raw.items()}
+
+    def evicted_ids(self) -> set[ObjectId]:
+        """Ids of blobs a size-bounded gc evicted (their manifests still name them)."""
+        keys = self._env.read(lambda txn: [bytes(k) for k in txn.cursor(db=self._env.evicted).iternext(values=False)])
+        return {ObjectId(k) for k in keys}
+
+    def evict(self, units: Iterable[tuple[ObjectId, list[ObjectId]]], *, before: float) -> list[Record]:
+        """Delete blobs (each with the chunks given) and mark them evicted, in one txn.
+
+        As in :meth:`sweep`, a blob written again since ``before`` (freshened by a
+        concurrent writer) is kept, with its chunks. Returns the records deleted.
+        """
+        todo = list(units)
+        env = self._env
+
+        def go(txn: Txn) -> list[Record]:
+            young = wtlog.written_since(txn, env.otime, before, [blob.raw for blob, _ in todo])
+            gone: list[Record] = []
+            mark = reads.TIME.pack(int(self.clock()))
+            for blob, chunks in todo:
+                if blob.raw in young:
+                    continue
+                for oid in (blob, *chunks):
+                    value = txn.get(oid.raw, db=env.objects)
+                    if value is not None:
+                        gone.append(rc.decode(oid, value))
+                        txn.delete(oid.raw, db=env.objects)
+                txn.put(blob.raw, mark, db=env.evicted)
+            # Their write and read times go at the next prune_times (gc calls it next):
+            # dropping them here would scan both logs once per batch.
+            return gone
+
+        return env.write(go)
+
+    def forget_evicted(self, still_named: Callable[[ObjectId], bool]) -> int:
+        """Drop eviction marks of blobs stored again or no longer named by a stored object."""
+        env = self._env
+
+        def go(txn: Txn) -> int:
+            keys = [bytes(k) for k in txn.cursor(db=env.evicted).iternext(values=False)]
+            stale = [
+                k for k in keys
+                if not still_named(ObjectId(k)) or txn.get(k, db=env.objects) is not None
+            ]
+            return reads.forget(txn, env.evicted, stale)
 
         return env.write(go)

@@ -72,6 +72,21 @@ def times(txn: Txn, otime: Db) -> dict[bytes, int]:
     return log
 
 
+def written_since(txn: Txn, otime: Db, when: float, raws: list[bytes]) -> set[bytes]:
+    """Those of ``raws`` written at or after ``when``: reads only the log records that
+    young (the log is sorted by time), plus the per-object records of earlier versions."""
+    wanted = set(raws)
+    young = {raw for raw in raws if (old := txn.get(raw, db=otime)) is not None
+             and _TIME.unpack(bytes(old))[0] >= when}
+    cur = txn.cursor(db=otime)
+    if not cur.set_range(_PART.pack(max(0, int(when)))):
+        return young
+    for key, value in cur:
+        if len(key) != DIGEST_SIZE and LOG_KEY.unpack(bytes(key))[0] >= when:
+            young.update(raw for raw in split_ids(bytes(value)) if raw in wanted)
+    return young
+
+
 def time_of(txn: Txn, otime: Db, raw: bytes) -> int | None:
     """When the id ``raw`` was last written (epoch seconds), or None if never recorded."""
     old = txn.get(raw, db=otime)

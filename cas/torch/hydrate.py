@@ -232,7 +232,9 @@ def hydrate(
     result.warmth = predict(store, root, env, cpu_fingerprint()).to_dict()
     deferred: list[tuple[EntryKey, Entry, Path, Any]] = []
     records: list[tuple[EntryKey, Entry]] = []
+    used: list[ObjectId] = []
     for ek, entry in matching_entries(store, root, env, result, revocations.load(store)):
+        used.append(entry.blob)
         if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.autotune)
             records.append((ek, entry))
             continue
@@ -268,6 +270,9 @@ def hydrate(
             data = kinds.merge_gemm_timings(path.read_bytes(), data)
         _write_atomic(path, data)
         _count(result, ek.kind, len(data))
+    # Every matching entry is in use here, written now or already present: a read for
+    # a size-bounded gc's eviction order (noted in memory, written in a batch).
+    store.note_reads(used)
     if records:
         _write_autotune_records(store, records, root_dir, result)
     if deferred:

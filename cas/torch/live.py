@@ -247,6 +247,14 @@ class LiveCache:
 
     def get(self, backend_key: str) -> bytes | None:
         """The wire value for ``backend_key``, or None (a miss). Never raises."""
+        found = self.get_entry(backend_key)
+        return None if found is None else found[0]
+
+    def get_entry(self, backend_key: str) -> tuple[bytes, ObjectId] | None:
+        """The wire value for ``backend_key`` and the blob it came from, or None (a miss).
+
+        A hit is noted as a read of the blob (for a size-bounded gc). Never raises.
+        """
         try:
             return self._get(backend_key)
         except Exception as exc:  # never let cas break a compile
@@ -254,7 +262,7 @@ class LiveCache:
             warn_once("get-error", f"cache lookup failed ({type(exc).__name__}: {exc}); compiling instead")
             return None
 
-    def _get(self, backend_key: str) -> bytes | None:
+    def _get(self, backend_key: str) -> tuple[bytes, ObjectId] | None:
         parsed = parse_backend_key(backend_key)
         if parsed is None:
             return None
@@ -268,7 +276,8 @@ class LiveCache:
                 if data is not None:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
-                    return wrap(kind, data, entry)
+                    self.store.note_reads((entry.blob,))
+                    return wrap(kind, data, entry), entry.blob
             self.stats.miss(kind, key)
             if not candidates and (kind, key) in self._revoked_keys:
                 self.stats.revoked += 1

@@ -2,7 +2,8 @@
 :func:`context`, never a plain fork: py-lmdb forbids using an environment across fork).
 
 ``writer`` writes snapshots forever (blobs, a manifest node, a commit, a compare-and-swap
-of a ref, now and then a gc) until it is killed; it signals ``ready`` once its store is
+of a ref, now and then a gc, every other one of them with a byte budget that evicts
+blobs, after noting reads) until it is killed; it signals ``ready`` once its store is
 open (run as a script, ``python crash_workers.py writer STORE SEED``, it prints ``ready``).
 """
 
@@ -16,9 +17,10 @@ from multiprocessing.context import BaseContext
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from cas.budget import Budget
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import RefConflict
+from cas.errors import BudgetTooSmall, RefConflict
 from cas.gc import gc
 from cas.objects import Commit, Entry, EntryKey, Env, ManifestNode
 from cas.store import CHUNK_SIZE, Store
@@ -71,7 +73,21 @@ def writer(path: str, seed: int, ready: Event | None = None) -> None:
         if n % 7 == 0:
             store.set_ref(f"refs/heads/side{rnd.randint(0, 3)}", None)  # leave garbage
         if n % 5 == 0:
-            gc(store, grace_seconds=0)  # one process: nothing races this sweep
+            collect(store, n, commit)
+
+
+def collect(store: Store, n: int, tip: ObjectId) -> None:
+    """A plain gc, or (every other time) a budget gc of 8 MiB keeping 2 commits a branch,
+    after noting reads of the newest commit; grace 0: one process, nothing races it."""
+    if n % 10:
+        gc(store, grace_seconds=0)
+        return
+    store.note_reads([tip])
+    store.flush_reads()
+    try:
+        gc(store, grace_seconds=0, budget=Budget(8 << 20, keep_commits=2))
+    except BudgetTooSmall:
+        pass  # the kept snapshots alone exceed it now: nothing deleted, next time
 
 
 def committer(path: str, worker: int, count: int, out: Any) -> None:
