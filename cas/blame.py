@@ -62,10 +62,13 @@ class Event:
                 + (f" {times}" if times else "") + f"  {self.message.splitlines()[0] if self.message else ''}{note}")
 
 
-def walk(store: Store, refs: Sequence[str] | None = None) -> Iterator[tuple[ObjectId, Commit]]:
+def walk(
+    store: Store, refs: Sequence[str] | None = None, limit: int | None = None
+) -> Iterator[tuple[ObjectId, Commit]]:
     """Commits reachable from the revisions ``refs`` (default every local branch and tag,
-    the revocation branch aside), each once, newest first: history.log from all of them."""
-    return log(store, revocations.tips(store, refs))
+    the revocation branch aside), each once, newest first: history.log from all of them
+    (the newest ``limit`` only, if given)."""
+    return log(store, revocations.tips(store, refs), limit)
 
 
 def _event(oid: ObjectId, c: Commit, action: str, key: EntryKey, entry: Entry | None) -> Event:
@@ -84,13 +87,15 @@ def _changes(store: Store, oid: ObjectId, c: Commit, match: Any) -> Iterator[Eve
             yield _event(oid, c, action, ch.key, ch.new if ch.new is not None else ch.old)
 
 
-def blame(store: Store, key: str, refs: Sequence[str] | None = None) -> list[Event]:
+def blame(store: Store, key: str, refs: Sequence[str] | None = None, limit: int | None = None) -> list[Event]:
     """The history of the entries whose torch cache key is ``key`` (exact, as ``cas ls``
-    prints it, or a prefix of 8+ characters), newest first; NotFound if none has it."""
+    prints it, or a prefix of 8+ characters), newest first; NotFound if none has it.
+    ``limit`` bounds the commits walked (the web view's explain page walks the newest
+    LOG_LIMIT, so a page costs the same on a long history)."""
     def match(k: EntryKey) -> bool:
         return k.key == key or str(k) == key or (len(key) >= revocations.MIN_PREFIX and k.key.startswith(key))
 
-    events = [e for oid, c in walk(store, refs) for e in _changes(store, oid, c, match)]
+    events = [e for oid, c in walk(store, refs, limit) for e in _changes(store, oid, c, match)]
     if not events:
         raise NotFound(f"no commit of {', '.join(refs) if refs else 'any branch or tag'} holds key {key!r}",
                        hint="see `cas ls REF` for the entries of a ref")

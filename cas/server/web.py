@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cas import budget as budgets
-from cas import coverage, display, manifest, refs, revocations
+from cas import blame, coverage, display, manifest, refs, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, Forbidden
@@ -154,10 +154,23 @@ def _envs_of_ref(store: Store, ref: str) -> list[str]:
 def _explain(store: Store, ref: str, key: str, env: str) -> list[str]:
     from cas.torch.explain import explain_key  # imports no torch when ``here`` is given
 
-    got = store.get_typed(store.resolve_unique(env))
+    try:
+        got = store.get_typed(store.resolve_unique(env))
+    except CasError as exc:  # not hex, no such object, ambiguous: the form's answer
+        return [f"{env[:80]}: {exc.message}"]
     if got is None or got[0] is not ObjType.ENV:
         return [f"{env}: not an env in this store"]
     return explain_key(store, ref, key, here=Env.decode(got[1])).lines()
+
+
+def _history(store: Store, ref: str, key: str) -> list[str]:
+    """`cas blame`'s lines for ``key`` in the newest LOG_LIMIT commits of ``ref``."""
+    if not key:
+        return []
+    try:
+        return [e.line() for e in blame.blame(store, key, [ref], limit=LOG_LIMIT)]
+    except CasError as exc:
+        return [exc.message]
 
 
 # -- requests ---------------------------------------------------------------------------
@@ -283,7 +296,7 @@ async def explain_page(request: Request) -> Response:
             envs = []
         chosen = env or (envs[0] if envs else "")
         answer = _explain(s, ref, key, chosen) if key and chosen else []
-        return {"envs": envs, "env": chosen, "answer": answer}
+        return {"envs": envs, "env": chosen, "answer": answer, "history": _history(s, ref, key)}
 
     return await _page(request, "explain.html", read, ref=ref, key=key)
 

@@ -10,7 +10,7 @@ import lmdb
 
 from cas.codec import ObjType
 from cas.digest import DIGEST_SIZE, ObjectId, verify_id
-from cas.errors import AmbiguousId, CorruptObject, ObjectNotFound
+from cas.errors import AmbiguousId, BadObjectId, CorruptObject, ObjectNotFound
 from cas.store import records as rc
 from cas.store.env import Env, Txn
 from cas.store.records import HEAD_SIZE, TYPE_OF, Record
@@ -258,9 +258,14 @@ class Objects:
             start = keys[-1][0]
 
     def resolve_prefix(self, prefix: str, limit: int = 2) -> list[ObjectId]:
-        """Ids that start with the hex ``prefix`` (at most ``limit``)."""
+        """Ids that start with the hex ``prefix`` (at most ``limit``); BadObjectId if
+        ``prefix`` is not hex (a user's text, from the CLI or a web form)."""
         prefix = prefix.lower()
-        start = bytes.fromhex(prefix[: len(prefix) // 2 * 2])
+        try:
+            start = bytes.fromhex(prefix[: len(prefix) // 2 * 2])
+            int(prefix or "0", 16)
+        except ValueError:
+            raise BadObjectId(f"{prefix[:80]!r} is not a hex id prefix") from None
 
         def go(txn: Txn) -> list[ObjectId]:
             out: list[ObjectId] = []

@@ -261,5 +261,12 @@ def test_revoked_entries_are_marked_on_the_entries_and_commit_pages(tmp_path: Pa
         assert entries.text.count('<td class="n">1</td><td class="n">1</td>') == 2  # one of one, per env
         commit = httpx.get(f"{server.url}/ui/commit/{tip}")
         assert commit.status_code == 200 and "added, revoked" in commit.text
+        # The explain box shows the key's history (cas blame): its revocation and its add.
+        explain = httpx.get(f"{server.url}/ui/explain", params={"key": "fgraphkey", "ref": "main"})
+        assert explain.status_code == 200 and "cas blame" in explain.text
+        assert " revoked " in explain.text and " added " in explain.text and "miscompiled" in explain.text
+        # An env that is no hex id is the form's answer, not a 500.
+        odd = httpx.get(f"{server.url}/ui/explain", params={"key": "fgraphkey", "env": "not-hex"})
+        assert odd.status_code == 200 and "is not a hex id prefix" in odd.text
     finally:
         server.stop()
