@@ -29,8 +29,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cas import budget as budgets
 from cas import blame, coverage, display, manifest, refs, revocations
+from cas import budget as budgets
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, Forbidden
