@@ -98,7 +98,7 @@ def committer(path: str, worker: int, count: int, out: Any) -> None:
     for i in range(count):
         while True:
             tip = store.get_ref(BRANCH)
-            c = Commit(root, (tip,) if tip else (), f"w{worker}", time.time_ns(), f"{worker}-{i}")
+            c = Commit(root, (tip,) if tip else (), f"w{worker}", int(time.time()), f"{worker}-{i}")
             cid = store.put_object(c)
             try:
                 store.set_ref(BRANCH, cid, expected=tip)
