@@ -112,6 +112,11 @@ def _hits(counters: dict[str, dict[str, int]]) -> str:
             f"aot {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
 
 
+def _precompiled(result: dict[str, Any]) -> str:
+    pre = result["summary"].get("precompile")
+    return f"{pre['loaded']} loaded, {pre['traced']} traced" if pre else "off"
+
+
 def _moved(result: dict[str, Any]) -> int:
     """Bytes a transfer put on the wire (raw bytes when it does not say)."""
     return int(result.get("wire_bytes") or result.get("bytes") or 0)
@@ -152,13 +157,14 @@ def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
     if ctx.as_json:
         return
     table = Table(title=f"cas demo: {model}, README workflow over loopback", show_edge=False)
-    for col in ("machine", "first call", "process", "torch caches", "C++ compiler runs", "bytes moved"):
+    for col in ("machine", "first call", "process", "torch caches", "precompiled units", "C++ compiler runs",
+                "bytes moved"):
         table.add_column(col)
     cold = not any(n for kind in a["counters"].values() for name, n in kind.items() if name.endswith("_hit"))
     table.add_row(f"A: cas run --record ({'cold' if cold else 'not cold'})", f"{a['first_call_s']:.2f} s", f"{a['wall_s']:.2f} s",
-                  _hits(a["counters"]), str(a["cxx_builds"]), f"push {_mb(moved['push'])}")
+                  _hits(a["counters"]), _precompiled(a), str(a["cxx_builds"]), f"push {_mb(moved['push'])}")
     table.add_row("B: cas run --ref (clone)", f"{b['first_call_s']:.2f} s", f"{b['wall_s']:.2f} s",
-                  _hits(b["counters"]), str(b["cxx_builds"]), f"clone {_mb(moved['clone'])}")
+                  _hits(b["counters"]), _precompiled(b), str(b["cxx_builds"]), f"clone {_mb(moved['clone'])}")
     ctx.out.print(table)
     warm = b["summary"].get("warmth", {})
     ctx.out.print(f"machine B {warm.get('headline', 'start: ?')}; first call {data['speedup']:.1f}x faster "
