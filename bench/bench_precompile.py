@@ -1,8 +1,7 @@
 """Precompiled start: a new machine with and without dynamo's precompiled units.
 
 For one model of ``cas.torch.demo`` (inference), two stores are recorded cold with
-``cas run --record main``: one with caching precompile (the default), one with
-``--no-precompile``. Then, alternating, ``--reps`` new machines per store (a fresh torch
+``cas run --record main``: one with ``--precompile``, one without. Then, alternating, ``--reps`` new machines per store (a fresh torch
 cache dir and a fresh ``TMPDIR`` each) run ``cas run --ref main``. Each process reports
 the seconds from ``torch.compile`` through its first call (loading the unit happens at
 the compile call), the frames dynamo traced, and whether the output equals eager's.
@@ -59,7 +58,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-precompile-"))
-    ways = {"precompile": (), "no precompile": ("--no-precompile",)}
+    ways = {"precompile": ("--precompile",), "no precompile": ()}
     for name, opts in ways.items():
         cold = _run(work, work / name, args.model, "--record", "main", *opts)
         print(f"cold ({name}): {cold['seconds']:.2f} s, traced {cold['traced']}", flush=True)

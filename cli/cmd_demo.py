@@ -130,14 +130,16 @@ def _mb(n: int) -> str:
 @click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True)
 @click.option("--small", is_flag=True, help="A smaller model (faster; for tests).")
 @click.option("-b", "--branch", default="main", show_default=True)
+@click.option("--precompile", is_flag=True, help="Both machines run with cas run --precompile (docs/torch.md).")
 @pass_ctx
-def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
+def demo(ctx: Context, model: str, small: bool, branch: str, precompile: bool) -> None:
     """Record a compile, push it through a loopback `cas serve`, clone, and start warm."""
     program = [sys.executable, "-m", "cas.torch.demo", "--model", model] + (["--small"] if small else [])
     with tempfile.TemporaryDirectory(prefix="cas-demo-") as tmp:
         work = Path(tmp)
         ctx.info(f"1/4 machine A: cas run --record {branch} -- python -m cas.torch.demo (compiles cold) ...")
-        a = _run_machine(ctx.store_path, work / "a", program, "--ref", COLD_REF, "--record", branch)
+        pre = ("--precompile",) if precompile else ()
+        a = _run_machine(ctx.store_path, work / "a", program, *pre, "--ref", COLD_REF, "--record", branch)
         server, url = _serve(work / "server-store", work / "serve.log")
         ctx.info(f"2/4 cas serve on {url}; cas push {branch} ...")
         try:
@@ -149,7 +151,7 @@ def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
             server.terminate()
             server.wait(timeout=30)
         ctx.info(f"4/4 machine B (empty torch caches and TMPDIR): cas run --ref {branch} ...")
-        b = _run_machine(clone, work / "b", program, "--ref", branch)
+        b = _run_machine(clone, work / "b", program, *pre, "--ref", branch)
     moved = {"push": _moved(pushed), "clone": _moved(cloned)}
     data = {"model": model, "store": str(ctx.store_path), "branch": branch, "machine_a": a,
             "machine_b": b, "bytes_moved": moved, "speedup": a["first_call_s"] / b["first_call_s"]}

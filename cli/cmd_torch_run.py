@@ -187,8 +187,8 @@ def register(cli: click.Group) -> None:
         help="Torch cache dir to hydrate into (default: $TORCHINDUCTOR_CACHE_DIR, else a fresh one).",
     )
     @click.option("--no-hydrate", is_flag=True, help="Serve through the live backend only.")
-    @click.option("--no-precompile", is_flag=True,
-                  help="Neither load nor record dynamo's precompiled units (trace every function).")
+    @click.option("--precompile", is_flag=True,
+                  help="Load and record dynamo's precompiled units (skip tracing where their guards pass).")
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     @pass_ctx
     def run(
@@ -197,7 +197,7 @@ def register(cli: click.Group) -> None:
         record: str | None,
         cache_dir: Path | None,
         no_hydrate: bool,
-        no_precompile: bool,
+        precompile: bool,
         command: tuple[str, ...],
     ) -> None:
         """Run COMMAND with torch.compile served from the store (and recorded into it).
@@ -229,7 +229,7 @@ def register(cli: click.Group) -> None:
             env["CAS_RUN_REF"] = ref
             env["CAS_RUN_RECORD"] = record or ""
             env["CAS_RUN_HYDRATE"] = "0" if no_hydrate else "1"
-            env["CAS_RUN_PRECOMPILE"] = "0" if no_precompile else "1"
+            env["CAS_RUN_PRECOMPILE"] = "1" if precompile else "0"
             env["CAS_RUN_STATS"] = str(work / "stats.jsonl")
             if cache_dir is not None:
                 env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)

@@ -150,7 +150,7 @@ def enable(
     live: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     message: str | None = None,
-    precompile: bool = True,
+    precompile: bool = False,
 ) -> Session:
     """Serve ``ref`` of ``store`` to torch.compile in this process; record into ``record``.
 
@@ -160,7 +160,9 @@ def enable(
     runs (a later call still works, but graphs compiled before it were not served).
     Enabling again replaces the previous session (which is flushed first).
     ``precompile``: load and record dynamo's precompiled units (docs/torch.md, "Precompiled
-    start"); it must be on before the first ``torch.compile`` call of a function.
+    start"); it must be on before the first ``torch.compile`` call of a function. Off by
+    default: torch then bundles AOTAutograd entries under other keys, which a process
+    without it does not find.
     """
     global _active
     with _lock:
@@ -381,7 +383,7 @@ def bootstrap_from_env() -> Session | None:
             ref=env_value("CAS_RUN_REF") or "main",
             record=env_value("CAS_RUN_RECORD") or None,
             hydrate=env_value("CAS_RUN_HYDRATE") == "1",
-            precompile=env_value("CAS_RUN_PRECOMPILE") != "0",
+            precompile=env_value("CAS_RUN_PRECOMPILE") == "1",
         )
         stats_path = env_value("CAS_RUN_STATS")
         if stats_path:

@@ -2,7 +2,8 @@
 first call skips tracing where the unit's guards pass; anything else traces, never runs
 stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompiled start").
 
-One recording process (``cas run --record``), then new machines (``cas run --ref``: a
+One recording process (``cas run --precompile --record``), then new machines (``cas run
+--precompile --ref``: a
 fresh torch cache dir each): the unit is loaded; a changed input shape, a changed model
 source, another env and an untrusted remote each trace instead, and every output equals
 eager's."""
@@ -33,7 +34,7 @@ def _program(dst: Path) -> Path:
 
 
 def _run(store: Path, program: Path, batch: int, *opts: str, **env: str) -> tuple[Proc, dict]:
-    proc = cas("--store", str(store), "run", *opts, "--", sys.executable, str(program), str(batch),
+    proc = cas("--store", str(store), "run", "--precompile", *opts, "--", sys.executable, str(program), str(batch),
                env=base_env(**env), timeout=600)
     assert proc.rc == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("PRE "))
