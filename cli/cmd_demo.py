@@ -159,7 +159,7 @@ def demo(ctx: Context, model: str, small: bool, branch: str, precompile: bool) -
     if ctx.as_json:
         return
     table = Table(title=f"cas demo: {model}, README workflow over loopback", show_edge=False)
-    for col in ("machine", "first call", "process", "torch caches", "precompiled units", "C++ compiler runs",
+    for col in ("machine", "first call", "process", "torch caches", "precompiled", "C++ compiler runs",
                 "bytes moved"):
         table.add_column(col)
     cold = not any(n for kind in a["counters"].values() for name, n in kind.items() if name.endswith("_hit"))
