@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cas demo
+	$(VENV)/bin/cas demo --precompile
 
 # System packages for the Redis-door benchmark and the web-view browser test
 # (redis-server, chromium): installed with apt-get when missing and root, else reported.

@@ -112,6 +112,11 @@ def _hits(counters: dict[str, dict[str, int]]) -> str:
             f"aot {aot.get('autograd_cache_hit', 0)} hit / {aot.get('autograd_cache_miss', 0)} miss")
 
 
+def _precompiled(result: dict[str, Any]) -> str:
+    pre = result["summary"].get("precompile")
+    return f"{pre['loaded']} loaded, {pre['traced']} traced" if pre else "off"
+
+
 def _moved(result: dict[str, Any]) -> int:
     """Bytes a transfer put on the wire (raw bytes when it does not say)."""
     return int(result.get("wire_bytes") or result.get("bytes") or 0)
@@ -125,14 +130,16 @@ def _mb(n: int) -> str:
 @click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True)
 @click.option("--small", is_flag=True, help="A smaller model (faster; for tests).")
 @click.option("-b", "--branch", default="main", show_default=True)
+@click.option("--precompile", is_flag=True, help="Both machines run with cas run --precompile (docs/torch.md).")
 @pass_ctx
-def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
+def demo(ctx: Context, model: str, small: bool, branch: str, precompile: bool) -> None:
     """Record a compile, push it through a loopback `cas serve`, clone, and start warm."""
     program = [sys.executable, "-m", "cas.torch.demo", "--model", model] + (["--small"] if small else [])
     with tempfile.TemporaryDirectory(prefix="cas-demo-") as tmp:
         work = Path(tmp)
         ctx.info(f"1/4 machine A: cas run --record {branch} -- python -m cas.torch.demo (compiles cold) ...")
-        a = _run_machine(ctx.store_path, work / "a", program, "--ref", COLD_REF, "--record", branch)
+        pre = ("--precompile",) if precompile else ()
+        a = _run_machine(ctx.store_path, work / "a", program, *pre, "--ref", COLD_REF, "--record", branch)
         server, url = _serve(work / "server-store", work / "serve.log")
         ctx.info(f"2/4 cas serve on {url}; cas push {branch} ...")
         try:
@@ -144,7 +151,7 @@ def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
             server.terminate()
             server.wait(timeout=30)
         ctx.info(f"4/4 machine B (empty torch caches and TMPDIR): cas run --ref {branch} ...")
-        b = _run_machine(clone, work / "b", program, "--ref", branch)
+        b = _run_machine(clone, work / "b", program, *pre, "--ref", branch)
     moved = {"push": _moved(pushed), "clone": _moved(cloned)}
     data = {"model": model, "store": str(ctx.store_path), "branch": branch, "machine_a": a,
             "machine_b": b, "bytes_moved": moved, "speedup": a["first_call_s"] / b["first_call_s"]}
@@ -152,13 +159,14 @@ def demo(ctx: Context, model: str, small: bool, branch: str) -> None:
     if ctx.as_json:
         return
     table = Table(title=f"cas demo: {model}, README workflow over loopback", show_edge=False)
-    for col in ("machine", "first call", "process", "torch caches", "C++ compiler runs", "bytes moved"):
+    for col in ("machine", "first call", "process", "torch caches", "precompiled", "C++ compiler runs",
+                "bytes moved"):
         table.add_column(col)
     cold = not any(n for kind in a["counters"].values() for name, n in kind.items() if name.endswith("_hit"))
     table.add_row(f"A: cas run --record ({'cold' if cold else 'not cold'})", f"{a['first_call_s']:.2f} s", f"{a['wall_s']:.2f} s",
-                  _hits(a["counters"]), str(a["cxx_builds"]), f"push {_mb(moved['push'])}")
+                  _hits(a["counters"]), _precompiled(a), str(a["cxx_builds"]), f"push {_mb(moved['push'])}")
     table.add_row("B: cas run --ref (clone)", f"{b['first_call_s']:.2f} s", f"{b['wall_s']:.2f} s",
-                  _hits(b["counters"]), str(b["cxx_builds"]), f"clone {_mb(moved['clone'])}")
+                  _hits(b["counters"]), _precompiled(b), str(b["cxx_builds"]), f"clone {_mb(moved['clone'])}")
     ctx.out.print(table)
     warm = b["summary"].get("warmth", {})
     ctx.out.print(f"machine B {warm.get('headline', 'start: ?')}; first call {data['speedup']:.1f}x faster "

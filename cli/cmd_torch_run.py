@@ -77,6 +77,7 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         "autotuned": 0,
         "hydrated": 0,
         "commits": [],
+        "precompile": None,
     }
     for s in lines:
         c = s.get("counters") or {}
@@ -89,9 +90,18 @@ def _summarise(lines: list[dict[str, Any]]) -> dict[str, Any]:
         total["autotuned"] += int((s.get("live") or {}).get("autotuned", 0))
         total["hydrated"] += int((s.get("hydrated") or {}).get("written", 0))
         total["commits"].extend(s.get("commits") or [])
+        _add_precompile(total, (s.get("warmth") or {}).get("precompile"))
     total["warmth"] = _warmth(lines)
     total["compat"] = _compat(lines)
     return total
+
+
+def _add_precompile(total: dict[str, Any], seen: dict[str, int] | None) -> None:
+    if seen is None:
+        return
+    mine = total["precompile"] = total["precompile"] or {"loaded": 0, "traced": 0}
+    for name in ("loaded", "traced"):
+        mine[name] += int(seen.get(name, 0))
 
 
 def _compat(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -150,6 +160,10 @@ def _summary_text(t: dict[str, Any], record: str | None) -> str:
         text += f"; {t['recorded']} new entries{tuned} recorded on {record} ({commits})"
     warmth = t["warmth"]
     lines = [text, f"cas run: {warmth['headline']}"]
+    if t.get("precompile"):
+        pre = t["precompile"]
+        lines.append(f"cas run: precompiled start: {pre['loaded']} unit(s) loaded, "
+                     f"{pre['traced']} frame(s) traced")
     lines += [f"  {r['line']}" for r in warmth["rebuilds"]]
     known = {r["reason"] for r in warmth["rebuilds"]}
     lines += [f"  expected: {r['line']}" for r in warmth["predicted"]["rebuilds"]
@@ -205,6 +219,8 @@ def register(cli: click.Group) -> None:
                   show_default=True,
                   help="Commit what missed as a report on cas/reports/<host> (push it to share; "
                        "`cas coverage` sums them). Default from $CAS_REPORT_MISSES.")
+    @click.option("--precompile", is_flag=True,
+                  help="Load and record dynamo's precompiled units (skip tracing where their guards pass).")
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     @pass_ctx
     def run(
@@ -214,6 +230,7 @@ def register(cli: click.Group) -> None:
         cache_dir: Path | None,
         no_hydrate: bool,
         report_misses: bool,
+        precompile: bool,
         command: tuple[str, ...],
     ) -> None:
         """Run COMMAND with torch.compile served from the store (and recorded into it).
@@ -245,6 +262,7 @@ def register(cli: click.Group) -> None:
             env["CAS_RUN_REF"] = ref
             env["CAS_RUN_RECORD"] = record or ""
             env["CAS_RUN_HYDRATE"] = "0" if no_hydrate else "1"
+            env["CAS_RUN_PRECOMPILE"] = "1" if precompile else "0"
             env["CAS_RUN_STATS"] = str(work / "stats.jsonl")
             env["CAS_RUN_PROGRAM"] = _program(command)
             if cache_dir is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import importlib
+import logging
 import os
 import re
 import sys
@@ -55,6 +56,8 @@ _DYNAMO_CALLBACK = "torch._dynamo.callback"
 _CODECACHE = "torch._inductor.codecache"
 _COMPILE_FX = "torch._inductor.compile_fx"
 INDUCTOR = "torch._inductor"
+_BYTECODE = "torch._dynamo.bytecode_transformation"
+_PRECOMPILE = "torch._dynamo.precompile_context"
 _AOT_CACHE = "torch._functorch._aot_autograd.autograd_cache"
 #: Modules that import ``should_use_remote_autograd_cache`` by name (2.11-2.14); the first
 #: defines it, the others are patched where present.
@@ -108,6 +111,7 @@ class Missing:
 
 _LIVE = "live backend (serving and recording torch's remote caches)"
 _AOT = "live backend for AOTAutograd entries"
+_PRE = "precompiled start (dynamo's precompiled units)"
 HOOKS: tuple[Hook, ...] = (
     Hook(_REMOTE_CACHE, "RemoteCacheBackend", _LIVE),
     *(Hook(_REMOTE_CACHE, f"{c}.backend_override_cls", _LIVE) for c in REMOTE_CACHES),
@@ -130,6 +134,9 @@ HOOKS: tuple[Hook, ...] = (
          needs_triton=True),
     Hook(INDUCTOR, "list_mode_options", "compile modes of the cas backend"),
     Hook(_COMPILE_FX, "compile_fx", "the cas dynamo backend"),
+    Hook(_DYNAMO_CONFIG, "caching_precompile", _PRE),
+    Hook(_BYTECODE, "_unique_id_counter", _PRE),
+    Hook(_PRECOMPILE, "PrecompileContext.save_to_dynamo_cache", _PRE),
 )
 
 
@@ -445,3 +452,65 @@ def compile_fx(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
     from torch._inductor.compile_fx import compile_fx as compile_
 
     return compile_(gm, example_inputs, **kwargs)
+
+
+# -- precompiled start (dynamo's caching precompile, 2.11-2.14) ------------------------------
+
+_EVAL_FRAME_LOG = "torch._dynamo.eval_frame"
+#: A loaded unit installs the recording process's dynamo names (``__builtins_dict___N``,
+#: N from dynamo's per-process counter) into the model's module; dynamo's next trace there
+#: (a shape whose guards fail) picks names from the same counter and asserts on a clash
+#: (2.13). So each process starts its counter at its own random multiple of 2**20: two
+#: processes' names meet only if they draw the same one of 2**31 slots.
+_NAME_SLOT = 1 << 20
+
+
+class _RefusedUnits(logging.Handler):
+    """Keeps why torch refused a precompiled unit (it logs and traces instead)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Failed to load entry from dynamo cache") and record.exc_info:
+            exc = record.exc_info[1]
+            self.reasons.append(str(exc).splitlines()[0] if exc is not None else "unknown")
+
+
+_refused = _RefusedUnits()
+
+
+def start_precompile(dynamo: Any) -> None:
+    """Turn on dynamo's caching precompile in this process (``caching_precompile``): each
+    ``torch.compile``'d function loads its unit from ``<cache dir>/dynamo/<source id>/``
+    on its first call, and :func:`save_precompiled` writes the units compiled here."""
+    import itertools
+    import secrets
+
+    bytecode: Any = importlib.import_module(_BYTECODE)
+    dynamo.config.caching_precompile = True
+    start = (1 + secrets.randbelow(1 << 31)) * _NAME_SLOT + next(bytecode._unique_id_counter)
+    bytecode._unique_id_counter = itertools.count(start)
+    log = logging.getLogger(_EVAL_FRAME_LOG)
+    if _refused not in log.handlers:
+        log.addHandler(_refused)
+
+
+def precompile_on() -> bool:
+    """Whether this process runs with dynamo's caching precompile."""
+    if not dynamo_imported():
+        return False
+    return bool(getattr(sys.modules[DYNAMO].config, "caching_precompile", False))
+
+
+def save_precompiled() -> None:
+    """Write the units dynamo compiled in this process into the cache dir, where capture
+    finds them (``PrecompileContext.save_to_dynamo_cache``)."""
+    if precompile_on():
+        importlib.import_module(_PRECOMPILE).PrecompileContext.save_to_dynamo_cache()
+
+
+def refused_units() -> list[str]:
+    """Why torch refused each precompiled unit it found here, one line each."""
+    return list(_refused.reasons)

@@ -44,7 +44,11 @@ def _ensure_enabled() -> None:
         return
     ref = env_value("CAS_REF") or "main"
     record = env_value("CAS_RECORD", SAME_BRANCH)
-    session = enable(None, ref=ref, record=record or None)
+    # Inside the first compile, torch.compile has already decided not to look for a
+    # precompiled unit; turning caching precompile on now would only drop guards (torch
+    # drops ID_MATCH and DICT_VERSION guards under it) for nothing. A process that set
+    # TORCH_CACHING_PRECOMPILE=1 itself still has its units recorded at flush.
+    session = enable(None, ref=ref, record=record or None, precompile=False)
     if session.enabled:
         atexit.register(_report, session)
 

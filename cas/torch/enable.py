@@ -70,6 +70,10 @@ class Session:
         autotuned as records in a commit of their own; never raises. Returns the first."""
         if self.live is None:
             return None
+        try:  # units are kept in memory until asked for; capture reads the cache dir
+            _compat.save_precompiled()
+        except Exception as exc:
+            warn_once("precompile-save", f"could not save precompiled units: {exc}")
         oid = self.live.flush()
         tuned = self.live.flush_autotune()
         self.commits += [c for c in (oid, tuned) if c is not None]
@@ -97,10 +101,13 @@ class Session:
         """How warm this process's start was, so far: what torch built or compiled
         (:func:`cas.torch.warmth.observed`) and what hydrate predicted it would."""
         from cas.torch import cxx
-        from cas.torch.warmth import observed
+        from cas.torch.warmth import observed, precompiled
 
-        seen = _compat.cache_counters()  # {} when nothing was compiled
-        out = observed(cxx.built_here(), seen).to_dict()
+        seen = _compat.cache_counters(("inductor", "aot_autograd", "dynamo_cache", "frames"))
+        refused = _compat.refused_units()
+        out = observed(cxx.built_here(), seen, refused).to_dict()
+        if _compat.precompile_on():
+            out["precompile"] = precompiled(seen, refused)
         out["predicted"] = (self.hydrated or {}).get("warmth") or {}
         out["counters"] = seen
         return out
@@ -147,6 +154,7 @@ def enable(
     cache_dir: str | os.PathLike[str] | None = None,
     message: str | None = None,
     program: str | None = None,
+    precompile: bool = False,
 ) -> Session:
     """Serve ``ref`` of ``store`` to torch.compile in this process; record into ``record``.
 
@@ -156,6 +164,10 @@ def enable(
     runs (a later call still works, but graphs compiled before it were not served).
     Enabling again replaces the previous session (which is flushed first). ``program``
     is named in the metadata of what is recorded (``cas coverage`` groups by it).
+    ``precompile``: load and record dynamo's precompiled units (docs/torch.md, "Precompiled
+    start"); it must be on before the first ``torch.compile`` call of a function. Off by
+    default: torch then bundles AOTAutograd entries under other keys, which a process
+    without it does not find.
     """
     global _active
     with _lock:
@@ -164,6 +176,8 @@ def enable(
         previous.close()
     session = Session(store_path=str(store) if store is not None else "", ref=ref, record=record,
                       program=program)
+    if precompile:
+        after_import(_compat.DYNAMO, _start_precompile)
     try:
         _start(session, store, hydrate=hydrate, live=live, cache_dir=cache_dir, message=message)
     except Exception as exc:  # enable never raises: torch compiles without cas
@@ -237,6 +251,13 @@ def _start(
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.
         after_import(_compat.DYNAMO, lambda dynamo: _install(session, dynamo))
+
+
+def _start_precompile(dynamo: Any) -> None:
+    try:
+        _compat.start_precompile(dynamo)
+    except Exception as exc:  # inside the user's import of torch._dynamo: never raise
+        warn_once("precompile", f"cannot use precompiled units ({exc}); tracing as usual")
 
 
 def _branch_of(store: Store, ref: str) -> str | None:
@@ -370,6 +391,7 @@ def bootstrap_from_env() -> Session | None:
             record=env_value("CAS_RUN_RECORD") or None,
             hydrate=env_value("CAS_RUN_HYDRATE") == "1",
             program=env_value("CAS_RUN_PROGRAM") or None,
+            precompile=env_value("CAS_RUN_PRECOMPILE") == "1",
         )
         stats_path = env_value("CAS_RUN_STATS")
         if stats_path:

@@ -25,10 +25,10 @@ from cas.digest import ObjectId
 from cas.objects import Env
 from cas.store import Store
 
-__all__ = ["COST_S", "Rebuild", "Warmth", "combine", "observed", "predict"]
+__all__ = ["COST_S", "Rebuild", "Warmth", "combine", "observed", "precompiled", "predict"]
 
 #: Rough seconds of work per item torch rebuilds.
-COST_S = {"cpp_pch": 10.0, "cpp_kernel": 1.5, "inductor": 2.0, "aot_autograd": 0.5}
+COST_S = {"cpp_pch": 10.0, "cpp_kernel": 1.5, "inductor": 2.0, "aot_autograd": 0.5, "precompile": 2.0}
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,14 @@ def predict(store: Store, root: ObjectId, env: Env, cpu: str,
     return out
 
 
-def observed(built: list[str], counters: dict[str, dict[str, int]]) -> Warmth:
-    """What a process did rebuild: ``built`` (C++ outputs torch built, by path) and its
-    cache ``counters`` (torch's ``inductor`` and ``aot_autograd`` groups)."""
+def observed(built: list[str], counters: dict[str, dict[str, int]],
+             refused: list[str] | None = None) -> Warmth:
+    """What a process did rebuild: ``built`` (C++ outputs torch built, by path), its
+    cache ``counters`` (torch's ``inductor`` and ``aot_autograd`` groups) and ``refused``,
+    why torch refused each precompiled unit it found (it traced that function again)."""
     out = Warmth()
+    for reason in refused or []:
+        out.rebuilds.append(Rebuild("precompile", 1, f"precompiled unit not used ({reason}), traced"))
     pch = sum(1 for p in built if p.endswith(".gch"))
     kernels = sum(1 for p in built if p.endswith(".so"))
     if pch:
@@ -154,6 +158,15 @@ def observed(built: list[str], counters: dict[str, dict[str, int]]) -> Warmth:
                                     f"{_plural(aot, 'AOTAutograd entry', 'AOTAutograd entries')} "
                                     "not in the store, compiled"))
     return out
+
+
+def precompiled(counters: dict[str, dict[str, int]], refused: list[str]) -> dict[str, int]:
+    """How a process started from dynamo's precompiled units: ``loaded`` (found and
+    installed: their functions skip tracing where the guards pass) and ``traced``
+    (frames dynamo traced all the same: no unit, a refused one, or guards that failed)."""
+    found = int((counters.get("dynamo_cache") or {}).get("dynamo_cache_hit", 0))
+    return {"loaded": max(found - len(refused), 0),
+            "traced": int((counters.get("frames") or {}).get("total", 0))}
 
 
 def combine(reports: list[dict[str, Any]]) -> Warmth:

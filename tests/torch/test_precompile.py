@@ -1,0 +1,104 @@
+"""Precompiled start: a new machine loads dynamo's precompiled unit from the store, so the
+first call skips tracing where the unit's guards pass; anything else traces, never runs
+stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompiled start").
+
+One recording process (``cas run --precompile --record``), then new machines (``cas run
+--precompile --ref``: a
+fresh torch cache dir each): the unit is loaded; a changed input shape, a changed model
+source, another env and an untrusted remote each trace instead, and every output equals
+eager's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from livekit import Proc, base_env, cas
+
+from cas import manifest
+from cas.history import commit_changes
+from cas.refs import load_commit, resolve
+from cas.store import Store
+
+HERE = Path(__file__).resolve().parent
+
+
+def _program(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("precompile_program.py", "pmodel.py"):
+        shutil.copy(HERE / name, dst / name)
+    return dst / "precompile_program.py"
+
+
+def _run(store: Path, program: Path, batch: int, *opts: str, **env: str) -> tuple[Proc, dict]:
+    proc = cas("--store", str(store), "run", "--precompile", *opts, "--", sys.executable, str(program), str(batch),
+               env=base_env(**env), timeout=600)
+    assert proc.rc == 0, proc.stderr[-4000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PRE "))
+    out = json.loads(line[4:])
+    assert out["equal"] is True  # every call's output equals eager's
+    return proc, out
+
+
+def _summary(proc: Proc) -> str:
+    return next(x for x in proc.stderr.splitlines() if x.startswith("cas run: precompiled start:"))
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("precompile")
+    store, program = base / "store", _program(base / "program")
+    proc, out = _run(store, program, 4, "--record", "main")
+    assert out["traced"] == 1
+    with Store(store) as s:
+        kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
+    assert "precompile" in kinds, proc.stderr[-3000:]
+    return store, program
+
+
+def test_a_new_machine_loads_the_unit_and_skips_tracing(recorded: tuple[Path, Path]) -> None:
+    store, program = recorded
+    proc, out = _run(store, program, 4, "--ref", "main")
+    assert out["traced"] == 0 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
+    assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
+
+
+def test_a_changed_input_shape_fails_the_guards_and_traces(recorded: tuple[Path, Path]) -> None:
+    store, program = recorded
+    proc, out = _run(store, program, 7, "--ref", "main")
+    # The unit is installed, its guards (batch 4) fail, and dynamo traces batch 7.
+    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
+    assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 1 frame(s) traced"
+
+
+def test_a_changed_model_source_is_refused_with_its_reason(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    store, _ = recorded
+    program = _program(tmp_path / "program")
+    model = program.parent / "pmodel.py"
+    # Same function, same line (the unit's key): only the body differs.
+    model.write_text(model.read_text().replace("torch.relu(self.a(x))", "torch.tanh(self.a(x))"))
+    proc, out = _run(store, program, 4, "--ref", "main")
+    assert out["traced"] == 1
+    assert _summary(proc) == "cas run: precompiled start: 0 unit(s) loaded, 1 frame(s) traced"
+    assert "precompiled unit not used (Source code changes detected for pmodel" in proc.stderr
+
+
+def test_another_env_never_gets_the_unit(recorded: tuple[Path, Path]) -> None:
+    store, program = recorded
+    # The key tag is part of the env, as the torch and Python versions and the device are.
+    proc, out = _run(store, program, 4, "--ref", "main", TORCH_COMPILE_CACHE_KEY_TAG="other-build")
+    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
+
+
+def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    store, program = recorded
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    with Store(copy) as s:  # main now holds a commit pulled from remote 'team'
+        commit_changes(s, "main", {}, "pulled", {"remote": "team"})
+    proc, out = _run(copy, program, 4, "--ref", "main")
+    assert "untrusted remote 'team'" in proc.stderr
+    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
