@@ -95,12 +95,33 @@ def blame(store: Store, key: str, refs: Sequence[str] | None = None, limit: int 
     def match(k: EntryKey) -> bool:
         return k.key == key or str(k) == key or (len(key) >= revocations.MIN_PREFIX and k.key.startswith(key))
 
-    events = [e for oid, c in walk(store, refs, limit) for e in _changes(store, oid, c, match)]
+    commits = list(walk(store, refs, limit))
+    events = [e for oid, c in commits for e in _changes(store, oid, c, match)]
     if not events:
         raise NotFound(f"no commit of {', '.join(refs) if refs else 'any branch or tag'} holds key {key!r}",
                        hint="see `cas ls REF` for the entries of a ref")
     events += _revocations(store, {e.blob for e in events if e.blob})
-    return sorted(events, key=lambda e: (-e.time, e.action != "revoked"))
+    # Commit times are seconds: commits of one second are ordered by ancestry (a child
+    # before its parent), which the time-ordered walk from several tips cannot promise.
+    gen = _generations(commits)
+    return sorted(events, key=lambda e: (-e.time, e.action != "revoked", -gen.get(e.commit, 0)))
+
+
+def _generations(commits: Sequence[tuple[ObjectId, Commit]]) -> dict[ObjectId, int]:
+    """Each walked commit's generation: 1 + its deepest walked parent's (a root: 1)."""
+    parents = {oid: list(c.parents) for oid, c in commits}
+    gen: dict[ObjectId, int] = {}
+    for start in parents:
+        stack = [start]
+        while stack:
+            oid = stack[-1]
+            todo = [p for p in parents[oid] if p in parents and p not in gen]
+            if oid in gen or not todo:
+                gen.setdefault(oid, 1 + max((gen[p] for p in parents[oid] if p in parents), default=0))
+                stack.pop()
+            else:
+                stack.extend(todo)
+    return gen
 
 
 def _revocations(store: Store, blobs: set[ObjectId]) -> list[Event]:
