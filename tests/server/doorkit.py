@@ -8,8 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -21,9 +24,25 @@ from cas.objects import Entry, EntryKey, Env
 from cas.server.auth import Scope, add_token
 from cas.store import Store
 
+T = TypeVar("T")
+
 ENV_A = Env({"torch_version": "2.13.0", "device": "cpu-a"})
 ENV_B = Env({"torch_version": "2.13.0", "device": "cpu-b"})
 FX_KEY = "pt2:fx-graph-v1::fgraphkey:c1"
+
+
+def wait_until(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll ``probe`` until it returns something other than None (a commit landed, a report
+    arrived): the door's own event is the barrier, never a sleep. ``timeout`` only ends a
+    test that would otherwise hang; it says nothing about speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the door never {what} (waited {timeout:.0f} s)")
+        time.sleep(0.05)
 
 
 def wire(data: bytes, ms: int = 7) -> bytes:

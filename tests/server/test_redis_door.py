@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from cas.objects import Entry, EntryKey
 from cas.refs import load_commit, resolve
 from cas.server.auth import Scope, add_token
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, Door, seed, start, wire
+from server.doorkit import ENV_A, FX_KEY, Door, seed, start, wait_until, wire
 
 
 @pytest.fixture
@@ -45,13 +44,7 @@ def _main_tip(path: Path) -> ObjectId:
 
 
 def _wait_commit(path: Path, old: ObjectId) -> ObjectId:
-    deadline = time.monotonic() + 60  # a batch lands within 0.2 s; a busy machine is slower
-    while time.monotonic() < deadline:
-        tip = _main_tip(path)
-        if tip != old:
-            return tip
-        time.sleep(0.05)
-    raise AssertionError("the door committed nothing")
+    return wait_until(lambda: (tip if (tip := _main_tip(path)) != old else None), "committed to main")
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -251,10 +244,8 @@ def test_miss_reports_say_what_stock_clients_missed(tmp_path: Path) -> None:
         c = d.client(d.read)
         assert c.get(FX_KEY) is not None
         assert c.get("pt2:fx-graph-v1::fmissing1:c1") is None
-        deadline = time.monotonic() + 60  # the first report lands within ~2 s; a busy machine is slower
-        while reports(d.store)["lookups"].get("inductor", {}).get("misses", 0) == 0:
-            assert time.monotonic() < deadline, "the door committed no report"
-            time.sleep(0.1)
+        wait_until(lambda: reports(d.store)["lookups"].get("inductor", {}).get("misses") or None,
+                   "committed a miss report")
         assert c.get("pt2:fx-graph-v1::fmissing2:c1") is None  # reported at shutdown at the latest
     got = reports(d.store)
     # Two reports at least (the tick may split the first two GETs), and nothing counted twice.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cas import manifest
 from cas.digest import ObjectId
 from cas.refs import create_tag, load_commit, resolve, set_branch
 from cas.store import Store
-from server.doorkit import FX_KEY, Door, start, wire
+from server.doorkit import FX_KEY, Door, start, wait_until, wire
 
 NEW_KEY = "pt2:fx-graph-v1::newkey:c1"
 
@@ -31,15 +30,11 @@ def _tip(path: Path, branch: str) -> ObjectId | None:
 def _wait_commit(path: Path, branch: str, old: ObjectId | None) -> dict[str, bytes]:
     """The keys and blobs of ``branch`` once it moved past ``old``: the door's batch
     commit is the barrier, never a sleep."""
-    deadline = time.monotonic() + 60  # a batch lands within 0.2 s; a busy machine is slower
-    while time.monotonic() < deadline:
-        tip = _tip(path, branch)
-        if tip is not None and tip != old:
-            with Store(path) as s:
-                pairs = manifest.entries(s, load_commit(s, tip).manifest)
-                return {k.key: s.get(e.blob) or b"" for k, e in pairs}
-        time.sleep(0.05)
-    raise AssertionError(f"the door committed nothing to {branch}")
+    tip = wait_until(lambda: (t if (t := _tip(path, branch)) is not None and t != old else None),
+                     f"committed to {branch}")
+    with Store(path) as s:
+        pairs = manifest.entries(s, load_commit(s, tip).manifest)
+        return {k.key: s.get(e.blob) or b"" for k, e in pairs}
 
 
 def _pin(tmp_path: Path, *args: str) -> Door:
