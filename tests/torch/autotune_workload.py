@@ -125,6 +125,7 @@ def one_rank(args: argparse.Namespace) -> dict[str, Any]:
     if union is not None:
         with Store(args.store) as store:
             out["recorded"] = autotune.record(store, branch=args.record, records=union).to_dict()
+    dist.barrier()  # no rank tears gloo down while another is still in the job
     dist.destroy_process_group()
     return out
 
@@ -165,8 +166,11 @@ def main() -> None:
         print(MARKER + json.dumps(launch(args)))
         return
     if args.rank is not None:
-        print(MARKER + json.dumps(one_rank(args)))
-        return
+        print(MARKER + json.dumps(one_rank(args)), flush=True)
+        # A finished rank ends here, its result printed: once, on a fresh clone, a rank
+        # aborted in gloo's thread teardown at interpreter exit ("terminate called without
+        # an active exception", SIGABRT) after printing, which failed a job that was done.
+        os._exit(0)
 
     from cas.store import Store
     from cas.torch import autotune
