@@ -64,6 +64,20 @@ RACE = "refs/heads/race"
 REDIS_ENV = Env({"device": "cpu", "client": "redis-load"})
 
 
+def drive(client: Any, ops: tuple[str, ...]) -> None:
+    """Run random ``ops`` (method names of ``client``) until its deadline, timing each;
+    every unexpected failure counts in ``client.errors``, none stops the run."""
+    while time.monotonic() < client.deadline:
+        op = client.rng.choice(ops)
+        start = time.perf_counter()
+        try:
+            getattr(client, op)()
+        except Exception as exc:
+            client.errors.append(f"{op}: {type(exc).__name__}: {exc}"[:200])
+        client.latency[op].append(time.perf_counter() - start)
+        client.n += 1
+
+
 class Client(threading.Thread):
     def __init__(self, i: int, served: Served, workdir: Path, deadline: float) -> None:
         super().__init__(name=f"load-{i}")
@@ -105,15 +119,7 @@ class Client(threading.Thread):
     def run(self) -> None:
         try:
             self.push()
-            while time.monotonic() < self.deadline:
-                op = self.rng.choice(("push", "fetch", "fetch", "race"))
-                start = time.perf_counter()
-                try:
-                    getattr(self, op)()
-                except Exception as exc:  # every unexpected failure counts, none stops the run
-                    self.errors.append(f"{op}: {type(exc).__name__}: {exc}"[:200])
-                self.latency[op].append(time.perf_counter() - start)
-                self.n += 1
+            drive(self, ("push", "fetch", "fetch", "race"))
         finally:
             self.remote.close()
             self.store.close()
@@ -129,6 +135,7 @@ class RedisClient(threading.Thread):
         self.rng = random.Random(1000 + i)
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: list[str] = []
+        self.n = 0  # commands sent
         self.values: dict[str, bytes] = {}
 
     def set(self) -> None:
@@ -150,14 +157,7 @@ class RedisClient(threading.Thread):
     def run(self) -> None:
         try:
             self.set()
-            while time.monotonic() < self.deadline:
-                op = self.rng.choice(("set", "get", "get", "mget"))
-                start = time.perf_counter()
-                try:
-                    getattr(self, op)()
-                except Exception as exc:  # every unexpected failure counts, none stops the run
-                    self.errors.append(f"{op}: {type(exc).__name__}: {exc}"[:200])
-                self.latency[op].append(time.perf_counter() - start)
+            drive(self, ("set", "get", "get", "mget"))
         finally:
             self.client.close()
 

@@ -343,3 +343,13 @@ class ServedPool:
                 item.stop()
         for t in self._stoppers:
             t.join(15)
+
+
+def connect_from(addr: str, port: int) -> socket.socket:
+    """A connection to 127.0.0.1:``port`` from the loopback address ``addr`` (another
+    127.x address is another peer to the per-address connection caps)."""
+    sock = socket.socket()
+    sock.settimeout(60)
+    sock.bind((addr, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock

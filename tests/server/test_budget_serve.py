@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from cas.server.auth import Scope, add_token
 from cas.server.web import COOKIE
 from cas.stats import stats
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, Door, wire
+from server.doorkit import ENV_A, FX_KEY, Door, wait_until, wire
 
 DAY = 86400
 
@@ -63,13 +64,9 @@ def serve(tmp_path: Path, *args: str) -> Door:
     return Door(server, server.redis_port, path, "", "")
 
 
-def until(what: str, cond: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
+def until(what: str, cond: Callable[[], bool]) -> None:
+    """Wait for ``cond`` (a gc, a commit): doorkit.wait_until's barrier."""
+    wait_until(lambda: cond() or None, f"showed {what}")
 
 
 def test_served_store_counts_reads_and_keeps_to_its_saved_budget(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import Served
+from servers import Served, connect_from
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,6 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         s.stop()
 
 
-def _from(addr: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(60)
-    sock.bind((addr, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def _until_closed(sock: socket.socket) -> bytes:
@@ -46,16 +40,16 @@ def _health(sock: socket.socket) -> bytes:
 
 @pytest.mark.parametrize("sent", [b"", b"GET /v1/health HTTP/1.1\r\nHost: x\r\n"])
 def test_a_silent_connection_is_closed_after_the_idle_timeout(capped: Served, sent: bytes) -> None:
-    with _from("127.0.0.1", capped.server.port) as sock:
+    with connect_from("127.0.0.1", capped.server.port) as sock:
         sock.sendall(sent)
         assert _until_closed(sock) == b""  # closed without an answer
 
 
 def test_connections_past_the_per_peer_cap_are_refused_and_health_still_answers(capped: Served) -> None:
     port = capped.server.port
-    held = [_from("127.0.0.2", port) for _ in range(4)]
+    held = [connect_from("127.0.0.2", port) for _ in range(4)]
     try:
-        refused = [_from("127.0.0.2", port) for _ in range(50)]
+        refused = [connect_from("127.0.0.2", port) for _ in range(50)]
         for sock in refused:
             with sock:
                 answer = _until_closed(sock)
@@ -71,10 +65,10 @@ def test_connections_past_the_per_peer_cap_are_refused_and_health_still_answers(
 def test_connections_past_the_door_cap_are_refused(tmp_path: Path) -> None:
     capped = Served(tmp_path, "--max-connections-per-peer", "4", "--max-connections", "8")
     port = capped.server.port
-    held = [_from(f"127.0.0.{3 + i // 4}", port) for i in range(8)]  # 4 each from two addresses
+    held = [connect_from(f"127.0.0.{3 + i // 4}", port) for i in range(8)]  # 4 each from two addresses
     try:
         assert all(_health(s).startswith(b"HTTP/1.1 200 ") for s in held)
-        with _from("127.0.0.9", port) as extra:
+        with connect_from("127.0.0.9", port) as extra:
             assert b"max number of clients reached (8)" in _until_closed(extra)
     finally:
         for s in held:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from bombs import peak_rss
-from servers import CasServer
+from servers import CasServer, connect_from
 
 from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.server.redis_session import Connection
@@ -230,12 +230,6 @@ def test_replies_a_client_does_not_read_are_not_piled_up(anonymous_read: Door) -
 # -- connections -------------------------------------------------------------------------------
 
 
-def _from(addr: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(60)
-    sock.bind((addr, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def _ask(sock: socket.socket, command: bytes) -> bytes:
@@ -255,16 +249,16 @@ def test_silent_connections_are_closed_and_clients_reconnect(tmp_path: Path) -> 
 
 def test_a_connection_past_the_per_peer_cap_is_refused(tmp_path: Path) -> None:
     with start(tmp_path, "--redis-max-connections-per-peer", "3") as door:
-        held = [_from("127.0.0.2", door.port) for _ in range(3)]
+        held = [connect_from("127.0.0.2", door.port) for _ in range(3)]
         try:
             assert all(_ask(s, b"PING\r\n") == b"+PONG\r\n" for s in held)
-            with _from("127.0.0.2", door.port) as extra:
+            with connect_from("127.0.0.2", door.port) as extra:
                 assert _recv_all(extra) == b"-ERR max number of clients from 127.0.0.2 reached (3)\r\n"
             assert door.client(door.read).get(FX_KEY) is not None  # another address is served
             held.pop().close()
             deadline = time.monotonic() + 30  # the door sees the close soon after
             while True:
-                with _from("127.0.0.2", door.port) as again:
+                with connect_from("127.0.0.2", door.port) as again:
                     if _ask(again, b"PING\r\n") == b"+PONG\r\n" or time.monotonic() > deadline:
                         break
             assert _ask(held[0], b"PING\r\n") == b"+PONG\r\n"
