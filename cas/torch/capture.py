@@ -20,26 +20,27 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cas import manifest
 from cas.codec import ObjType
 from cas.digest import ObjectId
+from cas.errors import CorruptObject
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
-from cas.refs import branch_ref, load_commit
+from cas.refs import branch_ref, load_commit, resolve
 from cas.store import Store
 from cas.torch import _compat, cxx, kinds, megacache
+from cas.torch.autotune import RecordResult, record
 from cas.torch.env import cpu_fingerprint, current_env
-
-if TYPE_CHECKING:
-    from cas.torch.autotune import RecordResult
 
 __all__ = [
     "Artifact",
     "CaptureResult",
     "capture",
     "commit_artifacts",
+    "export_megacache",
+    "import_megacache",
     "torch_cache_dir",
     "torch_pch_dir",
 ]
@@ -209,7 +210,53 @@ def capture(
         store, arts, branch=branch, message=message, metadata=meta, author=author
     )
     if autotune:
-        from cas.torch.autotune import record
-
         result.autotune = record(store, cdir, branch=branch, author=author)
     return result
+
+
+# -- Mega-Cache files: import a container as a commit, export a ref as a container ---------
+
+
+def import_megacache(
+    store: Store,
+    data: bytes,
+    *,
+    branch: str = "main",
+    message: str = "import mega-cache",
+    env: Env | None = None,
+) -> CaptureResult:
+    """Split a ``save_cache_artifacts()`` container into entries of ``env`` (default:
+    this process's) and commit them on ``branch``.
+
+    The container carries no env of its own, so it is filed under the env of the process
+    importing it: import on the machine (and torch build) that produced it.
+    """
+    arts = [a for a in megacache.decode(data) if a.kind in megacache.MEGACACHE_KINDS]
+    return commit_artifacts(
+        store,
+        arts,
+        branch=branch,
+        message=message,
+        metadata={"producer": "import-megacache", "artifacts": len(arts)},
+        env=env,
+    )
+
+
+def export_megacache(store: Store, ref: str, *, env: Env | None = None) -> tuple[bytes, dict[str, int]]:
+    """The Mega-Cache container of the entries of ``ref`` that match ``env`` (default:
+    this process's), and the count per kind. Entries of other envs are never exported,
+    and every blob is hash-checked first.
+    """
+    env_id = (env or current_env()).id
+    root = load_commit(store, resolve(store, ref)).manifest
+    arts: list[Artifact] = []
+    counts: dict[str, int] = {}
+    for ek, entry in manifest.entries(store, root):
+        if ek.env != env_id or ek.kind not in megacache.MEGACACHE_KINDS:
+            continue
+        content = store.get(entry.blob)
+        if content is None or ObjectId.of(content) != entry.blob:
+            raise CorruptObject(f"blob of {ek} is missing or corrupt", oid=entry.blob)
+        arts.append(Artifact(ek.kind, ek.key, content))
+        counts[ek.kind] = counts.get(ek.kind, 0) + 1
+    return megacache.encode(arts), counts

@@ -7,7 +7,7 @@ what torch newly compiles and commits it at exit (or on :meth:`Session.flush`), 
 what it autotuned meanwhile as autotune records, in a commit of their own.
 
 Never worse than no cache: a missing, locked or corrupt store, a refused ref or any
-other failure costs one :class:`~cas.torch.live.CasWarning` and leaves torch compiling as
+other failure costs one :class:`~cas.torch.warn.CasWarning` and leaves torch compiling as
 if cas were not there. ``enable`` itself never raises.
 """
 
@@ -28,7 +28,8 @@ from cas.errors import CasError, PolicyError, RefNotFound
 from cas.store import Store
 from cas.torch import _compat
 from cas.torch.hooks import after_import
-from cas.torch.live import LiveCache, install, uninstall, warn_once
+from cas.torch.live import LiveCache, install, uninstall
+from cas.torch.warn import warn_once
 
 __all__ = ["SAME_BRANCH", "Session", "active_session", "bootstrap_from_env", "enable"]
 

@@ -32,7 +32,11 @@ from cas.objects import Entry, EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
 from cas.torch import kinds
+from cas.torch._compat import header_dir as torch_pch_dir
+from cas.torch._compat import torch_cache_dir
+from cas.torch.autotune import records_for_here, write_records
 from cas.torch.env import cpu_fingerprint, current_env
+from cas.torch.warmth import predict
 
 __all__ = ["HydrateResult", "hydrate", "hydrate_safely", "matching_entries"]
 
@@ -216,10 +220,6 @@ def hydrate(
     forbids handing the ref's bytes to torch; everything per entry is counted in the
     result instead of raised.
     """
-    from cas.torch._compat import header_dir as torch_pch_dir
-    from cas.torch._compat import torch_cache_dir
-    from cas.torch.warmth import predict
-
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
     if check_policy:
@@ -283,8 +283,6 @@ def hydrate(
 def _write_autotune_records(
     store: Store, records: list[tuple[EntryKey, Entry]], root_dir: Path, result: HydrateResult
 ) -> None:
-    from cas.torch.autotune import records_for_here, write_records
-
     found = records_for_here(store, records)
     result.skipped_other_cpu += found.other_device
     result.corrupt += found.missing

@@ -27,7 +27,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,11 +37,16 @@ from cas import manifest, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError
+from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
+from cas.provenance import mark_local
+from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import _compat
+from cas.torch import _compat, autotune, cxx
+from cas.torch.capture import process_artifacts
 from cas.torch.env import cpu_fingerprint
 from cas.torch.kinds import Found, pgo_key, scan, variant_for
+from cas.torch.warn import warn_once
 from cas.torch.wire import (
     AUTOTUNE_REMOTE,
     LIVE_KINDS,
@@ -55,40 +59,17 @@ from cas.torch.wire import (
 __all__ = [
     "AUTOTUNE_REMOTE",
     "TRITON_REMOTE",
-    "CasWarning",
     "LiveCache",
     "LiveStats",
     "install",
     "parse_backend_key",
     "uninstall",
-    "warn_once",
 ]
 
 #: Keys kept per kind in LiveStats.missed: enough to name what a run missed, bounded.
 MISSED_KEPT = 32
 #: GPU cache-dir files no remote cache carries; flush records those written meanwhile.
 _GPU_SIDE_KINDS = frozenset({"autotune", "triton_kernel"})
-
-
-class CasWarning(UserWarning):
-    """Something in cas went wrong; torch compiles normally instead."""
-
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
-def warn_once(topic: str, message: str) -> None:
-    """Emit ``message`` as a :class:`CasWarning`, at most once per ``topic`` per process.
-
-    "Never worse than no cache" means a broken store costs one warning, not one per
-    graph: a run with 50 graphs and a corrupt store must not print 50 lines.
-    """
-    with _warn_lock:
-        if topic in _warned:
-            return
-        _warned.add(topic)
-    warnings.warn(f"cas: {message}", CasWarning, stacklevel=3)
 
 
 @dataclass
@@ -343,8 +324,6 @@ class LiveCache:
         """
         if self.cache_dir is None:
             return {}
-        from cas.torch import cxx
-
         cpu = cpu_fingerprint()
         out: dict[EntryKey, _Pending] = {}
         tools = cxx.toolchain()
@@ -375,8 +354,6 @@ class LiveCache:
     def _side_files(self) -> list[Found]:
         if self.cache_dir is None:
             return []
-        from cas.torch import cxx
-
         found = list(cxx.tracked_artifacts(self.cache_dir)) + list(cxx.gemm_timings(self.cache_dir))
         if self.cache_dir.is_dir():
             for f in scan(self.cache_dir):
@@ -388,8 +365,6 @@ class LiveCache:
         return found
 
     def _tip_root(self) -> ObjectId | None:
-        from cas.refs import branch_ref, load_commit
-
         assert self.branch is not None
         ref = branch_ref(self.branch)
         tip = self.store.get_ref(ref)
@@ -409,9 +384,6 @@ class LiveCache:
         or None when there was nothing new, no branch, or when called from a forked
         child. Never raises: on a store error the entries stay buffered, one warning.
         """
-        from cas.history import commit_changes
-        from cas.provenance import mark_local
-
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
                 return None
@@ -447,8 +419,6 @@ class LiveCache:
         """Watch torch autotune from now on (:func:`cas.torch.autotune.watch`, lazily), so
         :meth:`flush_autotune` adds what torch does not keep: each Triton config's time and
         when each GEMM was measured. Only when recording."""
-        from cas.torch import autotune
-
         with self._lock:
             if self.branch is not None and self._unwatch is None:
                 self.observed, self._unwatch = autotune.watch(lazily=True)
@@ -465,9 +435,6 @@ class LiveCache:
         autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
         ``branch``, ``autotune: N kernels on <device>``, after :meth:`flush`'s. Returns it,
         or None (nothing measured, no branch, a forked child). Never raises."""
-        from cas.provenance import mark_local
-        from cas.torch import autotune
-
         with self._lock:
             if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
                 return None
@@ -486,10 +453,10 @@ class LiveCache:
             return res.commit
 
     def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
+        spent = sum(int(p.entry.meta.get("time_taken_ms", 0) or 0) for p in pending.values())
         kinds: dict[str, int] = defaultdict(int)
         for k in pending:
             kinds[k.kind] += 1
-        spent = sum(int(p.entry.meta.get("time_taken_ms", 0) or 0) for p in pending.values())
         meta = {
             "producer": "live",
             "host": socket.gethostname(),
@@ -506,8 +473,6 @@ class LiveCache:
 
 def _process_artifacts() -> list[Any]:
     try:
-        from cas.torch.capture import process_artifacts
-
         return process_artifacts()
     except Exception:  # Mega-Cache unavailable: the remote-cache puts still count
         return []
