@@ -15,8 +15,6 @@ Entries already on the branch are kept as they are; only new keys are committed.
 
 from __future__ import annotations
 
-import platform
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from cas.objects import Entry, EntryKey, Env
 from cas.refs import branch_ref, load_commit, resolve
 from cas.store import Store
 from cas.torch import _compat, cxx, kinds, megacache
+from cas.torch.artifacts import commit_metadata, entry_key
 from cas.torch.autotune import RecordResult, record
 from cas.torch.env import cpu_fingerprint, current_env
 
@@ -137,15 +136,13 @@ def commit_artifacts(
     chosen: dict[EntryKey, tuple[Artifact, str | None]] = {}
     result = CaptureResult(commit=None, env=env_id)
     for art in artifacts:
-        pgo_safe = kinds.pgo_key(art.key) if art.kind == "pgo" else art.key
-        variant, guards = kinds.variant_for(art.kind, art.content, cpu)
-        ek = EntryKey(env_id, art.kind, pgo_safe, variant)
+        ek, guards = entry_key(env_id, art.kind, art.key, art.content, cpu)
         if ek in chosen:
             continue
         if root is not None and manifest.lookup(store, root, ek) is not None:
             result.already_stored += 1
             continue
-        chosen[ek] = (Artifact(art.kind, pgo_safe, art.content), guards)
+        chosen[ek] = (Artifact(art.kind, ek.key, art.content), guards)
     if not chosen:
         return result
     blobs = store.write([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
@@ -163,14 +160,8 @@ def commit_artifacts(
         result.by_kind[ek.kind] = result.by_kind.get(ek.kind, 0) + 1
         result.bytes_added += len(art.content)
     result.added = len(changes)
-    meta = {
-        "host": platform.node(),
-        "time": int(time.time()),
-        "env": str(env_id),
-        "counts": dict(result.by_kind),
-        "compile_seconds_recorded": round(spent_ms / 1000, 3),
-        **(metadata or {}),
-    }
+    meta = commit_metadata("capture", env_id, changes,
+                           {"compile_seconds_recorded": round(spent_ms / 1000, 3), **(metadata or {})})
     result.commit = commit_changes(store, branch, changes, message, meta, author=author)
     return result
 

@@ -24,7 +24,6 @@ moves, so one that arrives while a server runs takes effect on the next get.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -43,9 +42,10 @@ from cas.provenance import mark_local
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
 from cas.torch import _compat, autotune, cxx
+from cas.torch.artifacts import commit_metadata, entry_key
 from cas.torch.capture import process_artifacts
 from cas.torch.env import cpu_fingerprint
-from cas.torch.kinds import Found, pgo_key, scan, variant_for
+from cas.torch.kinds import Found, scan
 from cas.torch.warn import warn_once
 from cas.torch.wire import (
     AUTOTUNE_REMOTE,
@@ -295,9 +295,8 @@ class LiveCache:
         meta.update({"producer": "live", "cache_id": cache_id})
         # The same variant rule as capture (a hash of the guard expressions, read from
         # the pickle without unpickling it), so live and captured entries coincide.
-        variant, guards = variant_for(kind, blob, "")
+        ek, guards = entry_key(self.env_id, kind, key, blob, "")
         entry = Entry(ObjectId.of(blob), len(blob), guards, meta)
-        ek = EntryKey(self.env_id, kind, key, variant)
         manifest.check_entry(ek, entry)  # one bad entry must not fail the flush of all
         with self._lock:
             self.stats.puts += 1
@@ -328,7 +327,7 @@ class LiveCache:
         out: dict[EntryKey, _Pending] = {}
         tools = cxx.toolchain()
         for found in self._side_files():
-            ek = EntryKey(self.env_id, found.kind, found.key, variant_for(found.kind, b"", cpu)[0])
+            ek = entry_key(self.env_id, found.kind, found.key, b"", cpu)[0]
             if ek in out or (root is not None and manifest.lookup(self.store, root, ek) is not None):
                 continue
             try:
@@ -340,9 +339,7 @@ class LiveCache:
                 meta.update(tools)
             out[ek] = _Pending(Entry(ObjectId.of(data), len(data), None, meta), data)
         for art in _process_artifacts():
-            key = pgo_key(art.key) if art.kind == "pgo" else art.key
-            variant, guards = variant_for(art.kind, art.content, cpu)
-            ek = EntryKey(self.env_id, art.kind, key, variant)
+            ek, guards = entry_key(self.env_id, art.kind, art.key, art.content, cpu)
             if ek in out or ek in self._pending:
                 continue
             if root is not None and manifest.lookup(self.store, root, ek) is not None:
@@ -454,21 +451,8 @@ class LiveCache:
 
     def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
         spent = sum(int(p.entry.meta.get("time_taken_ms", 0) or 0) for p in pending.values())
-        kinds: dict[str, int] = defaultdict(int)
-        for k in pending:
-            kinds[k.kind] += 1
-        meta = {
-            "producer": "live",
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "time": int(time.time()),
-            "env": self.env_id.hex,
-            "kinds": dict(kinds),
-            "entries": len(pending),
-            "compile_time_ms": spent,
-        }
-        meta.update(self.metadata)
-        return meta
+        own = {"pid": os.getpid(), "entries": len(pending), "compile_time_ms": spent}
+        return commit_metadata("live", self.env_id, pending, {**own, **self.metadata})
 
 
 def _process_artifacts() -> list[Any]:

@@ -62,7 +62,7 @@ def test_capture_commits_every_kind_with_metadata(captured: Captured, session_st
     commit = load_commit(session_store, ObjectId.parse(cap["commit"]))
     meta = dict(commit.metadata)
     assert meta["producer"] == "capture" and meta["compile_seconds"] > 0
-    assert meta["counts"] == cap["by_kind"] and meta["host"]
+    assert meta["kinds"] == cap["by_kind"] and meta["host"] and meta["producer"] == "capture"
     # Compile time spent, as torch recorded it inside each FX entry.
     assert meta["compile_seconds_recorded"] > 0
     fx = [e for k, e in _entries(session_store) if k.kind == "inductor"]
