@@ -23,12 +23,11 @@ from typing import Any
 from cas import manifest
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import CorruptObject
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import branch_ref, load_commit, resolve
 from cas.store import Store
-from cas.torch import _compat, cxx, kinds, megacache
+from cas.torch import _compat, blobs, cxx, kinds, megacache
 from cas.torch.artifacts import commit_metadata, entry_key
 from cas.torch.autotune import RecordResult, record
 from cas.torch.env import cpu_fingerprint, current_env
@@ -245,9 +244,6 @@ def export_megacache(store: Store, ref: str, *, env: Env | None = None) -> tuple
     for ek, entry in manifest.entries(store, root):
         if ek.env != env_id or ek.kind not in megacache.MEGACACHE_KINDS:
             continue
-        content = store.get(entry.blob)
-        if content is None or ObjectId.of(content) != entry.blob:
-            raise CorruptObject(f"blob of {ek} is missing or corrupt", oid=entry.blob)
-        arts.append(Artifact(ek.kind, ek.key, content))
+        arts.append(Artifact(ek.kind, ek.key, blobs.read(store, ek, entry)))
         counts[ek.kind] = counts.get(ek.kind, 0) + 1
     return megacache.encode(arts), counts

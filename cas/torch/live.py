@@ -41,7 +41,7 @@ from cas.objects import Entry, EntryKey, Env
 from cas.provenance import mark_local
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import _compat, autotune, cxx
+from cas.torch import _compat, autotune, blobs, cxx
 from cas.torch.artifacts import commit_metadata, entry_key
 from cas.torch.capture import process_artifacts
 from cas.torch.env import cpu_fingerprint
@@ -212,20 +212,6 @@ class LiveCache:
         out.extend((v, e, None) for v, e in self._index.get((kind, key), []))
         return out
 
-    def _verified_bytes(self, entry: Entry) -> bytes | None:
-        data = self.store.get(entry.blob)
-        if data is None:
-            warn_once("missing-blob", f"blob {entry.blob.short()} is missing from the store; compiling instead")
-            return None
-        if len(data) != entry.size or ObjectId.of(data) != entry.blob:
-            warn_once(
-                "corrupt-blob",
-                f"blob {entry.blob.short()} is corrupt (its bytes do not hash to its id); "
-                "compiling instead (run `cas fsck`)",
-            )
-            return None
-        return data
-
     def get(self, backend_key: str) -> bytes | None:
         """The wire value for ``backend_key``, or None (a miss). Never raises."""
         found = self.get_entry(backend_key)
@@ -252,8 +238,9 @@ class LiveCache:
             self.stats.gets += 1
             self.check_revocations()
             candidates = self._candidates(kind, key)
-            for _variant, entry, data in candidates:
-                data = data if data is not None else self._verified_bytes(entry)
+            for variant, entry, data in candidates:
+                ek = EntryKey(self.env_id, kind, key, variant)
+                data = data if data is not None else blobs.read_or_skip(self.store, ek, entry)
                 if data is not None:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
