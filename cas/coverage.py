@@ -330,7 +330,7 @@ def _add_recorder(recorders: dict[str, Recorder], meta: Mapping[str, Any], when:
         r.hosts.add(str(meta["host"]))
     if meta.get("env"):
         r.envs.add(str(meta["env"]))
-    counts = meta.get("counts") or meta.get("kinds")  # capture's and live's names
+    counts = meta.get("kinds") or meta.get("counts")  # older capture commits said "counts" (format.md §10)
     r.entries += sum(_int(n) for n in counts.values()) if isinstance(counts, Mapping) else _int(meta.get("entries"))
 
 

@@ -117,7 +117,7 @@ def _warmth_lines(warmth: dict[str, Any]) -> list[str]:
 def import_megacache(ctx: Context, file: Path, message: str | None, branch: str) -> None:
     """Split a torch.compiler.save_cache_artifacts() file into entries and commit them."""
     _require_torch()
-    from cas.torch.megacache import import_megacache as do_import
+    from cas.torch.capture import import_megacache as do_import
 
     res = do_import(ctx.store, file.read_bytes(), branch=branch,
                     message=message or f"import mega-cache {file.name}")
@@ -138,7 +138,7 @@ def export_megacache(ctx: Context, ref: str, output: Path) -> None:
     """Write the entries of REF for this environment as a Mega-Cache file that
     torch.compiler.load_cache_artifacts() accepts."""
     _require_torch()
-    from cas.torch.megacache import export_megacache as do_export
+    from cas.torch.capture import export_megacache as do_export
 
     data, counts = do_export(ctx.store, ref)
     if not counts:

@@ -6,11 +6,16 @@ The only package of cas that imports torch, and it does so lazily: importing
 
 from __future__ import annotations
 
-from cas.torch.capture import CaptureResult, capture, commit_artifacts
+from cas.torch.capture import (
+    CaptureResult,
+    capture,
+    commit_artifacts,
+    export_megacache,
+    import_megacache,
+)
 from cas.torch.enable import Session, enable
 from cas.torch.env import current_env, ensure_env, env_diff
 from cas.torch.hydrate import HydrateResult, hydrate, hydrate_safely
-from cas.torch.megacache import export_megacache, import_megacache
 
 __all__ = [
     "CaptureResult",

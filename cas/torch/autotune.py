@@ -44,7 +44,7 @@ from cas.history import commit_changes
 from cas.objects import Entry, EntryKey
 from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import _compat, kinds
+from cas.torch import _compat, blobs, kinds
 from cas.torch.autotune_dist import Shard, gather_records, shard
 from cas.torch.env import cpu_fingerprint, current_env
 
@@ -487,8 +487,8 @@ def records_for_here(store: Store, pairs: Iterable[tuple[EntryKey, Entry]]) -> R
         if ek.variant != here:
             out.other_device += 1
             continue
-        data = store.get(entry.blob)
-        if data is None or ObjectId.of(data) != entry.blob:
+        data = blobs.read_or_skip(store, ek, entry)
+        if data is None:
             out.missing += 1
             continue
         try:

@@ -80,7 +80,7 @@ def cas_backend(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
     try:
         _ensure_enabled()
     except Exception as exc:  # cas must never be why torch.compile fails
-        from cas.torch.live import warn_once
+        from cas.torch.warn import warn_once
 
         warn_once("backend", f"cannot enable cas ({exc}); compiling with plain Inductor")
     patches = _config_patches(kwargs.pop("mode", None), kwargs.pop("options", None))

@@ -15,31 +15,30 @@ Entries already on the branch are kept as they are; only new keys are committed.
 
 from __future__ import annotations
 
-import platform
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cas import manifest
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
-from cas.refs import branch_ref, load_commit
+from cas.refs import branch_ref, load_commit, resolve
 from cas.store import Store
-from cas.torch import _compat, cxx, kinds, megacache
+from cas.torch import _compat, blobs, cxx, kinds, megacache
+from cas.torch.artifacts import commit_metadata, entry_key
+from cas.torch.autotune import RecordResult, record
 from cas.torch.env import cpu_fingerprint, current_env
-
-if TYPE_CHECKING:
-    from cas.torch.autotune import RecordResult
 
 __all__ = [
     "Artifact",
     "CaptureResult",
     "capture",
     "commit_artifacts",
+    "export_megacache",
+    "import_megacache",
     "torch_cache_dir",
     "torch_pch_dir",
 ]
@@ -136,15 +135,13 @@ def commit_artifacts(
     chosen: dict[EntryKey, tuple[Artifact, str | None]] = {}
     result = CaptureResult(commit=None, env=env_id)
     for art in artifacts:
-        pgo_safe = kinds.pgo_key(art.key) if art.kind == "pgo" else art.key
-        variant, guards = kinds.variant_for(art.kind, art.content, cpu)
-        ek = EntryKey(env_id, art.kind, pgo_safe, variant)
+        ek, guards = entry_key(env_id, art.kind, art.key, art.content, cpu)
         if ek in chosen:
             continue
         if root is not None and manifest.lookup(store, root, ek) is not None:
             result.already_stored += 1
             continue
-        chosen[ek] = (Artifact(art.kind, pgo_safe, art.content), guards)
+        chosen[ek] = (Artifact(art.kind, ek.key, art.content), guards)
     if not chosen:
         return result
     blobs = store.write([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
@@ -162,14 +159,8 @@ def commit_artifacts(
         result.by_kind[ek.kind] = result.by_kind.get(ek.kind, 0) + 1
         result.bytes_added += len(art.content)
     result.added = len(changes)
-    meta = {
-        "host": platform.node(),
-        "time": int(time.time()),
-        "env": str(env_id),
-        "counts": dict(result.by_kind),
-        "compile_seconds_recorded": round(spent_ms / 1000, 3),
-        **(metadata or {}),
-    }
+    meta = commit_metadata("capture", env_id, changes,
+                           {"compile_seconds_recorded": round(spent_ms / 1000, 3), **(metadata or {})})
     result.commit = commit_changes(store, branch, changes, message, meta, author=author)
     return result
 
@@ -209,7 +200,50 @@ def capture(
         store, arts, branch=branch, message=message, metadata=meta, author=author
     )
     if autotune:
-        from cas.torch.autotune import record
-
         result.autotune = record(store, cdir, branch=branch, author=author)
     return result
+
+
+# -- Mega-Cache files: import a container as a commit, export a ref as a container ---------
+
+
+def import_megacache(
+    store: Store,
+    data: bytes,
+    *,
+    branch: str = "main",
+    message: str = "import mega-cache",
+    env: Env | None = None,
+) -> CaptureResult:
+    """Split a ``save_cache_artifacts()`` container into entries of ``env`` (default:
+    this process's) and commit them on ``branch``.
+
+    The container carries no env of its own, so it is filed under the env of the process
+    importing it: import on the machine (and torch build) that produced it.
+    """
+    arts = [a for a in megacache.decode(data) if a.kind in megacache.MEGACACHE_KINDS]
+    return commit_artifacts(
+        store,
+        arts,
+        branch=branch,
+        message=message,
+        metadata={"producer": "import-megacache", "artifacts": len(arts)},
+        env=env,
+    )
+
+
+def export_megacache(store: Store, ref: str, *, env: Env | None = None) -> tuple[bytes, dict[str, int]]:
+    """The Mega-Cache container of the entries of ``ref`` that match ``env`` (default:
+    this process's), and the count per kind. Entries of other envs are never exported,
+    and every blob is hash-checked first.
+    """
+    env_id = (env or current_env()).id
+    root = load_commit(store, resolve(store, ref)).manifest
+    arts: list[Artifact] = []
+    counts: dict[str, int] = {}
+    for ek, entry in manifest.entries(store, root):
+        if ek.env != env_id or ek.kind not in megacache.MEGACACHE_KINDS:
+            continue
+        arts.append(Artifact(ek.kind, ek.key, blobs.read(store, ek, entry)))
+        counts[ek.kind] = counts.get(ek.kind, 0) + 1
+    return megacache.encode(arts), counts

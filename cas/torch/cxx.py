@@ -40,6 +40,7 @@ from typing import Any
 from cas.torch import _compat
 from cas.torch.hooks import after_import
 from cas.torch.kinds import Found
+from cas.torch.warn import warn_once
 
 __all__ = [
     "TOOLCHAIN_KINDS",
@@ -86,8 +87,6 @@ def _wrap(module: Any) -> None:
     try:
         _compat.wrap_target_file_path(module, _tracking)
     except Exception as exc:  # inside the user's import of torch: never raise (probe() names it)
-        from cas.torch.live import warn_once
-
         warn_once("cxx-track", f"cannot track torch's C++ builds ({exc}); the warmth report misses them")
 
 

@@ -7,7 +7,7 @@ what torch newly compiles and commits it at exit (or on :meth:`Session.flush`), 
 what it autotuned meanwhile as autotune records, in a commit of their own.
 
 Never worse than no cache: a missing, locked or corrupt store, a refused ref or any
-other failure costs one :class:`~cas.torch.live.CasWarning` and leaves torch compiling as
+other failure costs one :class:`~cas.torch.warn.CasWarning` and leaves torch compiling as
 if cas were not there. ``enable`` itself never raises.
 """
 
@@ -28,7 +28,8 @@ from cas.errors import CasError, PolicyError, RefNotFound
 from cas.store import Store
 from cas.torch import _compat
 from cas.torch.hooks import after_import
-from cas.torch.live import LiveCache, install, uninstall, warn_once
+from cas.torch.live import LiveCache, install, uninstall
+from cas.torch.warn import warn_once
 
 __all__ = ["SAME_BRANCH", "Session", "active_session", "bootstrap_from_env", "enable"]
 
@@ -319,7 +320,7 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
 
     assert session.commit is not None
     try:
-        # hydrate warns once per skipped entry; a process gets one warning in all.
+        # hydrate warns about skipped entries; a process gets one warning in all.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # Headers (~150 MB) are written while the program goes on, under torch's own
@@ -335,10 +336,11 @@ def _hydrate(session: Session, store: Store, cache_dir: str | os.PathLike[str] |
     if result.pending:  # torch builds headers from inductor, which compiles reach through dynamo
         for module in (_compat.DYNAMO, _compat.INDUCTOR):
             after_import(module, lambda _module: result.start())
-    if caught:
+    if caught:  # a refused blob is reported once (cas.torch.blobs), and counted in the result
+        unused = max(len(caught), result.corrupt)
         warn_once(
             "corrupt-blob",
-            f"{len(caught)} entr{'y' if len(caught) == 1 else 'ies'} of {session.ref} could not be "
+            f"{unused} entr{'y' if unused == 1 else 'ies'} of {session.ref} could not be "
             f"used ({caught[0].message}); compiling those instead (run `cas fsck`)",
         )
     session.hydrated = {

@@ -27,12 +27,17 @@ from typing import Any
 
 from cas import entrykeys, manifest, revocations
 from cas.autotune import KIND as AUTOTUNE_RECORD
-from cas.digest import Hasher, ObjectId, verify_id
+from cas.digest import Hasher, ObjectId
+from cas.errors import CorruptObject
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
-from cas.torch import kinds
+from cas.torch import blobs, kinds
+from cas.torch._compat import header_dir as torch_pch_dir
+from cas.torch._compat import torch_cache_dir
+from cas.torch.autotune import records_for_here, write_records
 from cas.torch.env import cpu_fingerprint, current_env
+from cas.torch.warmth import predict
 
 __all__ = ["HydrateResult", "hydrate", "hydrate_safely", "matching_entries"]
 
@@ -142,14 +147,10 @@ def _count(result: HydrateResult, kind: str, size: int) -> None:
 
 def _blob(store: Store, ek: EntryKey, entry: Entry) -> bytes | None:
     try:
-        data = store.get(entry.blob)
-    except Exception as exc:  # a corrupt record must not stop the others
+        return blobs.read_or_skip(store, ek, entry)
+    except Exception as exc:  # an unreadable record must not stop the others
         warnings.warn(f"cas: cannot read {ek}: {exc}", stacklevel=3)
         return None
-    if data is None or ObjectId.of(data) != entry.blob:
-        warnings.warn(f"cas: skipping {ek}: blob missing or corrupt", stacklevel=3)
-        return None
-    return data
 
 
 #: Entries at least this large are streamed to disk chunk by chunk (a precompiled
@@ -167,15 +168,15 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path,
     None if ``cancel`` was set meanwhile (nothing is left behind)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    hasher = Hasher()
+    hasher, size = Hasher(), 0
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in store.iter_blob(entry.blob):
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled
                 hasher.update(chunk)
-                f.write(chunk)
-        verify_id(entry.blob, hasher.digest(), what=f"blob of {ek}")
+                size += f.write(chunk)
+        blobs.check(ek, entry, hasher.digest(), size)
         os.chmod(tmp, kinds.file_mode(path))
         os.replace(tmp, path)
         return True
@@ -183,6 +184,11 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path,
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return None
+    except CorruptObject as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        blobs.report(exc)
+        return False
     except Exception as exc:  # corrupt or unreadable: skip this entry, keep the others
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -216,10 +222,6 @@ def hydrate(
     forbids handing the ref's bytes to torch; everything per entry is counted in the
     result instead of raised.
     """
-    from cas.torch._compat import header_dir as torch_pch_dir
-    from cas.torch._compat import torch_cache_dir
-    from cas.torch.warmth import predict
-
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
     if check_policy:
@@ -283,8 +285,6 @@ def hydrate(
 def _write_autotune_records(
     store: Store, records: list[tuple[EntryKey, Entry]], root_dir: Path, result: HydrateResult
 ) -> None:
-    from cas.torch.autotune import records_for_here, write_records
-
     found = records_for_here(store, records)
     result.skipped_other_cpu += found.other_device
     result.corrupt += found.missing

@@ -24,10 +24,8 @@ moves, so one that arrives while a server runs takes effect on the next get.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,11 +36,17 @@ from cas import manifest, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError
+from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
+from cas.provenance import mark_local
+from cas.refs import branch_ref, load_commit
 from cas.store import Store
-from cas.torch import _compat
+from cas.torch import _compat, autotune, blobs, cxx
+from cas.torch.artifacts import commit_metadata, entry_key
+from cas.torch.capture import process_artifacts
 from cas.torch.env import cpu_fingerprint
-from cas.torch.kinds import Found, pgo_key, scan, variant_for
+from cas.torch.kinds import Found, scan
+from cas.torch.warn import warn_once
 from cas.torch.wire import (
     AUTOTUNE_REMOTE,
     LIVE_KINDS,
@@ -55,40 +59,17 @@ from cas.torch.wire import (
 __all__ = [
     "AUTOTUNE_REMOTE",
     "TRITON_REMOTE",
-    "CasWarning",
     "LiveCache",
     "LiveStats",
     "install",
     "parse_backend_key",
     "uninstall",
-    "warn_once",
 ]
 
 #: Keys kept per kind in LiveStats.missed: enough to name what a run missed, bounded.
 MISSED_KEPT = 32
 #: GPU cache-dir files no remote cache carries; flush records those written meanwhile.
 _GPU_SIDE_KINDS = frozenset({"autotune", "triton_kernel"})
-
-
-class CasWarning(UserWarning):
-    """Something in cas went wrong; torch compiles normally instead."""
-
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
-def warn_once(topic: str, message: str) -> None:
-    """Emit ``message`` as a :class:`CasWarning`, at most once per ``topic`` per process.
-
-    "Never worse than no cache" means a broken store costs one warning, not one per
-    graph: a run with 50 graphs and a corrupt store must not print 50 lines.
-    """
-    with _warn_lock:
-        if topic in _warned:
-            return
-        _warned.add(topic)
-    warnings.warn(f"cas: {message}", CasWarning, stacklevel=3)
 
 
 @dataclass
@@ -231,20 +212,6 @@ class LiveCache:
         out.extend((v, e, None) for v, e in self._index.get((kind, key), []))
         return out
 
-    def _verified_bytes(self, entry: Entry) -> bytes | None:
-        data = self.store.get(entry.blob)
-        if data is None:
-            warn_once("missing-blob", f"blob {entry.blob.short()} is missing from the store; compiling instead")
-            return None
-        if len(data) != entry.size or ObjectId.of(data) != entry.blob:
-            warn_once(
-                "corrupt-blob",
-                f"blob {entry.blob.short()} is corrupt (its bytes do not hash to its id); "
-                "compiling instead (run `cas fsck`)",
-            )
-            return None
-        return data
-
     def get(self, backend_key: str) -> bytes | None:
         """The wire value for ``backend_key``, or None (a miss). Never raises."""
         found = self.get_entry(backend_key)
@@ -271,8 +238,9 @@ class LiveCache:
             self.stats.gets += 1
             self.check_revocations()
             candidates = self._candidates(kind, key)
-            for _variant, entry, data in candidates:
-                data = data if data is not None else self._verified_bytes(entry)
+            for variant, entry, data in candidates:
+                ek = EntryKey(self.env_id, kind, key, variant)
+                data = data if data is not None else blobs.read_or_skip(self.store, ek, entry)
                 if data is not None:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
@@ -314,9 +282,8 @@ class LiveCache:
         meta.update({"producer": "live", "cache_id": cache_id})
         # The same variant rule as capture (a hash of the guard expressions, read from
         # the pickle without unpickling it), so live and captured entries coincide.
-        variant, guards = variant_for(kind, blob, "")
+        ek, guards = entry_key(self.env_id, kind, key, blob, "")
         entry = Entry(ObjectId.of(blob), len(blob), guards, meta)
-        ek = EntryKey(self.env_id, kind, key, variant)
         manifest.check_entry(ek, entry)  # one bad entry must not fail the flush of all
         with self._lock:
             self.stats.puts += 1
@@ -343,13 +310,11 @@ class LiveCache:
         """
         if self.cache_dir is None:
             return {}
-        from cas.torch import cxx
-
         cpu = cpu_fingerprint()
         out: dict[EntryKey, _Pending] = {}
         tools = cxx.toolchain()
         for found in self._side_files():
-            ek = EntryKey(self.env_id, found.kind, found.key, variant_for(found.kind, b"", cpu)[0])
+            ek = entry_key(self.env_id, found.kind, found.key, b"", cpu)[0]
             if ek in out or (root is not None and manifest.lookup(self.store, root, ek) is not None):
                 continue
             try:
@@ -361,9 +326,7 @@ class LiveCache:
                 meta.update(tools)
             out[ek] = _Pending(Entry(ObjectId.of(data), len(data), None, meta), data)
         for art in _process_artifacts():
-            key = pgo_key(art.key) if art.kind == "pgo" else art.key
-            variant, guards = variant_for(art.kind, art.content, cpu)
-            ek = EntryKey(self.env_id, art.kind, key, variant)
+            ek, guards = entry_key(self.env_id, art.kind, art.key, art.content, cpu)
             if ek in out or ek in self._pending:
                 continue
             if root is not None and manifest.lookup(self.store, root, ek) is not None:
@@ -375,8 +338,6 @@ class LiveCache:
     def _side_files(self) -> list[Found]:
         if self.cache_dir is None:
             return []
-        from cas.torch import cxx
-
         found = list(cxx.tracked_artifacts(self.cache_dir)) + list(cxx.gemm_timings(self.cache_dir))
         if self.cache_dir.is_dir():
             for f in scan(self.cache_dir):
@@ -388,8 +349,6 @@ class LiveCache:
         return found
 
     def _tip_root(self) -> ObjectId | None:
-        from cas.refs import branch_ref, load_commit
-
         assert self.branch is not None
         ref = branch_ref(self.branch)
         tip = self.store.get_ref(ref)
@@ -409,9 +368,6 @@ class LiveCache:
         or None when there was nothing new, no branch, or when called from a forked
         child. Never raises: on a store error the entries stay buffered, one warning.
         """
-        from cas.history import commit_changes
-        from cas.provenance import mark_local
-
         with self._lock:
             if self.branch is None or os.getpid() != self._owner_pid:
                 return None
@@ -447,8 +403,6 @@ class LiveCache:
         """Watch torch autotune from now on (:func:`cas.torch.autotune.watch`, lazily), so
         :meth:`flush_autotune` adds what torch does not keep: each Triton config's time and
         when each GEMM was measured. Only when recording."""
-        from cas.torch import autotune
-
         with self._lock:
             if self.branch is not None and self._unwatch is None:
                 self.observed, self._unwatch = autotune.watch(lazily=True)
@@ -465,9 +419,6 @@ class LiveCache:
         autotune records (:func:`cas.torch.autotune.record`): a commit of its own on
         ``branch``, ``autotune: N kernels on <device>``, after :meth:`flush`'s. Returns it,
         or None (nothing measured, no branch, a forked child). Never raises."""
-        from cas.provenance import mark_local
-        from cas.torch import autotune
-
         with self._lock:
             if self.branch is None or self.cache_dir is None or os.getpid() != self._owner_pid:
                 return None
@@ -486,28 +437,13 @@ class LiveCache:
             return res.commit
 
     def _commit_metadata(self, pending: dict[EntryKey, _Pending]) -> dict[str, Any]:
-        kinds: dict[str, int] = defaultdict(int)
-        for k in pending:
-            kinds[k.kind] += 1
         spent = sum(int(p.entry.meta.get("time_taken_ms", 0) or 0) for p in pending.values())
-        meta = {
-            "producer": "live",
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "time": int(time.time()),
-            "env": self.env_id.hex,
-            "kinds": dict(kinds),
-            "entries": len(pending),
-            "compile_time_ms": spent,
-        }
-        meta.update(self.metadata)
-        return meta
+        own = {"pid": os.getpid(), "entries": len(pending), "compile_time_ms": spent}
+        return commit_metadata("live", self.env_id, pending, {**own, **self.metadata})
 
 
 def _process_artifacts() -> list[Any]:
     try:
-        from cas.torch.capture import process_artifacts
-
         return process_artifacts()
     except Exception:  # Mega-Cache unavailable: the remote-cache puts still count
         return []

@@ -12,7 +12,8 @@
 
 Splitting it here (rather than through torch) lets ``cas import-megacache`` store one
 entry per artifact and lets export rebuild a container from any subset of entries, with
-nothing unpickled on the way.
+nothing unpickled on the way. A codec only: the store side (import as a commit, export a
+ref) is :func:`cas.torch.capture.import_megacache` / :func:`~cas.torch.capture.export_megacache`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cas.errors import CorruptObject
-
-if TYPE_CHECKING:
-    from cas.objects import Env
-    from cas.store import Store
-    from cas.torch.capture import CaptureResult
 
 __all__ = [
     "ENCODING_VERSION",
@@ -38,8 +33,6 @@ __all__ = [
     "Artifact",
     "decode",
     "encode",
-    "export_megacache",
-    "import_megacache",
 ]
 
 ENCODING_VERSION = 1
@@ -133,59 +126,3 @@ def encode(artifacts: Iterable[Artifact]) -> bytes:
             body += _U64.pack(len(a.content))
             body += a.content
     return zlib.crc32(body).to_bytes(4, "big") + bytes(body)
-
-
-# --- store side: import a container as entries, export entries as a container -------------
-# (imports inside the functions: the codec above must stay free of store and torch)
-
-
-def import_megacache(
-    store: Store,
-    data: bytes,
-    *,
-    branch: str = "main",
-    message: str = "import mega-cache",
-    env: Env | None = None,
-) -> CaptureResult:
-    """Split a ``save_cache_artifacts()`` container into entries of ``env`` (default:
-    this process's) and commit them on ``branch``.
-
-    The container carries no env of its own, so it is filed under the env of the process
-    importing it: import on the machine (and torch build) that produced it.
-    """
-    from cas.torch.capture import commit_artifacts
-
-    arts = [a for a in decode(data) if a.kind in MEGACACHE_KINDS]
-    return commit_artifacts(
-        store,
-        arts,
-        branch=branch,
-        message=message,
-        metadata={"producer": "import-megacache", "artifacts": len(arts)},
-        env=env,
-    )
-
-
-def export_megacache(store: Store, ref: str, *, env: Env | None = None) -> tuple[bytes, dict[str, int]]:
-    """The Mega-Cache container of the entries of ``ref`` that match ``env`` (default:
-    this process's), and the count per kind. Entries of other envs are never exported,
-    and every blob is hash-checked first.
-    """
-    from cas import manifest
-    from cas.digest import ObjectId
-    from cas.refs import load_commit, resolve
-    from cas.torch.env import current_env
-
-    env_id = (env or current_env()).id
-    root = load_commit(store, resolve(store, ref)).manifest
-    arts: list[Artifact] = []
-    counts: dict[str, int] = {}
-    for ek, entry in manifest.entries(store, root):
-        if ek.env != env_id or ek.kind not in MEGACACHE_KINDS:
-            continue
-        content = store.get(entry.blob)
-        if content is None or ObjectId.of(content) != entry.blob:
-            raise CorruptObject(f"blob of {ek} is missing or corrupt", oid=entry.blob)
-        arts.append(Artifact(ek.kind, ek.key, content))
-        counts[ek.kind] = counts.get(ek.kind, 0) + 1
-    return encode(arts), counts

@@ -127,9 +127,9 @@ def scenarios(path: str) -> dict[str, Any]:
         os.environ.update(spec.get("env", {}))
         warnings.filterwarnings("default", message="cas:")  # resets "shown once" memory
         if "cas" in sys.modules:
-            from cas.torch.live import _warned
+            from cas.torch import warn
 
-            _warned.clear()
+            warn.forget()
         torch._dynamo.reset()
         counters.clear()
         try:

@@ -90,7 +90,7 @@ def test_cas_capture_commits_autotune_records_after_the_entries(
     assert "] tuned run" in out and "] autotune: 3 kernels on " in out
     with Store(store_path) as store:
         (tuned_msg, _), (capture_msg, capture_meta) = commits(store, "main")
-        assert capture_msg == "tuned run" and capture_meta["counts"]["gemm_timing"] == 1
+        assert capture_msg == "tuned run" and capture_meta["kinds"]["gemm_timing"] == 1
         assert tuned_msg.startswith("autotune: 3 kernels on ")
         assert len(records(store, "main")) == 3
     shown = json.loads(torch_env.cas(store_path, "--json", "autotune", "log").stdout)

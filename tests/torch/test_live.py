@@ -129,9 +129,10 @@ def _flat(store: Store) -> list:
 
 def test_a_bad_put_or_a_broken_store_is_one_warning_never_an_exception(tmp_path: Path) -> None:
     from cas.torch.env import current_env
-    from cas.torch.live import CasWarning, LiveCache, _warned
+    from cas.torch.live import LiveCache
+    from cas.torch.warn import CasWarning, forget
 
-    _warned.clear()
+    forget()
     store = Store.init(tmp_path / "store")
     live = LiveCache(store, current_env(), root=None, branch="main")
     with pytest.warns(CasWarning, match="could not record"):

@@ -142,9 +142,9 @@ def test_a_tag_signed_by_a_trusted_key_is_allowed(store: Store) -> None:
 
 def test_enable_on_a_refused_ref_serves_nothing_with_one_warning(store: Store) -> None:
     from cas.torch.enable import enable
-    from cas.torch.live import CasWarning, _warned
+    from cas.torch.warn import CasWarning, forget
 
-    _warned.clear()
+    forget()
     _commit(store, "main", "fa", remote="team")
     with pytest.warns(CasWarning, match="untrusted remote") as caught:
         session = enable(store, ref="main", hydrate=True)
@@ -158,9 +158,9 @@ def test_enable_on_a_refused_ref_serves_nothing_with_one_warning(store: Store) -
 
 def test_enable_on_a_missing_store_is_one_warning_and_creates_nothing(tmp_path: Path) -> None:
     from cas.torch.enable import enable
-    from cas.torch.live import CasWarning, _warned
+    from cas.torch.warn import CasWarning, forget
 
-    _warned.clear()
+    forget()
     with pytest.warns(CasWarning, match="no cas store") as caught:
         session = enable(tmp_path / "missing", ref="main")
     try:
