@@ -212,7 +212,7 @@ def hydrate(
     program that never compiles spends no CPU on headers; their locks are held meanwhile).
 
     Raises :class:`~cas.errors.RefNotFound` for an unknown ref and
-    :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.torch.policy`)
+    :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.trust.policy`)
     forbids handing the ref's bytes to torch; everything per entry is counted in the
     result instead of raised.
     """
@@ -223,7 +223,7 @@ def hydrate(
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
     if check_policy:
-        from cas.torch.policy import check_ref_allowed
+        from cas.trust import check_ref_allowed
 
         check_ref_allowed(store, ref)
     result = HydrateResult(commit=commit, cache_dir=str(root_dir))
