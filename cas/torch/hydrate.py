@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from cas import entrykeys, manifest, revocations
-from cas.autotune import KIND as AUTOTUNE_RECORD
 from cas.digest import Hasher, ObjectId, verify_id
 from cas.objects import Entry, EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
 from cas.torch import kinds
 from cas.torch.env import cpu_fingerprint, current_env
+from cas.tuning import KIND as AUTOTUNE_RECORD
 
 __all__ = ["HydrateResult", "hydrate", "hydrate_safely", "matching_entries"]
 
@@ -235,7 +235,7 @@ def hydrate(
     used: list[ObjectId] = []
     for ek, entry in matching_entries(store, root, env, result, revocations.load(store)):
         used.append(entry.blob)
-        if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.autotune)
+        if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.tuning)
             records.append((ek, entry))
             continue
         base = root_dir
