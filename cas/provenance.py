@@ -1,6 +1,6 @@
 """Where a commit came from: made in this store, or received from a remote.
 
-The trust policy (cas.torch.policy: nothing pulled from a remote reaches torch unless
+The trust policy (cas.trust.policy: nothing pulled from a remote reaches torch unless
 its source is trusted) needs to know whether bytes came from a remote before handing
 them to torch. History marks every commit it writes as ``local``; sync marks every
 commit it receives as ``remote:<identity>`` unless the same commit was already made

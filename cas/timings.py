@@ -1,7 +1,7 @@
 """Measured times: what a time that an autotune record claims may be, wherever it is read.
 
 The merge rule keeps the faster of two measurements of one kernel on one class of device
-(:data:`cas.autotune.FASTER`), so a time is a claim that decides what every machine
+(:data:`cas.tuning.FASTER`), so a time is a claim that decides what every machine
 runs: a peer's ``-1``, ``0`` or ``1e-300`` ms would win every merge. A time is a
 possible measurement only if it is a finite number of milliseconds of at least
 :data:`MIN_MS`. It is checked where records are made (``cas.torch.autotune.record``),
@@ -21,8 +21,8 @@ __all__ = ["MIN_MS", "TIMED_KINDS", "TIMING_KEYS", "entry_problem", "problem"]
 #: microseconds and torch's benchmarks report far above this, so only a forged or broken
 #: record claims less; not an option, as no real measurement is near it.
 MIN_MS = 1e-6
-#: Entry kinds whose metadata carries measured times: ``cas.autotune.KIND`` (named here,
-#: not imported: cas.autotune sits above cas.validate, which checks received entries).
+#: Entry kinds whose metadata carries measured times: ``cas.tuning.KIND`` (named here,
+#: not imported: cas.tuning sits above cas.validate, which checks received entries).
 TIMED_KINDS = frozenset({"autotune_record"})
 #: Metadata keys holding a measured time in milliseconds, in order of preference.
 TIMING_KEYS = ("time_ms", "timing_ms")

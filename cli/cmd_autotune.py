@@ -11,8 +11,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cas import autotune, refs
+from cas import refs, tuning
 from cas.errors import UsageError
+from cas_cli import autotune_rows
 from cas_cli.context import Context, pass_ctx
 
 
@@ -20,7 +21,7 @@ def _ms(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
 
-def _emit_rows(ctx: Context, title: str, rows: list[autotune.Row]) -> None:
+def _emit_rows(ctx: Context, title: str, rows: list[autotune_rows.Row]) -> None:
     if ctx.as_json:
         ctx.emit([r.to_dict() for r in rows])
         return
@@ -28,7 +29,7 @@ def _emit_rows(ctx: Context, title: str, rows: list[autotune.Row]) -> None:
     ctx.info(f"{len(rows)} records")
 
 
-def _rows_table(title: str, rows: list[autotune.Row], with_commit: bool) -> Table:
+def _rows_table(title: str, rows: list[autotune_rows.Row], with_commit: bool) -> Table:
     table = Table(title=title, show_edge=False)
     for name in ("op", "shapes", "choice", "ms", "device", "host"):
         # op, choice and times whole; long shapes and device names wrap rather than truncate
@@ -37,7 +38,7 @@ def _rows_table(title: str, rows: list[autotune.Row], with_commit: bool) -> Tabl
     if with_commit:
         table.add_column("commit", no_wrap=True)
     for r in rows:
-        cells = [str(r.meta.get("op", "")), str(r.meta.get("shapes", "")), autotune.short_choice(r.meta.get("choice")),
+        cells = [str(r.meta.get("op", "")), str(r.meta.get("shapes", "")), tuning.short_choice(r.meta.get("choice")),
                  _ms(r.time()), str(r.meta.get("device", "")), str(r.meta.get("host", ""))]
         if with_commit:
             cells.append(r.commit.hex[:10] if r.commit else "-")
@@ -57,7 +58,7 @@ def autotune_group() -> None:
 def log_cmd(ctx: Context, rev: str, max_count: int | None) -> None:
     """Records measured by the autotune commits reachable from REV, newest first."""
     _emit_rows(ctx, f"autotune records measured up to {rev}",
-               autotune.log_rows(ctx.store, refs.resolve(ctx.store, rev), max_count))
+               autotune_rows.log_rows(ctx.store, refs.resolve(ctx.store, rev), max_count))
 
 
 @autotune_group.command(name="show")
@@ -65,7 +66,7 @@ def log_cmd(ctx: Context, rev: str, max_count: int | None) -> None:
 @pass_ctx
 def show_cmd(ctx: Context, rev: str) -> None:
     """Every record in REV, with the commit that measured it."""
-    _emit_rows(ctx, f"autotune records in {rev}", autotune.show_rows(ctx.store, refs.resolve(ctx.store, rev)))
+    _emit_rows(ctx, f"autotune records in {rev}", autotune_rows.show_rows(ctx.store, refs.resolve(ctx.store, rev)))
 
 
 @autotune_group.command(name="diff")
@@ -75,7 +76,7 @@ def show_cmd(ctx: Context, rev: str) -> None:
 def diff_cmd(ctx: Context, a: str, b: str) -> None:
     """Records that differ from A to B: speedups, regressions, added, removed."""
     store = ctx.store
-    deltas = autotune.diff_rows(store, refs.resolve(store, a), refs.resolve(store, b))
+    deltas = autotune_rows.diff_rows(store, refs.resolve(store, a), refs.resolve(store, b))
     if ctx.as_json:
         ctx.emit([d.to_dict() for d in deltas])
         return
@@ -87,8 +88,8 @@ def diff_cmd(ctx: Context, a: str, b: str) -> None:
         row = d.to_dict()
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
         verdict = row["verdict"]
-        cells = [str(row["op"]), str(row["shapes"]), d.key.variant[:24], autotune.short_choice(row["old_choice"]),
-                 _ms(row["old_ms"]), autotune.short_choice(row["new_choice"]), _ms(row["new_ms"]), ratio]
+        cells = [str(row["op"]), str(row["shapes"]), d.key.variant[:24], tuning.short_choice(row["old_choice"]),
+                 _ms(row["old_ms"]), tuning.short_choice(row["new_choice"]), _ms(row["new_ms"]), ratio]
         color = colors.get(verdict)
         table.add_row(*(escape(c) for c in cells), f"[{color}]{verdict}[/]" if color else verdict)
     ctx.out.print(table)

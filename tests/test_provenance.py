@@ -11,7 +11,7 @@ from cas.errors import PolicyError
 from cas.objects import Entry, EntryKey, Env
 from cas.remote import open_remote
 from cas.store import Store
-from cas.torch.policy import check_ref_allowed
+from cas.trust import check_ref_allowed
 
 
 def _capture(store: Store, name: str) -> None:

@@ -15,7 +15,7 @@ from cas.errors import PolicyError
 from cas.objects import Entry, EntryKey, Env
 from cas.remote.http import HttpRemote
 from cas.store import Store
-from cas.torch.policy import check_ref_allowed
+from cas.trust import check_ref_allowed
 
 
 def _capture(path: Path, name: str) -> None:

@@ -27,7 +27,7 @@ import-linter contract in pyproject.toml checks):
     tree.py    the tree algorithms on raw rows: build, update, filter, diff, walk, flush
     api.py     the public operations above, on EntryKey/Entry
     merge.py   three-way merge and its rules; the manifest names no kind (rules that know
-               a kind live with it, e.g. cas.autotune.MERGE_RULES)
+               a kind live with it, e.g. cas.tuning.MERGE_RULES)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Three-way merge of manifests, with per-kind rules for the keys both sides changed.
 
 The manifest knows no kinds: its only rule is the fallback, keep ours. A module that
-defines a kind with a better rule declares it (e.g. ``cas.autotune.MERGE_RULES``), and
+defines a kind with a better rule declares it (e.g. ``cas.tuning.MERGE_RULES``), and
 the caller that merges branches passes the table (``cas.sync.merge.RULES``).
 """
 

@@ -16,7 +16,7 @@ names it (``cas serve --redis-env``), or the served ref holds exactly one env. E
 of other envs are never served.
 
 * Reads answer from ``ref`` (a tag or a branch), re-read when it moves, if the trust
-  policy allows it (:func:`cas.torch.policy.check_ref_allowed`). When ``ref`` is the write
+  policy allows it (:class:`cas.trust.AllowedCommits`). When ``ref`` is the write
   branch itself, the writes not yet committed are served too; a door that reads a tag
   (or another branch) serves exactly that ref's commit, whatever anyone writes (design
   invariant 7). Every value is re-hashed (BLAKE3) before it is served. A revoked entry
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cas import entrykeys, provenance, refs
+from cas import entrykeys, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import BadEntryKey, CasError, UsageError
@@ -70,8 +70,8 @@ from cas.server.redis_budget import WriteBudget
 from cas.server.redis_session import Connection
 from cas.store import Store
 from cas.torch.live import LiveCache
-from cas.torch.policy import check_ref_allowed
 from cas.torch.wire import parse_backend_key
+from cas.trust import AllowedCommits
 
 LOG = logging.getLogger("cas.server.redis")
 
@@ -151,8 +151,8 @@ class RedisDoor:
         self.pin: ObjectId | None = None
         self.reporter = (DoorReporter(self.read_ref, self.env.id.hex, options.report_every)
                          if options.report_every is not None else None)
-        #: Commits the trust policy allowed (tips served so far).
-        self._allowed: set[ObjectId] = set()
+        #: The trust policy, for a ref that moves (checks only what is new since).
+        self._policy = AllowedCommits(self.store)
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
         #: Served values of the current commit, already BLAKE3-checked:
         #: {key: (wire value, blob id)}; the id so that a hit here still counts as a read.
@@ -222,10 +222,7 @@ class RedisDoor:
         root, self.pin = None, None
         if raw is not None:
             try:
-                commit = refs.peel(self.store, raw)
-                if not self._local_since_allowed(commit):
-                    check_ref_allowed(self.store, self._ref_full)
-                self._allowed.add(commit)
+                commit = self._policy.check(self._ref_full, raw)
                 root = refs.load_commit(self.store, commit).manifest
                 self.pin = commit
             except CasError as exc:
@@ -233,25 +230,6 @@ class RedisDoor:
         self.reader.serve_from(root)
         self._hot.clear()
         self._hot_bytes = 0
-
-    def _local_since_allowed(self, commit: ObjectId) -> bool:
-        """Whether every commit between ``commit`` and the tips allowed before is local.
-
-        The trust policy walks the whole history of a ref; a branch the door commits to
-        every few seconds would make that walk longer each time. A commit made here on
-        top of allowed ones is allowed by the same rule, so only the new ones are read
-        (bounded; anything else, e.g. a merge from a remote, takes the full check).
-        """
-        todo, walked = [commit], 0
-        while todo:
-            c = todo.pop()
-            if c in self._allowed:
-                continue
-            walked += 1
-            if not self._allowed or walked > 1000 or provenance.origin(self.store, c) != "local":
-                return False
-            todo.extend(refs.load_commit(self.store, c).parents)
-        return True
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Bring a local branch up to a fetched commit: fast-forward, or merge manifests.
 
 The per-kind rules live with the kinds (:data:`RULES`: the faster autotune record wins,
-``cas.autotune.MERGE_RULES``; anything else keeps ours, ``manifest.DEFAULT_RULES``); a key
+``cas.tuning.MERGE_RULES``; anything else keeps ours, ``manifest.DEFAULT_RULES``); a key
 both sides changed differently that no rule decides is a conflict. Conflicts are
 reported, and the branch is not moved unless the caller accepts our side for them
 (``allow_conflicts``), because a merge that silently drops one side of a conflict would
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from cas import autotune, history, manifest, revocations
+from cas import history, manifest, revocations, tuning
 from cas.digest import ObjectId
 from cas.errors import MergeConflict
 from cas.objects import Entry, EntryKey
@@ -26,7 +26,7 @@ Conflict = tuple[EntryKey, Entry | None, Entry | None]
 
 #: kind -> merge rule for branches: the manifest's fallback (keep ours) and the rules the
 #: modules that define kinds declare. Injected here so the manifest names no kind.
-RULES: Mapping[str, manifest.Resolver] = MappingProxyType({**manifest.DEFAULT_RULES, **autotune.MERGE_RULES})
+RULES: Mapping[str, manifest.Resolver] = MappingProxyType({**manifest.DEFAULT_RULES, **tuning.MERGE_RULES})
 
 
 @dataclass
@@ -95,9 +95,9 @@ def integrate(
             ref=ref,
             conflicts=len(result.conflicts),
         )
-    decided = [k for k, _, _ in result.resolved if k.kind == autotune.KIND]
+    decided = [k for k, _, _ in result.resolved if k.kind == tuning.KIND]
     sides = [{k: manifest.lookup(store, load_commit(store, c).manifest, k) for k in decided} for c in (ours, theirs)]
-    tuned = autotune.merge_lines(result.resolved, *sides)
+    tuned = tuning.merge_lines(result.resolved, *sides)
     if tuned:  # say which measurement each tuned kernel kept, and why
         message = f"{message}\n\nautotune, faster measurement kept:\n" + "\n".join(tuned)
     meta = {

@@ -2,7 +2,7 @@
 
 - :func:`read_records` turns the files torch left in a cache dir (the ``select_algorithm``
   timing file, Triton ``.best_config`` files) and remote-autotune values into
-  :class:`cas.autotune.Record` s, with this process's provenance.
+  :class:`cas.tuning.Record` s, with this process's provenance.
 - :func:`observe` is a context manager for the compiling process: it sees the Triton
   benchmark timings torch does not keep (``.best_config`` holds only the winner) and
   the moment each GEMM was measured.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas import autotune, manifest
+from cas import manifest, tuning
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import BadAutotuneRecord
@@ -136,7 +136,7 @@ class Observed:
 
 
 def _line(cfg: Any) -> str:
-    return autotune.config_line({**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return tuning.config_line({**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
 @contextlib.contextmanager
@@ -296,12 +296,12 @@ def read_records(
     remote_values: Iterable[tuple[str, bytes]] = (),
     method: str = "",
     since: float | None = None,
-) -> list[autotune.Record]:
+) -> list[tuning.Record]:
     """Every autotune result in ``cache_dir`` (and ``remote_values``) as records of this
     process's device class and provenance; with ``since``, only files written since then."""
     cls, prov = device_class(), provenance(method)
     seen = observed or Observed()
-    out: list[autotune.Record] = []
+    out: list[tuning.Record] = []
     for found in kinds.scan(Path(cache_dir)):
         if found.kind not in ("gemm_timing", "autotune"):
             continue
@@ -315,22 +315,22 @@ def read_records(
         rel = str(found.path.relative_to(cache_dir))
         file_prov = {**prov, "time": round(mtime, 3)}
         if found.kind == "gemm_timing":
-            for rec in autotune.from_timing_file(content, rel, cls, file_prov):
+            for rec in tuning.from_timing_file(content, rel, cls, file_prov):
                 at = seen.gemm_times.get((rec.op, str(rec.source.get("inputs_key"))))
                 out.append(_with_time(rec, at) if at is not None else rec)
         else:
-            best = autotune.from_best_config(content, rel, cls, file_prov, timings=seen.triton.get(rel))
+            best = tuning.from_best_config(content, rel, cls, file_prov, timings=seen.triton.get(rel))
             if best is not None:
                 out.append(best)
     for key, value in remote_values:
-        best = autotune.from_best_config(value, key, cls, prov, remote=True)
+        best = tuning.from_best_config(value, key, cls, prov, remote=True)
         if best is not None:
             out.append(best)
     return out
 
 
-def _with_time(rec: autotune.Record, at: float) -> autotune.Record:
-    return autotune.Record(**{**rec.__dict__, "provenance": {**rec.provenance, "time": at}})
+def _with_time(rec: tuning.Record, at: float) -> tuning.Record:
+    return tuning.Record(**{**rec.__dict__, "provenance": {**rec.provenance, "time": at}})
 
 
 @dataclass
@@ -348,11 +348,11 @@ class RecordResult:
                 "added": self.added, "changed": self.changed, "unchanged": self.unchanged}
 
 
-def _same_measurement(old: Entry, rec: autotune.Record) -> bool:
+def _same_measurement(old: Entry, rec: tuning.Record) -> bool:
     # Re-reading a cache dir that hydrate filled gives back the records it wrote (same
     # choice and times), or for Triton a .best_config with no times at all: neither is a
     # new measurement, and the second must not replace a timed record.
-    if old.meta.get("choice") != autotune.entry_meta(rec)["choice"]:
+    if old.meta.get("choice") != tuning.entry_meta(rec)["choice"]:
         return False
     return rec.time_ms is None or (old.meta.get("time_ms") == rec.time_ms
                                    and old.meta.get("candidates") == len(rec.candidates))
@@ -366,7 +366,7 @@ def record(
     observed: Observed | None = None,
     method: str = "",
     author: str | None = None,
-    records: Iterable[autotune.Record] | None = None,
+    records: Iterable[tuning.Record] | None = None,
     since: float | None = None,
 ) -> RecordResult:
     """Commit the autotune results of ``cache_dir`` (default: torch's) on ``branch``.
@@ -390,9 +390,9 @@ def record(
     env_id = store.put_object(current_env())
     device = str(recs[0].provenance.get("device", "")) if recs else ""
     result = RecordResult(commit=None, device=device)
-    chosen: dict[EntryKey, autotune.Record] = {}
+    chosen: dict[EntryKey, tuning.Record] = {}
     for rec in recs:
-        ek = EntryKey(env_id, autotune.KIND, rec.key, rec.device_class)
+        ek = EntryKey(env_id, tuning.KIND, rec.key, rec.device_class)
         old = manifest.lookup(store, root, ek)
         if old is not None and _same_measurement(old, rec):
             result.unchanged += 1
@@ -403,7 +403,7 @@ def record(
         return result
     blobs = store.write([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
     changes: dict[EntryKey, Entry | None] = {
-        ek: Entry(oid, len(rec.to_bytes()), None, autotune.entry_meta(rec))
+        ek: Entry(oid, len(rec.to_bytes()), None, tuning.entry_meta(rec))
         for (ek, rec), oid in zip(chosen.items(), blobs, strict=True)
     }
     result.added = len(changes) - result.changed
@@ -420,17 +420,17 @@ def record(
 # -- hydrate --------------------------------------------------------------------------------
 
 
-def write_records(records: Iterable[autotune.Record], cache_dir: Path) -> int:
+def write_records(records: Iterable[tuning.Record], cache_dir: Path) -> int:
     """Write each record's choice where torch looks it up; returns records written.
 
     A GEMM record replaces its (op, inputs, precision) slot of the timing file with its
     candidate times, so torch's lookup hits and picks the recorded winner; a Triton record
     writes its ``.best_config`` as torch saved it. Each file is placed as an entry of its
-    kind is (:meth:`cas.autotune.Record.target`, :func:`cas.torch.kinds.place`); a
-    malformed record (:meth:`~cas.autotune.Record.problem`) and a remote one are skipped.
+    kind is (:meth:`cas.tuning.Record.target`, :func:`cas.torch.kinds.place`); a
+    malformed record (:meth:`~cas.tuning.Record.problem`) and a remote one are skipped.
     Records of another device class are the caller's to filter out.
     """
-    by_file: dict[Path, list[autotune.Record]] = {}
+    by_file: dict[Path, list[tuning.Record]] = {}
     written = 0
     for rec in records:
         target = rec.target() if rec.problem() is None else None
@@ -470,7 +470,7 @@ class RecordsHere:
     """The records of some entries measured on this device class, and what was not used:
     records of other device classes, and malformed ones (``bad``: entry and why)."""
 
-    records: list[autotune.Record] = field(default_factory=list)
+    records: list[tuning.Record] = field(default_factory=list)
     other_device: int = 0
     missing: int = 0
     bad: list[tuple[EntryKey, str]] = field(default_factory=list)
@@ -478,11 +478,11 @@ class RecordsHere:
 
 def records_for_here(store: Store, pairs: Iterable[tuple[EntryKey, Entry]]) -> RecordsHere:
     """The records among ``pairs`` measured on this device class, each read and checked
-    (:meth:`cas.autotune.Record.from_bytes`, and the entry's own times): a malformed one
+    (:meth:`cas.tuning.Record.from_bytes`, and the entry's own times): a malformed one
     is reported in ``bad``, never raised, so it cannot stop the others."""
     here, out = device_class(), RecordsHere()
     for ek, entry in pairs:
-        if ek.kind != autotune.KIND:
+        if ek.kind != tuning.KIND:
             continue
         if ek.variant != here:
             out.other_device += 1
@@ -492,8 +492,8 @@ def records_for_here(store: Store, pairs: Iterable[tuple[EntryKey, Entry]]) -> R
             out.missing += 1
             continue
         try:
-            rec = autotune.Record.from_bytes(data)
-            autotune.check_entry(ek, entry, rec)
+            rec = tuning.Record.from_bytes(data)
+            tuning.check_entry(ek, entry, rec)
         except BadAutotuneRecord as exc:
             out.bad.append((ek, exc.message))
             continue
@@ -503,4 +503,4 @@ def records_for_here(store: Store, pairs: Iterable[tuple[EntryKey, Entry]]) -> R
 
 def records_in(store: Store, root: ObjectId) -> Mapping[EntryKey, Entry]:
     """The autotune-record entries of a manifest."""
-    return {ek: e for ek, e in manifest.entries(store, root) if ek.kind == autotune.KIND}
+    return {ek: e for ek, e in manifest.entries(store, root) if ek.kind == tuning.KIND}

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cas import autotune
+from cas import tuning
 from cas.torch import _compat
 
 __all__ = ["Shard", "gather_records", "shard"]
@@ -60,7 +60,7 @@ def shard(rank: int, world: int) -> Iterator[Shard]:
         yield state
 
 
-def gather_records(records: Iterable[autotune.Record], group: Any = None) -> list[autotune.Record] | None:
+def gather_records(records: Iterable[tuning.Record], group: Any = None) -> list[tuning.Record] | None:
     """All ranks' records, on rank 0 (None elsewhere), exchanged over ``group``.
 
     Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
@@ -81,10 +81,10 @@ def gather_records(records: Iterable[autotune.Record], group: Any = None) -> lis
     dist.all_gather(bufs, mine, group=group)
     if dist.get_rank(group) != 0:
         return None
-    best: dict[tuple[str, str], autotune.Record] = {}
+    best: dict[tuple[str, str], tuning.Record] = {}
     for buf, size in zip(bufs, sizes, strict=True):
         for text in json.loads(bytes(buf[: int(size.item())].tolist())):
-            rec = autotune.Record.from_bytes(text.encode())
+            rec = tuning.Record.from_bytes(text.encode())
             old = best.get((rec.key, rec.device_class))
             if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):
                 best[(rec.key, rec.device_class)] = rec

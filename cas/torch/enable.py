@@ -205,7 +205,7 @@ def _start(
     from cas.refs import load_commit
     from cas.torch import cxx
     from cas.torch.env import current_env
-    from cas.torch.policy import check_ref_allowed
+    from cas.trust import check_ref_allowed
 
     cxx.track()  # the C++ files torch will ask for, by name, for record and the summary
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from cas import entrykeys, manifest, revocations
-from cas.autotune import KIND as AUTOTUNE_RECORD
 from cas.digest import Hasher, ObjectId
 from cas.errors import CorruptObject
 from cas.objects import Entry, EntryKey, Env
@@ -38,6 +37,7 @@ from cas.torch._compat import torch_cache_dir
 from cas.torch.autotune import records_for_here, write_records
 from cas.torch.env import cpu_fingerprint, current_env
 from cas.torch.warmth import predict
+from cas.tuning import KIND as AUTOTUNE_RECORD
 
 __all__ = ["HydrateResult", "hydrate", "hydrate_safely", "matching_entries"]
 
@@ -218,14 +218,14 @@ def hydrate(
     program that never compiles spends no CPU on headers; their locks are held meanwhile).
 
     Raises :class:`~cas.errors.RefNotFound` for an unknown ref and
-    :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.torch.policy`)
+    :class:`~cas.errors.PolicyError` when the trust policy (:mod:`cas.trust.policy`)
     forbids handing the ref's bytes to torch; everything per entry is counted in the
     result instead of raised.
     """
     root_dir = Path(cache_dir) if cache_dir is not None else torch_cache_dir()
     commit = resolve(store, ref)
     if check_policy:
-        from cas.torch.policy import check_ref_allowed
+        from cas.trust import check_ref_allowed
 
         check_ref_allowed(store, ref)
     result = HydrateResult(commit=commit, cache_dir=str(root_dir))
@@ -237,7 +237,7 @@ def hydrate(
     used: list[ObjectId] = []
     for ek, entry in matching_entries(store, root, env, result, revocations.load(store)):
         used.append(entry.blob)
-        if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.autotune)
+        if ek.kind == AUTOTUNE_RECORD:  # written last, over the raw files (cas.tuning)
             records.append((ek, entry))
             continue
         base = root_dir

@@ -17,7 +17,7 @@ import pytest
 from bombs import HEADROOM, LIMIT, peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server.doorkit import Door, start
+from server.rediskit import Door, start
 from servers import Served
 
 from cas import entrykeys, pack, refs, validate

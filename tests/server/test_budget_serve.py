@@ -27,7 +27,7 @@ from cas.server.auth import Scope, add_token
 from cas.server.web import COOKIE
 from cas.stats import stats
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, Door, wait_until, wire
+from server.rediskit import ENV_A, FX_KEY, Door, wait_until, wire
 
 DAY = 86400
 
@@ -65,7 +65,7 @@ def serve(tmp_path: Path, *args: str) -> Door:
 
 
 def until(what: str, cond: Callable[[], bool]) -> None:
-    """Wait for ``cond`` (a gc, a commit): doorkit.wait_until's barrier."""
+    """Wait for ``cond`` (a gc, a commit): rediskit.wait_until's barrier."""
     wait_until(lambda: cond() or None, f"showed {what}")
 
 

@@ -9,7 +9,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.doorkit import ENV_A, FX_KEY, start
+from server.rediskit import ENV_A, FX_KEY, start
 
 
 def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -22,7 +22,7 @@ from cas.objects import Entry, EntryKey
 from cas.refs import load_commit, resolve
 from cas.server.auth import Scope, add_token
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, Door, seed, start, wait_until, wire
+from server.rediskit import ENV_A, FX_KEY, Door, seed, start, wait_until, wire
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from cas import manifest
 from cas.digest import ObjectId
 from cas.refs import create_tag, load_commit, resolve, set_branch
 from cas.store import Store
-from server.doorkit import FX_KEY, Door, start, wait_until, wire
+from server.rediskit import FX_KEY, Door, start, wait_until, wire
 
 NEW_KEY = "pt2:fx-graph-v1::newkey:c1"
 

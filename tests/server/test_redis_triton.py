@@ -27,7 +27,7 @@ import pytest
 from cas import manifest
 from cas.refs import load_commit, resolve
 from cas.store import Store
-from server.doorkit import ENV_A, Door, run_fresh, start
+from server.rediskit import ENV_A, Door, run_fresh, start
 
 #: The Triton the client runs (pinned: its key format and knobs are what is tested).
 TRITON = "triton==3.9.0"

@@ -24,7 +24,7 @@ from servers import CasServer, connect_from
 from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.server.redis_session import Connection
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, Door, seed, start
+from server.rediskit import ENV_A, FX_KEY, Door, seed, start
 
 MiB = 1 << 20
 

@@ -28,7 +28,7 @@ from cas.objects import Entry, EntryKey
 from cas.refs import create_tag
 from cas.server.auth import Scope, add_token
 from cas.store import Store
-from server.doorkit import ENV_A, FX_KEY, seed
+from server.rediskit import ENV_A, FX_KEY, seed
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("CAS_TEST_ARTIFACTS", REPO / "build" / "artifacts")) / "web"

@@ -21,7 +21,7 @@ import pytest
 from autotune_fixtures import Tuned
 from torchkit import TorchEnv
 
-from cas import autotune, history, manifest
+from cas import history, manifest, tuning
 from cas.refs import load_commit, resolve
 from cas.store import Store
 
@@ -49,10 +49,10 @@ def commits(store: Store, ref: str) -> list[tuple[str, dict[str, Any]]]:
     return [(c.message, c.metadata) for _, c in history.log(store, resolve(store, ref))]
 
 
-def records(store: Store, ref: str) -> list[autotune.Record]:
+def records(store: Store, ref: str) -> list[tuning.Record]:
     root = load_commit(store, resolve(store, ref)).manifest
-    return [autotune.Record.from_bytes(store.get(e.blob) or b"")
-            for k, e in manifest.entries(store, root) if k.kind == autotune.KIND]
+    return [tuning.Record.from_bytes(store.get(e.blob) or b"")
+            for k, e in manifest.entries(store, root) if k.kind == tuning.KIND]
 
 
 def test_cas_run_record_commits_what_the_compile_autotuned(ran: Ran, torch_env: TorchEnv) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cas import autotune as records
+from cas import tuning
 from cas.refs import load_commit, resolve
 from cas.store import Store
 from cas.torch import autotune
@@ -55,7 +55,7 @@ def test_triton_best_config_round_trips_through_a_record(store: Store, tmp_path:
     assert res.added == 2 and res.commit is not None
     commit = load_commit(store, res.commit)
     assert commit.message == f"autotune: 2 kernels on {res.device}"
-    recs = {r.method: r for r in (records.Record.from_bytes(store.get(e.blob) or b"")
+    recs = {r.method: r for r in (tuning.Record.from_bytes(store.get(e.blob) or b"")
                                   for e in autotune.records_in(store, commit.manifest).values())}
     assert set(recs) == {"coordinate_descent", "triton_autotune"}
     assert recs["triton_autotune"].time_ms == 0.011 and len(recs["triton_autotune"].candidates) == 2
@@ -64,7 +64,7 @@ def test_triton_best_config_round_trips_through_a_record(store: Store, tmp_path:
     assert autotune.record(store, src).commit is None
 
     got = hydrate(store, "main", dst)
-    assert got.by_kind == {records.KIND: 2}
+    assert got.by_kind == {tuning.KIND: 2}
     # The autotuner's candidates; torch matches the cached winner among them (building a
     # new triton.Config, the coordesc path, needs Triton, which the CPU wheel lacks).
     candidates = [config(XBLOCK=128, R0_BLOCK=16), config(XBLOCK=256, R0_BLOCK=16)]
@@ -134,7 +134,7 @@ def test_best_config_of_each_torch_version_is_recorded_and_read_back_by_torch(
 
     res = autotune.record(store, src)
     (entry,) = autotune.records_in(store, load_commit(store, res.commit).manifest).values()
-    rec = records.Record.from_bytes(store.get(entry.blob) or b"")
+    rec = tuning.Record.from_bytes(store.get(entry.blob) or b"")
     assert rec.config == {k: v for k, v in saved.items() if k not in (
         "configs_hash", "found_by_coordesc", "time_taken_ms", "triton_cache_hash")}
     assert rec.choice == f"R0_BLOCK={saved['R0_BLOCK']},XBLOCK={saved['XBLOCK']},num_stages=" \
@@ -170,10 +170,10 @@ def test_gpu_timing_file_is_recorded_and_written_back_as_torch_wrote_it(tmp_path
         assert SYSTEM_CACHE_KEY_STRATEGY.key_from_json(hash_input) == system["hash"]
 
     rel = f"cache/{system['hash']}"
-    recs = list(records.from_timing_file(raw, rel, "cuda-nvidia-h200-sm90", {"device": "NVIDIA H200"}))
+    recs = list(tuning.from_timing_file(raw, rel, "cuda-nvidia-h200-sm90", {"device": "NVIDIA H200"}))
     assert sorted(r.op for r in recs) == ["addmm", "mm"]
     mm = next(r for r in recs if r.op == "mm")
-    assert len(mm.candidates) == 3 and records.short_choice(mm.choice) == "triton_mm"  # inf: failed
+    assert len(mm.candidates) == 3 and tuning.short_choice(mm.choice) == "triton_mm"  # inf: failed
     assert mm.shapes == "512x1024 bf16, 1024x4096 bf16" and mm.inputs[1]["stride"] == [1, 1024]
 
     assert autotune.write_records(recs, tmp_path) == 2

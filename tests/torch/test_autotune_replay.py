@@ -21,17 +21,17 @@ from pathlib import Path
 from autotune_fixtures import MARKER, WORKLOAD, Tuned, seed_header, seed_kernels
 from torchkit import TorchEnv
 
-from cas import autotune, history, manifest, refs
+from cas import history, manifest, refs, tuning
 from cas.objects import Entry, EntryKey
 from cas.store import Store
 
 OTHER_CLASS = "cpu-0ther0ther0ther0"
 
 
-def records(store: Store, rev: str) -> dict[EntryKey, autotune.Record]:
+def records(store: Store, rev: str) -> dict[EntryKey, tuning.Record]:
     root = refs.load_commit(store, refs.resolve(store, rev)).manifest
-    return {k: autotune.Record.from_bytes(store.get(e.blob) or b"") for k, e in manifest.entries(store, root)
-            if k.kind == autotune.KIND}
+    return {k: tuning.Record.from_bytes(store.get(e.blob) or b"") for k, e in manifest.entries(store, root)
+            if k.kind == tuning.KIND}
 
 
 def test_recording_makes_its_own_commit_with_real_measurements(tuned: Tuned, torch_env: TorchEnv) -> None:
@@ -64,9 +64,9 @@ def other_machine(tuned: Tuned) -> dict[str, str]:
     changes: dict[EntryKey, Entry | None] = {}
     expected = {}
 
-    def put(store: Store, ek: EntryKey, rec: autotune.Record) -> None:
+    def put(store: Store, ek: EntryKey, rec: tuning.Record) -> None:
         data = rec.to_bytes()
-        changes[ek] = Entry(store.put(data), len(data), None, autotune.entry_meta(rec))
+        changes[ek] = Entry(store.put(data), len(data), None, tuning.entry_meta(rec))
 
     with Store(tuned.b) as store:
         store.put(env_bytes, env_type)
@@ -81,7 +81,7 @@ def other_machine(tuned: Tuned) -> dict[str, str]:
             else:  # B's own device class: kept next to A's, never replacing it
                 cands = {c: t / 10 for c, t in rec.candidates.items()}
             winner = min(cands, key=cands.__getitem__)
-            new = autotune.Record(**{**rec.__dict__, "candidates": cands, "time_ms": cands[winner],
+            new = tuning.Record(**{**rec.__dict__, "candidates": cands, "time_ms": cands[winner],
                                      "config": {**rec.config, "choice": winner},
                                      "device_class": OTHER_CLASS if ek is other else rec.device_class,
                                      "provenance": {**rec.provenance, "host": "machine-b"}})

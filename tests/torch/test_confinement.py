@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cas import autotune, entrykeys, manifest
+from cas import entrykeys, manifest, tuning
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import BadEntryKey
@@ -131,10 +131,10 @@ BEST = {"XBLOCK": 64, "num_warps": 4, "num_stages": 2, "configs_hash": "c" * 64,
 TIMING_FILE = (Path(__file__).parent.parent / "data" / "autotune" / "cpu-timing-file.json").read_bytes()
 
 
-def _evil_records(good: autotune.Record, gemm: autotune.Record, victim: Path, fx_rel: str) -> list[autotune.Record]:
+def _evil_records(good: tuning.Record, gemm: tuning.Record, victim: Path, fx_rel: str) -> list[tuning.Record]:
     """Records a hostile peer may hand over: each names a file not its own, or is malformed."""
 
-    def at(path: str, **change: Any) -> autotune.Record:
+    def at(path: str, **change: Any) -> tuning.Record:
         return replace(good, key=f"triton/{path}", source={**good.source, "path": path}, **change)
 
     return [
@@ -155,8 +155,8 @@ def test_cas_hydrate_writes_records_only_into_their_own_files(torch_env: Any, tm
     victim.mkdir()
     fx_key, fx_bytes = GOOD["inductor"], b"\x80pickled FX entry"
     fx_rel = kinds.path_for("inductor", fx_key, fx_bytes)
-    good = autotune.from_best_config(json.dumps(BEST).encode(), "ab/cabgood.best_config", cls, {"host": "h"})
-    gemm = next(autotune.from_timing_file(TIMING_FILE, "cache/4413", cls, {"host": "h"}))
+    good = tuning.from_best_config(json.dumps(BEST).encode(), "ab/cabgood.best_config", cls, {"host": "h"})
+    gemm = next(tuning.from_timing_file(TIMING_FILE, "cache/4413", cls, {"host": "h"}))
     assert good is not None
     evil = _evil_records(good, gemm, victim, fx_rel)
     with Store.init(tmp_path / "store") as store:
@@ -164,8 +164,8 @@ def test_cas_hydrate_writes_records_only_into_their_own_files(torch_env: Any, tm
         changes = {EntryKey(env.id, "inductor", fx_key, ""): Entry(store.put(fx_bytes), len(fx_bytes))}
         for rec in [good, *evil]:
             blob = rec.to_bytes()
-            changes[EntryKey(env.id, autotune.KIND, rec.key, cls)] = Entry(store.put(blob), len(blob), None,
-                                                                          autotune.entry_meta(rec))
+            changes[EntryKey(env.id, tuning.KIND, rec.key, cls)] = Entry(store.put(blob), len(blob), None,
+                                                                          tuning.entry_meta(rec))
         commit_changes(store, "main", changes, "a peer's records")
 
     proc = torch_env.cas(tmp_path / "store", "hydrate", "main", "--cache-dir", str(cache))  # exits 0

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from doorkit import PROGRAM, Machine, calls_by_kind, door_output, make_shim, read_calls
+from machinekit import PROGRAM, Machine, calls_by_kind, door_output, make_shim, read_calls
 
 from cas import manifest
 from cas.history import commit_changes

@@ -17,7 +17,7 @@ from pathlib import Path
 import livekit
 import pytest
 from livekit import Recorded, recorded
-from server.doorkit import run_fresh
+from server.rediskit import run_fresh
 from servers import CasServer
 from torchkit import seed_kernels
 

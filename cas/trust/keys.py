@@ -1,51 +1,20 @@
-"""Trust primitives: which remotes are trusted, which keys sign, and signatures.
+"""Trusted keys: the Ed25519 public keys whose signatures make a tag or a revocation
+trusted, kept in the meta key ``trust.keys``, and signing and checking with them.
 
-The trust policy for torch (:mod:`cas.torch.policy`) and revocations
-(:mod:`cas.revocations`) both judge a commit by the same facts, so those facts live
-here, below both: a remote identity given ``--trusted`` (cas.remotes_config), the
-Ed25519 public keys in the meta key ``trust.keys``, and signature checks. Signatures
-need the ``cryptography`` package; without it no signature verifies (fail closed).
+Signatures need the ``cryptography`` package; without it no signature verifies (fail
+closed).
 """
 
 from __future__ import annotations
 
 import json
 
-from cas import provenance, remotes_config
 from cas.errors import PolicyError
 from cas.store import Store
 
-__all__ = [
-    "add_trusted_key",
-    "public_key",
-    "remote_trusted",
-    "set_remote_trusted",
-    "sign",
-    "trusted_keys",
-    "verify",
-]
+__all__ = ["add_trusted_key", "public_key", "sign", "trusted_keys", "verify"]
 
 _KEYS_META = "trust.keys"
-
-
-def remote_trusted(store: Store, origin: str) -> bool:
-    """True if what came from ``origin`` may reach torch.
-
-    ``origin`` is a remote's identity (cas.provenance): trusted only if that URL was
-    trusted (``--trusted``) and, once pinned, by the same server. A bare name (a tracking
-    ref's remote, or a mark by older cas) is trusted by its by-name flag or its current
-    URL's trust.
-    """
-    if provenance.is_identity(origin):
-        return remotes_config.trust_of(store, origin) is not None
-    if (store.get_meta(f"remote.{origin}.trusted") or "").lower() == "true":
-        return True
-    return remotes_config.is_trusted(store, origin)
-
-
-def set_remote_trusted(store: Store, name: str, trusted: bool = True) -> None:
-    """Mark remote ``name`` trusted (its commits may reach torch) or not."""
-    store.set_meta(f"remote.{name}.trusted", "true" if trusted else None)
 
 
 def trusted_keys(store: Store) -> list[bytes]:

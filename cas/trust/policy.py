@@ -21,13 +21,17 @@ Torch unpickles what its caches return, so an entry is code. The rule, kept simp
 3. A remote identity is trusted when its URL was given ``--trusted``
    (cas.remotes_config.set_trusted; removing the remote drops it) and, once its server id
    is pinned, the id matches. Bare names (older marks) use the meta key
-   ``remote.<name>.trusted`` (:func:`set_remote_trusted`). Trusted keys are Ed25519 public keys listed in the meta
-   key ``trust.keys`` (:func:`add_trusted_key`); signatures need the ``cryptography``
-   package, and without it no signature verifies (fail closed). These primitives live in
-   :mod:`cas.trust`, which revocations (:mod:`cas.revocations`) share.
+   ``remote.<name>.trusted`` (:func:`cas.trust.remotes.set_remote_trusted`). Trusted keys
+   are Ed25519 public keys listed in the meta key ``trust.keys``
+   (:func:`cas.trust.keys.add_trusted_key`); signatures need the ``cryptography``
+   package, and without it no signature verifies (fail closed). These facts live in
+   :mod:`cas.trust.remotes` and :mod:`cas.trust.keys`, which revocations
+   (:mod:`cas.revocations`) share.
 
 The check costs one meta read per reachable commit, plus the ancestry of the tips of
-untrusted remotes' refs (none in the common, single-machine case).
+untrusted remotes' refs (none in the common, single-machine case). A reader that follows
+a growing branch (the Redis door) keeps an :class:`AllowedCommits`, which reads only the
+commits made since the last allowed tip.
 """
 
 from __future__ import annotations
@@ -41,26 +45,14 @@ from cas.errors import PolicyError
 from cas.history import ancestors
 from cas.objects import Tag
 from cas.store import Store
-from cas.trust import (  # the primitives live below torch; re-exported for callers
-    add_trusted_key,
-    remote_trusted,
-    set_remote_trusted,
-    sign,
-    trusted_keys,
-    verify,
-)
+from cas.trust.keys import trusted_keys, verify
+from cas.trust.remotes import remote_trusted
 
-__all__ = [
-    "Verdict",
-    "add_trusted_key",
-    "check_ref_allowed",
-    "commit_origin",
-    "remote_trusted",
-    "set_remote_trusted",
-    "sign",
-    "trusted_keys",
-    "verify",
-]
+__all__ = ["AllowedCommits", "Verdict", "check_object_allowed", "check_ref_allowed", "commit_origin"]
+
+#: Commits :class:`AllowedCommits` reads past the ones it allowed before deciding that a
+#: ref's history needs the full check.
+INCREMENT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -112,7 +104,13 @@ def commit_origin(store: Store, oid: ObjectId, reach: dict[ObjectId, str] | None
 
 def check_ref_allowed(store: Store, ref: str) -> Verdict:
     """Allow ``ref`` to reach torch, or raise :class:`PolicyError` saying why not."""
-    oid = refs.resolve_object(store, ref)
+    return check_object_allowed(store, ref, refs.resolve_object(store, ref))
+
+
+def check_object_allowed(store: Store, ref: str, oid: ObjectId) -> Verdict:
+    """Allow ``oid``, the object ``ref`` names (a commit or a tag), to reach torch, or
+    raise :class:`PolicyError`: the check of :func:`check_ref_allowed` on a value of
+    ``ref`` read before, so the verdict is about that very value."""
     commit = refs.peel(store, oid)
     if oid != commit and _signed_tag(store, oid):
         return Verdict(ref, commit, "signed")
@@ -133,3 +131,41 @@ def check_ref_allowed(store: Store, ref: str) -> Verdict:
             )
         remotes.add(remote)
     return Verdict(ref, commit, "trusted-remote" if remotes else "local", tuple(sorted(remotes)))
+
+
+class AllowedCommits:
+    """The policy for a reader that follows one ref as it moves (the Redis door).
+
+    :func:`check_ref_allowed` walks the whole history of a ref; a branch that gets a
+    commit every few seconds would make that walk longer each time. A local commit
+    (cas.provenance) made on top of allowed ones is allowed by the same rule, so once a
+    tip is allowed only the commits since are read; anything else (a merge from a
+    remote, more than :data:`INCREMENT_LIMIT` new commits) takes the full check.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        #: Tips allowed so far (every commit below them is allowed too).
+        self._allowed: set[ObjectId] = set()
+
+    def check(self, ref: str, oid: ObjectId) -> ObjectId:
+        """The commit ``oid`` (a value of ``ref``: a commit or a tag) peels to, if the
+        policy allows it to reach torch; :class:`PolicyError` otherwise."""
+        commit = refs.peel(self.store, oid)
+        if not self._local_since_allowed(commit):
+            check_object_allowed(self.store, ref, oid)
+        self._allowed.add(commit)
+        return commit
+
+    def _local_since_allowed(self, commit: ObjectId) -> bool:
+        """Whether every commit between ``commit`` and the tips allowed before is local."""
+        todo, walked = [commit], 0
+        while todo:
+            c = todo.pop()
+            if c in self._allowed:
+                continue
+            walked += 1
+            if not self._allowed or walked > INCREMENT_LIMIT or provenance.origin(self.store, c) != "local":
+                return False
+            todo.extend(refs.load_commit(self.store, c).parents)
+        return True
