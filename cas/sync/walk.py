@@ -119,7 +119,8 @@ class Walker:
             # Stores are written here, on one thread: LMDB may grow its map only while
             # no other transaction of this process is open.
             nonlocal done_objects, done_bytes
-            self.store.write(objs, verified=True)  # large blobs chunked, as every receiver does
+            # one transaction per pack; frames as they arrived, large blobs chunked
+            self.store.write(ingest.records(objs), encoded=True)
             self._count(objs)
             done_objects += len(objs)
             done_bytes += sum(len(o[2]) for o in objs)
