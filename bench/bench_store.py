@@ -5,7 +5,9 @@ alike), reports the medians and their ratio in ``benchmark.extra_info``, and ass
 goal with a margin for noise:
 
 * get of 1 KiB and 100 KiB blobs: ``Store.get`` vs one py-lmdb read txn + ``get`` per
-  object (what any independent lookup costs); goal >= 0.8x the raw throughput.
+  object (what any independent lookup costs); goal >= 0.85x the raw throughput for
+  1 KiB, 0.8x for 100 KiB, and 0.6x for a compressible 100 KiB blob read again (the
+  store's BlobCache keeps it decoded; raw reads the uncompressed bytes).
 * batched put of 1 KiB, 100 KiB and 16 MiB blobs: ``Store.write`` vs one py-lmdb write
   txn that puts the same bytes under their BLAKE3 digest; goal >= 0.7x, both durable
   (fsync per commit, as users run them). The same comparison with fsync off on both sides
@@ -34,7 +36,8 @@ from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.store import Store
 
-GET_GOAL = 0.8
+#: Goals of test_get by case id (None: reported, not asserted).
+GET_GOALS = {"1KiB": 0.85, "100KiB": 0.8, "1KiB-compressible": None, "100KiB-compressible": 0.6}
 PUT_GOAL = 0.7
 #: Allowance for noise on a shared machine: assert goal * MARGIN.
 MARGIN = 0.85
@@ -142,7 +145,7 @@ def test_get(benchmark: Any, stores: tuple[Store, lmdb.Environment], size: int, 
     _, main_s = interleaved(ours, raw_main_db, 5)
     benchmark.pedantic(ours, rounds=ROUNDS, iterations=1)
     benchmark.extra_info["ratio_of_raw_main_db"] = round(main_s / ours_s, 3)
-    goal = None if compressible else GET_GOAL
+    goal = GET_GOALS[f"{size >> 10}KiB" + ("-compressible" if compressible else "")]
     report(benchmark, ours_s, raw_s, goal, size * count, f"get {size}B x{count}")
     assert store.get(ids[0]) == data[0]
 

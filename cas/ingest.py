@@ -29,11 +29,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import blake3
+import zstandard
+
 from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId, verify_id
 from cas.errors import CorruptObject, MalformedPack, RequestTooLarge
-from cas.store import CHUNK_THRESHOLD, Store
+from cas.store import CHUNK_SIZE, CHUNK_THRESHOLD, Store
 from cas.store import records as rc
 
 #: What one pack may unpack to (a client packs at most PACK_BYTES, or one object of up
@@ -92,8 +95,12 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
             if encode:
                 out.records.append((f.oid, f.otype, rc.encode(f.otype, raw, fast=True, packed=f.packed)))
         elif f.raw_size > CHUNK_THRESHOLD:
-            f.verify()
-            out.big.append(f)
+            chunks = _framed_chunks(f) if encode else None
+            if chunks is None:
+                f.verify()
+                out.big.append(f)
+            else:
+                out.records.extend(chunks)
         elif f.compressed or not encode:
             f.verify()
             if encode:
@@ -101,6 +108,48 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
         else:
             out.records.append((f.oid, f.otype, rc.encode(f.otype, f.data(), fast=True)))
         seen[f.oid] = f.otype
+    return out
+
+
+def _framed_chunks(f: pack.Frame) -> list[rc.Encoded] | None:
+    """The records of a large blob sent as its chunks' frames (pack.chunk_split), each
+    frame decompressed once, in bounded steps, to hash it both as a chunk and as part of
+    the blob, and kept as it is: nothing is compressed again. None when the frames are
+    not chunk frames (the caller then verifies and re-chunks the blob)."""
+    frames = pack.chunk_split(f.payload, f.raw_size, CHUNK_SIZE) if f.compressed else None
+    if frames is None:
+        return None
+    whole = blake3.blake3()
+    out: list[rc.Encoded] = []
+    refs = []
+    for frame in frames:
+        size = zstandard.frame_content_size(frame)
+        chunk = b"".join(pack.inflate(frame, size, what=f"blob {f.oid.short()}"))
+        whole.update(chunk)
+        cid = ObjectId.of(chunk)
+        refs.append(rc.CHUNK_REF.pack(cid.raw, size))
+        out.append((cid, ObjType.CHUNK, rc.frame_record(ObjType.CHUNK, size, bytes(frame))))
+    verify_id(f.oid, ObjectId(whole.digest()), source="a pack")
+    out.append((f.oid, ObjType.BLOB, rc.chunked_record(f.raw_size, refs)))
+    return out
+
+
+def records(objs: Iterable[pack.WireObject]) -> list[rc.Encoded]:
+    """The store records of verified objects (a fetch's, cas.sync.walk), made outside
+    any transaction. A zstd frame that arrived with its object (pack.Framed: the bytes
+    were decoded from it, cas.pack.decode) is kept as it is, and a large blob's chunk frames too
+    (pack.chunk_split), so a fetch never compresses again what its sender stored
+    compressed."""
+    out: list[rc.Encoded] = []
+    for obj in objs:
+        oid, otype, data = obj
+        sent = obj.frame if isinstance(obj, pack.Framed) else None
+        if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
+            frames = None if sent is None else pack.chunk_split(sent, len(data), CHUNK_SIZE)
+            out.extend(rc.chunked(rc.split(data), oid, frames))
+            continue
+        frame = sent if isinstance(obj, pack.Framed) and obj.frames == 1 else None
+        out.append((oid, otype, rc.encode(otype, data, fast=True, packed=frame)))
     return out
 
 

@@ -386,6 +386,36 @@ def _declared_frames(payload: bytes | memoryview, what: str) -> int:
     return total
 
 
+def chunk_split(payload: bytes | memoryview, raw_size: int, chunk_size: int) -> list[memoryview] | None:
+    """The zstd frames of ``payload`` when they are those of the ``chunk_size`` slices of
+    ``raw_size`` bytes, as a sender that stores a blob chunked sends it (:func:`from_store`):
+    every frame but the last declares ``chunk_size`` bytes, the last the rest. None for
+    anything else (one frame, frames of other sizes, junk), where a receiver compresses
+    the chunks itself; junk is refused there, by :func:`inflate`.
+
+    Nothing is decompressed here: a frame is walked only after its declared size passed,
+    so the walk is bounded as in :func:`_declared_frames`. The caller still decompresses
+    every frame (zstd checks that each decodes to the size it declares) and verifies the
+    content against its id before it keeps frame i as the record of chunk i.
+    """
+    view = memoryview(payload)
+    out: list[memoryview] = []
+    pos = total = 0
+    try:
+        while pos < len(view):
+            size = zstandard.frame_content_size(view[pos:])
+            if out and zstandard.frame_content_size(out[-1]) != chunk_size or not 0 < size <= chunk_size:
+                return None
+            end = pos + _frame_length(view[pos:], size)
+            if end > len(view):
+                return None
+            out.append(view[pos:end])
+            total, pos = total + size, end
+    except (zstandard.ZstdError, struct.error, IndexError):
+        return None
+    return out if len(out) > 1 and total == raw_size else None
+
+
 def _frame_length(payload: bytes | memoryview, content: int) -> int:
     """Bytes taken by the zstd frame at the start of ``payload``, from its block headers
     alone (what ZSTD_findFrameCompressedSize computes; python-zstandard lacks it).
@@ -430,7 +460,21 @@ def decode(
     (:func:`decode_all`).
     """
     for f in frames(stream, max_object=max_object, want=want, expect=expect, source=source):
-        yield f.oid, f.otype, f.data()
+        data = f.data()
+        # the frames as sent, verified with the content: a receiving store keeps them as
+        # they are (cas.ingest.records) instead of compressing the bytes again
+        parts = None if f.packed is not None else _chunk_frames(f)
+        if f.packed is not None or parts:
+            yield Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1)
+        else:
+            yield f.oid, f.otype, data
+
+
+def _chunk_frames(f: Frame) -> list[memoryview] | None:
+    """A blob's frames when they are its MULTI_FRAME_MIN (a store's CHUNK_SIZE) slices'."""
+    if not (f.compressed and f.multi_frame_ok):
+        return None
+    return chunk_split(f.payload, f.raw_size, MULTI_FRAME_MIN)
 
 
 def frames(

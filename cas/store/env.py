@@ -28,6 +28,7 @@ import lmdb
 
 from cas.errors import StoreError, StoreFull, StoreNotFound, UsageError
 from cas.store import reads
+from cas.store.blobcache import BlobCache
 from cas.store.reads import ReadBuffer
 
 STORE_FORMAT = 1
@@ -48,6 +49,8 @@ class _Shared:
     envs: dict[str, tuple[lmdb.Environment, dict[str, Any], int]] = {}
     #: Reads noted and not yet written, per path: every handle of a process shares them.
     reads: dict[str, ReadBuffer] = {}
+    #: Decoded compressed objects, per path: every handle of a process shares them.
+    caches: dict[str, BlobCache] = {}
 
 
 def _is_enospc(exc: BaseException) -> bool:
@@ -122,6 +125,7 @@ class Env:
                 env, dbs = _open(key, durable, clock)
                 _Shared.envs[key] = (env, dbs, 1)
                 _Shared.reads[key] = ReadBuffer()
+                _Shared.caches[key] = BlobCache()
         self.key = key
         self.handle: lmdb.Environment = env
         self.objects = dbs["objects"]
@@ -133,6 +137,7 @@ class Env:
         self.atime = dbs["atime"]
         self.evicted = dbs["evicted"]
         self.reads = _Shared.reads[key]
+        self.cache = _Shared.caches[key]
 
     def close(self) -> None:
         if not self.key:
@@ -143,6 +148,7 @@ class Env:
                 self.flush_reads()  # the last handle of the process: nothing noted is lost
                 del _Shared.envs[self.key]
                 del _Shared.reads[self.key]
+                del _Shared.caches[self.key]
                 env.close()
             else:
                 _Shared.envs[self.key] = (env, dbs, count - 1)

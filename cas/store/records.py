@@ -128,20 +128,28 @@ def chunked_record(size: int, refs: list[bytes]) -> bytes:
     return HEAD.pack(int(ObjType.BLOB), FLAG_CHUNKED, size) + b"".join(refs)
 
 
-def chunked(chunks: Iterable[bytes | memoryview], oid: ObjectId | None = None) -> Iterator[Encoded]:
+def chunked(
+    chunks: Iterable[bytes | memoryview],
+    oid: ObjectId | None = None,
+    frames: list[memoryview] | None = None,
+) -> Iterator[Encoded]:
     """A large blob given as its CHUNK_SIZE chunks, as records: the chunks', then the
     blob's own listing them, under ``oid`` or, if None, the hash of the chunks joined.
-    Every large blob is stored this way, whole or streamed (cas.store.writes)."""
+    Every large blob is stored this way, whole or streamed (cas.store.writes).
+
+    ``frames``: one zstd frame per chunk, checked by the caller to decompress to it
+    (cas.pack.chunk_frames), kept as they are instead of compressing the chunks again."""
     whole = Hasher() if oid is None else None
     refs = []
     size = 0
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         if whole is not None:
             whole.update(chunk)
         cid = ObjectId.of(chunk)
         refs.append(CHUNK_REF.pack(cid.raw, len(chunk)))
         size += len(chunk)
-        yield cid, ObjType.CHUNK, encode(ObjType.CHUNK, chunk)
+        packed = None if frames is None else bytes(frames[i])
+        yield cid, ObjType.CHUNK, encode(ObjType.CHUNK, chunk, packed=packed)
     yield oid or whole.digest(), ObjType.BLOB, chunked_record(size, refs)  # type: ignore[union-attr]
 
 

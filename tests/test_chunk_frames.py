@@ -1,0 +1,94 @@
+"""A large blob sent as its chunks' zstd frames is stored as those frames, on a server's
+receive (cas.ingest.receive) and on a fetch (pack.decode, then ingest.records): nothing
+is compressed again, and every frame is still decompressed and hashed, so a damaged or
+misplaced one is refused and nothing of its pack is stored."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from cas import ingest, pack
+from cas.codec import ObjType
+from cas.digest import ObjectId
+from cas.errors import CasError
+from cas.store import CHUNK_SIZE, Store
+
+LINE = b"    tmp%d = tl.load(in_ptr0 + (x0 + %d), xmask)\n"
+
+
+def blob(size: int = 2 * CHUNK_SIZE + 12345) -> bytes:
+    rng = random.Random(7)
+    text = b"".join(LINE % (i, rng.randrange(10**6)) for i in range(size // 30))
+    return text[:size]
+
+
+def chunk_frames(data: bytes) -> list[bytes]:
+    zc = zstandard.ZstdCompressor(level=1)
+    return [zc.compress(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+
+
+def sent(data: bytes, frames: list[bytes]) -> bytes:
+    obj = pack.Framed(ObjectId.of(data), ObjType.BLOB, data, b"".join(frames), frames=len(frames))
+    return pack.encode_bytes([obj], level=None, multi_frame=True)
+
+
+def stored_frames(store: Store, oid: ObjectId) -> list[bytes | None]:
+    got = store.get_many_frames(store.chunk_ids(oid))
+    return [got[c][2] for c in store.chunk_ids(oid)]
+
+
+def test_a_server_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
+    data = blob()
+    frames = chunk_frames(data)
+    with Store.init(tmp_path / "s") as store:
+        ingest.receive(store, sent(data, frames))
+        oid = ObjectId.of(data)
+        assert stored_frames(store, oid) == frames
+        assert store.get(oid, verify=True) == data
+
+
+def test_a_fetch_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
+    data = blob()
+    frames = chunk_frames(data)
+    objs = pack.decode_all(io.BytesIO(sent(data, frames)))
+    with Store.init(tmp_path / "s") as store:
+        store.write(ingest.records(objs), encoded=True)
+        oid = ObjectId.of(data)
+        assert stored_frames(store, oid) == frames
+        assert store.get(oid, verify=True) == data
+
+
+def _damaged(frames: list[bytes]) -> list[bytes]:
+    second = bytearray(frames[1])
+    second[len(second) // 2] ^= 0xFF
+    return [frames[0], bytes(second), *frames[2:]]
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "frames swapped"])
+def test_a_bad_chunk_frame_is_refused_and_nothing_stored(tmp_path: Path, how: str) -> None:
+    data = blob(3 * CHUNK_SIZE)  # equal chunks: swapped frames have the right sizes
+    frames = chunk_frames(data)
+    bad = _damaged(frames) if how == "flipped byte" else [frames[1], frames[0], frames[2]]
+    body = sent(data, bad)
+    with Store.init(tmp_path / "s") as store:
+        with pytest.raises(CasError):
+            ingest.receive(store, body)
+        with pytest.raises(CasError):
+            store.write(ingest.records(pack.decode_all(io.BytesIO(body))), encoded=True)
+        assert store.info()["objects"] == 0
+
+
+def test_frames_of_another_size_are_stored_by_compressing_the_chunks(tmp_path: Path) -> None:
+    data = blob()
+    zc = zstandard.ZstdCompressor(level=1)
+    frames = [zc.compress(data[i : i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+    assert pack.chunk_split(b"".join(frames), len(data), CHUNK_SIZE) is None
+    with Store.init(tmp_path / "s") as store:
+        ingest.receive(store, sent(data, frames))
+        assert store.get(ObjectId.of(data), verify=True) == data
+        assert len(store.chunk_ids(ObjectId.of(data))) == 3
