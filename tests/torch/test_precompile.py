@@ -102,3 +102,24 @@ def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, P
     proc, out = _run(copy, program, 4, "--ref", "main")
     assert "untrusted remote 'team'" in proc.stderr
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
+
+
+def test_a_unit_torch_cannot_install_is_refused_and_the_program_runs(recorded: tuple[Path, Path]) -> None:
+    store, program = recorded
+    # torch cannot rebuild the unit's guards here (as when a value pickled as _Missing):
+    # the unit is refused with its reason, the function traced, its FX graph hit.
+    proc, out = _run(store, program, 4, "--ref", "main", PRE_FAULT="install")
+    assert out["traced"] == 1 and out["fx_hit"] == 1
+    assert _summary(proc) == "cas run: precompiled start: 0 unit(s) loaded, 1 frame(s) traced"
+    assert "precompiled unit not used (TypeError: injected fault: '_Missing' object in install), traced" \
+        in proc.stderr
+
+
+def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(tmp_path: Path) -> None:
+    store, program = tmp_path / "store", _program(tmp_path / "program")
+    proc, out = _run(store, program, 4, "--record", "main", PRE_FAULT="record")
+    assert out["traced"] == 1
+    assert "precompiled unit not recorded (TypeError: injected fault: '_Missing' object in record)" in proc.stderr
+    with Store(store) as s:
+        kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
+    assert "precompile" not in kinds and "inductor" in kinds
