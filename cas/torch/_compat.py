@@ -473,9 +473,11 @@ class _RefusedUnits(logging.Handler):
         self.reasons: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Failed to load entry from dynamo cache") and record.exc_info:
+        message = record.getMessage()
+        if message.startswith(("Failed to load entry from dynamo cache", "Failed to load package from path")) \
+                and record.exc_info:
             exc = record.exc_info[1]
-            self.reasons.append(str(exc).splitlines()[0] if exc is not None else "unknown")
+            self.reasons.append(_one_line(exc) if exc is not None else "unknown")
 
 
 _refused = _RefusedUnits()
@@ -495,6 +497,7 @@ def start_precompile(dynamo: Any) -> None:
     log = logging.getLogger(_EVAL_FRAME_LOG)
     if _refused not in log.handlers:
         log.addHandler(_refused)
+    guard_units()
 
 
 def precompile_on() -> bool:
@@ -514,3 +517,137 @@ def save_precompiled() -> None:
 def refused_units() -> list[str]:
     """Why torch refused each precompiled unit it found here, one line each."""
     return list(_refused.reasons)
+
+
+# -- precompiled units torch cannot install or record ----------------------------------------
+
+_PACKAGE = "torch._dynamo.package"
+#: torch logs here when a unit's file cannot be read or unpickled (``DynamoCache.load``).
+_PACKAGE_LOAD_FAILED = "Failed to load package from path"
+#: Longest reason kept for the warmth report (a reason may quote torch's repr of a value).
+_REASON_MAX = 200
+#: ``CompilePackage`` methods dynamo calls while it traces a frame to record the unit.
+_RECORDING = ("add_guarded_code", "add_inlined_source", "update_device_type",
+              "add_resume_function", "add_import_source", "add_backend_id")
+
+
+class UnitNotInstalled(RuntimeError):
+    """A precompiled unit torch could not install here. A ``RuntimeError``, the one kind
+    torch's loader (``_TorchDynamoContext.__call__``) catches: it logs the reason and
+    traces the function as if there were no unit."""
+
+
+_unrecorded: list[str] = []
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [""])[0]
+    line = text if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {text}"
+    return line[:_REASON_MAX]
+
+
+def _reset_package(package: Any) -> None:
+    """Undo what a unit installed, so torch starts ``package`` afresh (2.13 and 2.14
+    re-initialize it after a failed install, and assert if it was left initialized)."""
+    with contextlib.suppress(Exception):
+        package.uninstall()
+    package._initialized = False
+    package._codes = {}
+    package._source_info = sys.modules[_PACKAGE].SourceInfo(inlined_sources=set())
+    package._resume_codes = set()
+    package._cached_backends = {}
+
+
+def _refusing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of CompilePackage, loading a unit: any failure resets the package and
+    becomes one :class:`UnitNotInstalled` (a ``_Missing`` value, a missing backend, a
+    guard torch cannot rebuild...), so the program traces instead of crashing."""
+    def load(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            _reset_package(self)
+            raise UnitNotInstalled(_one_line(exc)) from exc
+    return load
+
+
+def _initialize_refusing(method: Callable[..., Any]) -> Callable[..., Any]:
+    refusing = _refusing(method)
+
+    def initialize(self: Any, fn: Any, dynamo: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if dynamo is None:  # a fresh package, nothing loaded: torch's own path
+            return method(self, fn, dynamo, *args, **kwargs)
+        return refusing(self, fn, dynamo, *args, **kwargs)
+    return initialize
+
+
+def _unrecordable(package: Any, exc: BaseException) -> None:
+    """``package`` failed while dynamo recorded it: it is never saved (a unit missing part
+    of what was traced could skip or mis-guard a frame); the compile goes on."""
+    if getattr(package, "_cas_unrecordable", None) is None:
+        package._cas_unrecordable = _one_line(exc)
+        _unrecorded.append(package._cas_unrecordable)
+    with contextlib.suppress(Exception):
+        sys.modules[_PRECOMPILE].PrecompileContext._dynamo_cache_entries.pop(package.source_id, None)
+
+
+def _recording(method: Callable[..., Any]) -> Callable[..., Any]:
+    def record(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_cas_unrecordable", None) is not None:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            _unrecordable(self, exc)
+            return None
+    return record
+
+
+def _code_context_recording(method: Callable[..., Any]) -> Callable[..., Any]:
+    @contextlib.contextmanager
+    def code_context(self: Any, code: Any) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(method(self, code))
+            except Exception as exc:  # e.g. PackageError: no source found for the code
+                _unrecordable(self, exc)
+            yield
+    return code_context
+
+
+def _record_package_guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    def record_package(self: Any, package: Any) -> None:
+        if getattr(package, "_cas_unrecordable", None) is not None:
+            return
+        try:
+            method(self, package)
+        except Exception as exc:
+            _unrecordable(package, exc)
+    return record_package
+
+
+def guard_units() -> None:
+    """Make dynamo's precompiled units safe to load and to record, once per process: a
+    unit torch cannot install is refused (:class:`UnitNotInstalled`, reason kept for
+    :func:`refused_units`) and its function traced; a unit that fails while being
+    recorded is dropped (:func:`unrecorded_units`) and the compile goes on."""
+    package = importlib.import_module(_PACKAGE)
+    importlib.import_module(_PRECOMPILE)
+    cls = package.CompilePackage
+    if getattr(cls, "_cas_guarded", False):
+        return
+    cls.install = _refusing(cls.install)
+    cls.initialize = _initialize_refusing(cls.initialize)
+    cls.code_context = _code_context_recording(cls.code_context)
+    for name in _RECORDING:
+        setattr(cls, name, _recording(getattr(cls, name)))
+    package.DynamoStore.record_package = _record_package_guarded(package.DynamoStore.record_package)
+    cls._cas_guarded = True
+    log = logging.getLogger(_PACKAGE)
+    if _refused not in log.handlers:
+        log.addHandler(_refused)
+
+
+def unrecorded_units() -> list[str]:
+    """Why a unit compiled here was not recorded, one line each."""
+    return list(_unrecorded)

@@ -75,6 +75,9 @@ class Session:
             _compat.save_precompiled()
         except Exception as exc:
             warn_once("precompile-save", f"could not save precompiled units: {exc}")
+        for reason in _compat.unrecorded_units():
+            warn_once(f"precompile-unrecorded:{reason}", f"precompiled unit not recorded ({reason}); "
+                                                         "its function traces on the next machine")
         oid = self.live.flush()
         tuned = self.live.flush_autotune()
         self.commits += [c for c in (oid, tuned) if c is not None]

@@ -164,8 +164,12 @@ def precompiled(counters: dict[str, dict[str, int]], refused: list[str]) -> dict
     """How a process started from dynamo's precompiled units: ``loaded`` (found and
     installed: their functions skip tracing where the guards pass) and ``traced``
     (frames dynamo traced all the same: no unit, a refused one, or guards that failed)."""
-    found = int((counters.get("dynamo_cache") or {}).get("dynamo_cache_hit", 0))
-    return {"loaded": max(found - len(refused), 0),
+    cache = counters.get("dynamo_cache") or {}
+    found = int(cache.get("dynamo_cache_hit", 0))
+    # A unit torch could not read (``dynamo_cache_error``) was never found; the other
+    # refusals were found, then not installed.
+    not_installed = len(refused) - int(cache.get("dynamo_cache_error", 0))
+    return {"loaded": max(found - not_installed, 0),
             "traced": int((counters.get("frames") or {}).get("total", 0))}
 
 

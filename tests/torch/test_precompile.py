@@ -10,7 +10,9 @@ eager's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -20,8 +22,10 @@ from livekit import Proc, base_env, cas
 
 from cas import manifest
 from cas.history import commit_changes
+from cas.objects import Entry, EntryKey, Env
 from cas.refs import load_commit, resolve
 from cas.store import Store
+from cas.torch.env import ensure_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,6 +97,50 @@ def test_another_env_never_gets_the_unit(recorded: tuple[Path, Path]) -> None:
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
 
+def _units(s: Store) -> list[tuple[EntryKey, Entry]]:
+    tip = load_commit(s, resolve(s, "main")).manifest
+    return [(k, e) for k, e in manifest.entries(s, tip) if k.kind == "precompile"]
+
+
+def _copy(store: Path, dst: Path) -> Path:
+    shutil.copytree(store, dst)
+    return dst
+
+
+def test_a_unit_recorded_under_another_torch_never_reaches_torch(recorded: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    store, program = recorded
+    copy = _copy(store, tmp_path / "store")
+    with Store(copy) as s:  # the units as another torch build recorded them: its env differs
+        changes: dict[EntryKey, Entry | None] = {}
+        for k, e in _units(s):
+            other = Env({**Env.decode(s.get(k.env)).fields, "torch_key": "0" * 64, "torch_version": "2.99.0"})
+            changes[k] = None
+            changes[dataclasses.replace(k, env=ensure_env(s, other))] = e
+        commit_changes(s, "main", changes, "units of torch 2.99.0")
+    proc, out = _run(copy, program, 4, "--ref", "main")
+    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
+    assert _summary(proc) == "cas run: precompiled start: 0 unit(s) loaded, 1 frame(s) traced"
+
+
+def test_a_unit_that_says_another_torch_made_it_is_refused(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    store, program = recorded
+    copy = _copy(store, tmp_path / "store")
+    with Store(copy) as s:  # filed under this env (as an import of a foreign container would be)
+        changes: dict[EntryKey, Entry | None] = {}
+        for k, e in _units(s):
+            unit = pickle.loads(s.get(e.blob))  # our own recording, in the test process
+            unit.dynamo.system_info = dataclasses.replace(unit.dynamo.system_info, torch_version="2.99.0")
+            data = pickle.dumps(unit)
+            changes[k] = dataclasses.replace(e, blob=s.put(data), size=len(data))
+        commit_changes(s, "main", changes, "a unit of torch 2.99.0")
+    proc, out = _run(copy, program, 4, "--ref", "main")
+    assert out["traced"] == 1 and out["fx_hit"] == 1
+    assert _summary(proc) == "cas run: precompiled start: 0 unit(s) loaded, 1 frame(s) traced"
+    assert ("precompiled unit not used (Compile package was created with a different PyTorch version: 2.99.0), "
+            "traced") in proc.stderr
+
+
 def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, Path], tmp_path: Path) -> None:
     store, program = recorded
     copy = tmp_path / "store"
@@ -102,3 +150,24 @@ def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, P
     proc, out = _run(copy, program, 4, "--ref", "main")
     assert "untrusted remote 'team'" in proc.stderr
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
+
+
+def test_a_unit_torch_cannot_install_is_refused_and_the_program_runs(recorded: tuple[Path, Path]) -> None:
+    store, program = recorded
+    # torch cannot rebuild the unit's guards here (as when a value pickled as _Missing):
+    # the unit is refused with its reason, the function traced, its FX graph hit.
+    proc, out = _run(store, program, 4, "--ref", "main", PRE_FAULT="install")
+    assert out["traced"] == 1 and out["fx_hit"] == 1
+    assert _summary(proc) == "cas run: precompiled start: 0 unit(s) loaded, 1 frame(s) traced"
+    assert "precompiled unit not used (TypeError: injected fault: '_Missing' object in install), traced" \
+        in proc.stderr
+
+
+def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(tmp_path: Path) -> None:
+    store, program = tmp_path / "store", _program(tmp_path / "program")
+    proc, out = _run(store, program, 4, "--record", "main", PRE_FAULT="record")
+    assert out["traced"] == 1
+    assert "precompiled unit not recorded (TypeError: injected fault: '_Missing' object in record)" in proc.stderr
+    with Store(store) as s:
+        kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
+    assert "precompile" not in kinds and "inductor" in kinds
