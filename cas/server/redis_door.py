@@ -73,6 +73,7 @@ from cas.server.peers import ConnectionLimits, Peers
 from cas.server.redis_budget import WriteBudget
 from cas.server.redis_commit import Batches, CommitProcess, CommitProcessDied, CommitResult
 from cas.server.redis_session import Connection
+from cas.server.resp import bulk_string
 from cas.store import Store
 from cas.torch.live import LiveCache
 from cas.torch.policy import check_ref_allowed
@@ -160,7 +161,8 @@ class RedisDoor:
         self._allowed: set[ObjectId] = set()
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
         #: Served values of the current commit, already BLAKE3-checked:
-        #: {key: (wire value, blob id)}; the id so that a hit here still counts as a read.
+        #: {key: (wire value as a RESP bulk string, blob id)}; the id so that a hit here
+        #: still counts as a read.
         self._hot: OrderedDict[str, tuple[bytes, ObjectId]] = OrderedDict()
         self._hot_bytes = 0
         self._refresh()
@@ -269,19 +271,21 @@ class RedisDoor:
         return self._own_ref is not None and self._ref_full == self._own_ref
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._lookup(key)
+        """The value of ``key`` as a RESP bulk string (``$<n>\r\n<value>\r\n``, the same
+        in RESP2 and RESP3), or None for a miss."""
+        bulk = self._lookup(key)
         if self.reporter is not None:
-            self.reporter.lookup(self.pin, key, value is not None)
-        return value
+            self.reporter.lookup(self.pin, key, bulk is not None)
+        return bulk
 
     def _lookup(self, key: bytes) -> bytes | None:
         text = key.decode("utf-8", "replace")
         if self._serves_writes():
             for batch in self._pending.values():
                 if text in batch:
-                    return batch[text]
+                    return bulk_string(batch[text])
             if text in self._flushing:
-                return self._flushing[text]
+                return bulk_string(self._flushing[text])
         self._refresh()
         self._drop_revoked()
         hot = self._hot.get(text)
@@ -292,13 +296,14 @@ class RedisDoor:
         found = self.reader.get_entry(text)  # notes the read itself
         if found is None:
             return None
-        value = found[0]
-        if len(value) <= HOT_BYTES // 64:
-            self._hot[text] = found
-            self._hot_bytes += len(value)
+        # Kept encoded: a hit is then written as it is, without a copy of the value.
+        bulk = bulk_string(found[0])
+        if len(bulk) <= HOT_BYTES // 64:
+            self._hot[text] = (bulk, found[1])
+            self._hot_bytes += len(bulk)
             while self._hot_bytes > HOT_BYTES:
                 self._hot_bytes -= len(self._hot.popitem(last=False)[1][0])
-        return value
+        return bulk
 
     def _drop_revoked(self) -> None:
         """Forget the served values when the revocations changed (cas.revocations): a
