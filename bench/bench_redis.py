@@ -1,17 +1,18 @@
 """The Redis door against a real ``redis-server``, measured in the same run.
 
-8 client processes (the ``redis`` package, one connection each, one request at a time:
-how torch's remote cache talks) GET or SET torch-shaped values (``pt2:fx-graph-v1::…``
-keys, ``{"data": base64}`` JSON) of 1 KiB and 100 KiB, against:
+8 or 64 client processes (the ``redis`` package, one connection each, one request at a
+time: how torch's remote cache talks) GET or SET torch-shaped values
+(``pt2:fx-graph-v1::…`` keys, ``{"data": base64}`` JSON) of 1 KiB and 100 KiB, against:
 
 * **cas**: ``cas serve --redis-port`` on an LMDB store, writes committed in batches with
-  fsync (durable, with history and provenance);
+  fsync by the door's commit process (durable, with history and provenance);
 * **redis**: ``redis-server --save '' --appendonly no`` (a plain cache, as teams run it
   for torch: nothing survives a restart).
 
 Rounds alternate between the two servers so machine load hits both alike; the fastest
 round of each is kept and ``ratio_of_redis_throughput`` (cas ops/s ÷ redis ops/s) goes in
-``benchmark.extra_info``. The goal is ≥ 0.5×; the assertion allows for a shared machine.
+``benchmark.extra_info``. The goal is ≥ 0.7× (issue 20); the assertion allows for a
+shared machine.
 Without ``redis-server`` (``tests/setup_system.sh`` installs it as root) the suite skips
 with a message saying so.
 
@@ -42,13 +43,13 @@ from servers import CasServer, free_port  # noqa: E402
 from cas.objects import Env  # noqa: E402
 from cas.store import Store  # noqa: E402
 
-CLIENTS = 8
-GOAL = 0.5
+CLIENTS = (8, 64)
+GOAL = 0.7
 #: Allowance for noise on a shared machine: assert goal * MARGIN.
 MARGIN = 0.6
 ROUNDS = 3
 KEYS = 64
-OPS = {1 << 10: 400, 100 << 10: 60}  # per client per round
+OPS = {1 << 10: 3200, 100 << 10: 480}  # all clients together, per round
 
 
 def value(size: int, i: int) -> bytes:
@@ -76,12 +77,12 @@ def _client(port: int, op: str, size: int, n: int, seed: int, start: Any, out: A
     out.put(time.perf_counter() - t)
 
 
-def throughput(port: int, op: str, size: int) -> float:
-    """Requests per second of ``CLIENTS`` processes, from a common start to the last end."""
+def throughput(port: int, op: str, size: int, clients: int) -> float:
+    """Requests per second of ``clients`` processes, from a common start to the last end."""
     ctx = mp.get_context("fork")
-    start, out = ctx.Barrier(CLIENTS + 1), ctx.Queue()
-    n = OPS[size]
-    procs = [ctx.Process(target=_client, args=(port, op, size, n, i, start, out)) for i in range(CLIENTS)]
+    start, out = ctx.Barrier(clients + 1), ctx.Queue()
+    n = OPS[size] // clients
+    procs = [ctx.Process(target=_client, args=(port, op, size, n, i, start, out)) for i in range(clients)]
     for p in procs:
         p.start()
     start.wait()
@@ -92,7 +93,7 @@ def throughput(port: int, op: str, size: int) -> float:
     for p in procs:
         p.join()
         assert p.exitcode == 0
-    return CLIENTS * n / elapsed
+    return clients * n / elapsed
 
 
 class RedisServer:
@@ -142,9 +143,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
         baseline.stop()
 
 
+@pytest.mark.parametrize("clients", CLIENTS, ids=[f"{c}clients" for c in CLIENTS])
 @pytest.mark.parametrize("size", list(OPS), ids=["1KiB", "100KiB"])
 @pytest.mark.parametrize("op", ["get", "set"])
-def test_redis_door_vs_redis_server(benchmark: Any, servers: tuple[int, int], op: str, size: int) -> None:
+def test_redis_door_vs_redis_server(
+    benchmark: Any, servers: tuple[int, int], op: str, size: int, clients: int
+) -> None:
     ours, theirs = servers
     cas_best, redis_best = 0.0, 0.0
 
@@ -153,7 +157,7 @@ def test_redis_door_vs_redis_server(benchmark: Any, servers: tuple[int, int], op
         for r in range(ROUNDS):
             order = [(ours, True), (theirs, False)] if r % 2 == 0 else [(theirs, False), (ours, True)]
             for port, is_cas in order:
-                got = throughput(port, op, size)
+                got = throughput(port, op, size, clients)
                 if is_cas:
                     cas_best = max(cas_best, got)
                 else:
@@ -163,7 +167,7 @@ def test_redis_door_vs_redis_server(benchmark: Any, servers: tuple[int, int], op
     ratio = cas_best / redis_best
     benchmark.extra_info.update(
         {"cas_ops_per_s": round(cas_best), "redis_ops_per_s": round(redis_best),
-         "ratio_of_redis_throughput": round(ratio, 2), "clients": CLIENTS}
+         "ratio_of_redis_throughput": round(ratio, 2), "clients": clients}
     )
-    print(f"\n{op} {size} B: cas {cas_best:.0f}/s, redis-server {redis_best:.0f}/s, ratio {ratio:.2f}")
+    print(f"\n{op} {size} B, {clients} clients: cas {cas_best:.0f}/s, redis-server {redis_best:.0f}/s, ratio {ratio:.2f}")
     assert ratio >= GOAL * MARGIN, f"{op} {size} B: {ratio:.2f}x of redis-server (goal {GOAL}x)"

@@ -22,8 +22,11 @@ of other envs are never served.
   invariant 7). Every value is re-hashed (BLAKE3) before it is served. A revoked entry
   (:mod:`cas.revocations`) is nil, from the first request after its revocation arrives.
 * Writes (write-scope tokens only) are accepted at once and committed to ``branch`` in batches
-  (``batch`` entries, or every ``flush_every`` seconds, and at shutdown); the commit's
-  metadata names the token that wrote them, so a batch never mixes two tokens. A key
+  (``batch`` entries, or every ``flush_every`` seconds, and at shutdown) by a commit
+  process (cas.server.redis_commit), so that the commit work does not hold the GIL the
+  event loop needs; the commit's metadata names the token that wrote them, so a batch
+  never mixes two tokens. If the commit process dies, its batch is re-queued, ``SET`` is
+  refused with an ``-ERR`` line until the process is restarted at the next flush. A key
   outside its kind's grammar (cas.entrykeys) is refused at ``SET``; a value that cannot
   be decoded or stored is dropped at commit, logged and counted, and the rest commits.
 * ``AUTH [user] <cas token>``: the password is a cas token; a read token gets
@@ -40,9 +43,10 @@ of other envs are never served.
 This module is the store side (env, served ref, reads, write batches); the wire codec is
 cas.server.resp, and a connection's handshake and command handlers cas.server.redis_session.
 
-All store work happens on the event loop's thread (LMDB reads are memory-mapped and take
-microseconds; a batch commit takes milliseconds), which keeps the per-request cost to a
-parse and a dictionary lookup instead of a hop to a thread pool.
+Reads happen on the event loop's thread (LMDB reads are memory-mapped and take
+microseconds), which keeps the per-request cost to a parse and a dictionary lookup
+instead of a hop to a thread pool. The commit thread only hands each batch to the commit
+process and waits for its answer (pipe I/O, which releases the GIL).
 """
 
 from __future__ import annotations
@@ -61,13 +65,15 @@ from typing import Any
 from cas import entrykeys, refs
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.errors import BadEntryKey, CasError, UsageError
+from cas.errors import CasError, UsageError
 from cas.objects import Env
 from cas.server.auth import Tokens
 from cas.server.door_report import DoorReporter
 from cas.server.peers import ConnectionLimits, Peers
 from cas.server.redis_budget import WriteBudget
+from cas.server.redis_commit import Batches, CommitProcess, CommitProcessDied, CommitResult
 from cas.server.redis_session import Connection
+from cas.server.resp import bulk_string
 from cas.store import Store
 from cas.torch.live import LiveCache
 from cas.torch.wire import parse_backend_key
@@ -155,7 +161,8 @@ class RedisDoor:
         self._policy = AllowedCommits(self.store)
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
         #: Served values of the current commit, already BLAKE3-checked:
-        #: {key: (wire value, blob id)}; the id so that a hit here still counts as a read.
+        #: {key: (wire value as a RESP bulk string, blob id)}; the id so that a hit here
+        #: still counts as a read.
         self._hot: OrderedDict[str, tuple[bytes, ObjectId]] = OrderedDict()
         self._hot_bytes = 0
         self._refresh()
@@ -168,10 +175,14 @@ class RedisDoor:
         self.peers = Peers(options.connections)
         #: The batch being committed (still served until its commit is visible).
         self._flushing: dict[str, bytes] = {}
-        self._flush_task: asyncio.Future[None] | None = None
+        self._flush_task: asyncio.Future[CommitResult | None] | None = None
         self._last_flush = time.monotonic()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cas-redis-commit")
-        self._writer_store: Store | None = None
+        self._writer_store: Store | None = None  # miss reports only
+        self.committer = (CommitProcess(self.path, self.env.id.hex, options.branch)
+                          if options.branch else None)
+        #: The commit process died with a batch: SETs are refused until it is restarted.
+        self.commit_down = False
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         #: Called (in the commit thread) after each batch commit: the budget keeper.
@@ -238,19 +249,21 @@ class RedisDoor:
         return self._own_ref is not None and self._ref_full == self._own_ref
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._lookup(key)
+        """The value of ``key`` as a RESP bulk string (``$<n>\r\n<value>\r\n``, the same
+        in RESP2 and RESP3), or None for a miss."""
+        bulk = self._lookup(key)
         if self.reporter is not None:
-            self.reporter.lookup(self.pin, key, value is not None)
-        return value
+            self.reporter.lookup(self.pin, key, bulk is not None)
+        return bulk
 
     def _lookup(self, key: bytes) -> bytes | None:
         text = key.decode("utf-8", "replace")
         if self._serves_writes():
             for batch in self._pending.values():
                 if text in batch:
-                    return batch[text]
+                    return bulk_string(batch[text])
             if text in self._flushing:
-                return self._flushing[text]
+                return bulk_string(self._flushing[text])
         self._refresh()
         self._drop_revoked()
         hot = self._hot.get(text)
@@ -261,13 +274,14 @@ class RedisDoor:
         found = self.reader.get_entry(text)  # notes the read itself
         if found is None:
             return None
-        value = found[0]
-        if len(value) <= HOT_BYTES // 64:
-            self._hot[text] = found
-            self._hot_bytes += len(value)
+        # Kept encoded: a hit is then written as it is, without a copy of the value.
+        bulk = bulk_string(found[0])
+        if len(bulk) <= HOT_BYTES // 64:
+            self._hot[text] = (bulk, found[1])
+            self._hot_bytes += len(bulk)
             while self._hot_bytes > HOT_BYTES:
                 self._hot_bytes -= len(self._hot.popitem(last=False)[1][0])
-        return value
+        return bulk
 
     def _drop_revoked(self) -> None:
         """Forget the served values when the revocations changed (cas.revocations): a
@@ -279,6 +293,8 @@ class RedisDoor:
     def set(self, pairs: list[tuple[bytes, bytes]], token: str) -> str | None:
         """Accept writes for the next batch, all or none (as ``MSET``); returns an error
         text, or None when accepted."""
+        if self.commit_down:
+            return "ERR cas: the commit process is restarting; nothing was accepted, retry"
         accepted: list[tuple[str, bytes]] = []
         for key, value in pairs:
             text = key.decode("utf-8", "replace")
@@ -288,7 +304,7 @@ class RedisDoor:
                 return err
             if parsed is not None:
                 accepted.append((text, value))
-        # The value is decoded once, in the commit thread (a malformed one is dropped and
+        # The value is decoded once, in the commit process (a malformed one is dropped and
         # logged there): decoding it here too would double the CPU cost of a SET.
         batch = self._pending.setdefault(token, {})
         for text, value in accepted:
@@ -309,7 +325,7 @@ class RedisDoor:
     # -- batch commits --------------------------------------------------------------------
 
     def start_flush(self) -> None:
-        """Commit the pending writes in the commit thread, unless a commit is running."""
+        """Commit the pending writes through the commit process, unless a commit is running."""
         self._last_flush = time.monotonic()
         if not self._pending or self._flush_task is not None:
             return
@@ -319,55 +335,57 @@ class RedisDoor:
         self._refresh()  # a write branch made by this commit starts at the served commit
         loop = asyncio.get_running_loop()
         self._flush_task = loop.run_in_executor(self._pool, self._commit, batches, self.pin)
-        self._flush_task.add_done_callback(lambda _: self._flushed())
+        self._flush_task.add_done_callback(lambda f: self._flushed(batches, f.result()))
 
-    def _flushed(self) -> None:
+    def _flushed(self, batches: Batches, result: CommitResult | None) -> None:
         self._flush_task = None
         self._refresh()  # the new commit is visible before its entries leave _flushing
         self._flushing = {}
         done, self._flushing_bytes = self._flushing_bytes, 0
+        self.commit_down = result is None
+        if result is None:
+            done = self._requeue(batches)
         self.budget.free(done)  # wakes waiting writers, which may start the next commit
         if self._full():
             self.start_flush()
 
-    def _commit(self, batches: dict[str, dict[str, bytes]], base: ObjectId | None) -> None:
-        """One commit per token on the write branch (runs in the commit thread)."""
-        try:
-            self._commit_batches(batches, base)
-            if self.on_commit is not None:
-                self.on_commit()
-        except Exception:  # a bug or a broken store: logged, and the door keeps serving
-            LOG.exception("redis door could not commit %d entries", sum(map(len, batches.values())))
-
-    def _commit_batches(self, batches: dict[str, dict[str, bytes]], base: ObjectId | None) -> None:
-        if self._writer_store is None:
-            self._writer_store = Store(self.path)
-        assert self.options.branch is not None
+    def _requeue(self, batches: Batches) -> int:
+        """Put a batch the commit process died with back in front of the pending writes
+        (a newer write of the same key wins); returns the bytes no longer held."""
+        freed = 0
         for token, batch in batches.items():
-            rec = LiveCache(
-                self._writer_store, self.env, root=None, branch=self.options.branch,
-                message="redis: artifacts recorded through the Redis door",
-                metadata={"producer": "redis", "token": token},
-                base=base,
-            )
+            newer = self._pending.get(token, {})
             for key, value in batch.items():
-                self._record(rec, key, value, token)
-            oid = rec.flush()
-            if oid is not None:
-                LOG.info("redis door committed %s (%d entries, token %s)", oid.short(), rec.stats.recorded, token)
-            elif rec.pending:
-                LOG.error("redis door could not commit %d entries (token %s)", rec.pending, token)
+                if key in newer:
+                    freed += len(value)
+                else:
+                    self._npending += 1
+                    self._pending_bytes += len(value)
+            self._pending[token] = {**batch, **newer}
+        return freed
 
-    def _record(self, rec: LiveCache, key: str, value: bytes, token: str) -> None:
-        """Buffer one write for its token's commit, or drop it, log and count why: one
-        entry that cannot be stored must not sink the others of its batch."""
+    def _commit(self, batches: Batches, base: ObjectId | None) -> CommitResult | None:
+        """One commit per token on the write branch, made by the commit process (runs in
+        the commit thread, which waits on the pipe); None if the process died."""
+        assert self.committer is not None
+        n = sum(map(len, batches.values()))
         try:
-            rec.record(key, value)
-        except Exception as exc:  # whatever a stranger's bytes make a decoder raise
-            reason = "key" if isinstance(exc, BadEntryKey) else "value"
-            LOG.warning("redis door dropped %r (token %s): %s", key[:200], token, _one_line(exc))
-            if self.on_drop is not None:
+            if not self.committer.alive():
+                self.committer.start()  # first flush, or the last one found it dead
+            result = self.committer.commit(batches, base.raw if base is not None else None)
+        except CommitProcessDied as exc:
+            LOG.error("redis door commit process died (%s): %d entries re-queued, "
+                      "SETs refused until it restarts", exc, n)
+            return None
+        except Exception:  # a bug: logged, and the door keeps serving
+            LOG.exception("redis door could not commit %d entries", n)
+            return CommitResult(0, n, [])
+        if self.on_drop is not None:
+            for reason in result.drops:
                 self.on_drop(reason)
+        if self.on_commit is not None and result.committed:
+            self.on_commit()
+        return result
 
     # -- serving --------------------------------------------------------------------------
 
@@ -378,6 +396,8 @@ class RedisDoor:
             self._server = await loop.create_server(self._connection, sock=sock)
         else:
             self._server = await loop.create_server(self._connection, self.options.host, self.options.port)
+        if self.committer is not None:
+            self._pool.submit(self.committer.start)  # its imports overlap the first writes
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     @property
@@ -411,14 +431,20 @@ class RedisDoor:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        while self._flush_task is not None or self._pending:
+        tries = 3  # a commit process that dies at every start must not hang the stop
+        while self._flush_task is not None or (self._pending and tries):
             if self._flush_task is not None:
                 await self._flush_task
                 await asyncio.sleep(0)  # let its done-callback run
+                tries -= self.commit_down
             else:
                 self.start_flush()
+        if self._pending:
+            LOG.error("redis door stopped with %d entries not committed", self._npending)
         if self.reporter is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._write_reports, self.reporter.take())
+        if self.committer is not None:
+            self._pool.submit(self.committer.close)
         self._pool.shutdown()
         if self._writer_store is not None:
             self._writer_store.close()
@@ -439,10 +465,6 @@ def _refusal(key: str, parsed: tuple[str, str, str] | None) -> str | None:
         return "ERR cas: not a torch or Triton remote-cache key"
     why = entrykeys.problem(parsed[0], parsed[1])
     return f"ERR cas: {why}" if why else None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _envs_of(store: Store, tip: ObjectId) -> set[ObjectId]:

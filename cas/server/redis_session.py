@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cas.server.auth import Scope
 from cas.server.peers import peer_of
@@ -64,16 +64,16 @@ class Connection(asyncio.Protocol):
         self._linger = -1  # bytes still dropped after a protocol error; -1: none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.peer = peer_of(transport.get_extra_info("peername"))
+        # Not isinstance: uvloop's transports implement asyncio.Transport without it.
+        self.transport = tr = cast(asyncio.Transport, transport)
+        self.peer = peer_of(tr.get_extra_info("peername"))
         refused = self.door.peers.admit(self.peer)
         if refused is not None:
-            transport.write(Reply.error(f"ERR {refused}"))  # what Redis says past maxclients
-            transport.close()
+            tr.write(Reply.error(f"ERR {refused}"))  # what Redis says past maxclients
+            tr.close()
             return
         self._admitted = True
-        self.session = Session(self.door, transport.get_extra_info("peername"))
+        self.session = Session(self.door, tr.get_extra_info("peername"))
         self._limit()
         self._last = asyncio.get_running_loop().time()
         self._arm(self.door.options.connections.idle_timeout)
@@ -351,19 +351,23 @@ class Session:
     # data -------------------------------------------------------------------------------
 
     def _get(self, key: bytes) -> tuple[bytes | None, str]:
+        """(the value as a bulk string reply or None, the key's kind)."""
         parsed = parse_backend_key(key.decode("utf-8", "replace"))
-        value = self.door.get(key)
-        return value, parsed[0] if parsed else ""
+        bulk = self.door.get(key)
+        return bulk, parsed[0] if parsed else ""
 
     def cmd_get(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        value, kind = self._get(args[0])
-        return self.reply.bulk(value), kind, "miss" if value is None else "hit"
+        bulk, kind = self._get(args[0])
+        if bulk is None:
+            return self.reply.nil(), kind, "miss"
+        return bulk, kind, "hit"
 
     def cmd_mget(self, args: list[bytes]) -> tuple[bytes, str, str]:
         got = [self._get(k) for k in args]
         hits = sum(v is not None for v, _ in got)
         kind = got[0][1] if got else ""
-        return self.reply.array([self.reply.bulk(v) for v, _ in got]), kind, "hit" if hits else "miss"
+        nil = self.reply.nil()
+        return self.reply.array([v if v is not None else nil for v, _ in got]), kind, "hit" if hits else "miss"
 
     def cmd_exists(self, args: list[bytes]) -> tuple[bytes, str, str]:
         return self.reply.integer(sum(self._get(k)[0] is not None for k in args)), "", "ok"

@@ -39,7 +39,7 @@ class Reply:
     def bulk(self, data: bytes | None) -> bytes:
         if data is None:
             return self.nil()
-        return b"$%d\r\n%s\r\n" % (len(data), data)
+        return bulk_string(data)
 
     def array(self, items: list[bytes]) -> bytes:
         return b"*%d\r\n" % len(items) + b"".join(items)
@@ -48,6 +48,11 @@ class Reply:
         if self.proto == 3:
             return b"%%%d\r\n" % len(pairs) + b"".join(k + v for k, v in pairs)
         return self.array([x for kv in pairs for x in kv])
+
+
+def bulk_string(data: bytes) -> bytes:
+    """``data`` as a RESP bulk string (the same bytes in RESP2 and RESP3)."""
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 class ProtocolError(Exception):
