@@ -22,7 +22,7 @@ from cas.refs import load_commit
 from cas.server.redis_commit import Batches, CommitProcess, CommitResult
 from cas.server.redis_door import RedisDoor, RedisOptions
 from cas.store import Store
-from server.doorkit import ENV_A, start, wait_until, wire
+from server.rediskit import ENV_A, start, wait_until, wire
 
 
 def _main(path: Path) -> dict[str, bytes]:
