@@ -112,8 +112,11 @@ class Missing:
 _LIVE = "live backend (serving and recording torch's remote caches)"
 _AOT = "live backend for AOTAutograd entries"
 _PRE = "precompiled start (dynamo's precompiled units)"
+_GEMM_TIMES = "when each GEMM was measured, in autotune records"
 HOOKS: tuple[Hook, ...] = (
     Hook(_REMOTE_CACHE, "RemoteCacheBackend", _LIVE),
+    Hook(_REMOTE_CACHE, "RemoteCacheBackend._get", _LIVE),
+    Hook(_REMOTE_CACHE, "RemoteCacheBackend._put", _LIVE),
     *(Hook(_REMOTE_CACHE, f"{c}.backend_override_cls", _LIVE) for c in REMOTE_CACHES),
     Hook(_INDUCTOR_CONFIG, "fx_graph_remote_cache", _LIVE),
     Hook(_INDUCTOR_CONFIG, "autotune_remote_cache", "live backend for autotune results"),
@@ -129,6 +132,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_CODECACHE, "torch_key", "the env id (every entry's env)"),
     Hook(_CODECACHE, "CacheBase.get_system", "recording GEMM timing files"),
     Hook(SELECT_ALGORITHM, "add_feedback_saver", "GEMM benchmark times in autotune records"),
+    Hook(SELECT_ALGORITHM, "create_inputs_key", _GEMM_TIMES),
+    Hook(SELECT_ALGORITHM, "get_algorithm_selector_cache", _GEMM_TIMES),
     Hook(SELECT_ALGORITHM, "AlgorithmSelectorCache.lookup", "sharded GEMM autotune"),
     Hook(TRITON_HEURISTICS, "CachingAutotuner.benchmark_all_configs", "Triton config times in autotune records",
          needs_triton=True),
@@ -224,6 +229,94 @@ def report_lines(found: dict[str, Any]) -> list[str]:
     return lines + [Missing(m["hook"], m["feature"]).line() for m in found.get("missing", [])]
 
 
+# -- torch's public API, as cas reads it (each function imports torch itself) ---------------
+
+
+def torch_version() -> str:
+    """``torch.__version__``."""
+    import torch
+
+    return str(torch.__version__)
+
+
+def cuda_version() -> str:
+    """The CUDA torch was built with (``torch.version.cuda``), ``""`` for a CPU build."""
+    import torch
+
+    return str(torch.version.cuda or "")
+
+
+def cuda_device() -> tuple[str, int, int] | None:
+    """(name, major, minor capability) of CUDA device 0, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return str(torch.cuda.get_device_name(0)), int(major), int(minor)
+
+
+def cpu_isa() -> str:
+    """ATen's CPU capability (``avx2``, ``avx512``...), lower-cased."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
+
+
+def num_threads() -> int:
+    """``torch.get_num_threads()`` (part of inductor's CPU keys)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def cache_key_tag() -> str:
+    """``torch.compiler.config.cache_key_tag`` (``""`` when unset)."""
+    import torch
+
+    return str(torch.compiler.config.cache_key_tag or "")
+
+
+def save_cache_artifacts() -> bytes | None:
+    """This process's Mega-Cache container (``torch.compiler.save_cache_artifacts()``),
+    or None when torch recorded nothing."""
+    import torch
+
+    saved = torch.compiler.save_cache_artifacts()
+    return bytes(saved[0]) if saved else None
+
+
+def dist_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in torch.distributed; (0, 1) outside it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_bytes(data: bytes, group: Any = None) -> list[bytes] | None:
+    """Every rank's ``data`` in rank order, on rank 0 of ``group`` (None elsewhere).
+
+    Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
+    CPU wheel does not bring): the sizes first, then the bytes padded to the longest.
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    longest = max(int(s.item()) for s in sizes)
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    mine[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, mine, group=group)
+    if dist.get_rank(group) != 0:
+        return None
+    return [bytes(buf[: int(size.item())].tolist()) for buf, size in zip(bufs, sizes, strict=True)]
+
+
 # -- torch's cache dirs (derived as torch derives them, without importing torch) -------------
 
 
@@ -301,11 +394,22 @@ def torch_key() -> str:
 # -- remote caches (the live backend) ---------------------------------------------------------
 
 
-def remote_cache_backend() -> Any:
-    """torch's ``RemoteCacheBackend`` base class (subclass with ``_get``/``_put``)."""
+def remote_cache_backend(get: Callable[[str], bytes | None], put: Callable[[str, bytes], None]) -> type:
+    """A subclass of torch's ``RemoteCacheBackend`` (created by torch with no arguments)
+    whose lookups are ``get(key)`` and whose stores are ``put(key, data)``: it overrides
+    the private ``_get``/``_put`` that torch's ``RemoteCache`` calls (2.11-2.14)."""
     from torch._inductor.remote_cache import RemoteCacheBackend
 
-    return RemoteCacheBackend
+    class StoreBackend(RemoteCacheBackend):  # type: ignore[misc,type-arg]
+        """torch's remote-cache backend, answered by cas."""
+
+        def _get(self, key: str) -> bytes | None:
+            return get(key)
+
+        def _put(self, key: str, data: bytes) -> None:
+            put(key, data)
+
+    return StoreBackend
 
 
 def set_backend_override(cls: Any) -> None:
@@ -422,6 +526,28 @@ def select_algorithm() -> Any:
     from torch._inductor import select_algorithm as module
 
     return module
+
+
+def add_gemm_feedback(module: Any, fn: Callable[[str, str], None]) -> Callable[[], None]:
+    """Have ``select_algorithm`` (``module``) call ``fn(op name, inputs key)`` after each
+    GEMM it benchmarks (``add_feedback_saver``; the key is ``create_inputs_key``'s, the one
+    its timing file uses). Returns the function that removes it again.
+
+    Both run inside torch's autotuning, so neither raises: a renamed helper costs the
+    timestamps of GEMM records (:func:`probe` names it), never a compile.
+    """
+
+    def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
+        with contextlib.suppress(Exception):
+            fn(name, module.create_inputs_key(input_nodes))
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):
+            cache = module.get_algorithm_selector_cache()
+            cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
+
+    module.add_feedback_saver(on_gemm)
+    return remove
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ Torch internals touched (2.11–2.14; compared in docs/torch.md), all through
 :mod:`cas.torch._compat`: ``CacheBase.get_system`` (timing file name),
 ``CachingAutotuner.benchmark_all_configs`` / ``coordinate_descent_tuning`` /
 ``_combo_sequential_autotune`` (2.13+) and ``AutotuneCache.local_cache``,
-``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``.
+``counters["inductor"]``, ``AlgorithmSelectorCache.lookup``, ``add_feedback_saver`` with
+``create_inputs_key`` and ``get_algorithm_selector_cache().feedback_saver_fns``
+(:func:`cas.torch._compat.add_gemm_feedback`), ``torch.cuda`` and ``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -70,11 +72,10 @@ __all__ = [
 def device_class() -> str:
     """The class of device results are valid for: ``cpu-<fingerprint>`` or
     ``cuda-<name>-sm<major><minor>`` (the variant of every record measured here)."""
-    import torch
-
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    cuda = _compat.cuda_device()
+    if cuda is not None:
+        gpu, major, minor = cuda
+        name = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
         return f"cuda-{name}-sm{major}{minor}"
     return f"cpu-{cpu_fingerprint()}"
 
@@ -90,22 +91,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def provenance(method: str = "") -> dict[str, Any]:
     """Where, when and how this process measures: the ``provenance`` of its records."""
-    import torch
-
     env = current_env().fields
-    rank, world = _rank()
+    rank, world = _compat.dist_rank()
     prov: dict[str, Any] = {
-        "torch": str(torch.__version__),
+        "torch": _compat.torch_version(),
         "triton": env.get("triton", ""),
         "host": platform.node(),
         "time": round(time.time(), 3),
@@ -165,15 +156,10 @@ def watch(*, lazily: bool = False) -> tuple[Observed, Callable[[], None]]:
         if stopped:
             return
 
-        def on_gemm(timings: Any, name: str, input_nodes: Any, *_: Any) -> None:
-            seen.gemm_times[(name, module.create_inputs_key(input_nodes))] = round(time.time(), 3)
+        def on_gemm(name: str, inputs_key: str) -> None:
+            seen.gemm_times[(name, inputs_key)] = round(time.time(), 3)
 
-        def remove() -> None:
-            cache = module.get_algorithm_selector_cache()
-            cache.feedback_saver_fns = [f for f in cache.feedback_saver_fns if f is not on_gemm]
-
-        module.add_feedback_saver(on_gemm)
-        undo.append(remove)
+        undo.append(_compat.add_gemm_feedback(module, on_gemm))
 
     def on_triton(_module: Any) -> None:
         if not stopped:

@@ -63,27 +63,16 @@ def shard(rank: int, world: int) -> Iterator[Shard]:
 def gather_records(records: Iterable[tuning.Record], group: Any = None) -> list[tuning.Record] | None:
     """All ranks' records, on rank 0 (None elsewhere), exchanged over ``group``.
 
-    Sent as byte tensors through ``all_gather`` (``gather_object`` needs numpy, which the
-    CPU wheel does not bring). A record measured by several ranks (a key more than one had
-    cached) is kept once, the faster.
+    Sent through :func:`cas.torch._compat.all_gather_bytes`. A record measured by several
+    ranks (a key more than one had cached) is kept once, the faster.
     """
-    import torch
-    import torch.distributed as dist
-
     data = json.dumps([r.to_bytes().decode() for r in records]).encode()
-    world = dist.get_world_size(group)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group)
-    longest = max(int(s.item()) for s in sizes)
-    mine = torch.zeros(longest, dtype=torch.uint8)
-    mine[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(bufs, mine, group=group)
-    if dist.get_rank(group) != 0:
+    gathered = _compat.all_gather_bytes(data, group)
+    if gathered is None:
         return None
     best: dict[tuple[str, str], tuning.Record] = {}
-    for buf, size in zip(bufs, sizes, strict=True):
-        for text in json.loads(bytes(buf[: int(size.item())].tolist())):
+    for sent in gathered:
+        for text in json.loads(sent):
             rec = tuning.Record.from_bytes(text.encode())
             old = best.get((rec.key, rec.device_class))
             if old is None or (rec.time_ms is not None and (old.time_ms is None or rec.time_ms < old.time_ms)):

@@ -81,12 +81,8 @@ torch_pch_dir = _compat.header_dir
 
 def process_artifacts() -> list[Artifact]:
     """This process's Mega-Cache artifacts (every kind torch recorded, hits included)."""
-    import torch
-
-    saved = torch.compiler.save_cache_artifacts()
-    if not saved:
-        return []
-    return megacache.decode(saved[0])
+    saved = _compat.save_cache_artifacts()
+    return megacache.decode(saved) if saved else []
 
 
 def dir_artifacts(cache_dir: Path, pch_dir: Path | None = None) -> list[Artifact]:

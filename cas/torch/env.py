@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas.objects import Env
+from cas.torch import _compat
 
 if TYPE_CHECKING:
     from cas.digest import ObjectId
@@ -49,37 +50,26 @@ def _triton_version() -> str:
 
 
 def _device_fields() -> dict[str, str]:
-    import torch
-
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        return {
-            "device": "cuda",
-            "gpu": torch.cuda.get_device_name(0),
-            "gpu_capability": f"{major}.{minor}",
-        }
-    return {
-        "device": "cpu",
-        "cpu_isa": torch.backends.cpu.get_cpu_capability().lower(),
-        "threads": str(torch.get_num_threads()),
-    }
+    cuda = _compat.cuda_device()
+    if cuda is not None:
+        gpu, major, minor = cuda
+        return {"device": "cuda", "gpu": gpu, "gpu_capability": f"{major}.{minor}"}
+    return {"device": "cpu", "cpu_isa": _compat.cpu_isa(), "threads": str(_compat.num_threads())}
 
 
 def env_fields() -> dict[str, str]:
     """Compute the env fields of this process now (uncached; see :func:`current_env`)."""
-    import torch
-
     fields = {
         "format": ENV_FORMAT,
         "torch_key": _torch_key_hex(),
-        "torch_version": str(torch.__version__),
+        "torch_version": _compat.torch_version(),
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
         "triton": _triton_version(),
-        "cuda": str(torch.version.cuda or ""),
+        "cuda": _compat.cuda_version(),
         "platform": sys.platform,
         "machine": platform.machine(),
-        "cache_key_tag": str(torch.compiler.config.cache_key_tag or ""),
+        "cache_key_tag": _compat.cache_key_tag(),
     }
     fields.update(_device_fields())
     return fields
@@ -106,15 +96,11 @@ def current_env() -> Env:
         cached = _read_cache("env", stamp) if stamp else None
         if cached is not None:
             return Env(json.loads(cached))
-        import torch
-
-        env = _cached_env(str(torch.compiler.config.cache_key_tag or ""), torch.get_num_threads())
+        env = _cached_env(_compat.cache_key_tag(), _compat.num_threads())
         if stamp:  # torch was imported just now, so its threads are this machine's default
             _write_cache("env", stamp, json.dumps(dict(env.fields), sort_keys=True))
         return env
-    import torch
-
-    return _cached_env(str(torch.compiler.config.cache_key_tag or ""), torch.get_num_threads())
+    return _cached_env(_compat.cache_key_tag(), _compat.num_threads())
 
 
 # -- the per-install caches -------------------------------------------------------------
@@ -195,9 +181,7 @@ def _torch_key_hex() -> str:
     cached = _read_cache("torch-key", stamp) if stamp else None
     if cached and len(cached) == 64:
         return cached
-    from cas.torch._compat import torch_key
-
-    value = torch_key()
+    value = _compat.torch_key()
     if stamp:
         _write_cache("torch-key", stamp, value)
     return value

@@ -452,19 +452,6 @@ def _process_artifacts() -> list[Any]:
 # -- installing into torch -------------------------------------------------------------
 
 
-def _backend_class(live: LiveCache) -> Callable[[], Any]:
-    class StoreBackend(_compat.remote_cache_backend()):  # type: ignore[misc]
-        """torch's remote-cache backend, answered by a LiveCache (created with no args)."""
-
-        def _get(self, key: str) -> bytes | None:
-            return live.get(key)
-
-        def _put(self, key: str, data: bytes) -> None:
-            live.put(key, data)
-
-    return StoreBackend
-
-
 _saved: list[tuple[Any, str, Any]] = []
 
 
@@ -481,7 +468,7 @@ def install(live: LiveCache, *, kinds: Iterable[str] = ("inductor", "aot_autogra
     compile (an AssertionError in ``_AutotuneCacheBundlerImpl._get_backend_hash``, as
     ``backend_hash`` is None without Triton).
     """
-    backend = _backend_class(live)
+    backend = _compat.remote_cache_backend(live.get, live.put)
     wanted = set(kinds)
     switches = [(m, f, v) for m, f, kind, v in _compat.remote_cache_switches() if kind in wanted]
     _compat.clear_aot_remote_cache()  # imports AOTAutograd's cache, before anything changed
