@@ -33,17 +33,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
-    """Under pytest-xdist (`make test` runs two workers), torch tests that share a cold
-    compile run on one worker, so that each compile happens once per test run: the users of
-    ``captured`` (tests/torch/conftest.py) together, with those of autotune's ``tuned``,
-    which starts from ``captured``'s C++ build; the users of livekit's ``recorded`` (cached
-    per process) together, the stock-torch Redis door among them, whose recording client
-    starts from that run's C++ build; and every other torch module as a unit of its own.
-    Everything else is spread over both workers as they free up.
+    """Under pytest-xdist (`make test` runs two workers, ``--dist loadgroup``), torch tests
+    that share a cold compile run on one worker, so that each compile happens once per
+    test run. The groups are xdist's own, public ``xdist_group`` marks: a module that
+    starts from livekit's ``recorded`` run (cached per process) says so itself
+    (``pytestmark = livekit.SHARES_RECORDED``), the stock-torch Redis door among them,
+    whose recording client starts from that run's C++ build; here, the users of
+    ``captured`` (tests/torch/conftest.py) go together, with those of autotune's
+    ``tuned``, which starts from ``captured``'s C++ build; and every other torch module
+    is a unit of its own. Everything else is spread over both workers as they free up.
 
-    A wrapper: the marks go on before xdist's worker turns them, in its own hook of this
-    name, into the ``@group`` suffix of node ids that ``--dist loadgroup`` schedules by;
-    ``_suffix_groups`` then checks that the suffix took.
+    xdist turns the marks into the ``@group`` suffix of node ids that loadgroup schedules
+    by, in its own hook of this name, which runs after this wrapper's first half. It sets
+    the id pytest 9.1 reads: pytest 9.2 reads another (pytest-dev/pytest-xdist#1386), and
+    loadgroup then silently groups nothing, so constraints.txt pins ``pytest<9.2`` and
+    :func:`_check_groups` fails the run loudly if the grouping did not take.
 
     Torch tests come first: xdist hands out the groups by size, then units of one test in
     this order, and a torch module of one slow test (a door test, say) started last
@@ -51,34 +55,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     torch_dir = Path(__file__).parent / "torch"
     items.sort(key=lambda item: torch_dir not in Path(item.path).parents)
     for item in items:
-        if torch_dir not in Path(item.path).parents:
+        if torch_dir not in Path(item.path).parents or item.get_closest_marker("xdist_group"):
             continue
         if "captured" in getattr(item, "fixturenames", ()):
             group = "torch-captured"
-        elif "recorded" in vars(getattr(item, "module", None) or object):
-            group = "torch-recorded"
         else:
             group = f"torch-{Path(item.path).stem}"
         item.add_marker(pytest.mark.xdist_group(group))
     yield
-    _suffix_groups(config, items)
+    _check_groups(config, items)
 
 
-def _suffix_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """pytest-xdist 3.8 suffixes grouped items by setting ``item._nodeid``, which pytest 9
-    no longer reads (pytest-dev/pytest-xdist#1386): loadgroup then silently grouped
-    nothing, every torch test was a unit of its own and both workers paid the session's
-    cold compiles. Until xdist sets the id pytest 9 reads, set it here."""
+def _check_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail at collection, with the way out, when xdist's ``@group`` suffix did not take
+    (every torch test would be a unit of its own and both workers would pay the
+    session's cold compiles: a run minutes slower, and otherwise green)."""
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:
         names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
                         for m in item.iter_markers("xdist_group")})
-        suffix = "@" + "_".join(names)
-        if names and not item.nodeid.endswith(suffix):
-            from _pytest.nodeid import NodeId  # pytest 9's structured node id
-
-            item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
+        if names and not item.nodeid.endswith("@" + "_".join(names)):
+            raise pytest.UsageError(
+                f"pytest-xdist's loadgroup did not group {item.nodeid} (pytest {pytest.__version__}; "
+                "pytest-dev/pytest-xdist#1386): install with `-c constraints.txt` (pytest<9.2)")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ follows a moving ref (the Redis door) gets the same verdicts from ``AllowedCommi
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -27,12 +26,6 @@ def _commit(store: Store, branch: str, key: str, **metadata: str) -> ObjectId:
     blob = store.put(key.encode())
     entry = Entry(blob, len(key), None, {})
     return commit_changes(store, branch, {EntryKey(env.id, "inductor", key): entry}, key, metadata)
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store.init(tmp_path / "store") as s:
-        yield s
 
 
 def test_local_commits_are_allowed(store: Store) -> None:

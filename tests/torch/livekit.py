@@ -108,6 +108,11 @@ class Recorded:
 
 _recorded: Recorded | None = None
 
+#: The xdist group of the modules that start from :func:`recorded` (or :func:`checks`,
+#: which starts from it): ``pytestmark = SHARES_RECORDED``. Cached per process, that run
+#: is paid once per test run only if they all run on one worker (tests/conftest.py).
+SHARES_RECORDED = pytest.mark.xdist_group("torch-recorded")
+
 
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """The cold run, done once per session (MLP inference and training, record=main)."""

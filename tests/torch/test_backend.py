@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from livekit import Recorded, base_env, checks, copy_store, recorded, workload
+from livekit import SHARES_RECORDED, Recorded, base_env, checks, copy_store, recorded, workload
 
 from cas import manifest
 from cas.refs import load_commit, resolve
 from cas.store import Store
+
+pytestmark = SHARES_RECORDED
 
 
 def test_the_entry_point_registers_backend_cas() -> None:

@@ -6,13 +6,15 @@ import base64
 from pathlib import Path
 
 import pytest
-from livekit import Recorded, checks, recorded, served, workload
+from livekit import SHARES_RECORDED, Recorded, checks, recorded, served, workload
 
 from cas import manifest
 from cas.digest import ObjectId
 from cas.history import log
 from cas.refs import load_commit, resolve
 from cas.store import Store
+
+pytestmark = SHARES_RECORDED
 
 
 @pytest.fixture

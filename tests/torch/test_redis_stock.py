@@ -11,13 +11,12 @@ waiting on g++. The new machine gets nothing of the kind."""
 from __future__ import annotations
 
 import sysconfig
-import time
 from pathlib import Path
 
 import livekit
 import pytest
-from livekit import Recorded, recorded
-from server.rediskit import run_fresh
+from livekit import SHARES_RECORDED, Recorded, recorded
+from server.rediskit import run_fresh, wait_until
 from servers import CasServer
 from torchkit import seed_kernels
 
@@ -25,6 +24,8 @@ from cas import manifest
 from cas.refs import load_commit, resolve
 from cas.server.auth import Scope, add_token
 from cas.store import Store
+
+pytestmark = SHARES_RECORDED
 
 # Run as `python -I -S client.py SITE`: no site processing, so the editable install of cas
 # (a .pth hook) is not seen; SITE (the venv's site-packages) is added by hand for torch
@@ -102,16 +103,16 @@ def test_stock_torch_misses_are_recorded_then_hit_by_a_fresh_process(
 
 
 def _recorded_kinds(path: Path) -> set[str]:
-    """The kinds on main once the door's batch commits land; they name the writer."""
-    kinds: set[str] = set()
-    deadline = time.monotonic() + 60  # a batch lands within 0.2 s; a busy machine is slower
-    while time.monotonic() < deadline:
+    """The kinds on main once the door's batch commits of the client's FX and AOTAutograd
+    entries land; they name the writer."""
+
+    def landed() -> set[str] | None:
         with Store(path) as s:
-            if s.get_ref("refs/heads/main") is not None:
-                commit = load_commit(s, resolve(s, "main"))
-                assert commit.metadata["token"] == "ci-writer"
-                kinds = {k.kind for k, _ in manifest.entries(s, commit.manifest)}
-                if {"inductor", "aot_autograd"} <= kinds:
-                    break
-        time.sleep(0.1)
-    return kinds
+            if s.get_ref("refs/heads/main") is None:
+                return None
+            commit = load_commit(s, resolve(s, "main"))
+            assert commit.metadata["token"] == "ci-writer"
+            kinds = {k.kind for k, _ in manifest.entries(s, commit.manifest)}
+            return kinds if {"inductor", "aot_autograd"} <= kinds else None
+
+    return wait_until(landed, "committed the client's inductor and aot_autograd entries")

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from livekit import base_env, cas, recorded, served
+from livekit import SHARES_RECORDED, base_env, cas, recorded, served
 from torchkit import seed_kernels
 
 from cas import manifest
 from cas.refs import load_commit, resolve
 from cas.store import Store
+
+pytestmark = SHARES_RECORDED
 
 
 def _keys(store: Store, ref: str) -> set:

@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from livekit import SHARES_RECORDED, Proc, checks
 
-# `recorded` is imported for tests/conftest.py, which puts the modules holding that name
-# on one xdist worker: checks() starts from livekit's recorded run, cached per process.
-from livekit import Proc, checks, recorded  # noqa: F401
-
-from cas.digest import ObjectId
 from cas.history import commit_changes
 from cas.objects import Entry, EntryKey, Env
 from cas.store import Store
+
+pytestmark = SHARES_RECORDED
 
 # -- broken stores and bad entries: one warning, a normal compile, right answers ---------
 
@@ -67,26 +65,14 @@ def test_entries_of_another_env_are_skipped(tmp_path_factory: pytest.TempPathFac
 # -- enable on a refused ref, or on no store ------------------------------------------
 
 
-def _commit(store: Store, branch: str, key: str, **metadata: str) -> ObjectId:
-    env = Env({"torch_key": "t"})
-    store.put_object(env)
-    blob = store.put(key.encode())
-    entry = Entry(blob, len(key), None, {})
-    return commit_changes(store, branch, {EntryKey(env.id, "inductor", key): entry}, key, metadata)
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store.init(tmp_path / "store") as s:
-        yield s
-
-
 def test_enable_on_a_refused_ref_serves_nothing_with_one_warning(store: Store) -> None:
     from cas.torch.enable import enable
     from cas.torch.warn import CasWarning, forget
 
     forget()
-    _commit(store, "main", "fa", remote="team")
+    env = store.put_object(Env({"torch_key": "t"}))
+    entry = Entry(store.put(b"fa"), 2, None, {})
+    commit_changes(store, "main", {EntryKey(env, "inductor", "fa"): entry}, "fa", {"remote": "team"})
     with pytest.warns(CasWarning, match="untrusted remote") as caught:
         session = enable(store, ref="main", hydrate=True)
     try:
