@@ -57,7 +57,7 @@ _TEXT = b"".join(
 
 def artifacts(total: int, seed: int = 1) -> list[bytes]:
     """Half the bytes in KERNEL-sized kernels, half in 4-256 KiB entries; each artifact
-    random and text in alternating 32 KiB blocks (so every 4 MiB chunk of a kernel
+    random and text in alternating 1 KiB blocks (so every 4 MiB chunk of a kernel
     compresses, as compiled code and headers do)."""
     rng = random.Random(seed)
     sizes = [KERNEL] * max(1, total // 2 // KERNEL)
@@ -69,9 +69,9 @@ def artifacts(total: int, seed: int = 1) -> list[bytes]:
     out = []
     for size in sizes:
         blocks = []
-        for i in range(0, size, 64 << 10):
+        for _ in range(0, size, 2 << 10):
             off = rng.randrange(len(_TEXT))
-            blocks += (rng.randbytes(32 << 10), text[off : off + (32 << 10)])
+            blocks += (rng.randbytes(1 << 10), text[off : off + (1 << 10)])
         out.append(b"".join(blocks)[:size])
     return out
 
@@ -103,6 +103,21 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(out: dict[str, Any], case: str, server: int, fn: Callable[[], Any]) -> None:
+    """Wall seconds of ``fn``, and the CPU seconds it cost this process and the server:
+    on a loaded shared machine CPU time tells a change apart where wall time cannot."""
+    me, them = cpu_of(os.getpid()), cpu_of(server)
+    out[f"{case}_s"] = timed(fn)
+    out[f"{case}_client_cpu_s"] = round(cpu_of(os.getpid()) - me, 2)
+    out[f"{case}_server_cpu_s"] = round(cpu_of(server) - them, 2)
+
+
 def run(mib: int = MIB, workdir: Path | None = None) -> dict[str, Any]:
     """Raw write, push, fetch, once each; seconds and ratios of raw throughput."""
     tmp = Path(workdir or tempfile.mkdtemp(prefix="cas-bench-large-"))
@@ -115,12 +130,13 @@ def run(mib: int = MIB, workdir: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"MiB": round(total / 2**20), "artifacts": len(arts), "load": os.getloadavg()[0]}
     try:
         out["raw_write_s"] = timed(lambda: raw_write(tmp / "raw.bin", arts))
+        server = served.server.proc.pid
         pusher = HttpRemote(served.url, token=served.write_token)
-        out["push_s"] = timed(lambda: transfer.push(src, pusher, [(TAG, TAG)]))
+        measured(out, "push", server, lambda: transfer.push(src, pusher, [(TAG, TAG)]))
         pusher.close()
         dst = Store.init(tmp / "dst")
         fetcher = HttpRemote(served.url, token=served.read_token)
-        out["fetch_s"] = timed(lambda: transfer.fetch(dst, fetcher, remote_name="origin"))
+        measured(out, "fetch", server, lambda: transfer.fetch(dst, fetcher, remote_name="origin"))
         fetcher.close()
         assert dst.get_ref(TAG) == src.get_ref(TAG)
         out["fsck_ok"] = fsck(dst).ok  # after the timing: a full re-hash of the copy
