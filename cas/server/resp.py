@@ -92,6 +92,7 @@ class Parser:
         self._bulk = -1  # length of the bulk string being read; -1: its header is next
         self._args: list[bytes] = []
         self._start = 0  # the current command's bytes consumed so far are _start + _pos
+        self._tried_at = -1  # where the one-pass parse last failed: a command's start
 
     @property
     def size(self) -> int:
@@ -111,6 +112,11 @@ class Parser:
     def next(self) -> list[bytes] | None:
         """The next whole command (``[]`` for an empty one), or None until more bytes
         arrive; ProtocolError for anything that is not RESP or passes a limit."""
+        if self._left < 0 and self._tried_at != self._pos < len(self._buf):
+            whole = self._whole()
+            if whole is not None:
+                return whole
+            self._tried_at = self._pos  # once per command: a trickled one costs no more passes
         while True:
             if self._left < 0:
                 line = self._line()
@@ -160,6 +166,38 @@ class Parser:
         args, self._args, self._left = self._args, [], -1
         return args
 
+    def _whole(self) -> list[bytes] | None:
+        """The next command in one pass when the buffer holds all of it (one packet, one
+        command: the common case), with every check of the step-by-step path; None, with
+        nothing consumed, when it is not all there or is anything unusual (the step-by-step
+        path then parses it, or says what is wrong)."""
+        buf, pos = self._buf, self._pos
+        if buf[pos:pos + 1] != b"*":
+            return None
+        eol = buf.find(b"\r\n", pos, pos + MAX_LINE)
+        digits = buf[pos + 1:eol]
+        if eol < 0 or not 0 < len(digits) <= 12 or not digits.isdigit():
+            return None
+        left = int(digits)
+        if not 0 < left <= _MAX_ARGS:
+            return None
+        p, args = eol + 2, []
+        while left:
+            eol = buf.find(b"\r\n", p, p + 14)
+            digits = buf[p + 1:eol]
+            if eol < 0 or buf[p:p + 1] != b"$" or not 0 < len(digits) <= 12 or not digits.isdigit():
+                return None
+            n = int(digits)
+            start, p = eol + 2, eol + 4 + n
+            if n > self.max_arg or p - 2 - pos > self.max_command or buf[p - 2:p] != b"\r\n":
+                return None
+            args.append(bytes(buf[start:p - 2]))
+            left -= 1
+        self.examined += p - pos
+        self.consumed += p - pos
+        self._pos = self._scan = p
+        return args
+
     def _line(self) -> bytes | None:
         """The next CRLF-terminated line, searched from where the last search stopped."""
         eol = self._buf.find(b"\r\n", self._scan)
@@ -188,6 +226,7 @@ class Parser:
             else:
                 del self._buf[:self._pos]
             self._scan -= self._pos
+            self._tried_at -= self._pos
             self._pos = 0
         return None
 

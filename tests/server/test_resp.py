@@ -85,3 +85,18 @@ def test_size_counts_what_the_unfinished_command_declared() -> None:
     assert parser.size == 4 + 9 + 7 + 7 + 1000  # headers and strings so far, and the value declared
     parser.feed(bytes(998) + b"\r\n")
     assert parser.next() is not None and parser.size == 0
+
+
+def test_a_whole_command_in_one_packet_is_held_to_the_same_limits() -> None:
+    """The one-pass parse of a command that arrived whole (Parser._whole) refuses what the
+    step-by-step parse refuses, with the same error."""
+    for size, max_arg, max_command, match in ((101, 100, 1000, "a string of 101 bytes"),
+                                              (140, 200, 150, "a command of more than 150")):
+        parser = Parser(max_arg=max_arg, max_command=max_command)
+        parser.feed(encode(b"SET", b"k", bytes(size)) + encode(b"PING"))
+        with pytest.raises(ProtocolError, match=match):
+            parser.next()
+    parser = Parser(max_arg=101, max_command=150)
+    parser.feed(encode(b"SET", b"k", bytes(101)) + encode(b"PING"))
+    assert [parser.next(), parser.next(), parser.next()] == [[b"SET", b"k", bytes(101)], [b"PING"], None]
+    assert parser.consumed == parser.examined == len(encode(b"SET", b"k", bytes(101)) + encode(b"PING"))
