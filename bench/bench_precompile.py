@@ -7,6 +7,10 @@ the seconds from ``torch.compile`` through its first call (loading the unit happ
 the compile call), the frames dynamo traced, and whether the output equals eager's.
 
     .venv/bin/python bench/bench_precompile.py [--model transformer] [--reps 2]
+
+``--recording``: the cost of recording the units instead, ``--reps`` cold recordings
+(``cas run --record main``, a new store and machine each) with and without
+``--precompile``, alternating; the ratio is of same-run medians.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="transformer", choices=["mlp", "transformer"])
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--recording", action="store_true", help="measure the cost of recording the units")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-precompile-"))
+    if args.recording:
+        _recording(work, args.model, args.reps)
+        return
     ways = {"precompile": ("--precompile",), "no precompile": ()}
     for name, opts in ways.items():
         cold = _run(work, work / name, args.model, "--record", "main", *opts)
@@ -71,6 +79,24 @@ def main() -> None:
         print(f"new machine ({name}): compile + first call median "
               f"{statistics.median(r['seconds'] for r in rs):.2f} s, process median "
               f"{statistics.median(r['process_s'] for r in rs):.2f} s, traced {[r['traced'] for r in rs]}")
+
+
+def _recording(work: Path, model: str, reps: int) -> None:
+    """Cold recordings with and without the units, alternating (a new store each)."""
+    ways = {"precompile": ("--precompile",), "no precompile": ()}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
+    for i in range(reps):
+        for name, opts in ways.items():
+            runs[name].append(_run(work, work / f"{name}-{i}", model, "--record", "main", *opts))
+    medians = {}
+    for name, rs in runs.items():
+        assert all(r["equal"] for r in rs), f"{name}: an output differs from eager"
+        medians[name] = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "process_s")}
+        print(f"cold recording ({name}): compile + first call median {medians[name]['seconds']:.2f} s, "
+              f"process (with the flush) median {medians[name]['process_s']:.2f} s")
+    on, off = medians["precompile"], medians["no precompile"]
+    print(f"ratio precompile / none: compile + first call {on['seconds'] / off['seconds']:.3f}, "
+          f"process {on['process_s'] / off['process_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -774,6 +774,16 @@ def guard_units() -> None:
         log.addHandler(_refused)
 
 
+def guard_units_if_on() -> None:
+    """:func:`guard_units` where the process turned caching precompile on itself
+    (``TORCH_CACHING_PRECOMPILE=1``) rather than through cas."""
+    if precompile_on():
+        log = logging.getLogger(_EVAL_FRAME_LOG)
+        if _refused not in log.handlers:
+            log.addHandler(_refused)
+        guard_units()
+
+
 def unrecorded_units() -> list[str]:
     """Why a unit compiled here was not recorded, one line each."""
     return list(_unrecorded)

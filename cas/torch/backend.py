@@ -31,6 +31,24 @@ _once = threading.Lock()
 _started = False
 
 
+
+def _guard_units() -> None:
+    # torch imports this module when torch.compile resolves backend="cas", before it
+    # loads a unit for the function (a process with TORCH_CACHING_PRECOMPILE=1): a unit
+    # torch cannot install must be refused, not end the program (docs/torch.md).
+    try:
+        from cas.torch._compat import guard_units_if_on
+
+        guard_units_if_on()
+    except Exception as exc:  # cas must never be why torch.compile fails
+        from cas.torch.live import warn_once
+
+        warn_once("precompile", f"cannot guard precompiled units ({exc})")
+
+
+_guard_units()
+
+
 def _ensure_enabled() -> None:
     global _started
     with _once:

@@ -180,8 +180,7 @@ def enable(
         previous.close()
     session = Session(store_path=str(store) if store is not None else "", ref=ref, record=record,
                       program=program)
-    if precompile:
-        after_import(_compat.DYNAMO, _start_precompile)
+    after_import(_compat.DYNAMO, _start_precompile if precompile else _guard_units)
     try:
         _start(session, store, hydrate=hydrate, live=live, cache_dir=cache_dir, message=message)
     except Exception as exc:  # enable never raises: torch compiles without cas
@@ -255,6 +254,14 @@ def _start(
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.
         after_import(_compat.DYNAMO, lambda dynamo: _install(session, dynamo))
+
+
+def _guard_units(dynamo: Any) -> None:
+    del dynamo
+    try:
+        _compat.guard_units_if_on()
+    except Exception as exc:  # inside the user's import of torch._dynamo: never raise
+        warn_once("precompile", f"cannot guard precompiled units ({exc})")
 
 
 def _start_precompile(dynamo: Any) -> None:

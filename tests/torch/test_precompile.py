@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def _program(dst: Path) -> Path:
     dst.mkdir(parents=True)
-    for name in ("precompile_program.py", "pmodel.py"):
+    for name in ("precompile_program.py", "precompile_door.py", "pmodel.py"):
         shutil.copy(HERE / name, dst / name)
     return dst / "precompile_program.py"
 
@@ -171,3 +172,25 @@ def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(tmp
     with Store(store) as s:
         kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
     assert "precompile" not in kinds and "inductor" in kinds
+
+
+@pytest.mark.parametrize("door", ["enable", "backend", "capture"])
+def test_every_front_door_records_a_unit_a_new_machine_loads(door: str, tmp_path: Path) -> None:
+    store, program = tmp_path / "store", _program(tmp_path / "program")
+    cache = tmp_path / "cache"  # this machine's torch cache dir, empty
+    env = base_env(TORCHINDUCTOR_CACHE_DIR=str(cache), CAS_DIR=str(store))
+    if door != "enable":  # the process turned caching precompile on itself
+        env["TORCH_CACHING_PRECOMPILE"] = "1"
+    proc = subprocess.run([sys.executable, str(program.parent / "precompile_door.py"),
+                           "plain" if door == "capture" else door, str(store)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and '"equal": true' in proc.stdout, proc.stderr[-4000:]
+    if door == "capture":
+        assert cas("init", str(store), env=base_env()).rc == 0
+        captured = cas("--store", str(store), "capture", "--cache-dir", str(cache), "-m", "units", env=base_env())
+        assert captured.rc == 0, captured.stderr
+    with Store(store) as s:
+        assert len(_units(s)) == 1
+    loaded, out = _run(store, program, 4, "--ref", "main")
+    assert out["traced"] == 0 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
+    assert _summary(loaded) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
