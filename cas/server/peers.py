@@ -18,7 +18,7 @@ from typing import Any
 from cas.errors import UsageError
 
 #: Descriptors the process keeps beyond its connections: the store, logs, listeners, the
-#: commit thread's store, and a margin for a health check.
+#: Redis door's commit pipes and report store, and a margin for a health check.
 SPARE_FILES = 128
 
 

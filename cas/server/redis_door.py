@@ -373,7 +373,7 @@ class RedisDoor:
             if not self.committer.alive():
                 self.committer.start()  # first flush, or the last one found it dead
             result = self.committer.commit(batches, base.raw if base is not None else None)
-        except CommitProcessDied as exc:
+        except (CommitProcessDied, OSError) as exc:  # OSError: it could not be started
             LOG.error("redis door commit process died (%s): %d entries re-queued, "
                       "SETs refused until it restarts", exc, n)
             return None

@@ -74,10 +74,14 @@ def test_writes_are_committed_in_a_batch_naming_the_token(door: Door) -> None:
     with pytest.raises(redis.exceptions.NoPermissionError):  # a read token's write: refused
         door.client(door.read).set("pt2:fx-graph-v1::refused:c1", wire(b"x"))
     w = door.client(door.write)
-    w.set("pt2:fx-graph-v1::k1:c1", wire(b"one", 120))
-    w.set("pt2:autograd-experimental::k2:c1", wire(b"two", 30))
-    w.set("triton:kernelhash:k.cubin", b"\x7fELF...")  # Triton's put; its get is MGET
-    w.mset({"inductor:oldhash:k.json": b"{}"})  # the key shape of older Tritons
+    # One pipeline: the four writes arrive in one packet, so no timed flush falls between
+    # them and they land in one commit.
+    p = w.pipeline(transaction=False)
+    p.set("pt2:fx-graph-v1::k1:c1", wire(b"one", 120))
+    p.set("pt2:autograd-experimental::k2:c1", wire(b"two", 30))
+    p.set("triton:kernelhash:k.cubin", b"\x7fELF...")  # Triton's put; its get is MGET
+    p.mset({"inductor:oldhash:k.json": b"{}"})  # the key shape of older Tritons
+    assert p.execute() == [True, True, True, True]
     # Served at once, before the commit lands.
     assert base64.b64decode(json.loads(w.get("pt2:fx-graph-v1::k1:c1"))["data"]) == b"one"
     tip = _wait_commit(door.store, before)
