@@ -617,13 +617,13 @@ def start_precompile(dynamo: Any) -> None:
     import secrets
 
     bytecode: Any = importlib.import_module(_BYTECODE)
+    guard_units()  # first: a torch without what it wraps never gets caching precompile on
     dynamo.config.caching_precompile = True
     start = (1 + secrets.randbelow(1 << 31)) * _NAME_SLOT + next(bytecode._unique_id_counter)
     bytecode._unique_id_counter = itertools.count(start)
     log = logging.getLogger(_EVAL_FRAME_LOG)
     if _refused not in log.handlers:
         log.addHandler(_refused)
-    guard_units()
 
 
 def precompile_on() -> bool:
@@ -762,12 +762,14 @@ def guard_units() -> None:
     cls = package.CompilePackage
     if getattr(cls, "_cas_guarded", False):
         return
-    cls.install = _refusing(cls.install)
-    cls.initialize = _initialize_refusing(cls.initialize)
-    cls.code_context = _code_context_recording(cls.code_context)
-    for name in _RECORDING:
-        setattr(cls, name, _recording(getattr(cls, name)))
-    package.DynamoStore.record_package = _record_package_guarded(package.DynamoStore.record_package)
+    # Every method looked up before any is replaced: a torch that lacks one is left as is.
+    wrapped = {"install": _refusing(cls.install), "initialize": _initialize_refusing(cls.initialize),
+               "code_context": _code_context_recording(cls.code_context)}
+    wrapped.update({name: _recording(getattr(cls, name)) for name in _RECORDING})
+    record = _record_package_guarded(package.DynamoStore.record_package)
+    for name, method in wrapped.items():
+        setattr(cls, name, method)
+    package.DynamoStore.record_package = record
     cls._cas_guarded = True
     log = logging.getLogger(_PACKAGE)
     if _refused not in log.handlers:
