@@ -70,6 +70,8 @@ ACCESS_LOG = logging.getLogger("cas.server.access")
 LOG = logging.getLogger("cas.server")
 #: Bytes per chunk of a streamed fetch answer: big enough to keep syscalls rare.
 _STREAM_CHUNK = 1 << 20
+#: Raw bytes a streamed fetch reads from the store per step (see _read_steps).
+READ_STEP = 1 << 20
 MAX_FETCH_LEVEL = 6
 #: Request header by which a client says it reads blobs sent as several zstd frames.
 FRAMES_HEADER = "x-cas-pack-frames"
@@ -201,6 +203,28 @@ def _multi_frame(request: Request) -> bool:
     return request.headers.get(FRAMES_HEADER, "").strip().lower() == "multi"
 
 
+def _read_steps(store: Store, ids: list[ObjectId]) -> list[list[ObjectId]]:
+    """``ids`` in steps of at most READ_STEP raw bytes (one object at least): what one
+    streamed fetch holds in memory at a time (its objects and their stored frames).
+
+    Read whole, a client's batch (a pack's worth, up to 64 objects) was held by every
+    fetch in flight: a fleet of 64 machines cloning at once took the server's resident
+    memory to 1.3 GiB (bench/bench_fleet.py, docs/benchmarks.md). The sizes come from
+    the records alone, without reading a payload.
+    """
+    sizes = store.records(ids)
+    steps: list[list[ObjectId]] = [[]]
+    size = 0
+    for oid in ids:
+        n = sizes[oid].raw_size if oid in sizes else 0
+        if steps[-1] and size + n > READ_STEP:
+            steps.append([])
+            size = 0
+        steps[-1].append(oid)
+        size += n
+    return steps
+
+
 def _pack_stream(
     stores: _Stores, ids: list[ObjectId], level: int | None, multi_frame: bool = False
 ) -> Iterator[bytes]:
@@ -214,14 +238,15 @@ def _pack_stream(
 
     def objects() -> Iterator[pack.WireObject]:
         for i in range(0, len(ids), 64):
-            store = stores.get()
-            sent = []
-            for obj in pack.from_store(store, ids[i : i + 64]):
-                if obj is not None:
-                    if obj[1] is ObjType.BLOB:
-                        sent.append(obj[0])
-                    yield obj
-            store.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
+            for step in _read_steps(stores.get(), ids[i : i + 64]):
+                store = stores.get()
+                sent = []
+                for obj in pack.from_store(store, step):
+                    if obj is not None:
+                        if obj[1] is ObjType.BLOB:
+                            sent.append(obj[0])
+                        yield obj
+                store.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
 
     buf: list[bytes] = []
     size = 0
