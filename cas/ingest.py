@@ -17,6 +17,8 @@ into a local store.
   reference must name an object of the type its role wants (a commit's manifest a
   manifest node, its parents commits, a tag's target what the tag says; see
   :class:`cas.validate.Link`), or every later fetch of the receiver would fail.
+* :func:`records` makes the store records of a fetch's verified objects, keeping the
+  zstd frames they arrived in (a large blob's chunk frames too).
 * :func:`write_group` writes verified packs into a Store, and :class:`Commits` groups
   the packs verified meanwhile into one transaction; :func:`receive` is all of it.
 """
@@ -137,9 +139,9 @@ def _framed_chunks(f: pack.Frame) -> list[rc.Encoded] | None:
 def records(objs: Iterable[pack.WireObject]) -> list[rc.Encoded]:
     """The store records of verified objects (a fetch's, cas.sync.walk), made outside
     any transaction. A zstd frame that arrived with its object (pack.Framed: the bytes
-    were decoded from it, cas.pack.decode) is kept as it is, and a large blob's chunk frames too
-    (pack.chunk_split), so a fetch never compresses again what its sender stored
-    compressed."""
+    were decoded from it, cas.pack.decode) is kept as it is, and so are a large blob's
+    chunk frames (pack.chunk_split): a fetch never compresses again what its sender
+    stored compressed."""
     out: list[rc.Encoded] = []
     for obj in objs:
         oid, otype, data = obj
