@@ -23,7 +23,7 @@ system:
 	bash tests/setup_system.sh
 
 test: $(STAMP) system
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 -rfE tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check cas cli tests bench
 	$(VENV)/bin/mypy cas cli

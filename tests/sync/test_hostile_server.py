@@ -148,6 +148,9 @@ def test_a_huge_refs_listing_or_error_body_costs_a_bounded_read(
         (b'{"refs/heads/main": "not an id"}', "malformed"),
         (b"\xff\xfe", "not JSON"),
     ],
+    # Named ids: a body's own id would be 200 kB, and pytest hands the running test's
+    # id to children as PYTEST_CURRENT_TEST, over the kernel's 128 KiB per-string limit.
+    ids=["int", "list", "html", "deep", "bad-id", "not-utf8"],
 )
 def test_a_malformed_refs_answer_is_one_line(hostile: Hostile, tmp_path: Path, body: bytes, why: str) -> None:
     run = clone(hostile, tmp_path, 8, refs=fixed(body))
