@@ -56,7 +56,9 @@ class Context:
         if self.as_json:
             click.echo(json.dumps(data, indent=2, default=str))
         elif text is not None:
-            self.out.print(text, markup=False)  # text holds what objects say, never markup
+            # Plain text, what objects say (never markup): written as it is, so a command
+            # that prints only this never imports rich (~0.1 s of every `cas clone`).
+            click.echo(text)
 
     def info(self, text: str) -> None:
         if not self.quiet and not self.as_json:
