@@ -186,13 +186,16 @@ def verify_objects(
     source: str | None = None,
     hint: str | None = None,
 ) -> list[Need]:
-    """Check decoded objects: each id against its bytes, its type against ``expect``
+    """Check decoded objects: each id against its bytes (unless :func:`cas.pack.decode`
+    did, :func:`cas.pack.is_checked`), its type against ``expect``
     (when given), no chunks, structured bodies well formed; raise on the first bad one.
     Returns what their structured objects reference outside them, for :func:`require`."""
     seen: dict[ObjectId, ObjType] = {}
     wanted: list[Need] = []
-    for oid, otype, data in objs:
-        verify_id(oid, ObjectId.of(data), source=source, hint=hint)
+    for obj in objs:
+        oid, otype, data = obj
+        if not pack.is_checked(obj):  # pack.decode hashed it as it read it: once is enough
+            verify_id(oid, ObjectId.of(data), source=source, hint=hint)
         if expect is not None:
             pack.check_expected(oid, otype, len(data), expect[oid], source or "pack")
         _no_chunk(otype)

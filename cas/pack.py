@@ -86,6 +86,15 @@ def check_expected(
         )
 
 
+class Checked(tuple[ObjectId, ObjType, bytes]):
+    """A WireObject whose bytes :func:`decode` (or :func:`decode_frame`) hashed against
+    its id as it read them: a receiver does not hash it again (:func:`is_checked`).
+    Only this module makes one, and only after that check; a remote's answer is bytes,
+    so no remote can hand one over unchecked."""
+
+    __slots__ = ()
+
+
 class Framed(tuple[ObjectId, ObjType, bytes]):
     """A WireObject that also carries ``frame``: a zstd frame of its bytes, as a store
     holds it (Store.get_many_frames); for a chunked blob, its chunks' stored frames one
@@ -100,12 +109,22 @@ class Framed(tuple[ObjectId, ObjType, bytes]):
 
     frame: bytes
     frames: int
+    checked: bool  # its bytes were hashed against its id by decode (see Checked)
 
-    def __new__(cls, oid: ObjectId, otype: ObjType, data: bytes, frame: bytes, frames: int = 1) -> Framed:
+    def __new__(
+        cls, oid: ObjectId, otype: ObjType, data: bytes, frame: bytes, frames: int = 1, *, checked: bool = False
+    ) -> Framed:
         self = super().__new__(cls, (oid, otype, data))
         self.frame = frame
         self.frames = frames
+        self.checked = checked
         return self
+
+
+def is_checked(obj: WireObject) -> bool:
+    """Whether :func:`decode` hashed ``obj``'s bytes against its id already (so that a
+    fetch hashes every received byte once: cas.ingest.verify_objects skips it)."""
+    return type(obj) is Checked or (type(obj) is Framed and obj.checked)
 
 
 class _StoreReader(Protocol):
@@ -465,9 +484,9 @@ def decode(
         # they are (cas.ingest.records) instead of compressing the bytes again
         parts = None if f.packed is not None else _chunk_frames(f)
         if f.packed is not None or parts:
-            yield Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1)
+            yield Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1, checked=True)
         else:
-            yield f.oid, f.otype, data
+            yield Checked((f.oid, f.otype, data))
 
 
 def _chunk_frames(f: Frame) -> list[memoryview] | None:
@@ -599,4 +618,4 @@ def decode_frame(
         raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
     check_expected(ObjectId(raw_id), otype, raw_size, types, source)
     f = Frame(ObjectId(raw_id), otype, raw_size, bytes(frame[_FRAME.size :]), bool(flags & FLAG_ZSTD))
-    return f.oid, f.otype, f.data()
+    return Checked((f.oid, f.otype, f.data()))

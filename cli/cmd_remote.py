@@ -9,11 +9,9 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cas import refs, remotes_config, sync
 from cas.config import env_value
@@ -24,6 +22,12 @@ from cas.remote.retry import RetryingRemote
 from cas.stats import human_size
 from cas.store import Store
 from cas_cli.context import Context, pass_ctx
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# rich is imported where it draws (a bar, a warning), not with the module: a clone of
+# a machine of a fleet prints one summary line and pays nothing for it (issue 20).
 
 #: Progress bars wait this long, so quick transfers print only their summary.
 BAR_DELAY = 1.0
@@ -44,6 +48,14 @@ class Feedback:
         if self.bars is None:
             if time.monotonic() - self.start < BAR_DELAY:
                 return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
             self.bars = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -135,7 +147,7 @@ def _summary(ctx: Context, verb: str, result: sync.Result, extra: dict[str, Any]
     data = {"action": verb, **result.to_dict(), **(extra or {})}
     for u in result.updates:  # revocations this store may not honour (cas.sync.revoked)
         if u.status == "ignored":
-            ctx.err.print(escape(f"warning: {refs.short_name(u.ref)} from the remote not taken: {u.note}"))
+            ctx.err.print(f"warning: {refs.short_name(u.ref)} from the remote not taken: {u.note}", markup=False)
     if ctx.as_json:
         ctx.emit(data)
         return
@@ -288,7 +300,7 @@ def pull(ctx: Context, remote: str | None, branch: str | None, envs: tuple[str, 
         lines.append(f"  conflict on {key}: resolved by rule '{rule}'")
     for key, _, _ in done.conflicts:
         lines.append(f"  conflict on {key}: kept ours (no rule)")
-    ctx.out.print(escape("\n".join(lines)))
+    ctx.out.print("\n".join(lines), markup=False)
 
 
 def _refspecs(store: Store, specs: tuple[str, ...], all_: bool, tags: bool) -> list[tuple[str, str]]:

@@ -204,3 +204,27 @@ def test_a_payload_of_many_frames_or_tiny_blocks_is_refused_before_it_is_walked(
     with pytest.raises(MalformedPack, match="bad compressed payload") as refused:
         pack.decode_all(io.BytesIO(tiny))
     assert "more blocks than" in str(refused.value.__cause__)
+
+
+def test_what_decode_verified_is_not_hashed_again_and_nothing_else_is_trusted() -> None:
+    """A fetch hashes each received object once: pack.decode checks it against its id and
+    marks it (pack.is_checked), and ingest.verify_objects checks every object not so marked
+    (a path remote's store reads, a wrapper's copies), so a bad one is still refused."""
+    from cas import ingest
+
+    small, text = obj(b"x" * 100), obj(b"kernel text " * 4096)
+    decoded = roundtrip([small, text])
+    assert decoded == [small, text]
+    assert all(pack.is_checked(o) for o in decoded)
+    assert isinstance(decoded[1], pack.Framed)  # compressed: the frame comes along
+    ingest.verify_objects(decoded)
+
+    oid, otype, data = decoded[1]
+    forged = [
+        (oid, otype, data[:-1] + b"!"),  # a plain copy, as a store read or a wrapper makes
+        pack.Framed(oid, otype, data[:-1] + b"!", decoded[1].frame),  # from_store: not checked
+    ]
+    for bad in forged:
+        assert not pack.is_checked(bad)
+        with pytest.raises(CorruptObject, match="corrupt"):
+            ingest.verify_objects([bad])

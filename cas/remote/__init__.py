@@ -10,6 +10,7 @@ HTTP and S3 are imported only when used, so a path remote needs neither httpx no
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from cas.errors import UsageError
@@ -54,9 +55,26 @@ def open_remote(url: str, **options: Any) -> Remote:
         # A path remote takes no credentials; other options are for other transports.
         return LocalRemote(path, create=bool(options.get("create", False)))
     if kind == "http":
+        _import_httpx_without_its_cli()
         from cas.remote.http import HttpRemote
 
         return HttpRemote(url, **options)  # type: ignore[no-any-return]
     from cas.remote.s3 import S3Remote
 
     return S3Remote(url, **options)  # type: ignore[no-any-return]
+
+
+def _import_httpx_without_its_cli() -> None:
+    """Import httpx without its command line: ``import httpx`` imports ``httpx._main``
+    (rich, pygments, click: ~50 ms of every `cas clone` / `cas fetch`) whenever those are
+    installed, and keeps a stub ``httpx.main`` when that import fails. cas never runs
+    httpx's command line, so the import is made to fail once; afterwards
+    ``import httpx._main`` works as usual."""
+    if "httpx" in sys.modules:
+        return
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]  # None: "cannot be imported"
+    try:
+        import httpx  # noqa: F401
+    finally:
+        if sys.modules.get("httpx._main", 0) is None:
+            del sys.modules["httpx._main"]
