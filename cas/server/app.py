@@ -212,7 +212,7 @@ def _read_steps(store: Store, ids: list[ObjectId]) -> list[list[ObjectId]]:
     memory to 1.3 GiB (bench/bench_fleet.py, docs/benchmarks.md). The sizes come from
     the records alone, without reading a payload.
     """
-    sizes = store.records(ids)
+    sizes = store.objects.records(ids)
     steps: list[list[ObjectId]] = [[]]
     size = 0
     for oid in ids:
@@ -246,7 +246,7 @@ def _pack_stream(
                         if obj[1] is ObjType.BLOB:
                             sent.append(obj[0])
                         yield obj
-                store.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
+                store.maintenance.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
 
     buf: list[bytes] = []
     size = 0

@@ -55,7 +55,7 @@ def check(ek: EntryKey, entry: Entry, actual: ObjectId, size: int) -> None:
 def read(store: Store, ek: EntryKey, entry: Entry) -> bytes:
     """The bytes of ``entry``'s blob, checked (:func:`check`); raises (and counts)
     :class:`CorruptObject` when the store lacks it or it is corrupt."""
-    data = store.get(entry.blob)
+    data = store.objects.get(entry.blob)
     if data is None:
         raise _refuse(CorruptObject(f"blob of {ek} {entry.blob.short()} is missing from the store",
                                     oid=entry.blob, hint="run `cas fsck`"))
