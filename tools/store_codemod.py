@@ -13,7 +13,9 @@ An expression counts as a store when it is
 * the name ``store``, anywhere; a name assigned from another store expression;
 * a parameter annotated with ``Store`` (``Store | None`` too), or named after a pytest fixture that yields a Store (in the same file or a conftest.py
   above it);
-* an attribute named ``store`` or ``_store`` (``self.store``, ``ctx.store``).
+* an attribute named ``store`` or ``_store`` (``self.store``, ``ctx.store``);
+* an item of a list named ``stores`` (``stores[i]``), a pool's ``stores.get()``, and
+  ``a if c else b`` of two stores.
 
 What this misses mypy reports (``"Store" has no attribute ...``): fix those by hand.
 
@@ -129,6 +131,13 @@ class Finder(ast.NodeVisitor):
             return node.id in STORE_NAMES or any(node.id in scope for scope in self.scopes)
         if isinstance(node, ast.Attribute):
             return node.attr in STORE_ATTRS
+        if isinstance(node, ast.Subscript):  # stores[i]
+            return _last_name(node.value) == "stores"
+        if isinstance(node, ast.IfExp):
+            return self.is_store(node.body) and self.is_store(node.orelse)
+        if isinstance(node, ast.Call):  # a pool's stores.get()
+            func = node.func
+            return isinstance(func, ast.Attribute) and func.attr == "get" and _last_name(func.value) == "stores"
         return False
 
     def makes_store(self, node: ast.expr | None) -> bool:
@@ -177,6 +186,12 @@ class Finder(ast.NodeVisitor):
         if node.attr in MOVES and self.is_store(node.value):
             self.found.append(node)
         self.generic_visit(node)
+
+
+def _last_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
 
 
 def _walk_scope(node: ast.AST) -> Iterator[ast.AST]:

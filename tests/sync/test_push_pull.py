@@ -156,7 +156,7 @@ def test_concurrent_pushers_one_lands_the_other_is_told_to_pull(tmp_path: Path, 
     assert "someone else pushed" in str(errors[0]) and "pull first" in (errors[0].hint or "")
     loser = stores[0] if isinstance(outcomes[0], RefConflict) else stores[1]
     winner = stores[1] if loser is stores[0] else stores[0]
-    assert remote.list_refs()["refs/heads/main"] == winner.get_ref("refs/heads/main")
+    assert remote.list_refs()["refs/heads/main"] == winner.refs.get("refs/heads/main")
     # Nothing is lost: the loser pulls (a merge), pushes, and the remote has both.
     _, done = sync.pull(loser, remote, branch="main", remote_name="origin")
     assert done.kind == "merge"

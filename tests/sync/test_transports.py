@@ -106,7 +106,7 @@ def test_concurrent_pushers_one_lands_the_other_must_pull(endpoint: Endpoint, tm
     lost = [i for i, o in outcome.items() if isinstance(o, RefConflict)]
     assert len(lost) == 1, outcome
     winner = stores[1 - lost[0]]
-    assert first.list_refs()["refs/heads/main"] == winner.get_ref("refs/heads/main")
+    assert first.list_refs()["refs/heads/main"] == winner.refs.get("refs/heads/main")
     loser = stores[lost[0]]
     _, done = sync.pull(loser, first, branch="main")
     assert done.kind == "merge"
