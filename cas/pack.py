@@ -116,11 +116,11 @@ class _StoreReader(Protocol):
     def chunk_ids(self, oid: ObjectId) -> list[ObjectId]: ...
 
 
-def from_store(store: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
-    """The objects ``oids`` as a store holds them, in order (None for one it lacks):
+def from_store(objects: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
+    """The objects ``oids`` as a store's ``objects`` hold them, in order (None for one it lacks):
     a :class:`Framed` for each stored as one zstd frame, and for a chunked blob whose
     chunks are all stored compressed, a Framed of its chunks' frames; else plain."""
-    got = store.objects.get_many_frames(oids)
+    got = objects.get_many_frames(oids)
     for oid in oids:
         if oid not in got:
             yield None
@@ -129,8 +129,8 @@ def from_store(store: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireOb
         if frame is not None:
             yield Framed(oid, otype, data, frame)
             continue
-        chunks = store.objects.chunk_ids(oid) if otype == ObjType.BLOB and len(data) > MULTI_FRAME_MIN else []
-        parts = store.objects.get_many_frames(chunks) if chunks else {}
+        chunks = objects.chunk_ids(oid) if otype == ObjType.BLOB and len(data) > MULTI_FRAME_MIN else []
+        parts = objects.get_many_frames(chunks) if chunks else {}
         stored = [parts[c][2] if c in parts else None for c in chunks]
         if chunks and all(f is not None for f in stored):
             yield Framed(oid, otype, data, b"".join(stored), frames=len(stored))  # type: ignore[arg-type]

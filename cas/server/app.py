@@ -241,7 +241,7 @@ def _pack_stream(
             for step in _read_steps(stores.get(), ids[i : i + 64]):
                 store = stores.get()
                 sent = []
-                for obj in pack.from_store(store, step):
+                for obj in pack.from_store(store.objects, step):
                     if obj is not None:
                         if obj[1] is ObjType.BLOB:
                             sent.append(obj[0])

@@ -158,7 +158,7 @@ def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]
     them again."""
     for i in range(0, len(ids), READ_GROUP):
         group = ids[i : i + READ_GROUP]
-        for oid, obj in zip(group, pack.from_store(store, group), strict=True):
+        for oid, obj in zip(group, pack.from_store(store.objects, group), strict=True):
             if obj is None:
                 raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
             yield obj

@@ -292,7 +292,7 @@ def _honest_then_broken(source: Store) -> Handler:
         if blobs and sent_blob[0]:
             return Response(b"CASPACK\x00\x01 not a frame")
         sent_blob[0] = sent_blob[0] or bool(blobs)
-        objs = [o for o in pack.from_store(source, ids) if o is not None]
+        objs = [o for o in pack.from_store(source.objects, ids) if o is not None]
         return Response(pack.encode_bytes(objs, level=None), media_type="application/x-cas-pack")
 
     return handler
