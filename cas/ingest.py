@@ -67,7 +67,7 @@ class Verified:
     """A verified pack waiting to be written (see :func:`write_group`)."""
 
     wanted: list[Need]  # what its structured objects reference, outside the pack
-    big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
+    big: list[pack.Frame]  # verified blobs stored chunked, read through store.objects.put_stream
     records: list[rc.Encoded]  # the rest, encoded (none unless verify was asked to encode)
     count: int = 0
     done: bool = False

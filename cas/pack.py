@@ -88,7 +88,7 @@ def check_expected(
 
 class Framed(tuple[ObjectId, ObjType, bytes]):
     """A WireObject that also carries ``frame``: a zstd frame of its bytes, as a store
-    holds it (Store.get_many_frames); for a chunked blob, its chunks' stored frames one
+    holds it (store.objects.get_many_frames); for a chunked blob, its chunks' stored frames one
     after the other (``frames`` > 1, see :func:`from_store`).
 
     :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its

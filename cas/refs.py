@@ -1,7 +1,7 @@
 """Ref names, revision parsing, branches and tags.
 
-Refs are the only mutable state of a store. Every update goes through
-:meth:`cas.store.Store.set_ref`, a compare-and-swap logged in the reflog. Names follow
+Refs are the only mutable state of a store. Every update goes through ``store.refs.set``
+(:meth:`cas.store.refs.Refs.set`), a compare-and-swap logged in the reflog. Names follow
 git's rules (docs/format.md, "Refs and reflog"):
 
 * ``refs/heads/NAME``   branches

@@ -8,7 +8,7 @@ autotune records) reads through :func:`read` (or checks a streamed blob with
 :class:`~cas.errors.CorruptObject` and is counted (:func:`refused`); paths that go on
 without it (:func:`read_or_skip`) report it once per process, as one
 :class:`~cas.torch.warn.CasWarning` ("never worse than no cache"), and count it in their
-own result. The hash is taken here rather than by ``store.get(verify=True)`` so that a
+own result. The hash is taken here rather than by ``store.objects.get(verify=True)`` so that a
 blob is hashed once, whatever the store does below.
 """
 
