@@ -152,7 +152,7 @@ class Finder(ast.NodeVisitor):
         """Names bound to a store in ``body``, not looking into nested scopes."""
         names: set[str] = set()
         for node in _walk_scope(body):
-            if isinstance(node, ast.Assign) and self.makes_store(node.value) | self.is_store(node.value):
+            if isinstance(node, ast.Assign) and (self.makes_store(node.value) or self.is_store(node.value)):
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 if _names_store(node.annotation) or self.makes_store(node.value):
