@@ -19,7 +19,7 @@ from cas import manifest
 from cas.digest import ObjectId
 from cas.objects import EntryKey, Env
 from cas.refs import branch_ref, load_commit, resolve
-from cas.store import Store
+from cas.store import ObjectStore, Store
 from cas.torch.capture import Artifact, commit_artifacts
 from cas.torch.hydrate import hydrate, hydrate_safely
 from cas.torch.kinds import path_for
@@ -134,19 +134,30 @@ def test_entries_of_other_envs_are_skipped_and_counted(
     assert "2 of other envs" in text
 
 
-class CorruptingStore:
-    """Fault injection: a real store whose reads of one blob come back altered."""
+class CorruptingObjects:
+    """Fault injection: a real store's objects, whose reads of one blob come back altered."""
 
-    def __init__(self, store: Store, bad: ObjectId) -> None:
-        self._store, self._bad = store, bad
+    def __init__(self, objects: ObjectStore, bad: ObjectId) -> None:
+        self._objects, self._bad = objects, bad
 
     def get(self, oid: ObjectId, **kw: Any) -> bytes | None:
-        data = self._store.objects.get(oid, **kw)
+        data = self._objects.get(oid, **kw)
         return data[:-1] + bytes([data[-1] ^ 1]) if oid == self._bad and data else data
 
     def iter_blob(self, oid: ObjectId) -> Iterator[bytes]:
-        for i, chunk in enumerate(self._store.objects.iter_blob(oid)):
+        for i, chunk in enumerate(self._objects.iter_blob(oid)):
             yield chunk[:-1] + bytes([chunk[-1] ^ 1]) if oid == self._bad and i == 0 else chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objects, name)
+
+
+class CorruptingStore:
+    """A real store whose ``objects`` are :class:`CorruptingObjects`."""
+
+    def __init__(self, store: Store, bad: ObjectId) -> None:
+        self._store = store
+        self.objects = CorruptingObjects(store.objects, bad)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
