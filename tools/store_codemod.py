@@ -11,7 +11,8 @@ An expression counts as a store when it is
 * a name bound in its scope (or an enclosing one) to ``Store(...)``, ``Store.init(...)``
   or a call of a function annotated ``-> Store``, by ``=`` or ``with ... as``;
 * the name ``store``, anywhere; a name assigned from another store expression;
-* a parameter annotated with ``Store`` (``Store | None`` too), or named after a pytest fixture that yields a Store (in the same file or a conftest.py
+* a parameter annotated with ``Store`` (``Store | None`` too), or defaulting to a store
+  (``lambda s=store: ...``), or named after a pytest fixture that yields a Store (in the same file or a conftest.py
   above it);
 * an attribute named ``store`` or ``_store`` (``self.store``, ``ctx.store``);
 * an item of a list named ``stores`` (``stores[i]``), a pool's ``stores.get()``, and
@@ -165,10 +166,14 @@ class Finder(ast.NodeVisitor):
     def params_of(self, fn: Scope) -> set[str]:
         args = fn.args
         every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+        positional = [*args.posonlyargs, *args.args]
+        defaults = dict(zip(positional[len(positional) - len(args.defaults):], args.defaults, strict=True))
+        defaults |= {a: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None}
         return {
             a.arg
             for a in every
             if _names_store(a.annotation) or a.arg in self.params
+            or (a in defaults and self.is_store(defaults[a]))  # lambda s=store: ...
         }
 
     def visit_Module(self, node: ast.Module) -> None:
