@@ -189,7 +189,7 @@ def test_batched_put(benchmark: Any, tmp_path: Path, size: int, count: int, comp
         ratios[durable] = interleaved(ours, raw, rounds)
         if durable:
             extra = payloads(size, count, compressible, 10_000)
-            benchmark.pedantic(lambda s=store, e=extra: s.write([(ObjType.BLOB, d) for d in e]),
+            benchmark.pedantic(lambda s=store, e=extra: s.objects.write([(ObjType.BLOB, d) for d in e]),
                                rounds=1, iterations=1)
             assert store.objects.get(ObjectId.of(batches[offset][0])) == batches[offset][0]
         store.close()
