@@ -25,8 +25,8 @@ KINDS = ("inductor", "aot_autograd", "cpp_kernel", "autotune")
 def pinned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     path: Path = tmp_path_factory.mktemp("coverage") / "store"
     with Store.init(path) as s:
-        envs = [s.put_object(Env({"device": "cpu", "threads": str(t)})) for t in (4, 8)]
-        blob = s.put(b"x" * 100)
+        envs = [s.objects.put_object(Env({"device": "cpu", "threads": str(t)})) for t in (4, 8)]
+        blob = s.objects.put(b"x" * 100)
         entries = {EntryKey(envs[i % 2], KINDS[i % 4], f"k{i // 3:08d}", f"v{i % 3}"): Entry(blob, 100)
                    for i in range(N)}
         pin = history.commit_changes(s, "main", entries, "big", {"producer": "capture", "host": "h"})

@@ -148,7 +148,7 @@ def pin_artifacts(total: int, seed: int = 7) -> Iterator[tuple[str, bytes]]:
 
 def build_pin(store: Store, total: int) -> tuple[int, list[bytes]]:
     """Commit and tag the pin in ``store``; its artifact bytes and their sum."""
-    env_id = store.put_object(Env({"device": "cpu", "torch_version": "bench-fleet"}))
+    env_id = store.objects.put_object(Env({"device": "cpu", "torch_version": "bench-fleet"}))
     changes: dict[EntryKey, Entry | None] = {}
     arts: list[bytes] = []
     batch: list[tuple[int, bytes]] = []
@@ -157,9 +157,9 @@ def build_pin(store: Store, total: int) -> tuple[int, list[bytes]]:
         batch.append((0, data))
         changes[EntryKey(env_id, kind, f"key{i:06d}")] = Entry(ObjectId.of(data), len(data))
         if sum(len(d) for _, d in batch) > 64 << 20:
-            store.write(batch)  # type: ignore[arg-type]
+            store.objects.write(batch)  # type: ignore[arg-type]
             batch = []
-    store.write(batch)  # type: ignore[arg-type]
+    store.objects.write(batch)  # type: ignore[arg-type]
     commit = history.commit_changes(store, "main", changes, "fleet pin")
     refs.create_tag(store, TAG, commit, message="the pin a fleet pulls")
     return sum(map(len, arts)), arts

@@ -52,13 +52,13 @@ def build(path: Path, entries: int) -> int:
     month_ago = time.time() - 30 * 86400
     env = Env({"device": "cpu"})
     with Store.init(path, durable=False, clock=lambda: month_ago) as s:
-        s.put_object(env)
+        s.objects.put_object(env)
         tip: ObjectId | None = None
         for i in range(COMMITS):
-            blobs = s.write((ObjType.BLOB, os.urandom(16) + bytes(BLOB - 16)) for _ in range(entries // COMMITS))
+            blobs = s.objects.write((ObjType.BLOB, os.urandom(16) + bytes(BLOB - 16)) for _ in range(entries // COMMITS))
             root = manifest.build(s, {EntryKey(env.id, "inductor", f"g{j}"): Entry(b, BLOB) for j, b in enumerate(blobs)})
             tip = history.commit(s, root, [tip] if tip else [], f"c{i}", when=i)
-            s.set_ref("refs/heads/main", tip, expected=s.get_ref("refs/heads/main"))
+            s.refs.set("refs/heads/main", tip, expected=s.refs.get("refs/heads/main"))
             if i == 0:
                 create_tag(s, "release/1", tip, message="pin")
         return stats(s).stored_bytes

@@ -77,9 +77,9 @@ def artifacts(total: int, seed: int = 1) -> list[bytes]:
 
 
 def make_pin(store: Store, arts: list[bytes]) -> None:
-    env_id = store.put_object(Env({"device": "cpu", "torch_version": "bench"}))
+    env_id = store.objects.put_object(Env({"device": "cpu", "torch_version": "bench"}))
     for i in range(0, len(arts), 64):
-        store.write((0, a) for a in arts[i : i + 64])  # type: ignore[misc]
+        store.objects.write((0, a) for a in arts[i : i + 64])  # type: ignore[misc]
     changes: dict[EntryKey, Entry | None] = {
         EntryKey(env_id, "inductor", f"key{i:06d}"): Entry(ObjectId.of(a), len(a)) for i, a in enumerate(arts)
     }
@@ -138,7 +138,7 @@ def run(mib: int = MIB, workdir: Path | None = None) -> dict[str, Any]:
         fetcher = HttpRemote(served.url, token=served.read_token)
         measured(out, "fetch", server, lambda: transfer.fetch(dst, fetcher, remote_name="origin"))
         fetcher.close()
-        assert dst.get_ref(TAG) == src.get_ref(TAG)
+        assert dst.refs.get(TAG) == src.refs.get(TAG)
         out["fsck_ok"] = fsck(dst).ok  # after the timing: a full re-hash of the copy
         dst.close()
     finally:

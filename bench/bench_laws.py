@@ -41,15 +41,15 @@ ENV = Env({"device": "cpu", "bench": "laws"})
 
 
 def _commit(store: Store, names: range, parents: list, prefix: str) -> object:
-    env = store.put_object(ENV)
+    env = store.objects.put_object(ENV)
     data = [b"%s artifact %d" % (prefix.encode(), i) for i in names]
-    blobs = store.write((ObjType.BLOB, d) for d in data)
+    blobs = store.objects.write((ObjType.BLOB, d) for d in data)
     entries = {EntryKey(env, "inductor", f"{prefix}{i}"): Entry(b, len(d))
                for i, b, d in zip(names, blobs, data, strict=True)}
     root = (manifest.update(store, load_commit(store, parents[0]).manifest, entries) if parents
             else manifest.build(store, entries))
     tip = history.commit(store, root, parents, prefix)
-    store.set_ref("refs/heads/main", tip, expected=parents[0] if parents else None)
+    store.refs.set("refs/heads/main", tip, expected=parents[0] if parents else None)
     return tip
 
 
@@ -69,7 +69,7 @@ def _push_rounds(tmp_path: Path, base: Path | None) -> Iterator[tuple[Store, Loc
             shutil.copytree(base, local)
             shutil.copytree(base, remote)
         store = Store.init(local)
-        tip = store.get_ref("refs/heads/main")
+        tip = store.refs.get("refs/heads/main")
         _commit(store, range(K), [tip] if tip else [], "new")
         yield store, LocalRemote(Store.init(remote).path)
 

@@ -83,7 +83,7 @@ class Client(threading.Thread):
         super().__init__(name=f"load-{i}")
         self.i, self.deadline = i, deadline
         self.store = Store.init(workdir / f"client-{i}")
-        self.env = self.store.put_object(Env({"device": "cpu", "client": str(i)}))
+        self.env = self.store.objects.put_object(Env({"device": "cpu", "client": str(i)}))
         self.remote = HttpRemote(served.url, token=served.write_token, compress_level=None)
         self.rng = random.Random(i)
         self.latency: dict[str, list[float]] = defaultdict(list)
@@ -94,7 +94,7 @@ class Client(threading.Thread):
         self.n = 0
 
     def push(self) -> None:
-        blob = self.store.put(os.urandom(self.rng.randint(1, 64) << 10))
+        blob = self.store.objects.put(os.urandom(self.rng.randint(1, 64) << 10))
         key = EntryKey(self.env, "inductor", f"c{self.i}-{self.n}")
         commit = history.commit_changes(self.store, "main", {key: Entry(blob, 0)}, f"load {self.n}")
         transfer.push(self.store, self.remote, [("refs/heads/main", f"refs/heads/c{self.i}")])
@@ -220,7 +220,7 @@ def _pct(xs: list[float], p: float) -> float:
 def _serve(work: Path) -> Served:
     """A server with both doors; the Redis door serves REDIS_ENV and commits every second."""
     return Served(work, "--redis-port", "0", "--redis-env", REDIS_ENV.id.hex, "--redis-flush-every", "1",
-                  prepare=lambda store: store.put_object(REDIS_ENV))
+                  prepare=lambda store: store.objects.put_object(REDIS_ENV))
 
 
 def _latency(threads: list[Any]) -> dict[str, dict[str, float]]:
@@ -291,8 +291,8 @@ def run(seconds: float = 10.0, clients: int = 32, redis_clients: int = 32, trick
 def _chain(served: Served, changes: list[tuple[ObjectId | None, ObjectId]]) -> bool:
     """True if the race ref's reflog is one chain of exactly the winning changes."""
     with Store(served.store_path) as store:
-        log = store.reflog(RACE)
-        final = store.get_ref(RACE)
+        log = store.refs.log(RACE)
+        final = store.refs.get(RACE)
     linked = all(a.new == b.old for a, b in zip(log, log[1:], strict=False))
     def key(c: tuple[ObjectId | None, ObjectId | None]) -> str:
         return "".join(o.hex if o else "-" for o in c)

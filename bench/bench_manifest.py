@@ -93,7 +93,7 @@ def test_lookup_baseline_lmdb_get(benchmark, trees, n: int) -> None:  # type: ig
     t = trees[n]
     benchmark.group = f"lookup n={n}"
     nodes = itertools.cycle(list(itertools.islice(m.walk(t.store, t.root), 1000)))
-    benchmark(lambda: t.store.get(next(nodes)))
+    benchmark(lambda: t.store.objects.get(next(nodes)))
 
 
 @pytest.mark.parametrize("n", TIERS)
@@ -129,7 +129,7 @@ def test_insert_baseline_store_put(benchmark, trees, n: int) -> None:  # type: i
     counter = itertools.count()
     rng = random.Random(n)
     blobs = (rng.randbytes(4096) + next(counter).to_bytes(8, "big") for _ in itertools.count())
-    benchmark(lambda: t.store.put(next(blobs), ObjType.BLOB))
+    benchmark(lambda: t.store.objects.put(next(blobs), ObjType.BLOB))
 
 
 @pytest.mark.parametrize("n", TIERS)
@@ -162,7 +162,7 @@ BUILD_TIERS = [100_000, 1_000_000]
 def test_build_baseline_put_nodes(benchmark, trees, tmp_path, n: int) -> None:  # type: ignore[no-untyped-def]
     t = trees[n]
     benchmark.group = f"build n={n}"
-    nodes = [(ObjType.NODE, t.store.get(oid)) for oid in m.walk(t.store, t.root)]
+    nodes = [(ObjType.NODE, t.store.objects.get(oid)) for oid in m.walk(t.store, t.root)]
     stores = iter(Store.init(tmp_path / f"raw{i}", durable=False) for i in itertools.count())
     benchmark.pedantic(lambda: next(stores).write(nodes), rounds=3, iterations=1)
     benchmark.extra_info["nodes"] = len(nodes)

@@ -155,8 +155,8 @@ def _header_bytes(store: Path) -> tuple[int, int]:
         for k, e in manifest.entries(s, root):
             if k.kind == "cpp_pch":
                 raw += e.size
-                for part in s.chunk_ids(e.blob) or [e.blob]:
-                    rec = s.record(part)
+                for part in s.objects.chunk_ids(e.blob) or [e.blob]:
+                    rec = s.objects.record(part)
                     stored += rec.stored_size if rec is not None else 0
         return raw, stored
 

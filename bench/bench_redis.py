@@ -134,7 +134,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
     baseline = RedisServer(work)
     env = Env({"bench": "redis-door"})
     with Store.init(work / "store") as s:
-        s.put_object(env)
+        s.objects.put_object(env)
     cas = CasServer(work / "store", work, "--no-auth", "--redis-port", "0", "--redis-env", env.id.hex,
                     "--redis-flush-every", "1")
     port = cas.redis_port

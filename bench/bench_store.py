@@ -115,7 +115,7 @@ def report(benchmark: Any, ours: float, raw: float, goal: float | None, unit: in
 def test_get(benchmark: Any, stores: tuple[Store, lmdb.Environment], size: int, count: int, compressible: bool) -> None:
     store, env = stores
     data = payloads(size, count, compressible, 1)
-    ids = store.write([(ObjType.BLOB, d) for d in data])
+    ids = store.objects.write([(ObjType.BLOB, d) for d in data])
     # The baseline reads the same layout as the store: a named database (LMDB looks a
     # named db up again in every new txn: ~1 us of each small get). The main-db figure
     # is reported too.
@@ -127,7 +127,7 @@ def test_get(benchmark: Any, stores: tuple[Store, lmdb.Environment], size: int, 
     keys = [oid.raw for oid in ids]
 
     def ours(_: int = 0) -> None:
-        get = store.get
+        get = store.objects.get
         for oid in ids:
             get(oid)
 
@@ -147,7 +147,7 @@ def test_get(benchmark: Any, stores: tuple[Store, lmdb.Environment], size: int, 
     benchmark.extra_info["ratio_of_raw_main_db"] = round(main_s / ours_s, 3)
     goal = GET_GOALS[f"{size >> 10}KiB" + ("-compressible" if compressible else "")]
     report(benchmark, ours_s, raw_s, goal, size * count, f"get {size}B x{count}")
-    assert store.get(ids[0]) == data[0]
+    assert store.objects.get(ids[0]) == data[0]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_batched_put(benchmark: Any, tmp_path: Path, size: int, count: int, comp
         offset = rounds if durable else 0
 
         def ours(r: int, store: Store = store, offset: int = offset) -> None:
-            store.write([(ObjType.BLOB, d) for d in batches[offset + r]])
+            store.objects.write([(ObjType.BLOB, d) for d in batches[offset + r]])
 
         def raw(r: int, env: lmdb.Environment = env, db: Any = db, offset: int = offset) -> None:
             with env.begin(write=True) as txn:
@@ -189,9 +189,9 @@ def test_batched_put(benchmark: Any, tmp_path: Path, size: int, count: int, comp
         ratios[durable] = interleaved(ours, raw, rounds)
         if durable:
             extra = payloads(size, count, compressible, 10_000)
-            benchmark.pedantic(lambda s=store, e=extra: s.write([(ObjType.BLOB, d) for d in e]),
+            benchmark.pedantic(lambda s=store, e=extra: s.objects.write([(ObjType.BLOB, d) for d in e]),
                                rounds=1, iterations=1)
-            assert store.get(ObjectId.of(batches[offset][0])) == batches[offset][0]
+            assert store.objects.get(ObjectId.of(batches[offset][0])) == batches[offset][0]
         store.close()
         env.close()
     fast_ours, fast_raw = ratios[False]

@@ -99,9 +99,9 @@ def artifacts(n: int, seed: int) -> list[bytes]:
 
 def commit_artifacts(store: Store, arts: list[bytes], first: int, message: str) -> None:
     env = Env({"device": "cpu", "torch_version": "bench"})
-    env_id = store.put_object(env)
+    env_id = store.objects.put_object(env)
     for i in range(0, len(arts), 256):
-        store.write((0, a) for a in arts[i : i + 256])  # type: ignore[misc]
+        store.objects.write((0, a) for a in arts[i : i + 256])  # type: ignore[misc]
     from cas.digest import ObjectId
 
     changes: dict[EntryKey, Entry | None] = {

@@ -125,7 +125,7 @@ def _generations(commits: Sequence[tuple[ObjectId, Commit]]) -> dict[ObjectId, i
 
 
 def _revocations(store: Store, blobs: set[ObjectId]) -> list[Event]:
-    tip = store.get_ref(revocations.REF)
+    tip = store.refs.get(revocations.REF)
     if tip is None:
         return []
     out = []

@@ -71,7 +71,7 @@ def parse_size(text: str) -> int:
 
 def load(store: Store) -> Budget | None:
     """The budget saved in the store (``cas gc --max-size N --save``), or None."""
-    raw = store.get_meta(META_KEY)
+    raw = store.meta.get(META_KEY)
     if raw is None:
         return None
     try:
@@ -82,7 +82,7 @@ def load(store: Store) -> Budget | None:
 
 def save(store: Store, budget: Budget | None) -> None:
     """Record ``budget`` as the store's ``gc.budget`` setting (None clears it)."""
-    store.set_meta(META_KEY, None if budget is None else json.dumps(asdict(budget)))
+    store.meta.set(META_KEY, None if budget is None else json.dumps(asdict(budget)))
 
 
 @dataclass
@@ -107,7 +107,7 @@ def kept_roots(store: Store, keep_commits: int) -> list[ObjectId]:
     """The snapshots a budget gc keeps whole: every non-branch ref's target, and the last
     ``keep_commits`` commits of each branch."""
     roots: list[ObjectId] = []
-    for name, target in store.list_refs("").items():
+    for name, target in store.refs.as_dict("").items():
         if not name.startswith(_BRANCHES):
             roots.append(target)
             continue
@@ -145,7 +145,7 @@ def plan(
             hint=f"raise --max-size, or keep fewer commits per branch (--keep-commits, now {budget.keep_commits})",
             max_size=budget.max_size, pinned=out.pinned,
         )
-    reads = store.read_times()
+    reads = store.maintenance.read_times()
     order = sorted(units, key=lambda o: (reads.get(o, -1), times.get(o, 0), o.raw))
     for oid in order:
         if out.size_after <= budget.max_size:
@@ -171,7 +171,7 @@ def _units(
             chunked.append(rec)
         else:
             out[rec.oid] = (rec.oid, [], rec.stored_size)
-    lists = {rec.oid: [c for c in store.chunk_ids(rec.oid) if c not in kept] for rec in chunked}
+    lists = {rec.oid: [c for c in store.objects.chunk_ids(rec.oid) if c not in kept] for rec in chunked}
     shared = _shared_chunks(lists.values())
     for rec in chunked:
         own = [c for c in lists[rec.oid] if c not in shared]

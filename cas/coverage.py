@@ -313,7 +313,7 @@ def coverage(store: Store, ref: str) -> Coverage:
 
 
 def _env_fields(store: Store, oid: ObjectId) -> dict[str, str]:
-    got = store.get_typed(oid)
+    got = store.objects.get_typed(oid)
     return dict(Env.decode(got[1]).fields) if got is not None and got[0] == ObjType.ENV else {}
 
 
@@ -429,7 +429,7 @@ def write_report(store: Store, report: Mapping[str, Any]) -> ObjectId:
 def reports(store: Store, pin: ObjectId) -> list[Mapping[str, Any]]:
     """The reports about commit ``pin`` on every report branch, local or fetched (each
     report once, however many branches reach it; HISTORY_WALK commits per branch)."""
-    tips = [oid for name, oid in store.list_refs("refs/").items() if _is_report_ref(name)]
+    tips = [oid for name, oid in store.refs.as_dict("refs/").items() if _is_report_ref(name)]
     seen: set[ObjectId] = set()
     out: list[Mapping[str, Any]] = []
     for tip in tips:

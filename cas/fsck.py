@@ -118,14 +118,14 @@ class _Checker:
         self.links: dict[ObjectId, list[validate.Link]] = {}
         self.types: dict[ObjectId, ObjType] = {}
         self.damaged: set[ObjectId] = set()
-        self.evicted = store.evicted_ids()
+        self.evicted = store.maintenance.evicted_ids()
 
     def add(self, kind: str, oid: ObjectId | None, message: str, ref: str | None = None) -> None:
         self.report.findings.append(Finding(kind, oid, message, ref))
 
     def run(self, progress: Progress | None) -> FsckReport:
         total = self.store.info()["objects"]
-        for oid in self.store.iter_ids():
+        for oid in self.store.objects.iter_ids():
             self.report.objects += 1
             self.check_object(oid)
             if progress:
@@ -140,7 +140,7 @@ class _Checker:
 
     def check_object(self, oid: ObjectId) -> None:
         try:
-            got = self.store.examine(oid)
+            got = self.store.objects.examine(oid)
             if got is None:  # deleted by a concurrent gc since the id was listed
                 return
             rec, body = got
@@ -179,7 +179,7 @@ class _Checker:
                 if ref in self.evicted and self.types.get(oid) is ObjType.NODE:
                     named.add(ref)
                     continue
-                if self.store.has(ref):  # written after the listing passed its id
+                if self.store.objects.has(ref):  # written after the listing passed its id
                     continue
                 seen.add(ref)
                 self.add(MISSING, ref, f"object {ref.short()} referenced by {oid.short()} is missing")
@@ -201,10 +201,10 @@ class _Checker:
         # With nothing damaged anywhere, one shared walk suffices; otherwise each ref walks
         # on its own so that every ref whose closure is broken gets named.
         shared = not self.report.errors
-        refs = self.store.list_refs("")
+        refs = self.store.refs.as_dict("")
         self.report.refs = len(refs)
         for name, target in sorted(refs.items()):
-            if not self.present(target) and not self.store.has(target):
+            if not self.present(target) and not self.store.objects.has(target):
                 self.add(BAD_REF, target, f"ref {name} points at missing object {target.short()}", name)
                 continue
             otype = self.types.get(target)
@@ -257,7 +257,7 @@ class _MissingChunk(CasError):
 def _verify_chunked(store: Store, oid: ObjectId, size: int, chunks: list[ObjectId]) -> None:
     whole = Hasher()
     for cid in chunks:
-        data = store.get(cid)
+        data = store.objects.get(cid)
         if data is None:
             raise _MissingChunk(oid, cid)
         whole.update(data)

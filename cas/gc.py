@@ -95,8 +95,8 @@ def gc(
     # grace of 0 an object written earlier in this very second is already old.
     cutoff = now - grace_seconds
     report = GcReport(dry_run=dry_run)
-    times = store.object_times()
-    all_ids = list(store.iter_ids())
+    times = store.maintenance.object_times()
+    all_ids = list(store.objects.iter_ids())
     report.objects = len(all_ids)
     roots = _roots(store, cutoff, times)
     young = [o for o in all_ids if o not in times or times[o] >= cutoff]
@@ -113,21 +113,21 @@ def gc(
         plan = budgets.plan(store, budget, recs, kept, times, cutoff)
 
     if not dry_run:
-        report.reflog_expired = store.expire_reflog(now - reflog_expiry_seconds)
-        report.stage_cleared = store.stage_expire(cutoff)
+        report.reflog_expired = store.refs.expire_log(now - reflog_expiry_seconds)
+        report.stage_cleared = store.stage.expire(cutoff)
         # An object of unknown age (written by a cas without write times) counts as
         # young, and gets stamped now so that it can age out.
-        store.stamp_missing(o for o in all_ids if o not in times)
+        store.maintenance.stamp_missing(o for o in all_ids if o not in times)
     candidates = [o for o in all_ids if o not in marked]
-    _count(report, store.sweep(candidates, before=cutoff, dry_run=dry_run))
+    _count(report, store.maintenance.sweep(candidates, before=cutoff, dry_run=dry_run))
     if plan is not None:
         _evict(store, report, plan, cutoff, dry_run)
     if not dry_run:
         # Eviction marks stay for blobs a kept object names: absent ones named before, and
         # those evicted just now (they were marked when present).
-        store.forget_evicted(lambda oid: oid in absent or oid in marked)
-        store.prune_times()
-        store.set_meta("last_gc", str(int(now)))
+        store.maintenance.forget_evicted(lambda oid: oid in absent or oid in marked)
+        store.maintenance.prune_times()
+        store.meta.set("last_gc", str(int(now)))
     return report
 
 
@@ -154,7 +154,7 @@ def _evict(store: Store, report: GcReport, plan: budgets.Plan, cutoff: float, dr
         # waits for one, not for all), and pages freed by one batch serve the next.
         gone = []
         for i in range(0, len(plan.units), EVICT_BATCH):
-            gone.extend(store.evict(plan.units[i : i + EVICT_BATCH], before=cutoff))
+            gone.extend(store.maintenance.evict(plan.units[i : i + EVICT_BATCH], before=cutoff))
         report.evicted = sum(1 for r in gone if r.type is ObjType.BLOB)
         report.evicted_bytes = sum(r.stored_size for r in gone)
         _count(report, gone)
@@ -162,14 +162,14 @@ def _evict(store: Store, report: GcReport, plan: budgets.Plan, cutoff: float, dr
 
 
 def _roots(store: Store, cutoff: float, times: dict[ObjectId, int]) -> list[ObjectId]:
-    roots = list(store.list_refs("").values())
-    for entry in store.reflog():
+    roots = list(store.refs.as_dict("").values())
+    for entry in store.refs.log():
         if entry.time >= cutoff:
             roots.extend(o for o in (entry.old, entry.new) if o is not None)
-    for rec, when in store.iter_stage():
+    for rec, when in store.stage.entries():
         # A staged object waits for its references to arrive; keep those already here.
         if (when is None or when >= cutoff) and rec.type in STRUCTURED:
-            staged = store.stage_get(rec.oid)
+            staged = store.stage.get(rec.oid)
             if staged is not None:
                 roots.extend(_safe_refs(staged[0], staged[1]))
     return roots
@@ -199,7 +199,7 @@ def mark(
         if oid in marked:
             continue
         try:
-            rec = store.record(oid)
+            rec = store.objects.record(oid)
             if rec is None:
                 if absent is not None:
                     absent.add(oid)
@@ -208,9 +208,9 @@ def mark(
             if records is not None:
                 records[oid] = rec
             if rec.chunked:
-                stack.extend(store.chunk_ids(oid))
+                stack.extend(store.objects.chunk_ids(oid))
             elif rec.type in STRUCTURED:
-                got = store.get_typed(oid)
+                got = store.objects.get_typed(oid)
                 if got is not None:
                     refs = _safe_refs(rec.type, got[1])
                     if not parents and rec.type is ObjType.COMMIT:

@@ -47,14 +47,14 @@ def commit(
         message=message,
         metadata=dict(metadata or {}),
     )
-    missing = store.missing(c.references())
+    missing = store.objects.missing(c.references())
     if missing:
         from cas.errors import ObjectNotFound
 
         raise ObjectNotFound(
             f"cannot commit: object {missing[0].short()} is not in the store", oid=missing[0]
         )
-    oid = store.put_object(c)
+    oid = store.objects.put_object(c)
     if not c.metadata.get("remote"):
         provenance.mark_local(store, oid)
     return oid
@@ -77,7 +77,7 @@ def commit_changes(
     """
     ref = branch_ref(branch)
     for _ in range(MAX_RETRIES):
-        tip = store.get_ref(ref)
+        tip = store.refs.get(ref)
         base = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
         root = manifest.update(store, base, dict(changes))
         if root == manifest.EMPTY:
@@ -85,7 +85,7 @@ def commit_changes(
         parents = [tip] if tip is not None else []
         oid = commit(store, root, parents, message, metadata, author=author)
         try:
-            store.set_ref(ref, oid, expected=tip, who=author or identity(), message=message)
+            store.refs.set(ref, oid, expected=tip, who=author or identity(), message=message)
             return oid
         except RefConflict:
             continue

@@ -59,7 +59,7 @@ class Need(NamedTuple):
 
 def held_by(store: Store) -> Held:
     """What ``store`` holds of some ids, with their types (from record headers)."""
-    return lambda ids: {oid: rec.type for oid, rec in store.records(ids).items()}
+    return lambda ids: {oid: rec.type for oid, rec in store.objects.records(ids).items()}
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Verified:
     """A verified pack waiting to be written (see :func:`write_group`)."""
 
     wanted: list[Need]  # what its structured objects reference, outside the pack
-    big: list[pack.Frame]  # verified blobs stored chunked, read through Store.put_stream
+    big: list[pack.Frame]  # verified blobs stored chunked, read through store.objects.put_stream
     records: list[rc.Encoded]  # the rest, encoded (none unless verify was asked to encode)
     count: int = 0
     done: bool = False
@@ -244,7 +244,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
             try:
                 require(p.wanted, held_by(store), written)
                 for f in p.big:  # chunked like a local put of the file, never whole in memory
-                    if store.put_stream(f.reader()) != f.oid:
+                    if store.objects.put_stream(f.reader()) != f.oid:
                         raise MalformedPack(f"blob {f.oid.short()} changed while stored")
             except Exception as exc:
                 p.error = exc
@@ -252,7 +252,7 @@ def write_group(store: Store, group: list[Verified]) -> None:
             ok.append(p)
             written.update((oid, otype) for oid, otype, _ in p.records)
         try:
-            store.write([r for p in ok for r in p.records], encoded=True)
+            store.objects.write([r for p in ok for r in p.records], encoded=True)
         except Exception as exc:
             for p in ok:
                 p.error = exc

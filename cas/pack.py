@@ -97,7 +97,7 @@ class Checked(tuple[ObjectId, ObjType, bytes]):
 
 class Framed(tuple[ObjectId, ObjType, bytes]):
     """A WireObject that also carries ``frame``: a zstd frame of its bytes, as a store
-    holds it (Store.get_many_frames); for a chunked blob, its chunks' stored frames one
+    holds it (store.objects.get_many_frames); for a chunked blob, its chunks' stored frames one
     after the other (``frames`` > 1, see :func:`from_store`).
 
     :func:`encode` sends the frame as the payload instead of the raw bytes, whatever its
@@ -135,11 +135,11 @@ class _StoreReader(Protocol):
     def chunk_ids(self, oid: ObjectId) -> list[ObjectId]: ...
 
 
-def from_store(store: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
-    """The objects ``oids`` as a store holds them, in order (None for one it lacks):
+def from_store(objects: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
+    """The objects ``oids`` as a store's ``objects`` hold them, in order (None for one it lacks):
     a :class:`Framed` for each stored as one zstd frame, and for a chunked blob whose
     chunks are all stored compressed, a Framed of its chunks' frames; else plain."""
-    got = store.get_many_frames(oids)
+    got = objects.get_many_frames(oids)
     for oid in oids:
         if oid not in got:
             yield None
@@ -148,8 +148,8 @@ def from_store(store: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireOb
         if frame is not None:
             yield Framed(oid, otype, data, frame)
             continue
-        chunks = store.chunk_ids(oid) if otype == ObjType.BLOB and len(data) > MULTI_FRAME_MIN else []
-        parts = store.get_many_frames(chunks) if chunks else {}
+        chunks = objects.chunk_ids(oid) if otype == ObjType.BLOB and len(data) > MULTI_FRAME_MIN else []
+        parts = objects.get_many_frames(chunks) if chunks else {}
         stored = [parts[c][2] if c in parts else None for c in chunks]
         if chunks and all(f is not None for f in stored):
             yield Framed(oid, otype, data, b"".join(stored), frames=len(stored))  # type: ignore[arg-type]

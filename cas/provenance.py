@@ -68,10 +68,10 @@ def is_identity(origin: str) -> bool:
 
 def store_id(store: Store) -> str:
     """This store's own id (made on first use): what `cas serve` reports as its identity."""
-    sid = store.get_meta("store.id")
+    sid = store.meta.get("store.id")
     if sid is None:
         sid = uuid.uuid4().hex
-        store.set_meta("store.id", sid)
+        store.meta.set("store.id", sid)
     return sid
 
 
@@ -81,18 +81,18 @@ def _key(oid: ObjectId) -> str:
 
 def mark_local(store: Store, oid: ObjectId) -> None:
     """Record that commit ``oid`` was made in this store."""
-    store.set_meta(_key(oid), LOCAL)
+    store.meta.set(_key(oid), LOCAL)
 
 
 def mark_remote(store: Store, oids: Iterable[ObjectId], remote: str) -> None:
     """Record that commits ``oids`` were received from the remote whose identity is
     ``remote`` (:func:`remote_identity`; local marks win)."""
     for oid in oids:
-        if store.get_meta(_key(oid)) is None:
-            store.set_meta(_key(oid), f"remote:{remote}")
+        if store.meta.get(_key(oid)) is None:
+            store.meta.set(_key(oid), f"remote:{remote}")
 
 
 def origin(store: Store, oid: ObjectId) -> str | None:
     """``"local"``, ``"remote:<identity>"`` (``remote:<name>`` from older cas), or None
     when nothing was recorded."""
-    return store.get_meta(_key(oid))
+    return store.meta.get(_key(oid))

@@ -1,7 +1,7 @@
 """Ref names, revision parsing, branches and tags.
 
-Refs are the only mutable state of a store. Every update goes through
-:meth:`cas.store.Store.set_ref`, a compare-and-swap logged in the reflog. Names follow
+Refs are the only mutable state of a store. Every update goes through ``store.refs.set``
+(:meth:`cas.store.refs.Refs.set`), a compare-and-swap logged in the reflog. Names follow
 git's rules (docs/format.md, "Refs and reflog"):
 
 * ``refs/heads/NAME``   branches
@@ -93,7 +93,7 @@ def short_name(ref: str) -> str:
 
 def head(store: Store) -> str:
     """The full name of the default branch (``HEAD``)."""
-    return store.get_meta("HEAD") or HEADS + DEFAULT_BRANCH
+    return store.meta.get("HEAD") or HEADS + DEFAULT_BRANCH
 
 
 def find_ref(store: Store, name: str) -> tuple[str, ObjectId] | None:
@@ -104,7 +104,7 @@ def find_ref(store: Store, name: str) -> tuple[str, ObjectId] | None:
         full = prefix + name
         if not full.startswith("refs/"):
             continue
-        oid = store.get_ref(full)
+        oid = store.refs.get(full)
         if oid is not None:
             return full, oid
     return None
@@ -128,7 +128,7 @@ def resolve_object(store: Store, rev: str) -> ObjectId:
     if found is not None:
         return found[1]
     if is_hex_prefix(rev):
-        matches = store.resolve_prefix(rev, limit=2)
+        matches = store.objects.resolve_prefix(rev, limit=2)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -148,7 +148,7 @@ def resolve(store: Store, rev: str) -> ObjectId:
 def peel(store: Store, oid: ObjectId) -> ObjectId:
     """Follow tags until a commit is reached."""
     for _ in range(32):
-        got = store.get_typed(oid)
+        got = store.objects.get_typed(oid)
         if got is None:
             raise ObjectNotFound(f"object {oid} not found", oid=oid)
         otype, data = got
@@ -161,7 +161,7 @@ def peel(store: Store, oid: ObjectId) -> ObjectId:
 
 
 def load_commit(store: Store, oid: ObjectId) -> Commit:
-    otype, data = store.require(oid, verify=True)  # read commands trust no disk
+    otype, data = store.objects.require(oid, verify=True)  # read commands trust no disk
     if otype != ObjType.COMMIT:
         raise UsageError(f"{oid.short()} is a {otype.label}, not a commit")
     return Commit.decode(data)
@@ -184,13 +184,13 @@ def set_branch(
     expected: ObjectId | None | object = ANY,
     message: str = "",
 ) -> ObjectId | None:
-    return store.set_ref(branch_ref(name), new, expected=expected, who=identity(), message=message)
+    return store.refs.set(branch_ref(name), new, expected=expected, who=identity(), message=message)
 
 
 def delete_ref(store: Store, full: str, *, expected: ObjectId | None | object = ANY) -> None:
-    if store.get_ref(full) is None:
+    if store.refs.get(full) is None:
         raise RefNotFound(f"no such ref: {short_name(full)}", ref=full)
-    store.set_ref(full, None, expected=expected, who=identity(), message="delete")
+    store.refs.set(full, None, expected=expected, who=identity(), message="delete")
 
 
 def create_tag(
@@ -207,14 +207,14 @@ def create_tag(
     Tags never move without ``force``; re-tagging the same target is a no-op.
     """
     full = tag_ref(name)
-    old = store.get_ref(full)
+    old = store.refs.get(full)
     oid = target
     if message is not None:
-        otype = store.require(target)[0]
+        otype = store.objects.require(target)[0]
         if otype not in validate.TAG_TARGETS:
             raise BadRefTarget(f"cannot tag {target.short()}: a {otype.label}, not a commit or tag", oid=target)
         tag = Tag(target, otype, name, identity(), int(time.time()), message, signature)
-        oid = store.put_object(tag)
+        oid = store.objects.put_object(tag)
     if old is not None and not force:
         if old == oid or (message is None and _tag_target(store, old) == target):
             return old
@@ -223,14 +223,14 @@ def create_tag(
             hint="tags never move; use --force to move it anyway",
             ref=full,
         )
-    store.set_ref(
+    store.refs.set(
         full, oid, expected=old, who=identity(), message="tag" + (" (forced)" if old else "")
     )
     return oid
 
 
 def _tag_target(store: Store, oid: ObjectId) -> ObjectId:
-    got = store.get_typed(oid)
+    got = store.objects.get_typed(oid)
     if got is not None and got[0] == ObjType.TAG:
         return Tag.decode(got[1]).target
     return oid

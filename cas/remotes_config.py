@@ -42,12 +42,12 @@ class RemoteConfig:
 
 
 def _load(store: Store) -> dict[str, dict[str, str]]:
-    raw = store.get_meta(_KEY)
+    raw = store.meta.get(_KEY)
     return json.loads(raw) if raw else {}
 
 
 def _save(store: Store, data: dict[str, dict[str, str]]) -> None:
-    store.set_meta(_KEY, json.dumps(data, sort_keys=True))
+    store.meta.set(_KEY, json.dumps(data, sort_keys=True))
 
 
 def check_name(name: str) -> str:
@@ -83,8 +83,8 @@ def remove(store: Store, name: str) -> RemoteConfig:
     del data[name]
     _save(store, data)
     set_trusted(store, name, False, url=found.url)
-    for ref, oid in store.list_refs(f"refs/remotes/{name}/").items():
-        store.set_ref(ref, None, expected=oid, message=f"remote {name} removed")
+    for ref, oid in store.refs.as_dict(f"refs/remotes/{name}/").items():
+        store.refs.set(ref, None, expected=oid, message=f"remote {name} removed")
     return found
 
 
@@ -138,7 +138,7 @@ _TRUST = "trust.remotes"  # JSON {normal url: {"name", "since", "server_id"?}}
 
 
 def _trust_table(store: Store) -> dict[str, dict[str, Any]]:
-    raw = store.get_meta(_TRUST)
+    raw = store.meta.get(_TRUST)
     return json.loads(raw) if raw else {}
 
 
@@ -152,9 +152,9 @@ def set_trusted(store: Store, name: str, trusted: bool = True, *, url: str | Non
         table[key] = {"name": name, "since": int(time.time())}
     else:
         table.pop(key, None)
-    store.set_meta(_TRUST, json.dumps(table, sort_keys=True) if table else None)
+    store.meta.set(_TRUST, json.dumps(table, sort_keys=True) if table else None)
     if not trusted:
-        store.set_meta(f"remote.{name}.trusted", None)  # the by-name flag of older cas
+        store.meta.set(f"remote.{name}.trusted", None)  # the by-name flag of older cas
 
 
 def note_server(store: Store, url: str, server_id: str | None) -> None:
@@ -165,7 +165,7 @@ def note_server(store: Store, url: str, server_id: str | None) -> None:
     rec = table.get(key)
     if rec is not None and server_id and "server_id" not in rec:
         rec["server_id"] = server_id
-        store.set_meta(_TRUST, json.dumps(table, sort_keys=True))
+        store.meta.set(_TRUST, json.dumps(table, sort_keys=True))
 
 
 def trust_of(store: Store, ident: str) -> str | None:

@@ -159,12 +159,12 @@ def _object(store: Store, text: str) -> ObjectId | None:
     """The blob ``text`` names as an id or id prefix, or None if it names no object."""
     if len(text) < MIN_PREFIX or not is_hex_prefix(text):
         return None
-    ids = store.resolve_prefix(text, limit=2)
+    ids = store.objects.resolve_prefix(text, limit=2)
     if len(ids) > 1:
         raise AmbiguousId(f"id prefix {text!r} is ambiguous", hint="give more characters of the id")
     if not ids:
         return None
-    rec = store.record(ids[0])
+    rec = store.objects.record(ids[0])
     if rec is not None and rec.type != ObjType.BLOB:
         hint = "revoke takes an entry key or a blob id; drop a tag with `cas tag -d NAME`"
         raise UsageError(f"{ids[0].short()} is a {rec.type.label}, not an entry's blob; nothing revoked", hint=hint)
@@ -190,7 +190,7 @@ def tips(store: Store, revs: Sequence[str] | None) -> list[ObjectId]:
     revocation branch. RefNotFound for an unknown one."""
     if revs:
         return list(dict.fromkeys(resolve(store, r) for r in revs))
-    names = [r for p in (HEADS, TAGS) for r in store.list_refs(p) if r != REF]
+    names = [r for p in (HEADS, TAGS) for r in store.refs.as_dict(p) if r != REF]
     return list(dict.fromkeys(resolve(store, n) for n in names))
 
 
@@ -247,12 +247,12 @@ def revoke(
     meta = {"producer": PRODUCER, "revoked": _rows(fresh), "reason": reason, "host": socket.gethostname()}
     who = author or identity()
     for _ in range(MAX_RETRIES):
-        tip = store.get_ref(REF)
+        tip = store.refs.get(REF)
         c = Commit(manifest.EMPTY, (tip,) if tip else (), who, int(time.time()), f"revoke: {reason}", meta)
-        oid = store.put_object(_signed(c, private_key))
+        oid = store.objects.put_object(_signed(c, private_key))
         provenance.mark_local(store, oid)
         try:
-            store.set_ref(REF, oid, expected=tip, who=who, message="revoke")
+            store.refs.set(REF, oid, expected=tip, who=who, message="revoke")
             return oid
         except RefConflict:
             continue
@@ -284,7 +284,7 @@ def honoured(store: Store, oid: ObjectId, c: Commit) -> str | None:
 
 def load(store: Store) -> RevokedSet:
     """Every honoured revocation in :data:`REF`'s history (the oldest one per blob)."""
-    tip = store.get_ref(REF)
+    tip = store.refs.get(REF)
     out = RevokedSet(tip)
     if tip is None:
         return out
@@ -323,7 +323,7 @@ class Watch:
 
     def refresh(self) -> bool:
         """Reload if the revocations changed since the last call; True if they did."""
-        tip = self.store.get_ref(REF)
+        tip = self.store.refs.get(REF)
         if tip == self._tip:
             return False
         self._tip = tip

@@ -122,7 +122,7 @@ def stats(store: Store, target: str | ObjectId | None = None, *, gc_preview: boo
     ``gc_preview`` adds the gc budget and what the next gc would free.
     """
     out = Stats()
-    for rec in store.iter_records():
+    for rec in store.objects.iter_records():
         t = out.by_type.setdefault(rec.type.label, TypeStats())
         t.count += 1
         t.raw_bytes += rec.raw_size
@@ -131,7 +131,7 @@ def stats(store: Store, target: str | ObjectId | None = None, *, gc_preview: boo
         out.stored_bytes += rec.stored_size
         if not rec.chunked:  # a chunked blob's bytes are its chunks' bytes
             out.raw_bytes += rec.raw_size
-    refs = store.list_refs("")
+    refs = store.refs.as_dict("")
     out.refs = len(refs)
     out.refs_by_namespace = dict(Counter(_namespace(name) for name in refs))
     info = store.info()
@@ -169,14 +169,14 @@ def _namespace(name: str) -> str:
 def entry_stats(store: Store, target: str | ObjectId) -> EntryStats:
     """Entries of a manifest, by kind and env; ``target`` as for :func:`stats`."""
     if isinstance(target, str):
-        oid = store.get_ref(target)
+        oid = store.refs.get(target)
         if oid is None:
             raise RefNotFound(f"no ref named {target}", ref=target)
     else:
         oid = target
     commit_id: ObjectId | None = None
     for _ in range(16):  # tags of tags, bounded
-        otype, data = store.require(oid)
+        otype, data = store.objects.require(oid)
         if otype == ObjType.TAG:
             oid = Tag.decode(data).target
         elif otype == ObjType.COMMIT:

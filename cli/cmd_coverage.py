@@ -17,7 +17,7 @@ def _env_named(store: Store, text: str) -> Env | None:
     """``current`` is None (this process's env, computed by cas.torch); else an env id."""
     if text == "current":
         return None
-    got = store.get_typed(resolve_object(store, text))
+    got = store.objects.get_typed(resolve_object(store, text))
     if got is None or got[0] != ObjType.ENV:
         raise UsageError(f"{text!r} is not an env in this store", hint="give --env current or an env id")
     return Env.decode(got[1])

@@ -126,7 +126,7 @@ def _envs(store: Store | None, values: tuple[str, ...]) -> set[ObjectId] | None:
         elif len(value) == 64:
             out.add(ObjectId.parse(value))
         elif store is not None and is_hex_prefix(value):
-            out.add(store.resolve_unique(value))
+            out.add(store.objects.resolve_unique(value))
         else:
             raise UsageError(f"not an env id: {value!r}", hint="give 'current' or a full env id")
     return out
@@ -306,9 +306,9 @@ def pull(ctx: Context, remote: str | None, branch: str | None, envs: tuple[str, 
 def _refspecs(store: Store, specs: tuple[str, ...], all_: bool, tags: bool) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if all_:
-        out += [(r, r) for r in store.list_refs(refs.HEADS)]
+        out += [(r, r) for r in store.refs.as_dict(refs.HEADS)]
     if tags:
-        out += [(r, r) for r in store.list_refs(refs.TAGS)]
+        out += [(r, r) for r in store.refs.as_dict(refs.TAGS)]
     for spec in specs:
         src, _, dst = spec.partition(":")
         found = refs.find_ref(store, src)
@@ -398,7 +398,7 @@ def _resumable(store: Store, exc: BaseException) -> bool:
     from there. Any other failure is a verdict on the remote (malformed, hostile, over a
     limit or a deadline) or a crash: nothing of the clone is kept."""
     cut = isinstance(exc, (TransientRemoteError, KeyboardInterrupt))
-    return cut and next(store.iter_ids(), None) is not None
+    return cut and next(store.objects.iter_ids(), None) is not None
 
 
 def _remove_store(target: Path, created: bool) -> None:

@@ -83,9 +83,9 @@ def put(ctx: Context, files: tuple[str, ...]) -> None:
         task = bar.add_task("put", total=total)
         for f in files:
             if f == "-":
-                oid = ctx.store.put_stream(sys.stdin.buffer)
+                oid = ctx.store.objects.put_stream(sys.stdin.buffer)
             else:
-                oid = ctx.store.put_file(f, progress=lambda n: bar.advance(task, n))
+                oid = ctx.store.objects.put_file(f, progress=lambda n: bar.advance(task, n))
             out.append({"file": f, "id": oid.hex})
     ctx.emit(out, "\n".join(f"{o['id']}  {o['file']}" for o in out))
 
@@ -98,7 +98,7 @@ def cat(ctx: Context, obj: str, output: str | None) -> None:
     """Write the raw bytes of OBJ (an id, prefix or ref) to stdout, verified."""
     store = ctx.store
     oid = refs.resolve_object(store, obj)
-    rec = store.record(oid)
+    rec = store.objects.record(oid)
     if rec is None:
         raise ObjectNotFound(f"object {oid} not found", oid=oid)
     from cas.digest import Hasher
@@ -106,7 +106,7 @@ def cat(ctx: Context, obj: str, output: str | None) -> None:
     h = Hasher()
     sink = open(output, "wb") if output else sys.stdout.buffer
     try:
-        for chunk in store.iter_blob(oid):
+        for chunk in store.objects.iter_blob(oid):
             h.update(chunk)
             sink.write(chunk)
     finally:
@@ -187,8 +187,8 @@ def show(ctx: Context, obj: str) -> None:
     """Describe an object: commit, tag, manifest node, env or blob."""
     store = ctx.store
     oid = refs.resolve_object(store, obj)
-    otype, data = store.require(oid, verify=True)  # show what is on disk only if it is intact
-    rec = store.record(oid)
+    otype, data = store.objects.require(oid, verify=True)  # show what is on disk only if it is intact
+    rec = store.objects.record(oid)
     base: dict[str, Any] = {"id": oid.hex, "type": otype.label, "size": len(data)}
     if rec is not None:
         base["stored_size"] = rec.stored_size
@@ -264,7 +264,7 @@ def branch(ctx: Context, name: str | None, start: str | None, delete: bool, forc
     """List branches, create NAME at START (default HEAD), or delete one."""
     store = ctx.store
     if name is None:
-        heads = store.list_refs(refs.HEADS)
+        heads = store.refs.as_dict(refs.HEADS)
         current = refs.head(store)
         ctx.emit({refs.short_name(r): o.hex for r, o in heads.items()},
                  "\n".join(f"{'*' if r == current else ' '} {refs.short_name(r)}  {o.short()}" for r, o in heads.items())
@@ -276,12 +276,12 @@ def branch(ctx: Context, name: str | None, start: str | None, delete: bool, forc
         ctx.emit({"deleted": name}, f"Deleted branch {name}")
         return
     target = refs.resolve(store, start or "HEAD")
-    old = store.get_ref(full)
+    old = store.refs.get(full)
     if old is not None and not force:
         from cas.errors import Conflict
 
         raise Conflict(f"branch {name} already exists", hint="use --force to move it")
-    store.set_ref(full, target, expected=old, who="cas", message=f"branch: created from {start or 'HEAD'}")
+    store.refs.set(full, target, expected=old, who="cas", message=f"branch: created from {start or 'HEAD'}")
     ctx.emit({"branch": name, "id": target.hex}, f"Branch {name} at {target.short()}")
 
 
@@ -296,7 +296,7 @@ def tag(ctx: Context, name: str | None, target: str | None, message: str | None,
     """List tags, or pin TARGET (default HEAD) as NAME."""
     store = ctx.store
     if name is None:
-        tags = store.list_refs(refs.TAGS)
+        tags = store.refs.as_dict(refs.TAGS)
         ctx.emit({refs.short_name(r): o.hex for r, o in tags.items()},
                  "\n".join(f"{refs.short_name(r)}  {o.short()}" for r, o in tags.items()) or "no tags yet")
         return
@@ -323,13 +323,13 @@ def refs_cmd(ctx: Context, show_reflog: bool, ref: str | None) -> None:
         if ref:
             found = refs.find_ref(store, ref)
             name = found[0] if found else refs.check_name(ref)
-        entries = store.reflog(name)
+        entries = store.refs.log(name)
         ctx.emit([{"ref": e.ref, "old": e.old.hex if e.old else None, "new": e.new.hex if e.new else None,
                    "time": e.time, "who": e.who, "message": e.message} for e in entries],
                  "\n".join(f"{_when(e.time)}  {e.ref}  {e.old.short() if e.old else '-'*12} -> "
                            f"{e.new.short() if e.new else '-'*12}  {e.who}: {e.message}" for e in entries))
         return
-    all_refs = store.list_refs("refs/")
+    all_refs = store.refs.as_dict("refs/")
     ctx.emit({r: o.hex for r, o in all_refs.items()},
              "\n".join(f"{o.hex}  {r}" for r, o in all_refs.items()) or "no refs yet")
 
@@ -430,7 +430,7 @@ def stats(ctx: Context, rev: str | None) -> None:
 
     store = ctx.store
     root = None
-    if rev or store.get_ref(refs.head(store)) is not None:
+    if rev or store.refs.get(refs.head(store)) is not None:
         root = refs.load_commit(store, refs.resolve(store, rev or "HEAD")).manifest
     s = run_stats(store, root, gc_preview=True)
     d: dict[str, Any] = s.to_dict()

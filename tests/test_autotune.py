@@ -107,11 +107,11 @@ def test_record_bytes_round_trip_and_a_newer_format_is_refused() -> None:
 
 
 def commit_records(store: Store, recs: list[tuning.Record], parents: list, producer: str = "autotune") -> object:
-    env = store.put_object(Env({"device": "cpu"}))
+    env = store.objects.put_object(Env({"device": "cpu"}))
     base = refs.load_commit(store, parents[0]).manifest if parents else manifest.EMPTY
     changes = {}
     for rec in recs:
-        oid = store.put(rec.to_bytes())
+        oid = store.objects.put(rec.to_bytes())
         changes[EntryKey(env, tuning.KIND, rec.key, rec.device_class)] = Entry(
             oid, len(rec.to_bytes()), None, tuning.entry_meta(rec))
     root = manifest.update(store, base, changes)
@@ -143,7 +143,7 @@ def test_merge_commit_message_says_which_measurement_each_kernel_kept(store: Sto
 
     recs = list(tuning.from_timing_file(CPU_FILE, "cache/4413", CPU_CLASS, PROV))
     ours = commit_records(store, recs, [])
-    store.set_ref("refs/heads/main", ours, expected=None)
+    store.refs.set("refs/heads/main", ours, expected=None)
     theirs = commit_records(store, [faster(recs[0], 0.5), faster(recs[1], 2.0)], [])
     done = integrate(store, "refs/heads/main", theirs, message="pull b", who="t")
     message = refs.load_commit(store, done.new).message
@@ -173,7 +173,7 @@ def test_a_record_with_an_impossible_time_is_refused_at_record(store: Store, bad
         assert "\n" not in err.value.message
         with pytest.raises(BadAutotuneRecord):  # a rank's or a peer's blob alike
             tuning.Record.from_bytes(json.dumps({**json.loads(good.to_bytes()), "time_ms": bad}).encode())
-    assert store.get_ref("refs/heads/main") is None  # nothing committed
+    assert store.refs.get("refs/heads/main") is None  # nothing committed
 
 
 def test_impossible_times_in_torch_files_are_left_out_like_failed_ones() -> None:
@@ -190,9 +190,9 @@ def test_impossible_times_in_torch_files_are_left_out_like_failed_ones() -> None
 def _commit_meta(store: Store, rec: tuning.Record, time_ms: float, parents: list) -> object:
     """A commit holding ``rec`` whose entry claims ``time_ms``, written directly (as a
     store can come to hold one: not through record, not received)."""
-    env = store.put_object(Env({"device": "cpu"}))
+    env = store.objects.put_object(Env({"device": "cpu"}))
     base = refs.load_commit(store, parents[0]).manifest if parents else manifest.EMPTY
-    oid = store.put(rec.to_bytes())
+    oid = store.objects.put(rec.to_bytes())
     entry = Entry(oid, len(rec.to_bytes()), None, {**tuning.entry_meta(rec), "time_ms": time_ms})
     root = manifest.update(store, base, {EntryKey(env, tuning.KIND, rec.key, rec.device_class): entry})
     return history.commit(store, root, parents, "autotune", {"producer": "autotune"})
@@ -206,7 +206,7 @@ def test_an_impossible_time_never_wins_a_merge(store: Store, bad: float) -> None
     base = _commit_meta(store, rec, 5.0, [])
     for ours_ms, theirs_ms in ((bad, 0.5), (0.5, bad)):  # on either side
         ours, theirs = _commit_meta(store, rec, ours_ms, [base]), _commit_meta(store, rec, theirs_ms, [base])
-        store.set_ref("refs/heads/main", ours)
+        store.refs.set("refs/heads/main", ours)
         done = integrate(store, "refs/heads/main", theirs, message="pull", who="t")  # type: ignore[arg-type]
         (row,) = autotune_rows.show_rows(store, done.new)  # type: ignore[arg-type]
         assert row.meta["time_ms"] == 0.5

@@ -17,20 +17,20 @@ KEY = "fblamedgraph00000000000000000000000000000000000000"
 
 
 def _put(s: Store, data: bytes, ms: int) -> Entry:
-    return Entry(s.put(data), len(data), None, {"time_taken_ms": ms})
+    return Entry(s.objects.put(data), len(data), None, {"time_taken_ms": ms})
 
 
 def _history(path: Path) -> None:
     """capture adds KEY on main; the Redis door changes it; a branch removes it; a revoke."""
     with Store.init(path) as s:
-        ek = EntryKey(s.put_object(ENV), "inductor", KEY)
+        ek = EntryKey(s.objects.put_object(ENV), "inductor", KEY)
         other = EntryKey(ek.env, "inductor", "fotherkey")
         history.commit_changes(s, "main", {ek: _put(s, b"v1", 900), other: _put(s, b"o", 1)}, "capture",
                                {"producer": "capture", "host": "ci-gpu-7", "compile_seconds": 3})
         history.commit_changes(s, "main", {other: _put(s, b"o2", 2)}, "unrelated", {"producer": "capture"})
         history.commit_changes(s, "main", {ek: _put(s, b"v2", 450)}, "door batch",
                                {"producer": "redis", "token": "ci-writer"})
-        s.set_ref("refs/heads/slim", s.get_ref("refs/heads/main"), expected=None)
+        s.refs.set("refs/heads/slim", s.refs.get("refs/heads/main"), expected=None)
         history.commit_changes(s, "slim", {ek: None}, "slim it", {"producer": "edit", "host": "laptop"})
         revocations.revoke(s, revocations.find_targets(s, KEY, ["main"]), "nan in the output")
 

@@ -20,45 +20,45 @@ TEXT = b"    tmp0 = tl.load(in_ptr0 + (x0), xmask, eviction_policy='evict_last')
 
 
 def put_compressed(store: Store, data: bytes = TEXT) -> ObjectId:
-    oid = store.put(data)
-    rec = store.record(oid)
+    oid = store.objects.put(data)
+    rec = store.objects.record(oid)
     assert rec is not None and rec.compressed
     return oid
 
 
 def test_a_hot_compressed_blob_reads_the_same_bytes_every_time(store: Store) -> None:
     oid = put_compressed(store)
-    assert store.get(oid) == TEXT
-    assert store.get(oid) == TEXT
-    assert store.get_typed(oid, verify=True) == (ObjType.BLOB, TEXT)
+    assert store.objects.get(oid) == TEXT
+    assert store.objects.get(oid) == TEXT
+    assert store.objects.get_typed(oid, verify=True) == (ObjType.BLOB, TEXT)
     assert len(store._env.cache) == 1
 
 
 def test_a_deleted_blob_is_a_miss_though_it_was_cached(store: Store) -> None:
     oid = put_compressed(store)
-    assert store.get(oid) == TEXT
-    assert store.delete([oid]) == 1
-    assert store.get(oid) is None
+    assert store.objects.get(oid) == TEXT
+    assert store.maintenance.delete([oid]) == 1
+    assert store.objects.get(oid) is None
 
 
 def test_a_blob_deleted_by_another_handle_is_a_miss(store: Store, store_path: Path) -> None:
     oid = put_compressed(store)
-    assert store.get(oid) == TEXT
+    assert store.objects.get(oid) == TEXT
     with Store(store_path) as other:
-        other.delete([oid])
-    assert store.get(oid) is None
-    assert store.put(TEXT) == oid and store.get(oid) == TEXT
+        other.maintenance.delete([oid])
+    assert store.objects.get(oid) is None
+    assert store.objects.put(TEXT) == oid and store.objects.get(oid) == TEXT
 
 
 def test_a_damaged_record_is_decoded_afresh_and_caught_by_verify(store: Store) -> None:
     oid = put_compressed(store)
-    assert store.get(oid) == TEXT
+    assert store.objects.get(oid) == TEXT
     other = TEXT.replace(b"tmp0", b"tmp9")
     record = rc.frame_record(ObjType.BLOB, len(other), zstandard.ZstdCompressor().compress(other))
     store._env.write(lambda txn: txn.put(oid.raw, record, db=store._env.objects))
-    assert store.get(oid) == other  # what the disk holds now, not what was cached
+    assert store.objects.get(oid) == other  # what the disk holds now, not what was cached
     with pytest.raises(CorruptObject):
-        store.get(oid, verify=True)
+        store.objects.get(oid, verify=True)
 
 
 def test_the_cache_stays_within_its_bound() -> None:
@@ -77,7 +77,7 @@ def test_threads_read_one_cached_blob(store: Store) -> None:
     results: list[bool] = []
 
     def read() -> None:
-        results.extend(store.get(oid) == TEXT for _ in range(200))
+        results.extend(store.objects.get(oid) == TEXT for _ in range(200))
 
     threads = [threading.Thread(target=read) for _ in range(4)]
     for t in threads:

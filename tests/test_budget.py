@@ -35,15 +35,15 @@ def build_history(store: Store, commits: int, per_commit: int) -> list[list[Obje
     """``main`` with ``commits`` commits; each holds the same keys with new bytes (a
     recompile), so an older commit's blobs are named by it alone. ``release/1`` tags the
     first. Returns the blob ids of each commit, oldest first."""
-    store.put_object(ENV)
+    store.objects.put_object(ENV)
     tip: ObjectId | None = None
     out = []
     for i in range(commits):
-        blobs = store.write((ObjType.BLOB, os.urandom(BLOB)) for _ in range(per_commit))
+        blobs = store.objects.write((ObjType.BLOB, os.urandom(BLOB)) for _ in range(per_commit))
         entries = {EntryKey(ENV.id, "inductor", f"k{j}"): Entry(b, BLOB) for j, b in enumerate(blobs)}
         root = manifest.build(store, entries)
         tip = history.commit(store, root, [tip] if tip else [], f"c{i}", when=int(store.clock()) + i)
-        store.set_ref("refs/heads/main", tip, expected=None if i == 0 else store.get_ref("refs/heads/main"))
+        store.refs.set("refs/heads/main", tip, expected=None if i == 0 else store.refs.get("refs/heads/main"))
         if i == 0:
             create_tag(store, "release/1", tip, message="pin")
         out.append(blobs)
@@ -55,7 +55,7 @@ def stored(store: Store) -> int:
 
 
 def present(store: Store, ids: list[ObjectId]) -> int:
-    return sum(store.has(o) for o in ids)
+    return sum(store.objects.has(o) for o in ids)
 
 
 def test_budget_evicts_unread_old_blobs_first_and_keeps_tags_recent_commits_and_history(
@@ -63,8 +63,8 @@ def test_budget_evicts_unread_old_blobs_first_and_keeps_tags_recent_commits_and_
 ) -> None:
     blobs = build_history(store, commits=6, per_commit=20)
     clock.now += 100
-    store.note_reads(blobs[1])  # c1's entries are still in use somewhere
-    store.flush_reads()
+    store.maintenance.note_reads(blobs[1])  # c1's entries are still in use somewhere
+    store.maintenance.flush_reads()
     clock.now += 30 * DAY
     size = stored(store)
     budget = Budget(max_size=size - 35 * BLOB, keep_commits=2)
@@ -79,20 +79,20 @@ def test_budget_evicts_unread_old_blobs_first_and_keeps_tags_recent_commits_and_
     check = fsck(store)
     assert check.ok, check.errors
     assert check.evicted == 35
-    tip = store.get_ref("refs/heads/main")
+    tip = store.refs.get("refs/heads/main")
     assert tip is not None and len(list(history.log(store, tip))) == 6  # history is whole
 
 
 def test_a_budget_smaller_than_what_must_stay_deletes_nothing(store: Store, clock: Clock) -> None:
     build_history(store, commits=4, per_commit=10)
     clock.now += 30 * DAY
-    garbage = store.put(b"unreachable" * 10)
+    garbage = store.objects.put(b"unreachable" * 10)
     clock.now += 30 * DAY
-    before = set(store.iter_ids())
+    before = set(store.objects.iter_ids())
     with pytest.raises(BudgetTooSmall) as info:
         gc(store, grace_seconds=DAY, budget=Budget(max_size=20 * BLOB, keep_commits=2))
     assert "\n" not in str(info.value) and "smaller than" in str(info.value)
-    assert set(store.iter_ids()) == before and store.has(garbage)
+    assert set(store.objects.iter_ids()) == before and store.objects.has(garbage)
 
 
 def test_blobs_younger_than_the_grace_period_are_never_evicted(store: Store, clock: Clock) -> None:
@@ -109,33 +109,33 @@ def test_blobs_younger_than_the_grace_period_are_never_evicted(store: Store, clo
 
 def test_reads_are_noted_in_memory_and_written_in_batches(store: Store) -> None:
     ids = [ObjectId.of(str(i).encode()) for i in range(READ_BATCH + 10)]
-    store.note_reads(ids[:1000])
-    store.note_reads(ids[:1000])  # the same blobs again: still nothing written
-    assert store.read_times() == {}
-    store.note_reads(ids[1000:])  # the batch is full: one write of all of them
-    assert len(store.read_times()) == len(ids)
-    store.note_reads(ids[:5])
-    assert store.flush_reads() == 5
+    store.maintenance.note_reads(ids[:1000])
+    store.maintenance.note_reads(ids[:1000])  # the same blobs again: still nothing written
+    assert store.maintenance.read_times() == {}
+    store.maintenance.note_reads(ids[1000:])  # the batch is full: one write of all of them
+    assert len(store.maintenance.read_times()) == len(ids)
+    store.maintenance.note_reads(ids[:5])
+    assert store.maintenance.flush_reads() == 5
 
 
 def test_an_evicted_blob_stored_again_is_whole_again(store: Store, clock: Clock) -> None:
     build_history(store, commits=3, per_commit=5)
     data = b"x" * BLOB
-    blob = store.put(data)
+    blob = store.objects.put(data)
     root = manifest.update(store, manifest.build(store, {}), {EntryKey(ENV.id, "inductor", "old"): Entry(blob, BLOB)})
-    tip = store.get_ref("refs/heads/main")
+    tip = store.refs.get("refs/heads/main")
     assert tip is not None
     side = history.commit(store, root, [tip], "side", when=0)
-    store.set_ref("refs/heads/main", history.commit(store, manifest.build(store, {}), [side], "drop", when=int(clock.now) + 10),
+    store.refs.set("refs/heads/main", history.commit(store, manifest.build(store, {}), [side], "drop", when=int(clock.now) + 10),
                   expected=tip)
     clock.now += 30 * DAY
     # c1, c2 and the side commit's 11 blobs are all that may go, and all must
     gc(store, grace_seconds=DAY, budget=Budget(max_size=stored(store) - 11 * BLOB, keep_commits=1))
-    assert not store.has(blob) and blob in store.evicted_ids()
-    store.put(data)  # recorded again (a recompile of the same bytes)
+    assert not store.objects.has(blob) and blob in store.maintenance.evicted_ids()
+    store.objects.put(data)  # recorded again (a recompile of the same bytes)
     assert fsck(store).ok
     gc(store, grace_seconds=DAY)
-    assert store.has(blob) and blob not in store.evicted_ids()
+    assert store.objects.has(blob) and blob not in store.maintenance.evicted_ids()
 
 
 def test_cli_budget_gc_saved_budget_and_stats(cas: Cas, store_path: Path) -> None:
@@ -164,28 +164,28 @@ def test_cli_budget_gc_saved_budget_and_stats(cas: Cas, store_path: Path) -> Non
 
 def test_a_chunked_blob_is_evicted_with_its_chunks(store: Store, clock: Clock) -> None:
     big = os.urandom(CHUNK_SIZE + 1000)
-    old = store.put(big)
-    chunks = store.chunk_ids(old)
+    old = store.objects.put(big)
+    chunks = store.objects.chunk_ids(old)
     root = manifest.build(store, {EntryKey(ENV.id, "inductor", "big"): Entry(old, len(big))})
-    store.put_object(ENV)
+    store.objects.put_object(ENV)
     first = history.commit(store, root, [], "big", when=1)
-    store.set_ref("refs/heads/main", first, expected=None)
-    build = manifest.build(store, {EntryKey(ENV.id, "inductor", "small"): Entry(store.put(b"s" * BLOB), BLOB)})
-    store.set_ref("refs/heads/main", history.commit(store, build, [first], "small", when=2), expected=first)
+    store.refs.set("refs/heads/main", first, expected=None)
+    build = manifest.build(store, {EntryKey(ENV.id, "inductor", "small"): Entry(store.objects.put(b"s" * BLOB), BLOB)})
+    store.refs.set("refs/heads/main", history.commit(store, build, [first], "small", when=2), expected=first)
     clock.now += 30 * DAY
     report = gc(store, grace_seconds=DAY, budget=Budget(max_size=64 << 10, keep_commits=1))
     assert report.evicted == 1 and report.evicted_bytes >= len(big)
-    assert not store.has(old) and not any(store.has(c) for c in chunks)
+    assert not store.objects.has(old) and not any(store.objects.has(c) for c in chunks)
     assert fsck(store).ok and stored(store) <= 64 << 10
 
 
 def test_a_blob_written_again_after_the_plan_is_not_evicted(store: Store, clock: Clock) -> None:
-    a, b = store.put(b"a" * BLOB), store.put(b"b" * BLOB)
+    a, b = store.objects.put(b"a" * BLOB), store.objects.put(b"b" * BLOB)
     clock.now += 30 * DAY
-    store.put(b"a" * BLOB)  # a concurrent writer stores it again (it will name it)
-    gone = store.evict([(a, []), (b, [])], before=clock.now - DAY)
+    store.objects.put(b"a" * BLOB)  # a concurrent writer stores it again (it will name it)
+    gone = store.maintenance.evict([(a, []), (b, [])], before=clock.now - DAY)
     assert [r.oid for r in gone] == [b]
-    assert store.has(a) and not store.has(b) and store.evicted_ids() == {b}
+    assert store.objects.has(a) and not store.objects.has(b) and store.maintenance.evicted_ids() == {b}
 
 
 def test_hydrate_counts_as_a_read(store: Store, tmp_path: Path) -> None:
@@ -193,10 +193,10 @@ def test_hydrate_counts_as_a_read(store: Store, tmp_path: Path) -> None:
     from cas.history import commit_changes
     from cas.torch.hydrate import hydrate
 
-    store.put_object(ENV)
-    blob = store.put(b"graph" * 20)
+    store.objects.put_object(ENV)
+    blob = store.objects.put(b"graph" * 20)
     commit_changes(store, "main", {EntryKey(ENV.id, "inductor", "fgraphabc"): Entry(blob, 100)}, "m")
     result = hydrate(store, "main", tmp_path / "cache", env=ENV, check_policy=False, pch_dir=tmp_path / "pch")
     assert result.written == 1
-    store.flush_reads()
-    assert blob in store.read_times()
+    store.maintenance.flush_reads()
+    assert blob in store.maintenance.read_times()

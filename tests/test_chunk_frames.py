@@ -38,8 +38,8 @@ def sent(data: bytes, frames: list[bytes]) -> bytes:
 
 
 def stored_frames(store: Store, oid: ObjectId) -> list[bytes | None]:
-    got = store.get_many_frames(store.chunk_ids(oid))
-    return [got[c][2] for c in store.chunk_ids(oid)]
+    got = store.objects.get_many_frames(store.objects.chunk_ids(oid))
+    return [got[c][2] for c in store.objects.chunk_ids(oid)]
 
 
 def test_a_server_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_a_server_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
         ingest.receive(store, sent(data, frames))
         oid = ObjectId.of(data)
         assert stored_frames(store, oid) == frames
-        assert store.get(oid, verify=True) == data
+        assert store.objects.get(oid, verify=True) == data
 
 
 def test_a_fetch_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
@@ -57,10 +57,10 @@ def test_a_fetch_keeps_the_chunk_frames_it_was_sent(tmp_path: Path) -> None:
     frames = chunk_frames(data)
     objs = pack.decode_all(io.BytesIO(sent(data, frames)))
     with Store.init(tmp_path / "s") as store:
-        store.write(ingest.records(objs), encoded=True)
+        store.objects.write(ingest.records(objs), encoded=True)
         oid = ObjectId.of(data)
         assert stored_frames(store, oid) == frames
-        assert store.get(oid, verify=True) == data
+        assert store.objects.get(oid, verify=True) == data
 
 
 def _damaged(frames: list[bytes]) -> list[bytes]:
@@ -79,7 +79,7 @@ def test_a_bad_chunk_frame_is_refused_and_nothing_stored(tmp_path: Path, how: st
         with pytest.raises(CasError):
             ingest.receive(store, body)
         with pytest.raises(CasError):
-            store.write(ingest.records(pack.decode_all(io.BytesIO(body))), encoded=True)
+            store.objects.write(ingest.records(pack.decode_all(io.BytesIO(body))), encoded=True)
         assert store.info()["objects"] == 0
 
 
@@ -90,5 +90,5 @@ def test_frames_of_another_size_are_stored_by_compressing_the_chunks(tmp_path: P
     assert pack.chunk_split(b"".join(frames), len(data), CHUNK_SIZE) is None
     with Store.init(tmp_path / "s") as store:
         ingest.receive(store, sent(data, frames))
-        assert store.get(ObjectId.of(data), verify=True) == data
-        assert len(store.chunk_ids(ObjectId.of(data))) == 3
+        assert store.objects.get(ObjectId.of(data), verify=True) == data
+        assert len(store.objects.chunk_ids(ObjectId.of(data))) == 3

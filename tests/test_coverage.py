@@ -20,7 +20,7 @@ GCC = {"cxx": "g++", "cxx_version": "13.2.0", "cxx_id": "abc"}
 
 def _entry(s: Store, data: str, meta: dict[str, Any] | None = None) -> Entry:
     raw = data.encode() * 10
-    return Entry(s.put(raw), len(raw), None, meta or {})
+    return Entry(s.objects.put(raw), len(raw), None, meta or {})
 
 
 def seed(path: Path) -> dict[str, ObjectId]:
@@ -28,7 +28,7 @@ def seed(path: Path) -> dict[str, ObjectId]:
     and a C++ kernel, recorded by `train.py`; the GPU env holds one of the graphs and an
     autotune record, captured. main then moves on past the tag."""
     with Store.init(path) as s:
-        cpu, gpu = s.put_object(CPU), s.put_object(GPU)
+        cpu, gpu = s.objects.put_object(CPU), s.objects.put_object(GPU)
         first = {
             EntryKey(cpu, "inductor", "fgraphA", "s0"): _entry(s, "a0"),
             EntryKey(cpu, "inductor", "fgraphA", "s1"): _entry(s, "a1"),
@@ -123,7 +123,7 @@ def test_a_report_is_bounded(store: Store) -> None:
     assert len(report["missed"]["inductor"]) == coverage.REPORT_KEYS
     assert len(report["rebuilds"]) == coverage.REPORT_REBUILDS and len(report["ref"]) == coverage.REPORT_TEXT
     oid = coverage.write_report(store, report)
-    assert len(store.get(oid) or b"") < 16 << 10
+    assert len(store.objects.get(oid) or b"") < 16 << 10
 
 
 def test_the_command_prints_a_summary_and_json(cas: Any, store_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_an_env_id_is_judged_without_this_machine(cas: Any, store_path: Path) ->
 def test_bad_input_is_one_line_and_changes_nothing(cas: Any, store_path: Path) -> None:
     seed(store_path)
     with Store(store_path) as s:
-        before = s.list_refs("refs/")
+        before = s.refs.as_dict("refs/")
     for args, words in ((("coverage", "release/9.9"), "unknown revision 'release/9.9'"),
                         (("coverage", "release/1.4", "--env", "0123456789ab"), "unknown revision"),
                         (("coverage", "release/1.4", "--env", "release/1.4"), "is not an env")):
@@ -163,4 +163,4 @@ def test_bad_input_is_one_line_and_changes_nothing(cas: Any, store_path: Path) -
         assert proc.stderr.startswith("cas: error: ") and "Traceback" not in proc.stderr
         assert len(proc.stderr.splitlines()) <= 2  # the error, and a hint
     with Store(store_path) as s:
-        assert s.list_refs("refs/") == before
+        assert s.refs.as_dict("refs/") == before

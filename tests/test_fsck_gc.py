@@ -51,13 +51,13 @@ def drop(oid: ObjectId) -> Callable[[lmdb.Transaction, lmdb._Database], None]:
 
 def snapshot(store: Store, blobs: list[bytes], message: str = "c", parents: tuple[ObjectId, ...] = ()) -> ObjectId:
     """A commit whose manifest leaf holds ``blobs`` (written bottom-up, like real writers)."""
-    env = store.put_object(Env({"device": "cpu"}))
+    env = store.objects.put_object(Env({"device": "cpu"}))
     rows = []
     for i, data in enumerate(blobs):
-        bid = store.put(data)
+        bid = store.objects.put(data)
         rows.append((EntryKey(env, "inductor", f"k{i}"), Entry(bid, len(data))))
-    root = store.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))
-    return store.put_object(Commit(root, parents, "t", int(time.time()), message))
+    root = store.objects.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))
+    return store.objects.put_object(Commit(root, parents, "t", int(time.time()), message))
 
 
 def reopen(path: Path, store: Store) -> Store:
@@ -74,8 +74,8 @@ def errors_of(s: Store) -> list[tuple[str, ObjectId | None]]:
 
 def test_clean_store_passes_and_lists_dangling_as_info(store: Store) -> None:
     c = snapshot(store, [b"a" * 1000, os.urandom(5000)])
-    store.set_ref("refs/heads/main", c)
-    loose = store.put(b"nobody points here")
+    store.refs.set("refs/heads/main", c)
+    loose = store.objects.put(b"nobody points here")
     report = fsck(store)
     assert report.ok and report.errors == []
     assert report.objects == 6 and report.refs == 1 and report.reachable == 5
@@ -85,7 +85,7 @@ def test_clean_store_passes_and_lists_dangling_as_info(store: Store) -> None:
 def test_flipped_payload_byte_is_corrupt(store_path: Path, store: Store) -> None:
     data = os.urandom(4096)  # incompressible: stored verbatim, so the flip hits the bytes
     c = snapshot(store, [data])
-    store.set_ref("refs/heads/main", c)
+    store.refs.set("refs/heads/main", c)
     blob = ObjectId.of(data)
     store.close()
     tamper(store_path, flip_byte(blob))
@@ -107,10 +107,10 @@ def test_flipped_payload_byte_is_corrupt(store_path: Path, store: Store) -> None
 def test_damaged_records_are_corrupt(store_path: Path, store: Store, damage: str) -> None:
     text = b"compressible kernel source\n" * 500
     c = snapshot(store, [text])
-    store.set_ref("refs/heads/main", c)
-    node_id = Commit.decode(store.get(c)).manifest  # type: ignore[arg-type]
+    store.refs.set("refs/heads/main", c)
+    node_id = Commit.decode(store.objects.get(c)).manifest  # type: ignore[arg-type]
     blob = ObjectId.of(text)
-    assert store.record(blob).compressed  # type: ignore[union-attr]
+    assert store.objects.record(blob).compressed  # type: ignore[union-attr]
     target, edit = {
         "type-code": (blob, flip_byte(blob, 0)),
         "truncated-header": (blob, lambda t, db: t.put(blob.raw, b"\x00\x00", db=db)),
@@ -128,8 +128,8 @@ def test_damaged_records_are_corrupt(store_path: Path, store: Store, damage: str
 
 def test_missing_object_breaks_closure_and_its_ref(store_path: Path, store: Store) -> None:
     c = snapshot(store, [b"one", b"two"])
-    store.set_ref("refs/heads/main", c)
-    store.set_ref("refs/tags/v1", store.put_object(Tag(c, ObjType.COMMIT, "v1", "t", 0, "pin")))
+    store.refs.set("refs/heads/main", c)
+    store.refs.set("refs/tags/v1", store.objects.put_object(Tag(c, ObjType.COMMIT, "v1", "t", 0, "pin")))
     gone = ObjectId.of(b"two")
     store.close()
     tamper(store_path, drop(gone))
@@ -143,8 +143,8 @@ def test_missing_object_breaks_closure_and_its_ref(store_path: Path, store: Stor
 def test_missing_chunk_of_large_blob(store_path: Path, store: Store) -> None:
     data = os.urandom(store_mod.CHUNK_SIZE + 100)
     c = snapshot(store, [data])
-    store.set_ref("refs/heads/main", c)
-    chunk = store.chunk_ids(ObjectId.of(data))[1]
+    store.refs.set("refs/heads/main", c)
+    chunk = store.objects.chunk_ids(ObjectId.of(data))[1]
     store.close()
     tamper(store_path, drop(chunk))
     with Store(store_path) as s:
@@ -153,11 +153,11 @@ def test_missing_chunk_of_large_blob(store_path: Path, store: Store) -> None:
 
 
 def test_ref_at_blob_or_missing_object_is_bad(store_path: Path, store: Store) -> None:
-    blob = store.put(b"not a commit")
+    blob = store.objects.put(b"not a commit")
     with pytest.raises(BadRefTarget):
-        store.set_ref("refs/heads/odd", blob)
+        store.refs.set("refs/heads/odd", blob)
     c = snapshot(store, [])
-    store.set_ref("refs/heads/main", c)
+    store.refs.set("refs/heads/main", c)
     store.close()
     tamper(store_path, drop(c))
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
@@ -176,7 +176,7 @@ def test_references_of_the_wrong_type_are_findings(store: Store) -> None:
     is a finding naming both; well-typed references are not."""
     shapes = {shape.name: shape for shape in wrong_types("fsck")}
     for shape in shapes.values():
-        store.write((otype, data) for _, otype, data in [*shape.refs, shape.bad])
+        store.objects.write((otype, data) for _, otype, data in [*shape.refs, shape.bad])
     report = fsck(store)
     wrong = {f.oid: f.message for f in report.errors if f.kind == WRONG_TYPE}
     # a tag that names a blob fails validation itself: a corrupt tag, its target unchecked
@@ -189,15 +189,15 @@ def test_references_of_the_wrong_type_are_findings(store: Store) -> None:
 
 def test_what_cannot_be_shown_is_corrupt(store: Store) -> None:
     parts = Parts("fsck")
-    store.write((otype, data) for _, otype, data in [parts.blob, parts.env, parts.node, parts.commit])
+    store.objects.write((otype, data) for _, otype, data in [parts.blob, parts.env, parts.node, parts.commit])
     bad = {make(parts)[0]: name for name, make in UNSHOWABLE.items()}
-    store.write((otype, data) for _, otype, data in (make(parts) for make in UNSHOWABLE.values()))
+    store.objects.write((otype, data) for _, otype, data in (make(parts) for make in UNSHOWABLE.values()))
     corrupt = {f.oid for f in fsck(store).errors if f.kind == CORRUPT}
     assert corrupt == set(bad)
 
 
 def test_progress_reports_every_object(store: Store) -> None:
-    store.write([(ObjType.BLOB, b"x%d" % i) for i in range(40)])
+    store.objects.write([(ObjType.BLOB, b"x%d" % i) for i in range(40)])
     calls: list[tuple[int, int]] = []
     fsck(store, progress=lambda done, total: calls.append((done, total)))
     assert len(calls) == 40 and calls[-1] == (40, 40)
@@ -208,10 +208,10 @@ def test_progress_reports_every_object(store: Store) -> None:
 
 def test_gc_frees_old_garbage_and_keeps_reachable(store: Store) -> None:
     keep = snapshot(store, [b"kept artifact" * 100])
-    store.set_ref("refs/heads/main", keep)
+    store.refs.set("refs/heads/main", keep)
     junk = [os.urandom(10_000), b"compressible junk " * 1000]
-    junk_ids = [store.put(d) for d in junk]
-    big = store.put(os.urandom(store_mod.CHUNK_SIZE + 1))  # chunked: chunks go with it
+    junk_ids = [store.objects.put(d) for d in junk]
+    big = store.objects.put(os.urandom(store_mod.CHUNK_SIZE + 1))  # chunked: chunks go with it
     before = stats(store)
 
     report = gc(store, now=store.clock() + 15 * DAY)
@@ -220,18 +220,18 @@ def test_gc_frees_old_garbage_and_keeps_reachable(store: Store) -> None:
     assert report.raw_bytes_freed == sum(map(len, junk)) + store_mod.CHUNK_SIZE + 1
     after = stats(store)
     assert before.stored_bytes - after.stored_bytes == report.stored_bytes_freed
-    assert all(store.get(o) is None for o in [*junk_ids, big])
-    assert store.get(ObjectId.of(b"kept artifact" * 100)) is not None
+    assert all(store.objects.get(o) is None for o in [*junk_ids, big])
+    assert store.objects.get(ObjectId.of(b"kept artifact" * 100)) is not None
     assert fsck(store).findings == []  # nothing dangling, nothing broken
 
 
 def test_gc_keeps_young_garbage_and_dry_run_deletes_nothing(store: Store) -> None:
-    loose = store.put(b"written a minute ago")
+    loose = store.objects.put(b"written a minute ago")
     assert gc(store).objects_freed == 0  # default 14-day grace
-    assert store.get(loose) is not None
+    assert store.objects.get(loose) is not None
     dry = gc(store, now=store.clock() + 15 * DAY, dry_run=True)
     assert dry.objects_freed == 1 and dry.dry_run
-    assert store.get(loose) is not None
+    assert store.objects.get(loose) is not None
 
 
 def test_gc_keeps_what_a_young_commit_references(store: Store, clock: Clock) -> None:
@@ -240,16 +240,16 @@ def test_gc_keeps_what_a_young_commit_references(store: Store, clock: Clock) -> 
     # commit does, or a later `set_ref` to that commit would name an incomplete one.
     t0 = clock.now
     clock.now = t0 - 30 * DAY
-    old_blob = store.put(b"old artifact")
+    old_blob = store.objects.put(b"old artifact")
     clock.now = t0
-    env = store.put_object(Env({"d": "cpu"}))
-    node = store.put_object(
+    env = store.objects.put_object(Env({"d": "cpu"}))
+    node = store.objects.put_object(
         ManifestNode(0, 1, entries=((EntryKey(env, "pgo", "k"), Entry(old_blob, 12)),))
     )
-    commit = store.put_object(Commit(node, (), "t", 0, "orphan"))
+    commit = store.objects.put_object(Commit(node, (), "t", 0, "orphan"))
     assert gc(store, now=t0 + 1).objects_freed == 0
-    assert store.get(old_blob) is not None
-    store.set_ref("refs/heads/late", commit)  # the writer comes back and names it
+    assert store.objects.get(old_blob) is not None
+    store.refs.set("refs/heads/late", commit)  # the writer comes back and names it
     assert fsck(store).ok
 
 
@@ -258,14 +258,14 @@ def test_gc_reflog_roots_and_expiry(store: Store, clock: Clock) -> None:
     clock.now = t0 - 30 * DAY
     c1 = snapshot(store, [b"first"], "1")  # objects written long ago...
     clock.now = t0
-    store.set_ref("refs/heads/topic", c1)  # ...named today, then the branch deleted:
-    store.set_ref("refs/heads/topic", None)  # only the reflog still names c1
+    store.refs.set("refs/heads/topic", c1)  # ...named today, then the branch deleted:
+    store.refs.set("refs/heads/topic", None)  # only the reflog still names c1
     kept = gc(store, now=t0 + 5)
-    assert kept.objects_freed == 0 and store.has(c1) and kept.reachable == 4
+    assert kept.objects_freed == 0 and store.objects.has(c1) and kept.reachable == 4
     # past grace, reflog entries stop being roots; past expiry they are dropped
     freed = gc(store, now=t0 + 100 * DAY)
-    assert freed.reflog_expired == 2 and store.reflog() == []
-    assert freed.objects_freed == 4 and not store.has(c1)
+    assert freed.reflog_expired == 2 and store.refs.log() == []
+    assert freed.objects_freed == 4 and not store.objects.has(c1)
 
 
 def test_gc_clears_old_staged_objects_but_keeps_what_young_ones_need(
@@ -273,33 +273,33 @@ def test_gc_clears_old_staged_objects_but_keeps_what_young_ones_need(
 ) -> None:
     t0 = clock.now
     clock.now = t0 - 30 * DAY
-    blob = store.put(b"arrived before its manifest")
+    blob = store.objects.put(b"arrived before its manifest")
     stale = ManifestNode(0, 0)
-    store.stage_put([(stale.id, ObjType.NODE, stale.encode())])
+    store.stage.put([(stale.id, ObjType.NODE, stale.encode())])
     clock.now = t0
-    env = store.put_object(Env({"d": "cpu"}))
+    env = store.objects.put_object(Env({"d": "cpu"}))
     fresh = ManifestNode(0, 1, entries=((EntryKey(env, "pgo", "k"), Entry(blob, 27)),))
-    store.stage_put([(fresh.id, ObjType.NODE, fresh.encode())])
+    store.stage.put([(fresh.id, ObjType.NODE, fresh.encode())])
     report = gc(store, now=t0 + 1)
     assert report.stage_cleared == 1
-    assert store.stage_get(stale.id) is None and store.stage_get(fresh.id) is not None
-    assert store.has(blob)  # a pull in progress still needs it
-    assert store.promote([fresh.id]) == 1 and fsck(store).ok
+    assert store.stage.get(stale.id) is None and store.stage.get(fresh.id) is not None
+    assert store.objects.has(blob)  # a pull in progress still needs it
+    assert store.stage.promote([fresh.id]) == 1 and fsck(store).ok
 
 
 def test_gc_spares_an_object_rewritten_after_the_mark(store: Store, clock: Clock) -> None:
     # the sweep re-reads write times inside its transaction
     t0 = clock.now
     clock.now = t0 - 30 * DAY
-    oid = store.put(b"about to be reused")
+    oid = store.objects.put(b"about to be reused")
     clock.now = t0
-    store.put(b"about to be reused")  # a writer re-puts it before naming it
-    assert store.sweep([oid], before=int(t0 - DAY)) == []
-    assert store.has(oid)
+    store.objects.put(b"about to be reused")  # a writer re-puts it before naming it
+    assert store.maintenance.sweep([oid], before=int(t0 - DAY)) == []
+    assert store.objects.has(oid)
 
 
 def test_objects_without_write_time_are_never_swept(store_path: Path, store: Store, clock: Clock) -> None:
-    oid = store.put(b"from an older cas")
+    oid = store.objects.put(b"from an older cas")
     store.close()
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:
@@ -307,14 +307,14 @@ def test_objects_without_write_time_are_never_swept(store_path: Path, store: Sto
     env.close()
     with Store(store_path, clock=clock) as s:
         assert gc(s, now=clock.now + 100 * DAY).objects_freed == 0
-        assert s.object_time(oid) == int(clock.now)  # its age starts at this gc
+        assert s.maintenance.object_time(oid) == int(clock.now)  # its age starts at this gc
 
 
 def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
     store_path: Path, store: Store, clock: Clock
 ) -> None:
     t0 = clock.now
-    old = store.put(b"stamped per object by an earlier cas")
+    old = store.objects.put(b"stamped per object by an earlier cas")
     store.close()
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30)
     with env.begin(write=True) as txn:  # the per-object form: 32-byte id -> u32 LE
@@ -323,13 +323,13 @@ def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
         txn.put(old.raw, struct.pack("<I", int(t0) - 30 * DAY), db=db)
     env.close()
     with Store(store_path, clock=clock) as s:
-        assert s.object_time(old) == int(t0) - 30 * DAY
+        assert s.maintenance.object_time(old) == int(t0) - 30 * DAY
         clock.now = t0
-        young = [s.put(b"young %d" % i) for i in range(3)]
+        young = [s.objects.put(b"young %d" % i) for i in range(3)]
         for _ in range(3):
-            s.write([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
+            s.objects.write([(ObjType.BLOB, b"young %d" % i) for i in range(3)])  # re-puts log again
         assert gc(s, now=t0 + 1).objects_freed == 1  # the old one, past its grace
-        assert s.object_times() == dict.fromkeys(young, int(t0))
+        assert s.maintenance.object_times() == dict.fromkeys(young, int(t0))
     # compaction left one entry per live id, none of the old form (docs/format.md, otime)
     env = lmdb.open(str(store_path), max_dbs=8, map_size=1 << 30, readonly=True)
     with env.begin() as txn:
@@ -343,8 +343,8 @@ def test_write_time_log_reads_old_per_object_records_and_gc_compacts_it(
 
 def test_stats_by_type(store: Store) -> None:
     c = snapshot(store, [b"z" * 10_000, os.urandom(1000)])
-    store.set_ref("refs/heads/main", c)
-    store.set_ref("refs/tags/v1", c)
+    store.refs.set("refs/heads/main", c)
+    store.refs.set("refs/tags/v1", c)
     s = stats(store)
     assert {k: v.count for k, v in s.by_type.items()} == {"blob": 2, "env": 1, "node": 1, "commit": 1}
     assert s.by_type["blob"].raw_bytes == 11_000
@@ -357,9 +357,9 @@ def test_stats_by_type(store: Store) -> None:
 def test_ref_stats_counts_entries_by_kind_and_env(store: Store) -> None:
     from cas import manifest
 
-    cpu = store.put_object(Env({"device": "cpu"}))
-    gpu = store.put_object(Env({"device": "h100"}))
-    blob = store.put(b"kernel" * 100)
+    cpu = store.objects.put_object(Env({"device": "cpu"}))
+    gpu = store.objects.put_object(Env({"device": "h100"}))
+    blob = store.objects.put(b"kernel" * 100)
     rows = {
         EntryKey(env, kind, f"k{i}"): Entry(blob, 600)
         for i, (env, kind) in enumerate(
@@ -367,9 +367,9 @@ def test_ref_stats_counts_entries_by_kind_and_env(store: Store) -> None:
         )
     }
     root = manifest.build(store, rows)
-    commit = store.put_object(Commit(root, (), "t", 0, "four entries"))
-    tag = store.put_object(Tag(commit, ObjType.COMMIT, "v1", "t", 0, "pin"))
-    store.set_ref("refs/tags/v1", tag)
+    commit = store.objects.put_object(Commit(root, (), "t", 0, "four entries"))
+    tag = store.objects.put_object(Tag(commit, ObjType.COMMIT, "v1", "t", 0, "pin"))
+    store.refs.set("refs/tags/v1", tag)
     s = stats(store, "refs/tags/v1")  # the tag is followed to its commit
     assert s.manifest is not None and s.manifest.commit == commit and s.manifest.manifest == root
     assert s.manifest.entries == 4 and s.manifest.entry_bytes == 2400
@@ -390,17 +390,17 @@ def test_ref_stats_of_unknown_ref_is_a_clear_error(store: Store) -> None:
 
 def test_write_times_do_not_outlive_their_objects(store: Store) -> None:
     node = ManifestNode(0, 0)
-    store.stage_put([(node.id, ObjType.NODE, node.encode())])
-    assert store.object_time(node.id) is not None
-    store.stage_clear()
-    assert store.object_time(node.id) is None
-    loose = store.put(b"garbage")
+    store.stage.put([(node.id, ObjType.NODE, node.encode())])
+    assert store.maintenance.object_time(node.id) is not None
+    store.stage.clear()
+    assert store.maintenance.object_time(node.id) is None
+    loose = store.objects.put(b"garbage")
     gc(store, now=store.clock() + 15 * DAY)
-    assert store.object_time(loose) is None and store.object_times() == {}
+    assert store.maintenance.object_time(loose) is None and store.maintenance.object_times() == {}
 
 
 def test_zero_grace_frees_what_was_just_written(store: Store) -> None:
     # like `git gc --prune=now`: no youth protection at all (unsafe beside live writers)
-    loose = store.put(b"just now")
+    loose = store.objects.put(b"just now")
     report = gc(store, grace_seconds=0)
-    assert report.objects_freed == 1 and not store.has(loose)
+    assert report.objects_freed == 1 and not store.objects.has(loose)

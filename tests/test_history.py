@@ -9,7 +9,7 @@ from cas.store import Store
 
 
 def test_log_is_newest_first_and_merge_base_finds_the_fork(store: Store) -> None:
-    root = store.put_object(ManifestNode(0, 0))
+    root = store.objects.put_object(ManifestNode(0, 0))
     base = history.commit(store, root, [], "base", when=100)
     left = history.commit(store, root, [base], "left", when=200)
     right = history.commit(store, root, [base], "right", when=300)
@@ -23,8 +23,8 @@ def test_log_is_newest_first_and_merge_base_finds_the_fork(store: Store) -> None
 
 
 def test_commit_changes_builds_on_the_tip(store: Store) -> None:
-    env = store.put(b"env-stand-in")
-    blob = store.put(b"artifact")
+    env = store.objects.put(b"env-stand-in")
+    blob = store.objects.put(b"artifact")
     k1 = EntryKey(env, "inductor", "fkey1")
     k2 = EntryKey(env, "inductor", "fkey2")
     c1 = history.commit_changes(store, "main", {k1: Entry(blob, 8)}, "one")

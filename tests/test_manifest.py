@@ -46,7 +46,7 @@ def other_entry(seed: int, **meta: object) -> Entry:
 
 
 def node(store: Store, oid: ObjectId) -> ManifestNode:
-    got = store.get_typed(oid)
+    got = store.objects.get_typed(oid)
     assert got is not None and got[0] == ObjType.NODE
     return ManifestNode.decode(got[1])
 
@@ -82,9 +82,9 @@ def test_node_encoding_is_the_canonical_codec_encoding() -> None:
 
 def test_empty_manifest_is_a_stored_constant(store: Store) -> None:
     assert m.EMPTY == ManifestNode(0, 0).id
-    assert not store.has(m.EMPTY)
+    assert not store.objects.has(m.EMPTY)
     assert m.build(store, {}) == m.EMPTY
-    assert store.has(m.EMPTY)
+    assert store.objects.has(m.EMPTY)
     assert m.count(store, m.EMPTY) == 0
     assert list(m.entries(store, m.EMPTY)) == []
     assert m.lookup(store, m.EMPTY, EntryKey(ENVS[0], "inductor", "x")) is None
@@ -173,7 +173,7 @@ def test_shrinking_below_leaf_max_collapses_to_the_built_shape(store: Store) -> 
     assert node(store, shrunk).is_leaf
     assert shrunk == m.build(store, {k: data[k] for k in keep})
     emptied = m.update(store, shrunk, {k: None for k in keep})
-    assert emptied == m.EMPTY and store.has(m.EMPTY)
+    assert emptied == m.EMPTY and store.objects.has(m.EMPTY)
 
 
 def test_one_update_writes_each_new_node_once_children_first(store: Store) -> None:
@@ -198,23 +198,23 @@ def test_missing_node_is_object_not_found(store: Store, tmp_path: Path) -> None:
         with pytest.raises(ObjectNotFound, match="missing from the store"):
             m.lookup(other, root, EntryKey(ENVS[0], "inductor", "x"))
     child = node(store, root).children[0][1]
-    store.delete([child])
+    store.maintenance.delete([child])
     with Store(store.path) as again:  # a new handle: nothing cached
         with pytest.raises(ObjectNotFound, match=child.short()):
             list(m.entries(again, root))
 
 
 def test_id_that_is_not_a_node_is_corrupt(store: Store) -> None:
-    blob = store.put(b"just bytes")
+    blob = store.objects.put(b"just bytes")
     with pytest.raises(CorruptObject, match="not a manifest node"):
         m.count(store, blob)
     bad = encode(ObjType.NODE, {"d": 0, "n": 2, "e": [["not", "a", "row"]]})
-    bad_id = store.put(bad, ObjType.NODE)
+    bad_id = store.objects.put(bad, ObjType.NODE)
     with pytest.raises(CorruptObject):
         list(m.entries(store, bad_id))
     lying = encode(ObjType.NODE, {"d": 0, "n": 5, "c": [[1, ENVS[0].raw]]})  # count <= LEAF_MAX
     with pytest.raises(CorruptObject, match="canonical"):
-        m.count(store, store.put(lying, ObjType.NODE))
+        m.count(store, store.objects.put(lying, ObjType.NODE))
 
 
 def test_bad_entries_are_usage_errors(store: Store) -> None:
@@ -258,7 +258,7 @@ def test_diff_sees_metadata_changes_that_compare_equal(store: Store) -> None:
 def test_walk_lists_every_node_children_before_parents(store: Store) -> None:
     root = m.build(store, make_entries(3000))
     order = list(m.walk(store, root))
-    nodes = {r.oid for r in store.iter_records() if r.type == ObjType.NODE}
+    nodes = {r.oid for r in store.objects.iter_records() if r.type == ObjType.NODE}
     assert set(order) == nodes and len(order) == len(nodes)
     seen: set[ObjectId] = set()
     for oid in order:
@@ -467,12 +467,12 @@ def test_check_finds_nothing_in_built_trees_and_names_broken_shapes(store: Store
     assert list(m.check(store, m.build(store, make_entries(3000)))) == []
     assert list(m.check(store, m.build(store, {}))) == []
     pairs = sorted(make_entries(70).items(), key=lambda kv: m.key_hash(kv[0]))
-    deep = store.put_object(ManifestNode(1, 2, entries=tuple(pairs[:2])))
+    deep = store.objects.put_object(ManifestNode(1, 2, entries=tuple(pairs[:2])))
     assert [p.split(" says")[1] for p in m.check(store, deep)] == [" depth 1, sits at depth 0"]
-    unsorted = store.put_object(ManifestNode(0, 2, entries=(pairs[1], pairs[0])))
+    unsorted = store.objects.put_object(ManifestNode(0, 2, entries=(pairs[1], pairs[0])))
     assert any("not sorted" in p for p in m.check(store, unsorted))
-    fat = store.put_object(ManifestNode(1, 70, entries=tuple(pairs)))
-    lying = store.put_object(ManifestNode(0, 100, children=((0, fat),)))
+    fat = store.objects.put_object(ManifestNode(1, 70, entries=tuple(pairs)))
+    lying = store.objects.put_object(ManifestNode(0, 100, children=((0, fat),)))
     found = " | ".join(m.check(store, lying))
     assert "children hold 70" in found and "belong elsewhere" in found and "holds 70 entries" in found
 

@@ -22,8 +22,8 @@ from cas.store import Store
 
 def _commit(store: Store, branch: str, key: str, **metadata: str) -> ObjectId:
     env = Env({"torch_key": "t"})
-    store.put_object(env)
-    blob = store.put(key.encode())
+    store.objects.put_object(env)
+    blob = store.objects.put(key.encode())
     entry = Entry(blob, len(key), None, {})
     return commit_changes(store, branch, {EntryKey(env.id, "inductor", key): entry}, key, metadata)
 
@@ -46,10 +46,10 @@ def test_commits_from_an_untrusted_remote_are_refused_until_it_is_trusted(store:
 def test_what_a_remote_tracking_ref_reaches_is_that_remotes(store: Store) -> None:
     fetched = _commit(store, "incoming", "fa")
     # a commit with no recorded origin (e.g. fetched by an older cas): reachability decides
-    store.set_meta(f"origin.{fetched.hex}", None)
-    store.set_ref("refs/remotes/origin/main", fetched, expected=None, who="t", message="fetch")
+    store.meta.set(f"origin.{fetched.hex}", None)
+    store.refs.set("refs/remotes/origin/main", fetched, expected=None, who="t", message="fetch")
     _commit(store, "main", "fb")
-    store.set_ref("refs/heads/main", fetched, who="t", message="fast-forward pull")
+    store.refs.set("refs/heads/main", fetched, who="t", message="fast-forward pull")
     with pytest.raises(PolicyError, match="origin"):
         trust.check_ref_allowed(store, "main")
     with pytest.raises(PolicyError):
@@ -69,7 +69,7 @@ def test_a_tag_signed_by_a_trusted_key_is_allowed(store: Store) -> None:
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     tag = Tag(target, ObjType.COMMIT, "release/1.0", "ci", int(time.time()), "release")
     signed = Tag(**{**tag.__dict__, "signature": trust.sign(raw, tag.signed_payload())})
-    store.set_ref("refs/tags/release/1.0", store.put_object(signed), expected=None, who="t")
+    store.refs.set("refs/tags/release/1.0", store.objects.put_object(signed), expected=None, who="t")
 
     with pytest.raises(PolicyError):  # signed, but by a key nobody trusts yet
         trust.check_ref_allowed(store, "release/1.0")
@@ -78,7 +78,7 @@ def test_a_tag_signed_by_a_trusted_key_is_allowed(store: Store) -> None:
     with pytest.raises(PolicyError):  # the branch itself is still unsigned remote work
         trust.check_ref_allowed(store, "main")
     forged = Tag(**{**tag.__dict__, "message": "evil", "signature": signed.signature})
-    store.set_ref("refs/tags/forged", store.put_object(forged), expected=None, who="t")
+    store.refs.set("refs/tags/forged", store.objects.put_object(forged), expected=None, who="t")
     with pytest.raises(PolicyError):
         trust.check_ref_allowed(store, "forged")
 
@@ -101,7 +101,7 @@ def test_allowed_commits_reads_only_what_is_new_and_refuses_a_remote_commit_on_t
 def test_allowed_commits_judges_the_value_it_was_given_not_where_the_ref_moved_since(store: Store) -> None:
     untrusted = _commit(store, "main", "fa", remote="team")
     local = _commit(store, "other", "fb")
-    store.set_ref("refs/heads/main", local, who="t", message="reset")  # moved after the read
+    store.refs.set("refs/heads/main", local, who="t", message="reset")  # moved after the read
     with pytest.raises(PolicyError, match="untrusted remote 'team'"):
         trust.AllowedCommits(store).check("refs/heads/main", untrusted)
 
@@ -112,6 +112,6 @@ def test_allowed_commits_peels_a_signed_tag(store: Store) -> None:
     target = _commit(store, "main", "fa", remote="team")
     raw = Ed25519PrivateKey.generate().private_bytes_raw()
     tag = Tag(target, ObjType.COMMIT, "release/1.0", "ci", int(time.time()), "release")
-    signed = store.put_object(Tag(**{**tag.__dict__, "signature": trust.sign(raw, tag.signed_payload())}))
+    signed = store.objects.put_object(Tag(**{**tag.__dict__, "signature": trust.sign(raw, tag.signed_payload())}))
     trust.add_trusted_key(store, trust.public_key(raw))
     assert trust.AllowedCommits(store).check("refs/tags/release/1.0", signed) == target

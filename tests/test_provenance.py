@@ -15,8 +15,8 @@ from cas.trust import check_ref_allowed
 
 
 def _capture(store: Store, name: str) -> None:
-    env = store.put_object(Env({"device": "cpu"}))
-    blob = store.put(name.encode() * 100)
+    env = store.objects.put_object(Env({"device": "cpu"}))
+    blob = store.objects.put(name.encode() * 100)
     history.commit_changes(store, "main", {EntryKey(env, "inductor", name): Entry(blob, 400)}, name)
 
 

@@ -19,7 +19,7 @@ from cas.store import Store
 
 
 def _chain(store: Store, n: int) -> list:
-    root = store.put_object(ManifestNode(0, 0))
+    root = store.objects.put_object(ManifestNode(0, 0))
     ids, parents = [], []
     for i in range(n):
         oid = history.commit(store, root, parents, f"c{i}", when=1000 + i)
@@ -53,7 +53,7 @@ def test_branch_resolution_and_ancestry_suffixes(store: Store) -> None:
 
 def test_ambiguous_prefix_is_reported(store: Store) -> None:
     # 300 blobs make a shared 4-hex-digit... not guaranteed; search for a real collision.
-    ids = [store.put(str(i).encode()) for i in range(5000)]
+    ids = [store.objects.put(str(i).encode()) for i in range(5000)]
     seen: dict[str, object] = {}
     prefix = None
     for oid in ids:
@@ -75,8 +75,8 @@ def test_cas_update_refuses_stale_expectation(store: Store) -> None:
     with pytest.raises(RefConflict):
         refs.set_branch(store, "main", b, expected=b)
     refs.set_branch(store, "main", b, expected=a)
-    assert store.get_ref("refs/heads/main") == b
-    log = store.reflog("refs/heads/main")
+    assert store.refs.get("refs/heads/main") == b
+    log = store.refs.log("refs/heads/main")
     assert [(e.old, e.new) for e in log] == [(None, a), (a, b)]
 
 
@@ -85,7 +85,7 @@ def test_ref_to_missing_object_is_refused(store: Store) -> None:
 
     with pytest.raises(ObjectNotFound):
         refs.set_branch(store, "main", ObjectId.of(b"never stored"))
-    assert store.get_ref("refs/heads/main") is None
+    assert store.refs.get("refs/heads/main") is None
 
 
 def test_tags_never_move_without_force(store: Store) -> None:
@@ -103,10 +103,10 @@ def test_tags_never_move_without_force(store: Store) -> None:
 def test_an_annotated_tag_pins_a_commit_or_tag_only(store: Store) -> None:
     """A tag of a blob, env or node would be refused by every receiver (docs/format.md)."""
     (a,) = _chain(store, 1)
-    blob = store.put(b"just bytes")
+    blob = store.objects.put(b"just bytes")
     with pytest.raises(BadRefTarget, match=f"cannot tag {blob.short()}: a blob, not a commit or tag"):
         refs.create_tag(store, "v0", blob, message="a tag of a blob")
-    assert store.list_refs("refs/tags/") == {}
+    assert store.refs.as_dict("refs/tags/") == {}
     inner = refs.create_tag(store, "inner", a, message="of a commit")
     refs.create_tag(store, "outer", inner, message="of a tag")
     assert refs.resolve(store, "outer") == a

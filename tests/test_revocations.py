@@ -26,8 +26,8 @@ GOOD = "fgoodgraph000000000000000000000000000000000000000000"
 def _commit(path: Path, names: dict[str, bytes], message: str, branch: str = "main") -> None:
     """Commit entries ``{cache key: bytes}`` (None bytes removes) on ``branch``."""
     with Store(path) as s:
-        env = s.put_object(ENV)
-        changes = {EntryKey(env, "inductor", k): Entry(s.put(d), len(d)) for k, d in names.items()}
+        env = s.objects.put_object(ENV)
+        changes = {EntryKey(env, "inductor", k): Entry(s.objects.put(d), len(d)) for k, d in names.items()}
         history.commit_changes(s, branch, changes, message, {"producer": "test", "host": "machine-a"})
 
 
@@ -88,8 +88,8 @@ def test_a_revocation_from_an_untrusted_remote_is_ignored_with_a_warning(cas: An
     assert "warning: cas/revocations from the remote not taken: 1 revocation(s) ignored" in proc.stderr
     assert _revoked(b.store) == set()
     with Store(b.store) as s:
-        assert s.get_ref(revocations.REF) is None  # kept only in refs/remotes/origin/...
-        assert s.get_ref("refs/remotes/origin/cas/revocations") is not None
+        assert s.refs.get(revocations.REF) is None  # kept only in refs/remotes/origin/...
+        assert s.refs.get("refs/remotes/origin/cas/revocations") is not None
     # trusting the remote later and fetching again takes it in
     b("remote", "remove", "origin")
     b("remote", "add", "origin", str(a.store), "--trusted")
@@ -115,12 +115,12 @@ def test_a_signed_revocation_is_honoured_from_an_untrusted_remote(cas: Any, tmp_
     assert _revoked(b.store) == {_blob_of(a.store, BAD)}
     # a forged copy (another reason under the same signature) is not honoured
     with Store(b.store) as s:
-        tip = s.get_ref(revocations.REF)
+        tip = s.refs.get(revocations.REF)
         assert tip is not None
         c = load_commit(s, tip)
         forged = type(c)(c.manifest, c.parents, c.author, c.time, c.message, {**c.metadata, "reason": "x"})
-        oid = s.put_object(forged)
-        s.set_meta(f"origin.{oid.hex}", f"remote:{a.store}")
+        oid = s.objects.put_object(forged)
+        s.meta.set(f"origin.{oid.hex}", f"remote:{a.store}")
         assert revocations.honoured(s, oid, forged) is not None
 
 
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_writes_nothing(cas: Any) -> None:
     assert a("revoke", BAD, "-m", "  ", ok=False).returncode == 2
     assert _revoked(a.store) == set()
     with Store(a.store) as s:
-        assert s.get_ref(revocations.REF) is None
+        assert s.refs.get(revocations.REF) is None
     a("revoke", BAD, "-m", "once")
     again = a("revoke", BAD, "-m", "twice", ok=False)
     assert again.returncode == 2 and "already revoked by tester@example" in again.stderr
@@ -148,7 +148,7 @@ def test_bad_input_is_one_line_and_writes_nothing(cas: Any) -> None:
 
 def resolve_hex(cas: Any, rev: str) -> str:
     with Store(cas.store) as s:
-        found = s.get_ref(f"refs/tags/{rev}") or s.get_ref(f"refs/heads/{rev}")
+        found = s.refs.get(f"refs/tags/{rev}") or s.refs.get(f"refs/heads/{rev}")
         assert found is not None
         return found.hex
 
@@ -175,7 +175,7 @@ def test_push_then_clone_over_http_carries_revocations(cas: Any, tmp_path: Path,
     with Store(a.store) as s:
         remote = _http(served)
         sync.push(s, remote, [("refs/heads/main", "refs/heads/main")])
-        assert remote.list_refs()[revocations.REF] == s.get_ref(revocations.REF)
+        assert remote.list_refs()[revocations.REF] == s.refs.get(revocations.REF)
     with Store(served.store_path) as s:  # what a token holder pushed counts as made there
         assert len(revocations.load(s)) == 1
     with Store.init(tmp_path / "b") as b:
@@ -210,7 +210,7 @@ def test_revocations_of_two_machines_merge_and_push_on(cas: Any, tmp_path: Path)
     b("push", "origin", "main")
     assert _revoked(b.store) == _revoked(hub.store) == {_blob_of(a.store, BAD), _blob_of(a.store, GOOD)}
     with Store(b.store) as s:
-        assert LocalRemote(hub.store).list_refs()[revocations.REF] == s.get_ref(revocations.REF)
+        assert LocalRemote(hub.store).list_refs()[revocations.REF] == s.refs.get(revocations.REF)
 
 
 @pytest.mark.parametrize("how", ["key", "blob"])

@@ -20,8 +20,8 @@ from cas.trust import check_ref_allowed
 
 def _capture(path: Path, name: str) -> None:
     with Store.init(path) as s:
-        env = s.put_object(Env({"device": "cpu"}))
-        blob = s.put(name.encode() * 100)
+        env = s.objects.put_object(Env({"device": "cpu"}))
+        blob = s.objects.put(name.encode() * 100)
         history.commit_changes(s, "main", {EntryKey(env, "inductor", name): Entry(blob, 400)}, name)
 
 
@@ -65,18 +65,18 @@ def test_trust_is_pinned_to_the_server_id(tmp_path: Path, store_path: Path) -> N
     try:
         with Store(served.store_path) as s, Store(tmp_path / "src") as src:
             sync.push(src, _open(served), [("refs/heads/main", "refs/heads/main")])
-            sid = s.get_meta("store.id")
+            sid = s.meta.get("store.id")
         assert sid
         with Store.init(store_path) as local:
             remotes_config.add(local, "team", served.url)
             remotes_config.set_trusted(local, "team")
             remote = _open(served)
             sync.pull(local, remote, remote_name="team", branch="main")
-            assert provenance.origin(local, local.get_ref("refs/heads/main")) == f"remote:{served.url}#{sid}"
+            assert provenance.origin(local, local.refs.get("refs/heads/main")) == f"remote:{served.url}#{sid}"
             assert check_ref_allowed(local, "main").reason == "trusted-remote"
             # another server behind the same URL (a different store id): not trusted
-            c = local.get_ref("refs/heads/main")
-            local.set_meta(f"origin.{c.hex}", f"remote:{provenance.identity(served.url, 'ab' * 16)}")
+            c = local.refs.get("refs/heads/main")
+            local.meta.set(f"origin.{c.hex}", f"remote:{provenance.identity(served.url, 'ab' * 16)}")
             with pytest.raises(PolicyError):
                 check_ref_allowed(local, "main")
     finally:

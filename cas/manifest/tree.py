@@ -83,7 +83,7 @@ class Tree:
         if rid == EMPTY_RAW:
             return EMPTY_NODE  # a constant; build/update store it when it is a root
         oid = ObjectId(rid)
-        got = self.store.get_typed(oid, verify=True)  # a damaged disk is an error, not a row
+        got = self.store.objects.get_typed(oid, verify=True)  # a damaged disk is an error, not a row
         if got is None:
             raise ObjectNotFound(
                 f"manifest node {oid.short()} is missing from the store",
@@ -224,10 +224,10 @@ class Tree:
             out.append((ObjectId(rid), ObjType.NODE, data))
 
         visit(root)
-        if root == EMPTY_RAW and not self.store.has(EMPTY):
+        if root == EMPTY_RAW and not self.store.objects.has(EMPTY):
             out.append((EMPTY, ObjType.NODE, EMPTY_BYTES))
         if out:
-            self.store.write(out, verified=True)
+            self.store.objects.write(out, verified=True)
         self.stats.nodes_written += len(out)
         self.stats.bytes_written += sum(len(d) for _, _, d in out)
         for oid, _, _ in out:

@@ -42,10 +42,10 @@ class LocalRemote:
         return self._store
 
     def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
-        return self._store.list_refs(prefix)
+        return self._store.refs.as_dict(prefix)
 
     def missing(self, oids: Sequence[ObjectId]) -> list[ObjectId]:
-        return self._store.missing(oids)
+        return self._store.objects.missing(oids)
 
     def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
         sent = count = 0
@@ -70,9 +70,9 @@ class LocalRemote:
         for i in range(0, len(oids), _FETCH_GROUP):
             group = oids[i : i + _FETCH_GROUP]
             if expect:  # types and sizes from the record headers, before any content
-                for oid, rec in self._store.records(o for o in group if o in expect).items():
+                for oid, rec in self._store.objects.records(o for o in group if o in expect).items():
                     pack.check_expected(oid, rec.type, rec.raw_size, expect[oid], self.url)
-            got = self._store.get_many(group)
+            got = self._store.objects.get_many(group)
             for oid, (otype, body) in got.items():
                 out.append((oid, otype, body))
                 size += len(body)
@@ -82,13 +82,13 @@ class LocalRemote:
 
     def update_ref(self, name: str, new: ObjectId | None, expected: ObjectId | None) -> None:
         check_name(name)
-        if new is not None and not self._store.has(new):
+        if new is not None and not self._store.objects.has(new):
             raise ObjectNotFound(
                 f"cannot point {name} at {new.short()}: the remote does not hold it",
                 hint="send the objects before moving the ref",
                 oid=new,
             )
-        self._store.set_ref(name, new, expected=expected, who="remote", message="push")
+        self._store.refs.set(name, new, expected=expected, who="remote", message="push")
 
     def close(self) -> None:
         self._store.close()

@@ -212,7 +212,7 @@ def _read_steps(store: Store, ids: list[ObjectId]) -> list[list[ObjectId]]:
     memory to 1.3 GiB (bench/bench_fleet.py, docs/benchmarks.md). The sizes come from
     the records alone, without reading a payload.
     """
-    sizes = store.records(ids)
+    sizes = store.objects.records(ids)
     steps: list[list[ObjectId]] = [[]]
     size = 0
     for oid in ids:
@@ -241,12 +241,12 @@ def _pack_stream(
             for step in _read_steps(stores.get(), ids[i : i + 64]):
                 store = stores.get()
                 sent = []
-                for obj in pack.from_store(store, step):
+                for obj in pack.from_store(store.objects, step):
                     if obj is not None:
                         if obj[1] is ObjType.BLOB:
                             sent.append(obj[0])
                         yield obj
-                store.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
+                store.maintenance.note_reads(sent)  # a fetch is a read (gc's eviction order); batched
 
     buf: list[bytes] = []
     size = 0
@@ -280,14 +280,14 @@ async def health(request: Request) -> Response:
 async def list_refs(request: Request) -> Response:
     _authorize(request, Scope.READ)
     prefix = request.query_params.get("prefix", "refs/")
-    found = await run_in_threadpool(lambda: request.app.state.stores.get().list_refs(prefix))
+    found = await run_in_threadpool(lambda: request.app.state.stores.get().refs.as_dict(prefix))
     return JSONResponse({name: oid.hex for name, oid in found.items()})
 
 
 async def missing(request: Request) -> Response:
     _authorize(request, Scope.READ)
     ids = _ids(await _body(request), request.app.state.limits)
-    absent = await run_in_threadpool(lambda: request.app.state.stores.get().missing(ids))
+    absent = await run_in_threadpool(lambda: request.app.state.stores.get().objects.missing(ids))
     request.app.state.metrics.lookup("http", "object", "any", len(ids) - len(absent), len(absent))
     return Response(b"".join(o.raw for o in absent), media_type="application/octet-stream")
 
@@ -327,7 +327,7 @@ async def update_ref(request: Request) -> Response:
         raise UsageError(f"ref update body must be JSON {{new, expected}}: {str(exc)[:100]}") from exc
     who = request.scope.get("cas.token") or "anonymous"
     old = await run_in_threadpool(
-        lambda: request.app.state.stores.get().set_ref(
+        lambda: request.app.state.stores.get().refs.set(
             name, new, expected=expected, who=f"cas serve ({who})", message="push"
         )
     )

@@ -90,7 +90,7 @@ class Tokens:
     def from_store(cls, store: Store) -> Tokens:
         records = []
         for name in _meta_names(store):
-            raw = store.get_meta(_META_PREFIX + name)
+            raw = store.meta.get(_META_PREFIX + name)
             if raw:
                 records.append(_record(name, json.loads(raw)))
         return cls(records)
@@ -112,7 +112,7 @@ def _record(name: str, rec: dict[str, str]) -> TokenRecord:
 
 
 def _meta_names(store: Store) -> list[str]:
-    raw = store.get_meta("tokens")
+    raw = store.meta.get("tokens")
     return json.loads(raw) if raw else []
 
 
@@ -138,9 +138,9 @@ def add_token(
         _update_file(Path(path), name, rec)
     elif store is not None:
         names = _meta_names(store)
-        store.set_meta(_META_PREFIX + name, json.dumps(rec))
+        store.meta.set(_META_PREFIX + name, json.dumps(rec))
         if name not in names:
-            store.set_meta("tokens", json.dumps(sorted([*names, name])))
+            store.meta.set("tokens", json.dumps(sorted([*names, name])))
     else:
         raise UsageError("add_token needs a store or a token file")
     return token
@@ -157,8 +157,8 @@ def remove_token(
     names = _meta_names(store)
     if name not in names:
         return False
-    store.set_meta(_META_PREFIX + name, None)
-    store.set_meta("tokens", json.dumps([n for n in names if n != name]))
+    store.meta.set(_META_PREFIX + name, None)
+    store.meta.set("tokens", json.dumps([n for n in names if n != name]))
     return True
 
 

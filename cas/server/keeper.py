@@ -63,12 +63,12 @@ class BudgetKeeper:
         with Store(self.path) as store:
             while not self._stop.wait(self.every):
                 self.round(store)
-            store.flush_reads()
+            store.maintenance.flush_reads()
 
     def round(self, store: Store) -> None:
         """One round: flush reads; after a write, gc if the store is over budget."""
         try:
-            store.flush_reads()
+            store.maintenance.flush_reads()
             if self._wrote.is_set():
                 self._wrote.clear()
                 self._check(store)
@@ -80,7 +80,7 @@ class BudgetKeeper:
         budget = budgets.load(store)
         if budget is None:
             return
-        size = self.size = sum(r.stored_size for r in store.iter_records())
+        size = self.size = sum(r.stored_size for r in store.objects.iter_records())
         if size <= budget.max_size:
             return
         grace = DEFAULT_GRACE_SECONDS if budget.grace_seconds is None else budget.grace_seconds

@@ -157,7 +157,7 @@ class _Committer:
         from cas.store import Store
 
         self.store = Store(store_path)
-        got = self.store.get_typed(self.store.resolve_unique(env_hex))
+        got = self.store.objects.get_typed(self.store.objects.resolve_unique(env_hex))
         if got is None:
             raise SystemExit(f"cas: env {env_hex} is not in the store")
         self.env = Env.decode(got[1])

@@ -208,7 +208,7 @@ class RedisDoor:
                 )
             wanted = envs[0].hex
         try:
-            got = self.store.get_typed(self.store.resolve_unique(wanted))
+            got = self.store.objects.get_typed(self.store.objects.resolve_unique(wanted))
         except (CasError, ValueError):
             got = None
         if got is None or got[0] is not ObjType.ENV:
@@ -226,7 +226,7 @@ class RedisDoor:
             if found is None:
                 return
             self._ref_full = found[0]
-        raw = self.store.get_ref(self._ref_full)
+        raw = self.store.refs.get(self._ref_full)
         if raw == self._ref_raw:
             return
         self._ref_raw = raw
@@ -269,7 +269,7 @@ class RedisDoor:
         hot = self._hot.get(text)
         if hot is not None:
             self._hot.move_to_end(text)
-            self.store.note_reads((hot[1],))  # in memory; written in batches
+            self.store.maintenance.note_reads((hot[1],))  # in memory; written in batches
             return hot[0]
         found = self.reader.get_entry(text)  # notes the read itself
         if found is None:

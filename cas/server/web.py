@@ -78,7 +78,7 @@ class Group:
 
 def _refs(store: Store) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {"branches": [], "tags": [], "remotes": []}
-    for name, oid in sorted(store.list_refs("refs/").items()):
+    for name, oid in sorted(store.refs.as_dict("refs/").items()):
         section = {"heads": "branches", "tags": "tags", "remotes": "remotes"}.get(name.split("/")[1])
         if section:
             out[section].append((refs.short_name(name), oid.hex))
@@ -95,7 +95,7 @@ def _log(store: Store, ref: str) -> list[dict[str, Any]]:
 
 
 def _commit(store: Store, text: str) -> dict[str, Any]:
-    named = store.resolve_unique(text) if len(text) < 64 else ObjectId.parse(text)
+    named = store.objects.resolve_unique(text) if len(text) < 64 else ObjectId.parse(text)
     oid = refs.peel(store, named)  # an annotated tag shows the commit it pins
     commit = refs.load_commit(store, oid)
     # A first commit is diffed against the empty manifest (a constant, never read).
@@ -142,7 +142,7 @@ def _entries(store: Store, ref: str) -> dict[str, Any]:
 
 
 def _env_fields(store: Store, short: str) -> dict[str, str]:
-    got = store.get_typed(store.resolve_unique(short))
+    got = store.objects.get_typed(store.objects.resolve_unique(short))
     return dict(Env.decode(got[1]).fields) if got and got[0] is ObjType.ENV else {}
 
 
@@ -155,7 +155,7 @@ def _explain(store: Store, ref: str, key: str, env: str) -> list[str]:
     from cas.torch.explain import explain_key  # imports no torch when ``here`` is given
 
     try:
-        got = store.get_typed(store.resolve_unique(env))
+        got = store.objects.get_typed(store.objects.resolve_unique(env))
     except CasError as exc:  # not hex, no such object, ambiguous: the form's answer
         return [f"{env[:80]}: {exc.message}"]
     if got is None or got[0] is not ObjType.ENV:

@@ -1,15 +1,23 @@
 """The store: one LMDB environment holding objects, refs, the reflog and format metadata.
 
 This package is the only code that imports lmdb, and no LMDB transaction leaves it.
-Everything that touches the disk goes through :class:`Store`, whose parts live in the
-modules named by their jobs; see docs/format.md ("On-disk layout") for the byte layout.
+Everything that touches the disk goes through :class:`Store`, which holds a few parts,
+each a small surface in the module named by its job (the way dulwich's Repo holds
+``object_store`` and ``refs``); see docs/format.md ("On-disk layout") for the byte layout
+and "The store's surface" for what each part offers.
+
+* ``store.objects``: :mod:`cas.store.objects` (reads) and :mod:`cas.store.writes` (the one
+  write path).
+* ``store.refs``: :mod:`cas.store.refs`, refs (compare-and-swap) and the reflog.
+* ``store.stage``: :mod:`cas.store.staging`, the quarantine of transfers.
+* ``store.maintenance``: :mod:`cas.store.maintenance`, gc's side (write and read times).
+* ``store.meta``: :mod:`cas.store.meta`, the format metadata.
+
+The modules beneath them:
 
 * :mod:`cas.store.env`: the shared LMDB environment, transactions, map growth, errors.
 * :mod:`cas.store.records`: the record codec (pure: header, compression, chunks).
-* :mod:`cas.store.objects`: reads; :mod:`cas.store.writes`: the one write path.
-* :mod:`cas.store.refs`: refs (compare-and-swap) and the reflog.
-* :mod:`cas.store.staging`: the quarantine of transfers.
-* :mod:`cas.store.wtlog`: the write-time log; :mod:`cas.store.maintenance`: gc's side.
+* :mod:`cas.store.wtlog`: the write-time log; :mod:`cas.store.reads`: read times.
 """
 
 from __future__ import annotations
@@ -21,16 +29,26 @@ from pathlib import Path
 
 from cas.digest import DIGEST_SIZE
 from cas.errors import FormatVersionError
-from cas.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE, STORE_FORMAT, Env, Txn
+from cas.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE, STORE_FORMAT, Env
 from cas.store.maintenance import Maintenance
+from cas.store.meta import Meta
+from cas.store.objects import Objects
 from cas.store.records import CHUNK_SIZE, CHUNK_THRESHOLD, Record
 from cas.store.refs import ANY, ReflogEntry, Refs
 from cas.store.staging import Staging
 from cas.store.writes import STREAM_TXN_BYTES, Writes
 
 
-class Store(Staging, Writes, Refs, Maintenance):
-    """A content-addressed object store with refs, in one LMDB environment."""
+class ObjectStore(Objects, Writes):
+    """Objects by id: the reads of :mod:`cas.store.objects`, the writes of :mod:`cas.store.writes`."""
+
+
+class Store:
+    """A content-addressed object store with refs, in one LMDB environment.
+
+    Its parts: :attr:`objects`, :attr:`refs`, :attr:`stage`, :attr:`maintenance`,
+    :attr:`meta`; the store itself opens, closes, and reports LMDB facts.
+    """
 
     def __init__(
         self,
@@ -52,10 +70,13 @@ class Store(Staging, Writes, Refs, Maintenance):
         """
         self.path = Path(path)
         self.clock = clock
-        self._big_reads = False
         self._env = Env(self.path, create=create, durable=durable, clock=clock)
-        self._handle, self._objects_db = self._env.handle, self._env.objects
-        raw = self.get_meta("format")
+        self.objects = ObjectStore(self._env, clock)
+        self.refs = Refs(self._env, clock)
+        self.stage = Staging(self._env, clock, self.objects)
+        self.maintenance = Maintenance(self._env, clock)
+        self.meta = Meta(self._env)
+        raw = self.meta.get("format")
         if raw is None or raw != str(STORE_FORMAT):
             self.close()
             raise FormatVersionError(
@@ -86,19 +107,6 @@ class Store(Staging, Writes, Refs, Maintenance):
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
-    def get_meta(self, key: str) -> str | None:
-        value = self._env.read(lambda txn: txn.get(key.encode(), db=self._env.meta))
-        return None if value is None else bytes(value).decode()
-
-    def set_meta(self, key: str, value: str | None) -> None:
-        def go(txn: Txn) -> None:
-            if value is None:
-                txn.delete(key.encode(), db=self._env.meta)
-            else:
-                txn.put(key.encode(), value.encode(), db=self._env.meta)
-
-        self._env.write(go)
-
     def info(self) -> dict[str, int]:
         """LMDB facts: map size, pages used, entries per named database."""
         return self._env.info()
@@ -114,6 +122,7 @@ __all__ = [
     "DIGEST_SIZE",
     "INITIAL_MAP_SIZE",
     "MAX_MAP_SIZE",
+    "ObjectStore",
     "STORE_FORMAT",
     "STREAM_TXN_BYTES",
     "Record",

@@ -13,10 +13,11 @@ from cas.store.records import Record
 
 
 class Maintenance:
-    """The gc side of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+    """The gc side of the store, :attr:`cas.store.Store.maintenance` (sharing its Env)."""
 
-    _env: Env
-    clock: Callable[[], float]
+    def __init__(self, env: Env, clock: Callable[[], float]) -> None:
+        self._env = env
+        self.clock = clock
 
     def object_times(self) -> dict[ObjectId, int]:
         """Every recorded write time (id -> epoch seconds), objects and staged alike."""

@@ -3,7 +3,7 @@ reads in one transaction, listings, and the record-level look fsck takes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, overload
 
 import lmdb
@@ -20,14 +20,16 @@ _BIG_READ = 16 << 10
 
 
 class Objects:
-    """The object reads of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+    """The object reads of :attr:`cas.store.Store.objects` (sharing the store's Env)."""
 
-    _env: Env
-    _big_reads: bool
-    # the Env's LMDB handle and objects db, at hand for the hot path (an attribute
-    # lookup is a twentieth of a small get)
-    _handle: lmdb.Environment
-    _objects_db: Any
+    def __init__(self, env: Env, clock: Callable[[], float]) -> None:
+        self._env = env
+        self.clock = clock
+        self._big_reads = False
+        # the Env's LMDB handle and objects db, at hand for the hot path (an attribute
+        # lookup is a twentieth of a small get)
+        self._handle: lmdb.Environment = env.handle
+        self._objects_db: Any = env.objects
 
     # -- decoding inside a transaction ---------------------------------------------------
 

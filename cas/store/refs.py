@@ -32,16 +32,17 @@ class ReflogEntry:
 
 
 class Refs:
-    """The refs and reflog of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+    """The refs and reflog of the store, :attr:`cas.store.Store.refs` (sharing its Env)."""
 
-    _env: Env
-    clock: Callable[[], float]
+    def __init__(self, env: Env, clock: Callable[[], float]) -> None:
+        self._env = env
+        self.clock = clock
 
-    def get_ref(self, name: str) -> ObjectId | None:
+    def get(self, name: str) -> ObjectId | None:
         value = self._env.read(lambda txn: txn.get(name.encode(), db=self._env.refs))
         return None if value is None else ObjectId(bytes(value))
 
-    def list_refs(self, prefix: str = "refs/") -> dict[str, ObjectId]:
+    def as_dict(self, prefix: str = "refs/") -> dict[str, ObjectId]:
         start = prefix.encode()
 
         def go(txn: Txn) -> dict[str, ObjectId]:
@@ -57,7 +58,7 @@ class Refs:
 
         return self._env.read(go)
 
-    def set_ref(
+    def set(
         self,
         name: str,
         new: ObjectId | None,
@@ -131,7 +132,7 @@ class Refs:
         value = codec.pack([old.raw if old else None, new.raw if new else None, when, who, message])
         txn.put(prefix + _SEQ.pack(seq), value, db=self._env.reflog)
 
-    def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+    def log(self, name: str | None = None) -> list[ReflogEntry]:
         """Reflog entries, oldest first, for one ref or for all refs."""
         prefix = name.encode() + b"\x00" if name else b""
 
@@ -159,7 +160,7 @@ class Refs:
 
         return self._env.read(go)
 
-    def expire_reflog(self, before: float) -> int:
+    def expire_log(self, before: float) -> int:
         """Drop reflog entries older than ``before`` (epoch seconds). Returns the count."""
 
         def go(txn: Txn) -> int:

@@ -15,17 +15,20 @@ from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.store import records as rc
 from cas.store import wtlog
-from cas.store.env import Txn
+from cas.store.env import Env, Txn
 from cas.store.objects import Objects
 from cas.store.records import Record
 
 
-class Staging(Objects):
-    """The stage of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+class Staging:
+    """The stage of the store, :attr:`cas.store.Store.stage` (sharing its Env)."""
 
-    clock: Callable[[], float]
+    def __init__(self, env: Env, clock: Callable[[], float], objects: Objects) -> None:
+        self._env = env
+        self.clock = clock
+        self._objects = objects  # its record decoding (chunks, compression)
 
-    def stage_put(self, items: Iterable[tuple[ObjectId, ObjType, bytes]]) -> None:
+    def put(self, items: Iterable[tuple[ObjectId, ObjType, bytes]]) -> None:
         records = [(oid, rc.encode(otype, data)) for oid, otype, data in items]
         env = self._env
 
@@ -36,12 +39,12 @@ class Staging(Objects):
 
         env.write(go)
 
-    def stage_get(self, oid: ObjectId) -> tuple[ObjType, bytes] | None:
+    def get(self, oid: ObjectId) -> tuple[ObjType, bytes] | None:
         def go(txn: Txn) -> tuple[ObjType, bytes] | None:
             value = txn.get(oid.raw, db=self._env.stage)
             if value is None:
                 return None
-            return rc.decode(oid, value).type, self._payload(txn, oid, value)
+            return rc.decode(oid, value).type, self._objects._payload(txn, oid, value)
 
         return self._env.read(go)
 
@@ -67,7 +70,7 @@ class Staging(Objects):
 
         return env.write(go)
 
-    def stage_clear(self) -> int:
+    def clear(self) -> int:
         env = self._env
 
         def go(txn: Txn) -> int:
@@ -80,7 +83,7 @@ class Staging(Objects):
 
         return env.write(go)
 
-    def iter_stage(self) -> Iterator[tuple[Record, int | None]]:
+    def entries(self) -> Iterator[tuple[Record, int | None]]:
         """Every staged object's record with its write time (a snapshot)."""
         env = self._env
 
@@ -94,7 +97,7 @@ class Staging(Objects):
 
         yield from env.read(go)
 
-    def stage_expire(self, before: float) -> int:
+    def expire(self, before: float) -> int:
         """Drop staged objects written before ``before`` (or of unknown age)."""
         env = self._env
 

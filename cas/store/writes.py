@@ -28,7 +28,7 @@ _Part = tuple[ObjectId, ObjType, bytes, "bytes | memoryview"]
 
 
 class Writes:
-    """The object writes of :class:`cas.store.Store` (a part of it, sharing its Env)."""
+    """The object writes of :attr:`cas.store.Store.objects` (a part of it, sharing its Env)."""
 
     _env: Env
     clock: Callable[[], float]

@@ -69,14 +69,14 @@ def integrate(
     The ref is moved by compare-and-swap against the value read here, so a concurrent
     local commit makes this fail with RefConflict rather than be overwritten.
     """
-    ours = store.get_ref(ref)
+    ours = store.refs.get(ref)
     if ours is None:
-        store.set_ref(ref, theirs, expected=None, who=who, message=message)
+        store.refs.set(ref, theirs, expected=None, who=who, message=message)
         return Integration(ref, "created", None, theirs)
     if history.is_ancestor(store, theirs, ours):
         return Integration(ref, "up-to-date", ours, ours)
     if history.is_ancestor(store, ours, theirs):
-        store.set_ref(ref, theirs, expected=ours, who=who, message=message + " (fast-forward)")
+        store.refs.set(ref, theirs, expected=ours, who=who, message=message + " (fast-forward)")
         return Integration(ref, "fast-forward", ours, theirs)
     base_commit = history.merge_base(store, ours, theirs)
     base = load_commit(store, base_commit).manifest if base_commit else manifest.EMPTY
@@ -110,6 +110,6 @@ def integrate(
         **({"refused_revoked": [str(k) for k in result.refused]} if result.refused else {}),
     }
     merged = history.commit(store, result.root, [ours, theirs], message, meta, author=who)
-    store.set_ref(ref, merged, expected=ours, who=who, message=message)
+    store.refs.set(ref, merged, expected=ours, who=who, message=message)
     out.new = merged
     return out

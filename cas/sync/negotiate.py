@@ -54,7 +54,7 @@ class Plan:
 
 
 def _typed(store: Store, oid: ObjectId) -> tuple[ObjType, bytes]:
-    return store.require(oid)
+    return store.objects.require(oid)
 
 
 def peel_local(store: Store, oid: ObjectId) -> tuple[ObjectId | None, list[ObjectId]]:
@@ -74,7 +74,7 @@ def held_commits(store: Store, remote_tips: Iterable[ObjectId]) -> set[ObjectId]
     """Commits the remote holds for sure: every ancestor of its tips that we know."""
     starts = []
     for tip in remote_tips:
-        if store.has(tip):
+        if store.objects.has(tip):
             commit, _ = peel_local(store, tip)
             if commit is not None:
                 starts.append(commit)
@@ -90,7 +90,7 @@ def held_commits(store: Store, remote_tips: Iterable[ObjectId]) -> set[ObjectId]
 
 
 def _commit(store: Store, oid: ObjectId) -> Commit:
-    return Commit.decode(store.require(oid)[1])
+    return Commit.decode(store.objects.require(oid)[1])
 
 
 def new_commits(store: Store, tips: Iterable[ObjectId], held: set[ObjectId]) -> list[ObjectId]:
@@ -157,7 +157,7 @@ def plan_push(
 
 def _first_held_root(store: Store, tips: list[ObjectId], held: set[ObjectId]) -> ObjectId | None:
     for tip in tips:
-        if store.has(tip):
+        if store.objects.has(tip):
             commit, _ = peel_local(store, tip)
             if commit is not None and commit in held:
                 return _commit(store, commit).manifest
@@ -187,7 +187,7 @@ def _leaf_references(
     seen: set[bytes] = set()
     sizes: dict[bytes, int] = {}
     for i in range(0, len(nodes), 1024):
-        got = store.get_many(nodes[i : i + 1024])
+        got = store.objects.get_many(nodes[i : i + 1024])
         for oid in nodes[i : i + 1024]:
             _, rows = node_links(got[oid][1])
             for blob, env, size in rows:

@@ -38,7 +38,7 @@ def fetch_partial(
     env_list = sorted(str(e) for e in envs)
     for name, tip in sorted(wanted.items()):
         ref = tracking_ref(remote_name or "_", name) if remote_name else None
-        old = store.get_ref(ref) if ref else None
+        old = store.refs.get(ref) if ref else None
         meta = load_commit(store, old).metadata if old is not None else {}
         if old is not None and meta.get("partial_of_ref") == str(tip) and meta.get("envs") == env_list:
             result.tips[name] = old
@@ -71,7 +71,7 @@ def fetch_partial(
         )
         result.tips[name] = local
         if ref:
-            store.set_ref(ref, local, expected=old, who=identity(), message="partial fetch")
+            store.refs.set(ref, local, expected=old, who=identity(), message="partial fetch")
             result.updates.append(RefUpdate(ref, old, local, "partial", f"of {commit_id.short()}"))
 
 
@@ -83,7 +83,7 @@ def fetch_top(walker: Walker, tip: ObjectId) -> tuple[ObjectId, Commit]:
     """Peel ``tip`` (tags) to its commit, reading the store, the stage, or the remote."""
     oid, types = tip, TOPS
     for _ in range(32):
-        got = walker.store.get_typed(oid)
+        got = walker.store.objects.get_typed(oid)
         if got is None:
             got = walker.structured({oid: types})[oid]
         otype, data = got
@@ -102,7 +102,7 @@ def remote_entries(walker: Walker, root: ObjectId) -> list[tuple[EntryKey, Entry
     out: list[tuple[EntryKey, Entry]] = []
     frontier = [root]
     while frontier:
-        local = set(frontier) - set(store.missing(frontier))
+        local = set(frontier) - set(store.objects.missing(frontier))
         for oid in local:
             out.extend(manifest.entries(store, oid))
         remote_ids = [o for o in frontier if o not in local]

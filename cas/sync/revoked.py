@@ -33,7 +33,7 @@ def take(store: Store, tip: ObjectId | None, remote: str, result: Result) -> Non
     the remote whose identity is ``remote``) if all its new revocations are honoured."""
     if tip is None:
         return
-    local = store.get_ref(REF)
+    local = store.refs.get(REF)
     refused = [why for oid, c in commits_since(store, tip, local) if revoked_rows(c)
                and (why := honoured(store, oid, c)) is not None]
     if refused:
@@ -52,6 +52,6 @@ def take(store: Store, tip: ObjectId | None, remote: str, result: Result) -> Non
 def with_revocations(store: Store, refspecs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """``refspecs`` plus the revocation branch, when this store has one."""
     out = list(refspecs)
-    if store.get_ref(REF) is not None and all(dst != REF for _, dst in out):
+    if store.refs.get(REF) is not None and all(dst != REF for _, dst in out):
         out.append((REF, REF))
     return out

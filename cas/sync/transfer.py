@@ -66,7 +66,7 @@ def push(
     remote_refs = listed_refs(remote)
     todo: list[RefUpdate] = []
     for local_ref, remote_ref in with_revocations(store, refspecs):
-        new = store.get_ref(local_ref)
+        new = store.refs.get(local_ref)
         if new is None:
             raise RefNotFound(f"no local ref {local_ref} to push", ref=local_ref)
         old = remote_refs.get(remote_ref)
@@ -93,7 +93,7 @@ def push(
         result.updates.append(update)
         if remote_name and update.ref.startswith(HEADS) and update.new is not None:
             tracking = f"{REMOTES}{remote_name}/{update.ref[len(HEADS):]}"
-            store.set_ref(tracking, update.new, who=identity(), message="push")
+            store.refs.set(tracking, update.new, who=identity(), message="push")
     result.stats.seconds = time.monotonic() - start
     return result
 
@@ -111,7 +111,7 @@ def _push_status(
             hint="tags never move; use --force to move it anyway",
             ref=ref,
         )
-    if store.has(old):
+    if store.objects.has(old):
         old_commit, _ = negotiate.peel_local(store, old)
         new_commit, _ = negotiate.peel_local(store, new)
         if old_commit is not None and new_commit is not None:
@@ -131,7 +131,7 @@ def _push_status(
 
 def _check_local(store: Store, ids: list[ObjectId]) -> None:
     """Refuse to push from an incomplete store before anything is sent."""
-    lacking = store.missing(ids)
+    lacking = store.objects.missing(ids)
     if lacking:
         raise ObjectNotFound(
             f"cannot push: object {lacking[0].short()} is referenced but not in this store"
@@ -158,7 +158,7 @@ def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]
     them again."""
     for i in range(0, len(ids), READ_GROUP):
         group = ids[i : i + READ_GROUP]
-        for oid, obj in zip(group, pack.from_store(store, group), strict=True):
+        for oid, obj in zip(group, pack.from_store(store.objects, group), strict=True):
             if obj is None:
                 raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
             yield obj
@@ -235,7 +235,7 @@ def fetch(
         _track(store, wanted, remote_name, force, result)
         revocations = wanted.get(REVOCATIONS)
     take(store, revocations, who, result)
-    if remote_name is not None and store.get_meta(CLONE_PENDING) == remote_name:
+    if remote_name is not None and store.meta.get(CLONE_PENDING) == remote_name:
         _finish_clone(store, remote.url, result.tips, envs is not None)
     result.stats.seconds = time.monotonic() - start
     return result
@@ -275,27 +275,27 @@ def _track(
     who = identity()
     for name, oid in sorted(wanted.items()):
         if name.startswith(TAGS):
-            old = store.get_ref(name)
+            old = store.refs.get(name)
             if old == oid:
                 continue
             if old is not None and not force:
                 note = f"local tag is at {old.short()}; tags never move without --force"
                 result.updates.append(RefUpdate(name, old, oid, "rejected", note))
                 continue
-            store.set_ref(name, oid, expected=old, who=who, message="fetch")
+            store.refs.set(name, oid, expected=old, who=who, message="fetch")
             result.updates.append(RefUpdate(name, old, oid, "forced" if old else "new"))
         elif remote_name:
             ref = tracking_ref(remote_name, name)
-            old = store.set_ref(ref, oid, who=who, message="fetch")
+            old = store.refs.set(ref, oid, who=who, message="fetch")
             if old != oid:
                 result.updates.append(RefUpdate(ref, old, oid, "new" if old is None else "updated"))
     if not remote_name:
         return
     heads = {tracking_ref(remote_name, n) for n in wanted if n.startswith(HEADS)}
     prefix = f"{REMOTES}{remote_name}/"
-    for ref, oid in store.list_refs(prefix).items():
+    for ref, oid in store.refs.as_dict(prefix).items():
         if ref not in heads and not ref.startswith(prefix + "tags/"):
-            store.set_ref(ref, None, expected=oid, who=who, message="fetch: pruned")
+            store.refs.set(ref, None, expected=oid, who=who, message="fetch: pruned")
             result.updates.append(RefUpdate(ref, oid, None, "deleted"))
 
 
@@ -368,7 +368,7 @@ def clone(
     options such as ``deadline``). HEAD becomes ``main`` when the
     remote has it, else its first branch.
     """
-    if store.list_refs() and store.get_meta(CLONE_PENDING) != remote_name:
+    if store.refs.as_dict() and store.meta.get(CLONE_PENDING) != remote_name:
         raise UsageError(
             f"the store at {store.path} is not empty", hint="clone into a new directory"
         )
@@ -377,7 +377,7 @@ def clone(
         # Re-running a cut clone finds its own config: that resumes, not an error.
         remotes_config.add(store, remote_name, url, **(options or {}))
     # Until the branches are made: a cut clone is finished by `cas clone` or `cas fetch`.
-    store.set_meta(CLONE_PENDING, remote_name)
+    store.meta.set(CLONE_PENDING, remote_name)
     return fetch(store, remote, remote_name=remote_name, envs=envs, progress=progress,
                  cpu_variant=cpu_variant)
 
@@ -394,17 +394,17 @@ def _finish_clone(store: Store, url: str, tips: dict[str, ObjectId], partial: bo
     for name, tip in sorted(tips.items()):
         if name == REVOCATIONS:
             continue  # made by take() where its revocations are honoured, else not at all
-        if name.startswith(HEADS) or (partial and store.get_ref(name) is None):
+        if name.startswith(HEADS) or (partial and store.refs.get(name) is None):
             # A partial clone cannot hold the remote's tag objects: its tags are
             # lightweight tags of the local partial commits.
-            if store.get_ref(name) is None:
-                store.set_ref(name, tip, expected=None, who=who, message=f"clone from {url}")
+            if store.refs.get(name) is None:
+                store.refs.set(name, tip, expected=None, who=who, message=f"clone from {url}")
             if name.startswith(HEADS):
                 branches.append(name)
     if branches:
         head = HEADS + DEFAULT_BRANCH if HEADS + DEFAULT_BRANCH in branches else branches[0]
-        store.set_meta("HEAD", head)
-    store.set_meta(CLONE_PENDING, None)
+        store.meta.set("HEAD", head)
+    store.meta.set(CLONE_PENDING, None)
 
 
 __all__ = [

@@ -87,7 +87,7 @@ class Walker:
         out: dict[ObjectId, tuple[ObjType, bytes]] = {}
         need = []
         for oid, types in expect.items():
-            got = self.store.stage_get(oid)
+            got = self.store.stage.get(oid)
             if got is not None and got[0] in types:
                 out[oid] = got
             else:
@@ -96,7 +96,7 @@ class Walker:
             batch = need[i : i + FETCH_IDS]
             objs = self._fetch(batch, expect)
             self._count(objs)
-            self.store.stage_put(objs)
+            self.store.stage.put(objs)
             out.update((oid, (t, d)) for oid, t, d in objs)
         return out
 
@@ -113,7 +113,7 @@ class Walker:
         for env in envs:
             expect[env] = expect.get(env, frozenset()) | ENVS  # an env's bytes may be a blob too
         wanted = {oid: blobs.get(oid, 0) for oid in expect}
-        ids = self.store.missing(list(wanted))
+        ids = self.store.objects.missing(list(wanted))
         total = sum(wanted[o] for o in ids)
         done_objects = done_bytes = 0
 
@@ -125,7 +125,7 @@ class Walker:
         def store() -> None:
             # Stores are written here, on one thread: LMDB may grow its map only while
             # no other transaction of this process is open.
-            self.store.write(held, encoded=True)
+            self.store.objects.write(held, encoded=True)
             held.clear()
 
         def done(batch: list[ObjectId], objs: list[WireObject]) -> None:
@@ -222,7 +222,7 @@ def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> list[ObjectId]:
     tags: list[ObjectId] = []
     parents: dict[ObjectId, tuple[ObjectId, ...]] = {}
     roots: list[ObjectId] = []
-    frontier = dict.fromkeys(store.missing(unique(tips)), TOPS)  # ref targets
+    frontier = dict.fromkeys(store.objects.missing(unique(tips)), TOPS)  # ref targets
     seen = set(frontier)
     while frontier:
         got = walker.structured(frontier)
@@ -239,11 +239,11 @@ def fetch_full(walker: Walker, tips: Sequence[ObjectId]) -> list[ObjectId]:
                 roots.append(c.manifest)
                 for p in c.parents:
                     add(nxt, p, COMMITS)
-        frontier = {o: nxt[o] for o in store.missing(list(nxt)) if o not in seen}
+        frontier = {o: nxt[o] for o in store.objects.missing(list(nxt)) if o not in seen}
         seen.update(frontier)
     nodes = fetch_trees(walker, roots)
     order = [*reversed(nodes), *parents_first(parents), *reversed(tags)]
-    store.promote(order)
+    store.stage.promote(order)
     return list(parents)
 
 
@@ -254,7 +254,7 @@ def fetch_trees(walker: Walker, roots: Sequence[ObjectId]) -> list[ObjectId]:
     order: list[ObjectId] = []
     raw_blobs: dict[bytes, int] = {}
     raw_envs: dict[bytes, None] = {}
-    frontier = store.missing(unique(roots))
+    frontier = store.objects.missing(unique(roots))
     seen = set(frontier)
     while frontier:
         got = walker.structured(dict.fromkeys(frontier, NODES))
@@ -267,7 +267,7 @@ def fetch_trees(walker: Walker, roots: Sequence[ObjectId]) -> list[ObjectId]:
                 raw_envs[env] = None
             children.extend(ObjectId(c) for c in kids)
         # A stored subtree is complete (closure), so the walk stops at it.
-        frontier = [o for o in store.missing(unique(children)) if o not in seen]
+        frontier = [o for o in store.objects.missing(unique(children)) if o not in seen]
         seen.update(frontier)
     walker.leaves({ObjectId(k): v for k, v in raw_blobs.items()}, map(ObjectId, raw_envs))
     return order

@@ -362,18 +362,18 @@ def record(
     read too. ``records`` replaces reading the dir (distributed shards, tests); ``since``
     reads only the files written since then (a live session's own measurements).
     """
-    tip = store.get_ref(branch_ref(branch))
+    tip = store.refs.get(branch_ref(branch))
     root = load_commit(store, tip).manifest if tip is not None else manifest.EMPTY
     if records is None:
         env = current_env().id
-        remote = [(ek.key, store.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
+        remote = [(ek.key, store.objects.get(e.blob) or b"") for ek, e in manifest.entries(store, root)
                   if ek.kind == "autotune_remote" and ek.env == env]
         cdir = Path(cache_dir) if cache_dir is not None else _compat.torch_cache_dir()
         records = read_records(cdir, observed=observed, remote_values=remote, method=method, since=since)
     recs = list(records)
     for rec in recs:  # one impossible time or foreign source refuses the whole recording
         rec.check()
-    env_id = store.put_object(current_env())
+    env_id = store.objects.put_object(current_env())
     device = str(recs[0].provenance.get("device", "")) if recs else ""
     result = RecordResult(commit=None, device=device)
     chosen: dict[EntryKey, tuning.Record] = {}
@@ -387,7 +387,7 @@ def record(
         chosen[ek] = rec
     if not chosen:
         return result
-    blobs = store.write([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
+    blobs = store.objects.write([(ObjType.BLOB, r.to_bytes()) for r in chosen.values()])
     changes: dict[EntryKey, Entry | None] = {
         ek: Entry(oid, len(rec.to_bytes()), None, tuning.entry_meta(rec))
         for (ek, rec), oid in zip(chosen.items(), blobs, strict=True)

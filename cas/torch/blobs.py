@@ -8,7 +8,7 @@ autotune records) reads through :func:`read` (or checks a streamed blob with
 :class:`~cas.errors.CorruptObject` and is counted (:func:`refused`); paths that go on
 without it (:func:`read_or_skip`) report it once per process, as one
 :class:`~cas.torch.warn.CasWarning` ("never worse than no cache"), and count it in their
-own result. The hash is taken here rather than by ``store.get(verify=True)`` so that a
+own result. The hash is taken here rather than by ``store.objects.get(verify=True)`` so that a
 blob is hashed once, whatever the store does below.
 """
 
@@ -55,7 +55,7 @@ def check(ek: EntryKey, entry: Entry, actual: ObjectId, size: int) -> None:
 def read(store: Store, ek: EntryKey, entry: Entry) -> bytes:
     """The bytes of ``entry``'s blob, checked (:func:`check`); raises (and counts)
     :class:`CorruptObject` when the store lacks it or it is corrupt."""
-    data = store.get(entry.blob)
+    data = store.objects.get(entry.blob)
     if data is None:
         raise _refuse(CorruptObject(f"blob of {ek} {entry.blob.short()} is missing from the store",
                                     oid=entry.blob, hint="run `cas fsck`"))

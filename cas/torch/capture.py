@@ -104,7 +104,7 @@ def dir_artifacts(cache_dir: Path, pch_dir: Path | None = None) -> list[Artifact
 
 
 def _tip_root(store: Store, branch: str) -> ObjectId | None:
-    tip = store.get_ref(branch_ref(branch))
+    tip = store.refs.get(branch_ref(branch))
     return load_commit(store, tip).manifest if tip is not None else None
 
 
@@ -124,7 +124,7 @@ def commit_artifacts(
     result whose ``commit`` is None when nothing was new.
     """
     env = env or current_env()
-    env_id = store.put_object(env)
+    env_id = store.objects.put_object(env)
     cpu = cpu_fingerprint()
     tools: dict[str, str] | None = None
     root = _tip_root(store, branch)
@@ -140,7 +140,7 @@ def commit_artifacts(
         chosen[ek] = (Artifact(art.kind, ek.key, art.content), guards)
     if not chosen:
         return result
-    blobs = store.write([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
+    blobs = store.objects.write([(ObjType.BLOB, a.content) for a, _ in chosen.values()])
     changes: dict[EntryKey, Entry | None] = {}
     spent_ms = 0
     for (ek, (art, guards)), oid in zip(chosen.items(), blobs, strict=True):

@@ -190,7 +190,7 @@ def _torch_key_hex() -> str:
 def ensure_env(store: Store, env: Env | None = None) -> ObjectId:
     """Store ``env`` (default: the current one) and return its id."""
     env = env or current_env()
-    return store.put_object(env)
+    return store.objects.put_object(env)
 
 
 def env_diff(a: Env, b: Env) -> list[tuple[str, str | None, str | None]]:

@@ -28,7 +28,7 @@ Diff = list[tuple[str, str | None, str | None]]
 
 
 def _load_env(store: Store, oid: ObjectId) -> Env | None:
-    got = store.get_typed(oid)
+    got = store.objects.get_typed(oid)
     if got is None or got[0] != ObjType.ENV:
         return None
     return Env.decode(got[1])

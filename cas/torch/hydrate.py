@@ -171,7 +171,7 @@ def _stream(store: Store, ek: EntryKey, entry: Entry, path: Path,
     hasher, size = Hasher(), 0
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in store.iter_blob(entry.blob):
+            for chunk in store.objects.iter_blob(entry.blob):
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled
                 hasher.update(chunk)
@@ -274,7 +274,7 @@ def hydrate(
         _count(result, ek.kind, len(data))
     # Every matching entry is in use here, written now or already present: a read for
     # a size-bounded gc's eviction order (noted in memory, written in a batch).
-    store.note_reads(used)
+    store.maintenance.note_reads(used)
     if records:
         _write_autotune_records(store, records, root_dir, result)
     if deferred:

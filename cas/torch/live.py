@@ -244,7 +244,7 @@ class LiveCache:
                 if data is not None:
                     self.stats.hits += 1
                     self.stats.bump(kind, "hits")
-                    self.store.note_reads((entry.blob,))
+                    self.store.maintenance.note_reads((entry.blob,))
                     return wrap(kind, data, entry), entry.blob
             self.stats.miss(kind, key)
             if not candidates and (kind, key) in self._revoked_keys:
@@ -351,13 +351,13 @@ class LiveCache:
     def _tip_root(self) -> ObjectId | None:
         assert self.branch is not None
         ref = branch_ref(self.branch)
-        tip = self.store.get_ref(ref)
+        tip = self.store.refs.get(ref)
         if tip is None and self.base is not None:
             try:  # a new record branch starts at the served commit
-                self.store.set_ref(ref, self.base, expected=None, who="cas", message="branch for recording")
+                self.store.refs.set(ref, self.base, expected=None, who="cas", message="branch for recording")
             except CasError:
                 pass  # someone else created it meanwhile: commit on top of theirs
-            tip = self.store.get_ref(ref)
+            tip = self.store.refs.get(ref)
         return load_commit(self.store, tip).manifest if tip is not None else None
 
     def flush(self) -> ObjectId | None:
@@ -380,8 +380,8 @@ class LiveCache:
                     pending.setdefault(k, p)
                 if not pending:
                     return None
-                self.store.write([(ObjType.BLOB, p.data) for p in pending.values()])
-                self.store.put_object(self.env)
+                self.store.objects.write([(ObjType.BLOB, p.data) for p in pending.values()])
+                self.store.objects.put_object(self.env)
                 oid = commit_changes(
                     self.store,
                     self.branch,

@@ -18,7 +18,7 @@ _KEYS_META = "trust.keys"
 
 
 def trusted_keys(store: Store) -> list[bytes]:
-    raw = store.get_meta(_KEYS_META)
+    raw = store.meta.get(_KEYS_META)
     return [bytes.fromhex(k) for k in json.loads(raw)] if raw else []
 
 
@@ -27,7 +27,7 @@ def add_trusted_key(store: Store, public: bytes) -> None:
     if len(public) != 32:
         raise PolicyError("an ed25519 public key is 32 bytes")
     keys = {k.hex() for k in trusted_keys(store)} | {public.hex()}
-    store.set_meta(_KEYS_META, json.dumps(sorted(keys)))
+    store.meta.set(_KEYS_META, json.dumps(sorted(keys)))
 
 
 def sign(private_key: bytes, payload: bytes) -> bytes:

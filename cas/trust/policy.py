@@ -66,7 +66,7 @@ class Verdict:
 
 
 def _signed_tag(store: Store, oid: ObjectId) -> bool:
-    got = store.get_typed(oid)
+    got = store.objects.get_typed(oid)
     if got is None or got[0] != ObjType.TAG:
         return False
     tag = Tag.decode(got[1])
@@ -76,7 +76,7 @@ def _signed_tag(store: Store, oid: ObjectId) -> bool:
 def _untrusted_reach(store: Store) -> dict[ObjectId, str]:
     """Commits reachable from the tracking refs of untrusted remotes, by remote."""
     out: dict[ObjectId, str] = {}
-    for name, tip in store.list_refs(refs.REMOTES).items():
+    for name, tip in store.refs.as_dict(refs.REMOTES).items():
         remote = name[len(refs.REMOTES) :].split("/", 1)[0]
         if remote_trusted(store, remote):
             continue

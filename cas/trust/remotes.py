@@ -23,11 +23,11 @@ def remote_trusted(store: Store, origin: str) -> bool:
     """
     if provenance.is_identity(origin):
         return remotes_config.trust_of(store, origin) is not None
-    if (store.get_meta(f"remote.{origin}.trusted") or "").lower() == "true":
+    if (store.meta.get(f"remote.{origin}.trusted") or "").lower() == "true":
         return True
     return remotes_config.is_trusted(store, origin)
 
 
 def set_remote_trusted(store: Store, name: str, trusted: bool = True) -> None:
     """Mark remote ``name`` trusted (its commits may reach torch) or not."""
-    store.set_meta(f"remote.{name}.trusted", "true" if trusted else None)
+    store.meta.set(f"remote.{name}.trusted", "true" if trusted else None)

@@ -31,18 +31,18 @@ META: dict[str, Any] = {"producer": MARKUP, "token": MARKUP, "bytes": b"\xff\x00
 def _extreme(path: Path) -> dict[str, str]:
     """A store of objects at the edges of what validation allows, and their ids."""
     with Store.init(path) as s:
-        env = s.put_object(Env({"device": MARKUP, "threads": 2**63 - 1, "ratio": 1e308,  # type: ignore[dict-item]
+        env = s.objects.put_object(Env({"device": MARKUP, "threads": 2**63 - 1, "ratio": 1e308,  # type: ignore[dict-item]
                                 "flag": True, "none": None}))
-        blob = s.put(b"artifact bytes")
+        blob = s.objects.put(b"artifact bytes")
         entries = {
             EntryKey(env, "inductor", "fkey1"): Entry(blob, 2**64 - 1, MARKUP, {
                 "time_taken_ms": 2**63 - 1, "compile_ms": 0, "note": MARKUP, "nested": META}),
             EntryKey(env, "x[/]kind", MARKUP, MARKUP): Entry(blob, 0, None, {"time_taken_ms": 2**63 - 1}),
         }
-        first = s.put_object(Commit(manifest.build(s, {}), (), MARKUP, MIN_TIME, MARKUP, META))
-        tip = s.put_object(Commit(manifest.build(s, entries), (first,), MARKUP, MAX_TIME,
+        first = s.objects.put_object(Commit(manifest.build(s, {}), (), MARKUP, MIN_TIME, MARKUP, META))
+        tip = s.objects.put_object(Commit(manifest.build(s, entries), (first,), MARKUP, MAX_TIME,
                                   f"{MARKUP}\n\nsecond line {MARKUP}", META))
-        s.set_ref("refs/heads/main", tip)
+        s.refs.set("refs/heads/main", tip)
         tag = create_tag(s, "release/edge", tip, message=MARKUP)
         report = fsck(s)
         assert report.ok, [str(f) for f in report.errors]  # all of it is valid
@@ -100,8 +100,8 @@ def test_a_time_no_date_can_show_is_shown_as_a_number_and_found_by_fsck(
     with Store.init(store_path) as s:
         body = {"manifest": manifest.build(s, {}).raw, "parents": [], "author": "a", "time": 2**63 - 1,
                 "message": "from the far future", "metadata": {}}
-        far = s.put(encode(ObjType.COMMIT, body), ObjType.COMMIT)
-        s.set_ref("refs/heads/main", far)
+        far = s.objects.put(encode(ObjType.COMMIT, body), ObjType.COMMIT)
+        s.refs.set("refs/heads/main", far)
     assert f"Date:   @{2**63 - 1} UTC" in cas("log").stdout
     assert f"date   @{2**63 - 1} UTC" in cas("show", "main").stdout
     with Store(store_path) as s:

@@ -50,8 +50,8 @@ def test_branch_names_follow_gits_rules(cas: Any, name: str) -> None:
 
 def _source(path: Path) -> None:
     with Store.init(path) as s:
-        env = s.put_object(Env({"device": "cpu"}))
-        changes = {EntryKey(env, "inductor", f"k{i}"): Entry(s.put(b"%d" % i * 999), 999 * len(b"%d" % i))
+        env = s.objects.put_object(Env({"device": "cpu"}))
+        changes = {EntryKey(env, "inductor", f"k{i}"): Entry(s.objects.put(b"%d" % i * 999), 999 * len(b"%d" % i))
                    for i in range(20)}
         history.commit_changes(s, "main", changes, "c")
 
@@ -63,13 +63,13 @@ def test_a_cut_clone_is_finished_by_fetch_or_by_cloning_again(tmp_path: Path) ->
             remote = LocalRemote(tmp_path / "src")
             with pytest.raises(Exception, match="dropped"):
                 sync.clone(store, FaultyRemote(remote, drop_after_fetches=1), url=str(tmp_path / "src"))
-            assert store.get_ref("refs/heads/main") is None
+            assert store.refs.get("refs/heads/main") is None
             if finish == "fetch":
                 sync.fetch(store, remote, remote_name="origin")
             else:
                 sync.clone(store, remote, url=str(tmp_path / "src"))
-            assert store.get_ref("refs/heads/main") is not None
-            assert store.get_meta(CLONE_PENDING) is None
+            assert store.refs.get("refs/heads/main") is not None
+            assert store.meta.get(CLONE_PENDING) is None
 
 
 def test_a_clone_cut_after_its_tracking_refs_resumes(tmp_path: Path) -> None:
@@ -77,11 +77,11 @@ def test_a_clone_cut_after_its_tracking_refs_resumes(tmp_path: Path) -> None:
     with Store.init(tmp_path / "dst") as store:
         remote = LocalRemote(tmp_path / "src")
         # the state a clone killed between its tracking refs and its branches leaves
-        store.set_meta(CLONE_PENDING, "origin")
+        store.meta.set(CLONE_PENDING, "origin")
         sync.fetch(store, FaultyRemote(remote), remote_name="elsewhere")
-        store.set_ref("refs/remotes/origin/main", store.get_ref("refs/remotes/elsewhere/main"))
+        store.refs.set("refs/remotes/origin/main", store.refs.get("refs/remotes/elsewhere/main"))
         sync.clone(store, remote, url=str(tmp_path / "src"))
-        assert store.get_ref("refs/heads/main") == store.get_ref("refs/remotes/origin/main")
+        assert store.refs.get("refs/heads/main") == store.refs.get("refs/remotes/origin/main")
 
 
 def test_a_failed_clone_leaves_nothing_behind(cas: Any, tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from cas.store import Store
 def _seed(store_path: Path) -> dict[str, str]:
     """A store with two commits on main (3 entries, then 1 changed + 1 added)."""
     with Store.init(store_path) as s:
-        env = s.put_object(Env({"device": "cpu-avx2", "torch_version": "2.13.0"}))
-        blobs = [s.put(f"artifact-{i}".encode() * 50) for i in range(5)]
+        env = s.objects.put_object(Env({"device": "cpu-avx2", "torch_version": "2.13.0"}))
+        blobs = [s.objects.put(f"artifact-{i}".encode() * 50) for i in range(5)]
         keys = [EntryKey(env, "inductor", f"fkey{i}") for i in range(4)]
         c1 = history.commit_changes(s, "main", {k: Entry(b, 500) for k, b in zip(keys[:3], blobs[:3], strict=True)}, "first")
         c2 = history.commit_changes(s, "main", {keys[0]: Entry(blobs[3], 500), keys[3]: Entry(blobs[4], 500)}, "second")
@@ -92,7 +92,7 @@ def test_fsck_gc_stats_commands(cas, store_path: Path) -> None:
     st = json.loads(cas("--json", "stats").stdout)
     assert st["by_kind"]["inductor"]["count"] == 4
     with Store(store_path) as s:
-        s.put(b"unreachable garbage" * 100)
+        s.objects.put(b"unreachable garbage" * 100)
     gc = json.loads(cas("--json", "gc", "--grace", "0").stdout)
     assert gc["objects_freed"] >= 1
     assert "ok" in cas("fsck").stdout

@@ -34,15 +34,15 @@ def snapshot(store: Store, rnd: random.Random, parent: ObjectId | None, message:
     if rnd.random() < 0.1:
         sizes.append(CHUNK_SIZE + rnd.randint(1, 1 << 20))  # a chunked blob now and then
     blobs = [rnd.randbytes(n) if rnd.random() < 0.5 else bytes([rnd.randint(0, 9)]) * n for n in sizes]
-    ids = store.write([(ObjType.BLOB, b) for b in blobs])
-    env = store.put_object(Env({"device": "cpu", "writer": str(os.getpid())}))
+    ids = store.objects.write([(ObjType.BLOB, b) for b in blobs])
+    env = store.objects.put_object(Env({"device": "cpu", "writer": str(os.getpid())}))
     rows = sorted(
         (EntryKey(env, "inductor", f"{message}-{i}"), Entry(oid, len(b)))
         for i, (oid, b) in enumerate(zip(ids, blobs, strict=True))
     )
-    node = store.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))
+    node = store.objects.put_object(ManifestNode(0, len(rows), entries=tuple(rows)))
     parents = (parent,) if parent else ()
-    return store.put_object(Commit(node, parents, "crash-writer", int(time.time()), message))
+    return store.objects.put_object(Commit(node, parents, "crash-writer", int(time.time()), message))
 
 
 def context() -> BaseContext:
@@ -67,11 +67,11 @@ def writer(path: str, seed: int, ready: Event | None = None) -> None:
     while True:
         n += 1
         branch = BRANCH if rnd.random() < 0.7 else f"refs/heads/side{rnd.randint(0, 3)}"
-        tip = store.get_ref(branch)
+        tip = store.refs.get(branch)
         commit = snapshot(store, rnd, tip, f"{seed}-{n}")
-        store.set_ref(branch, commit, expected=tip, message="crash writer")
+        store.refs.set(branch, commit, expected=tip, message="crash writer")
         if n % 7 == 0:
-            store.set_ref(f"refs/heads/side{rnd.randint(0, 3)}", None)  # leave garbage
+            store.refs.set(f"refs/heads/side{rnd.randint(0, 3)}", None)  # leave garbage
         if n % 5 == 0:
             collect(store, n, commit)
 
@@ -82,8 +82,8 @@ def collect(store: Store, n: int, tip: ObjectId) -> None:
     if n % 10:
         gc(store, grace_seconds=0)
         return
-    store.note_reads([tip])
-    store.flush_reads()
+    store.maintenance.note_reads([tip])
+    store.maintenance.flush_reads()
     try:
         gc(store, grace_seconds=0, budget=Budget(8 << 20, keep_commits=2))
     except BudgetTooSmall:
@@ -93,15 +93,15 @@ def collect(store: Store, n: int, tip: ObjectId) -> None:
 def committer(path: str, worker: int, count: int, out: Any) -> None:
     """Append ``count`` commits to BRANCH, racing the other committers; report retries."""
     store = Store(path)
-    root = store.put_object(ManifestNode(0, 0))
+    root = store.objects.put_object(ManifestNode(0, 0))
     retries = 0
     for i in range(count):
         while True:
-            tip = store.get_ref(BRANCH)
+            tip = store.refs.get(BRANCH)
             c = Commit(root, (tip,) if tip else (), f"w{worker}", int(time.time()), f"{worker}-{i}")
-            cid = store.put_object(c)
+            cid = store.objects.put_object(c)
             try:
-                store.set_ref(BRANCH, cid, expected=tip)
+                store.refs.set(BRANCH, cid, expected=tip)
                 break
             except RefConflict:
                 retries += 1
@@ -115,7 +115,7 @@ def grower(path: str, megabytes: int, started: Event) -> None:
     started.wait()
     rnd = random.Random(7)
     for _ in range(megabytes // 8):
-        store.write([(ObjType.BLOB, rnd.randbytes(1 << 20)) for _ in range(8)])
+        store.objects.write([(ObjType.BLOB, rnd.randbytes(1 << 20)) for _ in range(8)])
     store.close()
 
 
@@ -128,7 +128,7 @@ def reader(path: str, ids: list[bytes], started: Event, done: Event, out: Any) -
     while not done.is_set() or reads < 50:
         for oid in oids:
             try:
-                got = store.get(oid)
+                got = store.objects.get(oid)
                 if got is None or ObjectId.of(got) != oid:
                     errors.append(f"bad read of {oid.short()}")
             except Exception as exc:  # any error at all is a failure of the test
@@ -152,12 +152,12 @@ def fill(path: str, early_hex: str) -> None:
     written = 0
     try:
         for _ in range(1000):
-            store.write([(ObjType.BLOB, rnd.randbytes(256 << 10)) for _ in range(4)])
+            store.objects.write([(ObjType.BLOB, rnd.randbytes(256 << 10)) for _ in range(4)])
             written += 1
         result: dict[str, Any] = {"error": None}
     except CasError as exc:
         result = {"error": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
-    early = store.get(ObjectId.parse(early_hex))
+    early = store.objects.get(ObjectId.parse(early_hex))
     result.update(batches=written, early_ok=early is not None and ObjectId.of(early).hex == early_hex)
     print(json.dumps(result), flush=True)
 

@@ -31,9 +31,9 @@ def test_eight_racing_committers_lose_nothing(tmp_path: Path) -> None:
         assert p.exitcode == 0
     with Store(path) as store:
         messages = []
-        tip = store.get_ref(workers.BRANCH)
+        tip = store.refs.get(workers.BRANCH)
         while tip is not None:
-            c = Commit.decode(store.require(tip)[1])
+            c = Commit.decode(store.objects.require(tip)[1])
             messages.append(c.message)
             assert len(c.parents) <= 1  # a straight line: every update was a fast-forward
             tip = c.parents[0] if c.parents else None
@@ -43,14 +43,14 @@ def test_eight_racing_committers_lose_nothing(tmp_path: Path) -> None:
             mine = [m for m in reversed(messages) if m.startswith(f"{w}-")]
             assert mine == [f"{w}-{i}" for i in range(per)]
         # every successful update is in the reflog, once
-        assert len(store.reflog(workers.BRANCH)) == procs * per
+        assert len(store.refs.log(workers.BRANCH)) == procs * per
         assert fsck(store).ok
 
 
 def test_readers_survive_map_growth_in_another_process(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with Store.init(path) as store:
-        ids = store.write([(ObjType.BLOB, os.urandom(n)) for n in (10, 5000, 200_000, 1 << 20)])
+        ids = store.objects.write([(ObjType.BLOB, os.urandom(n)) for n in (10, 5000, 200_000, 1 << 20)])
         assert store.info()["map_size"] == INITIAL_MAP_SIZE
     megabytes = 3 * (INITIAL_MAP_SIZE >> 20)
     started, done = CTX.Event(), CTX.Event()
@@ -74,4 +74,4 @@ def test_readers_survive_map_growth_in_another_process(tmp_path: Path) -> None:
         # (a fresh open maps just what the file holds, so check the data, not the map)
         assert info["used_bytes"] > 3 * INITIAL_MAP_SIZE - (4 << 20)
         assert info["objects"] == len(ids) + megabytes
-        assert all(store.get(i, verify=True) is not None for i in ids)
+        assert all(store.objects.get(i, verify=True) is not None for i in ids)

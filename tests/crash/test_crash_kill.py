@@ -35,10 +35,10 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path: Path) -> Non
         with Store(path) as store:
             report = fsck(store)
             assert report.ok, f"after kill {i}: {[str(f) for f in report.errors]}"
-            for name, target in store.list_refs("").items():
-                kind, data = store.require(target)
+            for name, target in store.refs.as_dict("").items():
+                kind, data = store.objects.require(target)
                 assert Commit.decode(data).manifest is not None, name
-            tip = store.get_ref("refs/heads/main")
+            tip = store.refs.get("refs/heads/main")
             commits_seen = max(commits_seen, _depth(store, tip))
     # the kills really interrupted work in progress, not idle processes
     assert commits_seen > KILLS // 2
@@ -48,6 +48,6 @@ def _depth(store: Store, tip: object) -> int:
     n = 0
     while tip is not None:
         n += 1
-        commit = Commit.decode(store.require(tip)[1])  # type: ignore[arg-type]
+        commit = Commit.decode(store.objects.require(tip)[1])  # type: ignore[arg-type]
         tip = commit.parents[0] if commit.parents else None
     return n

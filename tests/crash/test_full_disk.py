@@ -32,10 +32,10 @@ WORKER = Path(__file__).with_name("crash_workers.py")
 def seed(path: Path) -> tuple[str, str]:
     """An early blob and a commit on main, to check afterwards that nothing was lost."""
     with Store.init(path) as store:
-        early = store.put(os.urandom(300_000))
-        root = store.put_object(ManifestNode(0, 0))
-        commit = store.put_object(Commit(root, (), "t", 0, "before the disk filled"))
-        store.set_ref("refs/heads/main", commit)
+        early = store.objects.put(os.urandom(300_000))
+        root = store.objects.put_object(ManifestNode(0, 0))
+        commit = store.objects.put_object(Commit(root, (), "t", 0, "before the disk filled"))
+        store.refs.set("refs/heads/main", commit)
     return early.hex, commit.hex
 
 
@@ -70,9 +70,9 @@ def assert_full_and_intact(result: dict[str, object], path: Path, early: str, co
     assert result["early_ok"] is True and 0 < int(result["batches"]) < 1000  # type: ignore[call-overload]
     assert check_in_fresh_process(path) == "clean"
     with Store(path) as store:
-        assert store.get_ref("refs/heads/main") is not None
-        assert store.get_ref("refs/heads/main").hex == commit  # type: ignore[union-attr]
-        assert store.get(store.resolve_unique(early[:16]), verify=True) is not None
+        assert store.refs.get("refs/heads/main") is not None
+        assert store.refs.get("refs/heads/main").hex == commit  # type: ignore[union-attr]
+        assert store.objects.get(store.objects.resolve_unique(early[:16]), verify=True) is not None
 
 
 def test_file_size_limit_gives_store_full_and_loses_nothing(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_file_size_limit_gives_store_full_and_loses_nothing(tmp_path: Path) -> N
     assert_full_and_intact(result, path, early, commit)
     # once there is room again (no limit here), the same store takes writes
     with Store(path) as store:
-        store.write([(ObjType.BLOB, os.urandom(1 << 20))])
+        store.objects.write([(ObjType.BLOB, os.urandom(1 << 20))])
         assert fsck(store).ok
 
 
@@ -114,7 +114,7 @@ def test_full_small_file_system(tmp_path: Path) -> None:
         with Store(path) as store:
             with pytest.raises(StoreFull) as err:
                 for _ in range(100):
-                    store.write([(ObjType.BLOB, os.urandom(256 << 10)) for _ in range(4)])
+                    store.objects.write([(ObjType.BLOB, os.urandom(256 << 10)) for _ in range(4)])
             assert "\n" not in str(err.value) and err.value.exit_code == 7
             assert "no space left" in str(err.value)
             # the process that hit the wall keeps its store
@@ -122,8 +122,8 @@ def test_full_small_file_system(tmp_path: Path) -> None:
         assert check_in_fresh_process(path) == "clean"
         filler.unlink()
         with Store(path) as store:
-            store.put(os.urandom(100_000))  # room again: writes work again
-            assert store.get_ref("refs/heads/main").hex == commit  # type: ignore[union-attr]
+            store.objects.put(os.urandom(100_000))  # room again: writes work again
+            assert store.refs.get("refs/heads/main").hex == commit  # type: ignore[union-attr]
             assert fsck(store).ok
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)

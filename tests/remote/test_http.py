@@ -220,9 +220,9 @@ def _commit(store_path, n: int) -> ObjectId:
     from cas.store import Store
 
     with Store.init(store_path) as store:
-        env_id = store.put_object(Env({"device": "cpu"}))
+        env_id = store.objects.put_object(Env({"device": "cpu"}))
         arts = [os.urandom(2000) + b"k" * 3000 for _ in range(n)]
-        ids_ = store.write((0, a) for a in arts)  # type: ignore[misc]
+        ids_ = store.objects.write((0, a) for a in arts)  # type: ignore[misc]
         changes = {EntryKey(env_id, "inductor", f"key{i}"): Entry(oid, len(a))
                    for i, (oid, a) in enumerate(zip(ids_, arts, strict=True))}
         return history.commit_changes(store, "main", changes, "artifacts")
@@ -237,13 +237,13 @@ def test_cli_push_and_clone_over_http(served: Served, tmp_path) -> None:
     _cli(tmp_path / "src", "remote", "add", "origin", served.url, "-o", "token_env=PUSH_TOKEN", env=env)
     _cli(tmp_path / "src", "push", "origin", env=env)
     with Store(served.store_path) as remote_store:
-        assert remote_store.get_ref("refs/heads/main") == tip
+        assert remote_store.refs.get("refs/heads/main") == tip
     again = _cli(tmp_path / "src", "--json", "push", "origin", env=env)
     assert '"up-to-date"' in again.stdout
     reader = {**env, "CAS_TOKEN": served.read_token}
     _cli(tmp_path / "dst", "clone", served.url, env=reader)
     with Store(tmp_path / "dst") as dst:
-        assert dst.get_ref("refs/heads/main") == tip
+        assert dst.refs.get("refs/heads/main") == tip
     denied = _cli(tmp_path / "dst", "push", "origin", "main:refs/heads/other", env=reader, ok=False)
     assert denied.returncode == 9 and "lacks write scope" in denied.stderr
     assert "Traceback" not in denied.stderr

@@ -213,7 +213,7 @@ def test_cli_push_and_clone_over_s3(seaweed: Seaweed, s3_url: str, tmp_path: Pat
     _cli(tmp_path / "src", "push", "origin", env=env)
     _cli(tmp_path / "dst", "clone", s3_url, env=env)
     with Store(tmp_path / "dst") as dst:
-        assert dst.get_ref("refs/heads/main") == tip
+        assert dst.refs.get("refs/heads/main") == tip
     bad = {**env, "AWS_SECRET_ACCESS_KEY": "wrong"}
     denied = _cli(tmp_path / "src", "push", "origin", env=bad, ok=False)
     assert denied.returncode == 9 and "Traceback" not in denied.stderr

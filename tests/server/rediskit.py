@@ -77,12 +77,12 @@ def seed(path: Path, origin: str | None = None) -> None:
     with Store(path) as s:
         changes = {}
         for env, data in ((ENV_A, b"graph for A"), (ENV_B, b"graph for B")):
-            s.put_object(env)
-            blob = s.put(data)
+            s.objects.put_object(env)
+            blob = s.objects.put(data)
             changes[EntryKey(env.id, "inductor", "fgraphkey", "")] = Entry(blob, len(data), None, {})
         oid = commit_changes(s, "main", changes, "seed")
         if origin is not None:  # what a pull from that remote records (commit marks local)
-            s.set_meta(f"origin.{oid.hex}", f"remote:{origin}")
+            s.meta.set(f"origin.{oid.hex}", f"remote:{origin}")
 
 
 def start(tmp_path: Path, *args: str) -> Door:
@@ -90,7 +90,7 @@ def start(tmp_path: Path, *args: str) -> Door:
     with Store.init(path) as s:
         write = add_token("w", Scope.WRITE, store=s)
         read = add_token("r", Scope.READ, store=s)
-        s.put_object(ENV_A)
+        s.objects.put_object(ENV_A)
     seed(path)
     server = CasServer(
         path, tmp_path, "--redis-port", "0", "--redis-env", ENV_A.id.hex[:12],

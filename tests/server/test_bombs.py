@@ -43,7 +43,7 @@ def test_server_refuses_bomb_in_bounded_memory(small: Served, shape: str) -> Non
     assert body["error"] in ("MalformedPack", "RequestTooLarge", "CorruptObject")
     assert "\n" not in body["message"]
     with Store(small.store_path) as store:
-        assert store.missing(ids) == ids
+        assert store.objects.missing(ids) == ids
     assert peak_rss(small.server.proc.pid) < LIMIT + HEADROOM
 
 
@@ -54,7 +54,7 @@ def test_server_stores_honest_1gib_blob_without_holding_it(small: Served) -> Non
     resp = post_pack(small, raw_pack([(oid, ObjType.BLOB, GiB, rle_frame(GiB, content_size=GiB))]))
     assert resp.status_code == 200, resp.text
     with Store(small.store_path) as store:
-        assert store.missing([oid]) == []
+        assert store.objects.missing([oid]) == []
     assert peak_rss(small.server.proc.pid) < LIMIT + HEADROOM
 
 
@@ -142,7 +142,7 @@ def test_client_refuses_bomb_from_hostile_server(hostile: ThreadingHTTPServer, t
     assert vm_hwm(status) < LIMIT + HEADROOM
     if dest.exists():
         with Store(dest) as store:
-            assert store.missing([FAKE]) == [FAKE]
+            assert store.objects.missing([FAKE]) == [FAKE]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -160,7 +160,7 @@ def test_a_path_remote_refuses_bombs_and_stores_nothing(tmp_path: Path, shape: s
     finally:
         remote.close()
     with Store(tmp_path / "remote") as store:
-        assert store.missing(ids) == ids
+        assert store.objects.missing(ids) == ids
 
 
 @pytest.mark.parametrize("command", ["clone", "fetch"])
@@ -191,5 +191,5 @@ def test_client_refuses_a_ref_naming_a_real_1gib_blob_before_decoding_it(
     assert grown < HEADROOM, f"{grown >> 20} MiB"
     if dest.exists():
         with Store(dest) as store:
-            assert store.missing([one_gib]) == [one_gib]
-            assert store.list_refs() == {}
+            assert store.objects.missing([one_gib]) == [one_gib]
+            assert store.refs.as_dict() == {}

@@ -40,16 +40,16 @@ def old_history(path: Path, commits: int, per_commit: int, size: int) -> tuple[l
     out: list[list[ObjectId]] = []
     with Store.init(path, durable=False, clock=lambda: month_ago) as s:
         token = add_token("w", Scope.WRITE, store=s)
-        s.put_object(ENV_A)
+        s.objects.put_object(ENV_A)
         tip: ObjectId | None = None
         for i in range(commits):
-            blobs = s.write((ObjType.BLOB, os.urandom(16) + bytes(size - 16)) for _ in range(per_commit))
+            blobs = s.objects.write((ObjType.BLOB, os.urandom(16) + bytes(size - 16)) for _ in range(per_commit))
             entries = {EntryKey(ENV_A.id, "inductor", f"g{j}"): Entry(b, size) for j, b in enumerate(blobs)}
             if i == commits - 1:
-                fx = s.put(b"graph for A")
+                fx = s.objects.put(b"graph for A")
                 entries[EntryKey(ENV_A.id, "inductor", "fgraphkey")] = Entry(fx, 11)
             tip = history.commit(s, manifest.build(s, entries), [tip] if tip else [], f"c{i}", when=i)
-            s.set_ref("refs/heads/main", tip, expected=s.get_ref("refs/heads/main"))
+            s.refs.set("refs/heads/main", tip, expected=s.refs.get("refs/heads/main"))
             if i == 0:
                 create_tag(s, "release/1", tip, message="pin")
             out.append(blobs)
@@ -86,21 +86,21 @@ def test_served_store_counts_reads_and_keeps_to_its_saved_budget(tmp_path: Path)
 
         def evicted() -> bool:
             with Store(path) as s:
-                return len(s.evicted_ids()) >= 15
+                return len(s.maintenance.evicted_ids()) >= 15
 
         until("a budget gc", evicted)
         page = httpx.get(f"{door.server.url}/ui/", cookies={COOKIE: token}).text
         assert "Size budget" in page and "last budget gc evicted" in page
     with Store(path) as s:
         assert stats(s).stored_bytes <= budget
-        reads = s.read_times()
+        reads = s.maintenance.read_times()
         assert all(o in reads for o in blobs[1])  # the HTTP fetch counted
         fx = [e.blob for k, e in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)
               if k.key == "fgraphkey"]
         assert fx and fx[0] in reads  # the Redis GET counted
-        assert sum(s.has(o) for o in blobs[1]) == 10  # read recently: kept
-        assert sum(s.has(o) for o in blobs[0]) == 10  # tagged: kept
-        assert sum(s.has(o) for o in blobs[2] + blobs[3]) <= 5  # never read: evicted first
+        assert sum(s.objects.has(o) for o in blobs[1]) == 10  # read recently: kept
+        assert sum(s.objects.has(o) for o in blobs[0]) == 10  # tagged: kept
+        assert sum(s.objects.has(o) for o in blobs[2] + blobs[3]) <= 5  # never read: evicted first
         assert fsck(s).ok
 
 
@@ -138,11 +138,11 @@ def test_budget_gc_at_scale_beside_concurrent_redis_writes(tmp_path: Path) -> No
         tagged = load_commit(s, resolve(s, "release/1")).manifest
         n = 0
         for _, entry in manifest.entries(s, tagged):  # every tagged entry still reads whole
-            data = s.get(entry.blob)
+            data = s.objects.get(entry.blob)
             assert data is not None and ObjectId.of(data) == entry.blob
             n += 1
         assert n == 10_000
-        assert all(s.has(o) for o in blobs[-1])  # the last commit before the writes: kept
+        assert all(s.objects.has(o) for o in blobs[-1])  # the last commit before the writes: kept
 
 
 def _holds(path: Path, key: str) -> bool:

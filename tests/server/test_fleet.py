@@ -29,13 +29,13 @@ TAG = "release/fleet"
 def _pin(store: Store) -> dict[EntryKey, Entry]:
     """A small pin: a header, kernels and entries of mixed sizes, committed and tagged."""
     rng = random.Random(20)
-    env_id = store.put_object(Env({"device": "cpu", "torch_version": "fleet-test"}))
+    env_id = store.objects.put_object(Env({"device": "cpu", "torch_version": "fleet-test"}))
     sizes = [("cpp_pch", 3 << 20)] + [("cpp_kernel", rng.randint(64 << 10, 1 << 20)) for _ in range(6)]
     sizes += [("inductor", rng.randint(1 << 10, 64 << 10)) for _ in range(60)]
     changes: dict[EntryKey, Entry | None] = {}
     for i, (kind, size) in enumerate(sizes):
         data = rng.randbytes(size // 2) + b"tl.load(in_ptr0 + x0)\n" * (size // 44)
-        oid = store.put(data)
+        oid = store.objects.put(data)
         changes[EntryKey(env_id, kind, f"key{i:03d}")] = Entry(oid, len(data))
     commit = history.commit_changes(store, "main", changes, "fleet pin")
     refs.create_tag(store, TAG, commit, message="the pin")
@@ -47,7 +47,7 @@ def _clone(url: str, token: str, path: Path) -> ObjectId:
     try:
         with Store.init(path) as store:
             transfer.clone(store, remote, url=url)
-            tag = store.get_ref(refs.tag_ref(TAG))
+            tag = store.refs.get(refs.tag_ref(TAG))
             assert tag is not None
             return tag
     finally:
@@ -60,8 +60,8 @@ def test_machines_cloning_one_pin_at_once_all_get_it_whole(served: Served, tmp_p
         pusher = HttpRemote(served.url, token=served.write_token)
         transfer.push(src, pusher, [("refs/heads/main", "refs/heads/main"), (refs.tag_ref(TAG), refs.tag_ref(TAG))])
         pusher.close()
-        want = src.get_ref(refs.tag_ref(TAG))
-        blobs = {e.blob: src.get(e.blob) for e in pinned.values()}
+        want = src.refs.get(refs.tag_ref(TAG))
+        blobs = {e.blob: src.objects.get(e.blob) for e in pinned.values()}
 
     paths = [tmp_path / f"machine{i}" for i in range(MACHINES)]
     with ThreadPoolExecutor(MACHINES) as pool:
@@ -74,5 +74,5 @@ def test_machines_cloning_one_pin_at_once_all_get_it_whole(served: Served, tmp_p
             commit = refs.load_commit(store, refs.resolve(store, refs.tag_ref(TAG)))
             got = dict(manifest.entries(store, commit.manifest))
             assert got == pinned
-            assert all(store.get(oid) == data for oid, data in blobs.items())
+            assert all(store.objects.get(oid) == data for oid, data in blobs.items())
     assert httpx.get(served.url + "/v1/health", timeout=30).status_code == 200

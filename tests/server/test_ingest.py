@@ -31,8 +31,8 @@ def test_a_compressed_frame_is_verified_then_stored_as_sent(tmp_path: Path) -> N
     obj = framed(data)
     with Store.init(tmp_path / "s") as store:
         ingest(store, pack.encode_bytes([obj], level=None))  # the frame travels anyway
-        assert store.get_many_frames([obj[0]])[obj[0]][2] == obj.frame
-        assert store.get(obj[0], verify=True) == data
+        assert store.objects.get_many_frames([obj[0]])[obj[0]][2] == obj.frame
+        assert store.objects.get(obj[0], verify=True) == data
 
 
 def test_a_frame_of_other_bytes_is_rejected_and_nothing_stored(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_a_frame_of_other_bytes_is_rejected_and_nothing_stored(tmp_path: Path) -
     with Store.init(tmp_path / "s") as store:
         with pytest.raises(CorruptObject):
             ingest(store, pack.encode_bytes([lie]))
-        assert not store.has(lie[0])
+        assert not store.objects.has(lie[0])
 
 
 def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
@@ -57,8 +57,8 @@ def test_a_group_commit_keeps_each_pack_all_or_nothing(tmp_path: Path) -> None:
         assert all(p.done for p in packs)
         assert packs[0].error is None and packs[2].error is None
         assert isinstance(packs[1].error, MalformedPack)
-        assert store.has(ObjectId.of(good)) and store.has(ObjectId.of(later))
-        assert not store.has(ObjectId.of(orphan))
+        assert store.objects.has(ObjectId.of(good)) and store.objects.has(ObjectId.of(later))
+        assert not store.objects.has(ObjectId.of(orphan))
 
 
 def test_concurrent_ingests_all_land(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_concurrent_ingests_all_land(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-        assert store.missing([ObjectId.of(b) for b in blobs]) == []
+        assert store.objects.missing([ObjectId.of(b) for b in blobs]) == []
 
 
 def test_an_id_that_is_both_an_entry_blob_and_its_env_may_be_either(tmp_path: Path) -> None:
@@ -86,4 +86,4 @@ def test_an_id_that_is_both_an_entry_blob_and_its_env_may_be_either(tmp_path: Pa
     with Store.init(tmp_path / "s") as store:
         ingest(store, pack.encode_bytes([(ObjectId.of(env), ObjType.ENV, env),
                                          (ObjectId.of(leaf), ObjType.NODE, leaf)]))
-        assert store.missing([ObjectId.of(leaf)]) == []
+        assert store.objects.missing([ObjectId.of(leaf)]) == []

@@ -28,11 +28,11 @@ from server.rediskit import ENV_A, start, wait_until, wire
 def _main(path: Path) -> dict[str, bytes]:
     """main's inductor entries: {key: blob bytes}."""
     with Store(path) as s:
-        tip = s.get_ref("refs/heads/main")
+        tip = s.refs.get("refs/heads/main")
         if tip is None:
             return {}
         pairs = manifest.entries(s, load_commit(s, tip).manifest)
-        return {k.key: s.get(e.blob) or b"" for k, e in pairs}
+        return {k.key: s.objects.get(e.blob) or b"" for k, e in pairs}
 
 
 def _committed(path: Path, keys: dict[str, bytes]) -> bool | None:

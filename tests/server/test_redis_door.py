@@ -126,11 +126,11 @@ def test_corrupt_blobs_are_not_served(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with Store.init(path) as s:
         token = add_token("w", Scope.WRITE, store=s)
-        s.put_object(ENV_A)
+        s.objects.put_object(ENV_A)
         good = b"graph bytes" * 10
         blob = ObjectId.of(good)
         # A fault below the store's own checks: bytes stored under an id they do not hash to.
-        s.write([(blob, ObjType.BLOB, b"X" + good[1:])], verified=True)
+        s.objects.write([(blob, ObjType.BLOB, b"X" + good[1:])], verified=True)
         key = EntryKey(ENV_A.id, "inductor", "fgraphkey", "")
         commit_changes(s, "main", {key: Entry(blob, len(good), None, {})}, "seed")
     assert _door_get(path, tmp_path, token) is None
@@ -199,8 +199,8 @@ def test_a_commit_from_an_untrusted_remote_on_the_served_branch_stops_serving(do
     with Store(door.store) as s:
         data = b"from elsewhere"
         key = EntryKey(ENV_A.id, "inductor", "strangerkey", "")
-        oid = commit_changes(s, "main", {key: Entry(s.put(data), len(data), None, {})}, "pulled")
-        s.set_meta(f"origin.{oid.hex}", "remote:stranger")  # as a pull from it records
+        oid = commit_changes(s, "main", {key: Entry(s.objects.put(data), len(data), None, {})}, "pulled")
+        s.meta.set(f"origin.{oid.hex}", "remote:stranger")  # as a pull from it records
     assert c.get("pt2:fx-graph-v1::strangerkey:c1") is None
     assert c.get(FX_KEY) is None  # the whole ref is refused, not just the new commit
 
@@ -259,7 +259,7 @@ def test_miss_reports_say_what_stock_clients_missed(tmp_path: Path) -> None:
     assert {(m["kind"], m["key"]) for m in got["missed"]} == {("inductor", "fmissing1"), ("inductor", "fmissing2")}
     with Store(d.store) as s:
         assert coverage.report_branch(f"{platform.node()} redis door") in {
-            n.removeprefix("refs/heads/") for n in s.list_refs("refs/heads/")}
+            n.removeprefix("refs/heads/") for n in s.refs.as_dict("refs/heads/")}
 def test_a_revoked_entry_is_nil_from_the_next_get(door: Door) -> None:
     """A revocation that reaches the served store (here written into it, as a push
     does) makes GET nil at once, even for a value the door has just served (hot)."""

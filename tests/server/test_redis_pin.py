@@ -24,7 +24,7 @@ NEW_KEY = "pt2:fx-graph-v1::newkey:c1"
 
 def _tip(path: Path, branch: str) -> ObjectId | None:
     with Store(path) as s:
-        return s.get_ref(f"refs/heads/{branch}")
+        return s.refs.get(f"refs/heads/{branch}")
 
 
 def _wait_commit(path: Path, branch: str, old: ObjectId | None) -> dict[str, bytes]:
@@ -34,7 +34,7 @@ def _wait_commit(path: Path, branch: str, old: ObjectId | None) -> dict[str, byt
                      f"committed to {branch}")
     with Store(path) as s:
         pairs = manifest.entries(s, load_commit(s, tip).manifest)
-        return {k.key: s.get(e.blob) or b"" for k, e in pairs}
+        return {k.key: s.objects.get(e.blob) or b"" for k, e in pairs}
 
 
 def _pin(tmp_path: Path, *args: str) -> Door:

@@ -135,7 +135,7 @@ def _triton_entries(path: Path, old: object) -> tuple[dict, dict[str, bytes]]:
                 return None
             commit = load_commit(s, tip)
             found = {
-                k.key: s.get(e.blob, verify=True)
+                k.key: s.objects.get(e.blob, verify=True)
                 for k, e in manifest.entries(s, commit.manifest)
                 if k.kind == "triton_remote" and k.env == ENV_A.id
             }

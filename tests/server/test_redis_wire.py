@@ -114,7 +114,7 @@ def test_a_trickled_command_costs_work_in_proportion_to_its_bytes(tmp_path: Path
     bound, and quadratic in the command's size."""
     path = tmp_path / "store"
     with Store.init(path) as s:
-        s.put_object(ENV_A)
+        s.objects.put_object(ENV_A)
     seed(path)
     door = RedisDoor(path, None, RedisOptions(port=0, env=ENV_A.id.hex))
     keys = [b"pt2:fx-graph-v1::k%04d:c1" % i for i in range(400)]

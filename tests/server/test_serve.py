@@ -126,7 +126,7 @@ def test_token_add_prints_once_and_stores_only_a_hash(tmp_path: Path) -> None:
     assert json.loads(listed) == [{"name": "ci", "scope": "write"}]
     assert token not in listed
     with Store(store) as st:
-        assert token not in (st.get_meta("token.ci") or "")
+        assert token not in (st.meta.get("token.ci") or "")
         rec = Tokens.from_store(st).check(token)
         assert rec is not None and rec.scope is Scope.WRITE
     cas(store, "token", "remove", "ci")

@@ -68,7 +68,7 @@ def test_malformed_objects_are_refused_with_4xx_and_not_stored(server: Served, n
     assert 400 <= resp.status_code < 500, resp.text
     assert "\n" not in resp.json()["message"]
     with Store(server.store_path) as store:
-        assert store.missing([ObjectId.of(data)]) == [ObjectId.of(data)]
+        assert store.objects.missing([ObjectId.of(data)]) == [ObjectId.of(data)]
 
 
 @pytest.mark.parametrize("time_ms", [-1.0, 0, 1e-300, 0.5])
@@ -79,7 +79,7 @@ def test_an_autotune_entry_claiming_an_impossible_time_is_refused(server: Served
                                          ObjectId.of(blob).raw, len(blob), None, {"time_ms": time_ms}]])
     resp = push(server, (ObjType.BLOB, blob), (ObjType.ENV, env), (ObjType.NODE, node))
     with Store(server.store_path) as store:
-        stored = not store.missing([ObjectId.of(node)])
+        stored = not store.objects.missing([ObjectId.of(node)])
     if time_ms == 0.5:  # a possible time: the same node is taken
         assert resp.status_code < 300 and stored, resp.text
         return
@@ -96,7 +96,7 @@ def test_what_cannot_be_shown_gets_422_with_its_references_at_hand(server: Serve
     assert resp.status_code == 422 and resp.json()["error"] == "CorruptObject", resp.text
     assert "\n" not in resp.json()["message"]
     with Store(server.store_path) as store:
-        assert store.missing([bad[0], parts.commit[0]]) == [bad[0], parts.commit[0]]
+        assert store.objects.missing([bad[0], parts.commit[0]]) == [bad[0], parts.commit[0]]
 
 
 @pytest.mark.parametrize("shape", wrong_types("server"), ids=lambda shape: shape.name)
@@ -107,7 +107,7 @@ def test_a_reference_of_the_wrong_type_gets_422_and_nothing_is_stored(server: Se
     assert shape.says in resp.json()["message"] and "\n" not in resp.json()["message"]
     sent = [shape.bad[0], *(oid for oid, _, _ in shape.refs if oid != EMPTY_NODE)]
     with Store(server.store_path) as store:
-        assert store.missing(sent) == sent
+        assert store.objects.missing(sent) == sent
 
 
 def test_a_ref_names_a_commit_or_tag_only(server: Served) -> None:
@@ -136,9 +136,9 @@ def test_bad_ref_bodies_get_4xx(server: Served, body: bytes, status: int) -> Non
 
 
 def test_fsck_finds_a_malformed_env_and_commit(store_path: Path, store: Store) -> None:
-    env = store.put(b"\x00garbage, stored as an env behind cas's back", ObjType.ENV)
-    commit = store.put(MALFORMED["commit time text"][1], ObjType.COMMIT)
-    good = store.put_object(Commit(store.put_object(ManifestNode(0, 0)), (), "a", 1, "m"))
+    env = store.objects.put(b"\x00garbage, stored as an env behind cas's back", ObjType.ENV)
+    commit = store.objects.put(MALFORMED["commit time text"][1], ObjType.COMMIT)
+    good = store.objects.put_object(Commit(store.objects.put_object(ManifestNode(0, 0)), (), "a", 1, "m"))
     corrupt = {f.oid for f in fsck(store).findings if f.kind == CORRUPT}
     assert corrupt == {env, commit}
     assert good not in corrupt

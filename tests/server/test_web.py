@@ -56,7 +56,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, i
     seed(path)
     with Store(path) as s:
         data = b"aot entry bytes"
-        change = {EntryKey(ENV_A.id, "aot_autograd", "akey", ""): Entry(s.put(data), len(data), None,
+        change = {EntryKey(ENV_A.id, "aot_autograd", "akey", ""): Entry(s.objects.put(data), len(data), None,
                                                                        {"time_taken_ms": 1500})}
         oid = commit_changes(s, "main", change, "second: an AOT entry")
         provenance.mark_local(s, oid)

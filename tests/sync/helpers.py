@@ -40,12 +40,12 @@ def add(
     random_bytes: bool = False,
 ) -> ObjectId:
     """Commit ``n`` entries named ``name-i`` on ``branch``; blobs are stored first."""
-    env_id = store.put_object(env)
+    env_id = store.objects.put_object(env)
     datas = [
         os.urandom(size) if random_bytes else (f"{name}-{i}:".encode() * size)[:size]
         for i in range(n)
     ]
-    blobs = store.write((ObjType.BLOB, d) for d in datas)  # one transaction
+    blobs = store.objects.write((ObjType.BLOB, d) for d in datas)  # one transaction
     changes: dict[EntryKey, Entry | None] = {
         EntryKey(env_id, kind, f"{name}-{i}"): Entry(blob, len(d), None, meta or {})
         for i, (blob, d) in enumerate(zip(blobs, datas, strict=True))

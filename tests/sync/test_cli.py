@@ -41,8 +41,8 @@ def _commit(cli: Cli, store: Path, tmp: Path, name: str) -> None:
     from cas.store import Store
 
     with Store.init(store) as s:
-        env = s.put_object(Env({"device": "cpu"}))
-        blob = s.put(name.encode() * 100)
+        env = s.objects.put_object(Env({"device": "cpu"}))
+        blob = s.objects.put(name.encode() * 100)
         history.commit_changes(s, "main", {EntryKey(env, "inductor", name): Entry(blob, 100 * len(name))}, name)
 
 
@@ -121,10 +121,10 @@ def test_clone_and_pull_env_current_fetch_only_this_machines_entries(cli: Cli, t
     with Store.init(origin) as s:
         changes: dict[EntryKey, Entry | None] = {}
         for env, name in ((here, "mine"), (other, "theirs")):
-            env_id = s.put_object(env)
+            env_id = s.objects.put_object(env)
             for i in range(3):
                 data = f"{name}-{i}".encode() * 500
-                changes[EntryKey(env_id, "inductor", f"{name}-{i}")] = Entry(s.put(data), len(data))
+                changes[EntryKey(env_id, "inductor", f"{name}-{i}")] = Entry(s.objects.put(data), len(data))
         history.commit_changes(s, "main", changes, "two envs")
     local = tmp_path / "local"
     out = json.loads(cli(local, "--json", "clone", str(origin), "--env", "current").stdout)
@@ -140,7 +140,7 @@ def test_clone_and_pull_env_current_fetch_only_this_machines_entries(cli: Cli, t
     with Store(local) as s:
         assert_complete(s)
         theirs = [ObjectId.of(f"theirs-{i}".encode() * 500) for i in range(3)]
-        assert s.missing(theirs) == theirs  # the other env's artifacts never travelled
+        assert s.objects.missing(theirs) == theirs  # the other env's artifacts never travelled
 
 
 def test_push_and_clone_over_cas_serve_with_tokens_from_the_environment(cli: Cli, tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_push_all_and_tags(cli: Cli, tmp_path: Path) -> None:
     cli(r, "init")
     _commit(cli, a, tmp_path, "tagged")
     with Store(a) as s:
-        tip = s.get_ref("refs/heads/main")
+        tip = s.refs.get("refs/heads/main")
         refs.set_branch(s, "feature", tip)
         refs.create_tag(s, "release/1.4", tip, message="the release")
     cli(a, "remote", "add", "origin", str(r))
@@ -182,7 +182,7 @@ def test_push_all_and_tags(cli: Cli, tmp_path: Path) -> None:
     assert sorted(u["ref"] for u in out["updates"]) == [
         "refs/heads/feature", "refs/heads/main", "refs/tags/release/1.4"]
     with Store(r) as s:
-        assert s.get_ref("refs/heads/feature") == tip
+        assert s.refs.get("refs/heads/feature") == tip
         assert refs.resolve(s, "release/1.4") == tip
     err = cli(a, "push", "origin", "nosuch", code=2).stderr
     assert "no local branch or tag 'nosuch'" in err

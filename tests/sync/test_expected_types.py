@@ -49,15 +49,15 @@ def _hostile_origin(path: Path, where: str) -> tuple[ObjectId, str]:
     """A store whose ref leads to a 256 MiB blob at ``where``; the blob's id and the
     type the walk expected there."""
     with new_store(path) as store:
-        big = store.put_stream(_Zeros(BIG))  # type: ignore[arg-type]
-        node = store.put_object(ManifestNode(depth=0, count=0))
+        big = store.objects.put_stream(_Zeros(BIG))  # type: ignore[arg-type]
+        node = store.objects.put_object(ManifestNode(depth=0, count=0))
         if where == "tag target":
             tag = Tag(big, ObjType.COMMIT, "v1", "mallory", 1_700_000_000, "a blob, says commit")
-            store.set_ref("refs/tags/v1", store.put_object(tag))
+            store.refs.set("refs/tags/v1", store.objects.put_object(tag))
             return big, "commit"
         manifest, parents = (big, ()) if where == "commit manifest" else (node, (big,))
         commit = Commit(manifest, parents, "mallory", 1_700_000_000, where, {})
-        store.set_ref("refs/heads/main", store.put_object(commit))
+        store.refs.set("refs/heads/main", store.objects.put_object(commit))
         return big, "node" if where == "commit manifest" else "commit"
 
 
@@ -79,19 +79,19 @@ def test_fetch_refuses_a_blob_where_the_walk_expects_another_type(tmp_path: Path
     assert "\n" not in message
     assert big.short() in message and remote.url in message
     assert f"is a blob of {BIG} bytes, expected a {expected}" in message
-    assert local.missing([big]) == [big]
-    assert local.list_refs() == {}
+    assert local.objects.missing([big]) == [big]
+    assert local.refs.as_dict() == {}
     local.close()
 
 
 def test_a_tag_whose_target_has_another_type_than_it_names_is_refused(tmp_path: Path) -> None:
     """A tag says "commit" and names a tag: the walk expects what the tag names."""
     with new_store(tmp_path / "origin") as store:
-        node = store.put_object(ManifestNode(depth=0, count=0))
-        commit = store.put_object(Commit(node, (), "a", 1_700_000_000, "c", {}))
-        inner = store.put_object(Tag(commit, ObjType.COMMIT, "inner", "a", 1_700_000_000, "m"))
+        node = store.objects.put_object(ManifestNode(depth=0, count=0))
+        commit = store.objects.put_object(Commit(node, (), "a", 1_700_000_000, "c", {}))
+        inner = store.objects.put_object(Tag(commit, ObjType.COMMIT, "inner", "a", 1_700_000_000, "m"))
         outer = Tag(inner, ObjType.COMMIT, "outer", "a", 1_700_000_000, "lies about its target")
-        store.set_ref("refs/tags/outer", store.put_object(outer))
+        store.refs.set("refs/tags/outer", store.objects.put_object(outer))
     local = new_store(tmp_path / "local")
     remote = LocalRemote(tmp_path / "origin")
     try:
@@ -99,7 +99,7 @@ def test_a_tag_whose_target_has_another_type_than_it_names_is_refused(tmp_path: 
             sync.clone(local, remote, remote_name="origin")
     finally:
         remote.close()
-    assert local.list_refs() == {}
+    assert local.refs.as_dict() == {}
     local.close()
 
 
@@ -113,8 +113,8 @@ def _written_behind_ingest(kind: str, request: pytest.FixtureRequest) -> tuple[R
 
         served = request.getfixturevalue("served")
         with Store(served.store_path) as store:
-            store.write((otype, data) for _, otype, data in [parts.blob, bad])
-            store.set_ref("refs/heads/main", bad[0])
+            store.objects.write((otype, data) for _, otype, data in [parts.blob, bad])
+            store.refs.set("refs/heads/main", bad[0])
         return HttpRemote(served.url, token=served.read_token), parts, bad[0]
     from cas.remote.s3 import S3Remote
 
@@ -141,6 +141,6 @@ def test_a_remote_written_behind_ingest_is_refused_by_the_clone(
         remote.close()
     message = caught.value.message
     assert "\n" not in message and f"{parts.blob[0].short()} from" in message and "expected a node" in message
-    assert local.missing([bad, parts.blob[0]]) == [bad, parts.blob[0]]
-    assert local.list_refs() == {}
+    assert local.objects.missing([bad, parts.blob[0]]) == [bad, parts.blob[0]]
+    assert local.refs.as_dict() == {}
     local.close()

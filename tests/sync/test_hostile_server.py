@@ -61,9 +61,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A real store with one commit: what the hostile server's refs and packs are made of."""
     path = tmp_path_factory.mktemp("source")
     with Store.init(path) as s:
-        env = s.put_object(Env({"device": "cpu"}))
+        env = s.objects.put_object(Env({"device": "cpu"}))
         key = EntryKey(env, "inductor", "k")
-        history.commit_changes(s, "main", {key: Entry(s.put(b"x" * 999), 999)}, "c")
+        history.commit_changes(s, "main", {key: Entry(s.objects.put(b"x" * 999), 999)}, "c")
     return Store(path)
 
 
@@ -116,7 +116,7 @@ def clone(hostile: Hostile, tmp_path: Path, code: int, **answers: Handler) -> Ru
 
 
 def _refs(source: Store, names: list[str] | None = None) -> Handler:
-    tip = source.get_ref("refs/heads/main")
+    tip = source.refs.get("refs/heads/main")
     assert tip is not None
     body = "{" + ", ".join(f'"{n}": "{tip.hex}"' for n in names or ["refs/heads/main"]) + "}"
     return fixed(body.encode())
@@ -172,9 +172,9 @@ def test_an_error_answer_cannot_set_the_exit_code(hostile: Hostile, tmp_path: Pa
 
 
 def _pack_of(source: Store, copies: int) -> Handler:
-    tip = source.get_ref("refs/heads/main")
+    tip = source.refs.get("refs/heads/main")
     assert tip is not None
-    otype, data = source.require(tip)
+    otype, data = source.objects.require(tip)
     frame = pack.encode_bytes([(tip, otype, data)], level=None)
     head, body, _ = frame[:9], frame[9:-41], frame[-41:]
     # A pack of the same frame `copies` times, with a trailer that matches it.
@@ -276,8 +276,8 @@ def two_blobs(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A store whose two blobs (6 MiB each) travel in two fetches."""
     path = tmp_path_factory.mktemp("two-blobs")
     with Store.init(path) as s:
-        env = s.put_object(Env({"device": "cpu"}))
-        changes = {EntryKey(env, "inductor", f"k{i}"): Entry(s.put(bytes([i]) * (6 * MiB)), 6 * MiB)
+        env = s.objects.put_object(Env({"device": "cpu"}))
+        changes = {EntryKey(env, "inductor", f"k{i}"): Entry(s.objects.put(bytes([i]) * (6 * MiB)), 6 * MiB)
                    for i in range(2)}
         history.commit_changes(s, "main", changes, "c")
     return Store(path)
@@ -291,11 +291,11 @@ def _honest_then_broken(source: Store) -> Handler:
     async def handler(request: Request) -> Response:
         body = await request.body()
         ids = [ObjectId(body[i : i + 32]) for i in range(0, len(body), 32)]
-        blobs = [o for o in ids if source.require(o)[0] == ObjType.BLOB]
+        blobs = [o for o in ids if source.objects.require(o)[0] == ObjType.BLOB]
         if blobs and sent_blob[0]:
             return Response(b"CASPACK\x00\x01 not a frame")
         sent_blob[0] = sent_blob[0] or bool(blobs)
-        objs = [o for o in pack.from_store(source, ids) if o is not None]
+        objs = [o for o in pack.from_store(source.objects, ids) if o is not None]
         return Response(pack.encode_bytes(objs, level=None), media_type="application/x-cas-pack")
 
     return handler
@@ -312,7 +312,7 @@ def test_a_clone_failing_after_blobs_were_stored_leaves_nothing(
 def test_a_clone_refused_after_objects_arrived_leaves_nothing(
     hostile: Hostile, source: Store, tmp_path: Path
 ) -> None:
-    tip = source.get_ref("refs/heads/main")
+    tip = source.refs.get("refs/heads/main")
     assert tip is not None
     # The commit arrives, then its manifest is answered with the commit again: a verdict
     # (an object not asked for), not a cut; nothing of the clone is kept.

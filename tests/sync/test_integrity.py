@@ -19,9 +19,9 @@ MAIN = [("refs/heads/main", "refs/heads/main")]
 
 def _snapshot(store: Store) -> tuple[set, dict, list]:
     return (
-        {r.oid for r in store.iter_records()},
-        store.list_refs(),
-        [r.oid for r, _ in store.iter_stage()],
+        {r.oid for r in store.objects.iter_records()},
+        store.refs.as_dict(),
+        [r.oid for r, _ in store.stage.entries()],
     )
 
 
@@ -42,11 +42,11 @@ def test_a_remote_missing_a_referenced_object_is_a_clear_error(tmp_path: Path) -
     origin = new_store(tmp_path / "origin")
     add(origin, "x", 5)
     blob = next(iter(entries_of(origin, "main").values())).blob
-    origin.delete([blob])  # break the origin on purpose
+    origin.maintenance.delete([blob])  # break the origin on purpose
     local = new_store(tmp_path / "local")
     with pytest.raises(RemoteError, match="lacks object"):
         sync.pull(local, LocalRemote(tmp_path / "origin"), branch="main", remote_name="origin")
-    assert local.list_refs() == {}
+    assert local.refs.as_dict() == {}
     assert_complete(local)
     origin.close()
     local.close()
@@ -70,7 +70,7 @@ def test_push_from_an_incomplete_store_sends_nothing(tmp_path: Path) -> None:
     local = new_store(tmp_path / "local")
     add(local, "x", 3)
     blob = next(iter(entries_of(local, "main").values())).blob
-    local.delete([blob])
+    local.maintenance.delete([blob])
     with pytest.raises(ObjectNotFound, match="not in this store"):
         sync.push(local, remote, MAIN)
     assert remote.list_refs() == {} and remote.store.info()["objects"] == 0

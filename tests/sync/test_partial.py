@@ -22,13 +22,13 @@ def test_partial_clone_and_pull_fetch_only_the_chosen_envs(tmp_path: Path) -> No
     res = sync.clone(local, remote, envs={ENV_A.id})
     got = entries_of(local, "main")
     assert len(got) == 5 and {k.env for k in got} == {ENV_A.id}
-    assert not any(local.has(b) for b in gpu_blobs)
+    assert not any(local.objects.has(b) for b in gpu_blobs)
     assert remote.fetched_bytes < 50_000  # no gpu artifact travelled
-    head = refs.load_commit(local, local.get_ref("refs/heads/main"))
+    head = refs.load_commit(local, local.refs.get("refs/heads/main"))
     assert head.metadata["partial_of"] == str(tip)
     assert head.metadata["envs"] == [str(ENV_A.id)]
-    assert local.get_ref("refs/remotes/origin/main") == local.get_ref("refs/heads/main")
-    assert res.tips["refs/heads/main"] == local.get_ref("refs/heads/main")
+    assert local.refs.get("refs/remotes/origin/main") == local.refs.get("refs/heads/main")
+    assert res.tips["refs/heads/main"] == local.refs.get("refs/heads/main")
     assert_complete(local)
 
     # Nothing new: one request.
@@ -70,7 +70,7 @@ def test_partial_pull_after_a_full_one_keeps_the_full_entries(tmp_path: Path) ->
     add(origin, "cpu2", 1, env=ENV_A)
     _, done = sync.pull(local, remote, branch="main", remote_name="origin", envs={ENV_A.id})
     # The partial commit is not a child of the full one: the pull merges, keeping both.
-    partial = refs.load_commit(local, local.get_ref("refs/remotes/origin/main"))
+    partial = refs.load_commit(local, local.refs.get("refs/remotes/origin/main"))
     assert partial.parents == () and "partial_of" in partial.metadata
     assert done.kind == "merge"
     assert {k.key for k in entries_of(local, "main")} == {"cpu-0", "cpu-1", "gpu-0", "gpu-1", "cpu2-0"}
@@ -87,9 +87,9 @@ def test_partial_pull_for_a_cpu_leaves_other_cpus_headers_on_the_remote(tmp_path
     from cas.objects import Entry, EntryKey
 
     origin = new_store(tmp_path / "origin")
-    env_id = origin.put_object(ENV_A)
+    env_id = origin.objects.put_object(ENV_A)
     headers = {cpu: os.urandom(40_000) for cpu in ("cpu-aaaa", "cpu-bbbb")}
-    blobs = dict(zip(headers, origin.write((ObjType.BLOB, d) for d in headers.values()), strict=True))
+    blobs = dict(zip(headers, origin.objects.write((ObjType.BLOB, d) for d in headers.values()), strict=True))
     changes: dict[EntryKey, Entry | None] = {
         EntryKey(env_id, "cpp_pch", "h1.h.gch", cpu): Entry(blobs[cpu], len(d), None, {})
         for cpu, d in headers.items()
@@ -102,7 +102,7 @@ def test_partial_pull_for_a_cpu_leaves_other_cpus_headers_on_the_remote(tmp_path
     got = entries_of(local, "main")
     assert {k.variant for k in got if k.kind == "cpp_pch"} == {"cpu-aaaa"}
     assert sum(1 for k in got if k.kind == "inductor") == 2
-    assert not local.has(blobs["cpu-bbbb"]) and remote.fetched_bytes < 80_000
+    assert not local.objects.has(blobs["cpu-bbbb"]) and remote.fetched_bytes < 80_000
     assert_complete(local)
     origin.close()
     local.close()

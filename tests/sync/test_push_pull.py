@@ -46,13 +46,13 @@ def test_push_then_clone_gives_the_same_commits_and_entries(a: Store, b: Store, 
     res = sync.push(a, remote, [*MAIN, ("refs/tags/v1", "refs/tags/v1")], remote_name="origin")
     assert [u.status for u in res.updates] == ["new", "new"]
     assert res.stats.objects > 10 and res.stats.bytes > 0
-    assert a.get_ref("refs/remotes/origin/main") == tip
+    assert a.refs.get("refs/remotes/origin/main") == tip
     assert_complete(remote.store)
 
     sync.clone(b, remote, url=remote.url)
-    assert b.get_ref("refs/heads/main") == tip
-    assert b.get_ref("refs/remotes/origin/main") == tip
-    assert b.get_ref("refs/tags/v1") == a.get_ref("refs/tags/v1")
+    assert b.refs.get("refs/heads/main") == tip
+    assert b.refs.get("refs/remotes/origin/main") == tip
+    assert b.refs.get("refs/tags/v1") == a.refs.get("refs/tags/v1")
     assert entries_of(b, "main") == entries_of(a, "main")
     assert [c.message for _, c in __import__("cas.history").history.log(b, tip)] == ["add two", "add one"]
     assert_complete(b)
@@ -113,9 +113,9 @@ def test_tags_never_move_without_force(a: Store, b: Store, remote: LocalRemote) 
     res = sync.fetch(b, remote, remote_name="origin")
     rejected = [u for u in res.updates if u.status == "rejected"]
     assert [u.ref for u in rejected] == ["refs/tags/v1"]
-    assert b.get_ref("refs/tags/v1") == one
+    assert b.refs.get("refs/tags/v1") == one
     sync.fetch(b, remote, remote_name="origin", force=True)
-    assert b.get_ref("refs/tags/v1") == two
+    assert b.refs.get("refs/tags/v1") == two
 
 
 def test_concurrent_pushers_one_lands_the_other_is_told_to_pull(tmp_path: Path, remote: LocalRemote) -> None:
@@ -156,7 +156,7 @@ def test_concurrent_pushers_one_lands_the_other_is_told_to_pull(tmp_path: Path, 
     assert "someone else pushed" in str(errors[0]) and "pull first" in (errors[0].hint or "")
     loser = stores[0] if isinstance(outcomes[0], RefConflict) else stores[1]
     winner = stores[1] if loser is stores[0] else stores[0]
-    assert remote.list_refs()["refs/heads/main"] == winner.get_ref("refs/heads/main")
+    assert remote.list_refs()["refs/heads/main"] == winner.refs.get("refs/heads/main")
     # Nothing is lost: the loser pulls (a merge), pushes, and the remote has both.
     _, done = sync.pull(loser, remote, branch="main", remote_name="origin")
     assert done.kind == "merge"
@@ -176,7 +176,7 @@ def test_pull_fast_forwards(a: Store, b: Store, remote: LocalRemote) -> None:
     sync.push(a, remote, MAIN, remote_name="origin")
     res, done = sync.pull(b, remote, branch="main", remote_name="origin")
     assert done.kind == "fast-forward" and done.new == tip
-    assert b.get_ref("refs/heads/main") == tip
+    assert b.refs.get("refs/heads/main") == tip
     assert entries_of(b, "main") == entries_of(a, "main")
     assert_complete(b)
 
@@ -198,7 +198,7 @@ def test_pull_merges_with_per_kind_rules_and_reports(a: Store, b: Store, remote:
     names = {str(k).split("/")[-1]: e for k, e in merged.items()}
     assert {"only-a-0", "only-b-0", "shared-0", "shared-1"} <= set(names)
     assert names["shared-0"].meta["time_ms"] == 1.0
-    head = refs.load_commit(b, b.get_ref("refs/heads/main"))
+    head = refs.load_commit(b, b.refs.get("refs/heads/main"))
     assert len(head.parents) == 2 and head.metadata["resolved"] == [[str(done.resolved[0][0]), "faster"]]
     assert_complete(b)
 
@@ -208,10 +208,10 @@ def test_fetch_prunes_deleted_remote_branches(a: Store, b: Store, remote: LocalR
     refs.set_branch(a, "feature", tip)
     sync.push(a, remote, [*MAIN, ("refs/heads/feature", "refs/heads/feature")])
     sync.clone(b, remote)
-    assert b.get_ref("refs/remotes/origin/feature") == tip
+    assert b.refs.get("refs/remotes/origin/feature") == tip
     remote.update_ref("refs/heads/feature", None, tip)
     res = sync.fetch(b, remote, remote_name="origin")
-    assert b.get_ref("refs/remotes/origin/feature") is None
+    assert b.refs.get("refs/remotes/origin/feature") is None
     assert [u.status for u in res.updates] == ["deleted"]
     assert ENV_A.id in {k.env for k in entries_of(b, "main")}
 

@@ -31,8 +31,8 @@ def _header_like(n_lines: int) -> bytes:
 
 
 def _commit_header(store: Store, data: bytes) -> None:
-    env_id = store.put_object(ENV_A)
-    blob = store.put(data)
+    env_id = store.objects.put_object(ENV_A)
+    blob = store.objects.put(data)
     history.commit_changes(store, "main", {EntryKey(env_id, "cpp_pch", "h" * 16): Entry(blob, len(data))}, "pch")
 
 
@@ -42,7 +42,7 @@ def test_a_chunked_header_travels_as_its_stored_frames_both_ways(served: Served,
     a = new_store(tmp_path / "a")
     _commit_header(a, data)
     blob = next(iter(entries_of(a, "main").values())).blob
-    assert a.chunk_ids(blob)
+    assert a.objects.chunk_ids(blob)
     pusher = HttpRemote(served.url, token=served.write_token)
     assert pusher.compress_level is None  # loopback: the client compresses nothing itself
     sync.push(a, pusher, MAIN)
@@ -52,7 +52,7 @@ def test_a_chunked_header_travels_as_its_stored_frames_both_ways(served: Served,
     cloner = HttpRemote(served.url, token=served.read_token)
     sync.clone(b, cloner)
     assert cloner.bytes_received < len(data) / 3
-    assert b.chunk_ids(blob) and b.get(blob) == data
+    assert b.objects.chunk_ids(blob) and b.objects.get(blob) == data
     assert_complete(b)
 
     # A client that does not say it reads several frames per blob (cas before them)
@@ -62,7 +62,7 @@ def test_a_chunked_header_travels_as_its_stored_frames_both_ways(served: Served,
     c = new_store(tmp_path / "c")
     sync.clone(c, old)
     assert old.bytes_received > len(data)
-    assert c.get(blob) == data
+    assert c.objects.get(blob) == data
     for s in (a, b, c):
         s.close()
     for r in (pusher, cloner, old):
@@ -79,8 +79,8 @@ def test_a_small_stored_blob_is_fetched_as_its_stored_frame(served: Served, tmp_
     b = new_store(tmp_path / "b")
     sync.clone(b, fetcher)
     assert fetcher.bytes_received < len(data) / 3
-    assert b.get(next(iter(entries_of(b, "main").values())).blob) == data
-    assert b.get_typed(next(iter(entries_of(b, "main").values())).blob)[0] == ObjType.BLOB  # type: ignore[index]
+    assert b.objects.get(next(iter(entries_of(b, "main").values())).blob) == data
+    assert b.objects.get_typed(next(iter(entries_of(b, "main").values())).blob)[0] == ObjType.BLOB  # type: ignore[index]
     for s in (a, b):
         s.close()
     fetcher.close()

@@ -25,7 +25,7 @@ BIG = 100_000
 
 
 def _ids(store: Store) -> set:
-    return {r.oid for r in store.iter_records()}
+    return {r.oid for r in store.objects.iter_records()}
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,15 @@ def big_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store whose main holds 100,000 entries; copied (LMDB file copy) per test."""
     base = tmp_path_factory.mktemp("big") / "store"
     with Store.init(base) as s:
-        env = s.put_object(ENV_A)
-        blobs = s.write((ObjType.BLOB, b"artifact %d" % i) for i in range(BIG))
+        env = s.objects.put_object(ENV_A)
+        blobs = s.objects.write((ObjType.BLOB, b"artifact %d" % i) for i in range(BIG))
         entries = {
             EntryKey(env, "inductor", f"k{i}"): Entry(blob, len(b"artifact %d" % i))
             for i, blob in enumerate(blobs)
         }
         root = manifest.build(s, entries)
         tip = history.commit(s, root, [], "100k entries")
-        s.set_ref("refs/heads/main", tip)
+        s.refs.set("refs/heads/main", tip)
     return base
 
 
@@ -54,7 +54,7 @@ def test_push_of_k_new_entries_onto_100k_sends_o_k(big_pair: Path, tmp_path: Pat
     k = 50
     add(local, "new", k, size=2000, random_bytes=True)
     new_objects = _ids(local) - before
-    new_bytes = sum(len(local.get(o)) for o in new_objects)
+    new_bytes = sum(len(local.objects.get(o)) for o in new_objects)
     counting = CountingRemote(inner)
     res = sync.push(local, counting, MAIN)
     assert set(counting.sent_ids) == new_objects  # exactly the new objects, each once
@@ -78,7 +78,7 @@ def test_push_of_k_new_entries_onto_100k_sends_o_k(big_pair: Path, tmp_path: Pat
 
 
 def main_root(store: Store) -> ObjectId:
-    return load_commit(store, store.get_ref("refs/heads/main")).manifest
+    return load_commit(store, store.refs.get("refs/heads/main")).manifest
 
 
 def test_cut_push_resumes_without_resending(tmp_path: Path) -> None:
@@ -122,9 +122,9 @@ def test_cut_pull_resumes_without_refetching(tmp_path: Path) -> None:
     faulty = FaultyRemote(LocalRemote(tmp_path / "origin"), drop_after_fetches=4)
     with pytest.raises(TransientRemoteError):
         sync.pull(local, faulty, branch="main")
-    assert local.get_ref("refs/heads/main") is None
+    assert local.refs.get("refs/heads/main") is None
     kept = _ids(local)
-    staged = [r.oid for r, _ in local.iter_stage()]
+    staged = [r.oid for r, _ in local.stage.entries()]
     assert kept and staged  # blobs stored, structured objects staged
     assert_complete(local)  # nothing stored without its references
     counting = CountingRemote(LocalRemote(tmp_path / "origin"))
@@ -132,7 +132,7 @@ def test_cut_pull_resumes_without_refetching(tmp_path: Path) -> None:
     assert done.kind == "created"
     total = len(_ids(origin))
     assert counting.fetched_objects == total - len(kept) - len(staged)
-    assert list(local.iter_stage()) == []
+    assert list(local.stage.entries()) == []
     assert entries_of(local, "main") == entries_of(origin, "main")
     assert_complete(local)
     origin.close()
@@ -145,10 +145,10 @@ def test_big_blob_travels_whole_and_is_chunked_on_arrival(tmp_path: Path) -> Non
     add(local, "huge", 1, size=9 << 20, random_bytes=True)
     sync.push(local, remote, MAIN)
     blob = next(iter(entries_of(local, "main").values())).blob
-    assert remote.store.chunk_ids(blob)  # stored as chunks over there
+    assert remote.store.objects.chunk_ids(blob)  # stored as chunks over there
     other = new_store(tmp_path / "other")
     sync.pull(other, remote, branch="main")
-    assert other.chunk_ids(blob) and other.get(blob) == local.get(blob)
+    assert other.objects.chunk_ids(blob) and other.objects.get(blob) == local.objects.get(blob)
     assert_complete(other)
     for s in (local, other):
         s.close()

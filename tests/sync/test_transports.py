@@ -54,10 +54,10 @@ def test_only_the_new_objects_travel(endpoint: Endpoint, tmp_path: Path) -> None
     remote = endpoint.open()
     add(a, "base", 2000, size=200)
     sync.push(a, remote, MAIN)
-    before_ids = {r.oid for r in a.iter_records()}
+    before_ids = {r.oid for r in a.objects.iter_records()}
     add(a, "new", 10, size=5000, random_bytes=True)
-    new = {r.oid for r in a.iter_records()} - before_ids
-    new_bytes = sum(len(a.get(o) or b"") for o in new)
+    new = {r.oid for r in a.objects.iter_records()} - before_ids
+    new_bytes = sum(len(a.objects.get(o) or b"") for o in new)
     counting = CountingRemote(remote)
     start = endpoint.requests()
     sync.push(a, counting, MAIN)
@@ -106,7 +106,7 @@ def test_concurrent_pushers_one_lands_the_other_must_pull(endpoint: Endpoint, tm
     lost = [i for i, o in outcome.items() if isinstance(o, RefConflict)]
     assert len(lost) == 1, outcome
     winner = stores[1 - lost[0]]
-    assert first.list_refs()["refs/heads/main"] == winner.get_ref("refs/heads/main")
+    assert first.list_refs()["refs/heads/main"] == winner.refs.get("refs/heads/main")
     loser = stores[lost[0]]
     _, done = sync.pull(loser, first, branch="main")
     assert done.kind == "merge"
@@ -126,7 +126,7 @@ def test_cut_push_resumes_without_resending(endpoint: Endpoint, tmp_path: Path) 
     remote = endpoint.open()
     with pytest.raises(TransientRemoteError):
         sync.push(a, FaultyRemote(remote, drop_after_packs=1), MAIN)
-    local_ids = [r.oid for r in a.iter_records()]
+    local_ids = [r.oid for r in a.objects.iter_records()]
     arrived = set(local_ids) - set(remote.missing(local_ids))
     assert arrived and "refs/heads/main" not in remote.list_refs()
     counting = CountingRemote(remote)

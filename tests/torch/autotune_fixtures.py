@@ -60,8 +60,8 @@ def tuned_once(torch_env: TorchEnv, tmp_path_factory: pytest.TempPathFactory, ca
         copy_kernels(captured.cache_dir, root / "cache")
         a, b = root / "a", root / "b"
         with Store.init(a) as store:
-            env = store.put_object(Env({"note": "base"}))
-            blob = store.put(b"base")
+            env = store.objects.put_object(Env({"note": "base"}))
+            blob = store.objects.put(b"base")
             base = history.commit_changes(store, "main", {EntryKey(env, "pgo", "base"): Entry(blob, 4)}, "base")
         torch_env.cas(b, "clone", str(a), str(b), "--name", "a", "--trusted")
         door = root / "door"

@@ -237,8 +237,8 @@ def rewrite(src: Path, dst: Path, change: Any) -> Path:
         root = load_commit(old, resolve(old, "main")).manifest
         changes = {}
         for k, e in manifest.entries(old, root):
-            new.put(old.get(k.env), ObjType.ENV)
-            k2, e2 = change(new, k, e, old.get(e.blob))
+            new.objects.put(old.objects.get(k.env), ObjType.ENV)
+            k2, e2 = change(new, k, e, old.objects.get(e.blob))
             changes[k2] = e2
         commit_changes(new, "main", changes, "rewritten")
     return dst
@@ -249,9 +249,9 @@ def _corrupt(store: Store, k: EntryKey, e: Entry, data: bytes) -> tuple[EntryKey
     if k.kind in ("inductor", "aot_autograd"):
         # A fault injected below the store's own checks: bytes stored under an id
         # they do not hash to, as a flipped bit on disk would leave them.
-        store.write([(e.blob, ObjType.BLOB, data[:100] + b"\x00" + data[101:])], verified=True)
+        store.objects.write([(e.blob, ObjType.BLOB, data[:100] + b"\x00" + data[101:])], verified=True)
     else:
-        store.put(data)
+        store.objects.put(data)
     return k, e
 
 
@@ -259,7 +259,7 @@ def _other_env(src: Path) -> Env:
     """The env of src's entries, with another torch."""
     with Store(src) as s:
         k0 = next(k for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest))
-        fields = dict(Env.decode(s.get(k0.env)).fields)
+        fields = dict(Env.decode(s.objects.get(k0.env)).fields)
     return Env({**fields, "torch_key": "0" * 64, "torch_version": "2.99.0"})
 
 
@@ -267,8 +267,8 @@ def _move_to(other: Env) -> Any:
     """Every entry moved under ``other``."""
 
     def move(store: Store, k: EntryKey, e: Entry, data: bytes) -> tuple[EntryKey, Entry]:
-        store.put_object(other)
-        store.put(data)
+        store.objects.put_object(other)
+        store.objects.put(data)
         return EntryKey(other.id, k.kind, k.key, k.variant), e
 
     return move

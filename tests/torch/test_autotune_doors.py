@@ -51,7 +51,7 @@ def commits(store: Store, ref: str) -> list[tuple[str, dict[str, Any]]]:
 
 def records(store: Store, ref: str) -> list[tuning.Record]:
     root = load_commit(store, resolve(store, ref)).manifest
-    return [tuning.Record.from_bytes(store.get(e.blob) or b"")
+    return [tuning.Record.from_bytes(store.objects.get(e.blob) or b"")
             for k, e in manifest.entries(store, root) if k.kind == tuning.KIND]
 
 

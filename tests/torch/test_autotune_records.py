@@ -55,7 +55,7 @@ def test_triton_best_config_round_trips_through_a_record(store: Store, tmp_path:
     assert res.added == 2 and res.commit is not None
     commit = load_commit(store, res.commit)
     assert commit.message == f"autotune: 2 kernels on {res.device}"
-    recs = {r.method: r for r in (tuning.Record.from_bytes(store.get(e.blob) or b"")
+    recs = {r.method: r for r in (tuning.Record.from_bytes(store.objects.get(e.blob) or b"")
                                   for e in autotune.records_in(store, commit.manifest).values())}
     assert set(recs) == {"coordinate_descent", "triton_autotune"}
     assert recs["triton_autotune"].time_ms == 0.011 and len(recs["triton_autotune"].candidates) == 2
@@ -134,7 +134,7 @@ def test_best_config_of_each_torch_version_is_recorded_and_read_back_by_torch(
 
     res = autotune.record(store, src)
     (entry,) = autotune.records_in(store, load_commit(store, res.commit).manifest).values()
-    rec = tuning.Record.from_bytes(store.get(entry.blob) or b"")
+    rec = tuning.Record.from_bytes(store.objects.get(entry.blob) or b"")
     assert rec.config == {k: v for k, v in saved.items() if k not in (
         "configs_hash", "found_by_coordesc", "time_taken_ms", "triton_cache_hash")}
     assert rec.choice == f"R0_BLOCK={saved['R0_BLOCK']},XBLOCK={saved['XBLOCK']},num_stages=" \

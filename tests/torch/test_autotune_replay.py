@@ -30,7 +30,7 @@ OTHER_CLASS = "cpu-0ther0ther0ther0"
 
 def records(store: Store, rev: str) -> dict[EntryKey, tuning.Record]:
     root = refs.load_commit(store, refs.resolve(store, rev)).manifest
-    return {k: tuning.Record.from_bytes(store.get(e.blob) or b"") for k, e in manifest.entries(store, root)
+    return {k: tuning.Record.from_bytes(store.objects.get(e.blob) or b"") for k, e in manifest.entries(store, root)
             if k.kind == tuning.KIND}
 
 
@@ -58,7 +58,7 @@ def other_machine(tuned: Tuned) -> dict[str, str]:
     """Commit machine B's records on B: A's records with edited times. Returns key -> expected winner."""
     with Store(tuned.a) as a_store:
         recs = records(a_store, tuned.recorded)
-        env_type, env_bytes = a_store.require(next(iter(recs)).env)
+        env_type, env_bytes = a_store.objects.require(next(iter(recs)).env)
     keys = sorted(recs, key=lambda k: k.key)
     flip, slower, other = keys
     changes: dict[EntryKey, Entry | None] = {}
@@ -66,10 +66,10 @@ def other_machine(tuned: Tuned) -> dict[str, str]:
 
     def put(store: Store, ek: EntryKey, rec: tuning.Record) -> None:
         data = rec.to_bytes()
-        changes[ek] = Entry(store.put(data), len(data), None, tuning.entry_meta(rec))
+        changes[ek] = Entry(store.objects.put(data), len(data), None, tuning.entry_meta(rec))
 
     with Store(tuned.b) as store:
-        store.put(env_bytes, env_type)
+        store.objects.put(env_bytes, env_type)
         for ek in (flip, slower, other):
             rec = recs[ek]
             best = rec.config["choice"]

@@ -70,8 +70,8 @@ def test_backend_records_into_the_ref_only_when_it_is_a_branch(tmp_path: Path) -
 
     with Store.init(tmp_path / "store") as store:
         env = Env({"torch_key": "t"})
-        store.put_object(env)
-        blob = store.put(b"x")
+        store.objects.put_object(env)
+        blob = store.objects.put(b"x")
         oid = commit_changes(store, "main", {EntryKey(env.id, "inductor", "f1"): Entry(blob, 1)}, "x")
         create_tag(store, "release/1.0", oid)
         expected = {"main": "main", "release/1.0": None, oid.hex[:12]: None, "new": "new"}

@@ -34,10 +34,10 @@ def broken(store: Store) -> tuple[Store, Env, Entry]:
     """A store whose branch main holds an FX entry and an autotune record, both naming
     one blob whose stored bytes (a flipped byte, as on a damaged disk) do not hash to it."""
     env = current_env()
-    env_id = store.put_object(env)
+    env_id = store.objects.put_object(env)
     oid = ObjectId.of(GOOD)
     # A fault below the store's own checks: bytes written under an id they do not hash to.
-    store.write([(oid, ObjType.BLOB, GOOD[:-1] + b"!")], verified=True)
+    store.objects.write([(oid, ObjType.BLOB, GOOD[:-1] + b"!")], verified=True)
     entry = Entry(oid, len(GOOD), None, {})
     changes = {EntryKey(env_id, "inductor", KEY, ""): entry,
                EntryKey(env_id, "autotune_record", "gemm/mm/0123456789abcdef0123", device_class()): entry}
@@ -73,7 +73,7 @@ def test_hydrate_skips_it_counts_it_and_says_so_once(broken: tuple[Store, Env, E
 def test_the_live_backend_misses_it_counts_it_and_says_so_once(
         broken: tuple[Store, Env, Entry], one_warning: list[warnings.WarningMessage]) -> None:
     store, env, _ = broken
-    tip = store.get_ref(branch_ref("main"))
+    tip = store.refs.get(branch_ref("main"))
     assert tip is not None
     live = LiveCache(store, env, root=load_commit(store, tip).manifest, branch=None)
     before = blobs.refused()
@@ -115,7 +115,7 @@ def test_a_missing_blob_is_refused_the_same_way(store: Store) -> None:
 
 
 def test_sound_bytes_of_the_wrong_size_are_refused(store: Store) -> None:
-    oid = store.put(GOOD)
+    oid = store.objects.put(GOOD)
     with pytest.raises(CorruptObject, match="its entry says"):
         blobs.read(store, EntryKey(ObjectId.of(b"env"), "inductor", KEY, ""), Entry(oid, len(GOOD) + 1, None, {}))
     assert blobs.read(store, EntryKey(ObjectId.of(b"env"), "inductor", KEY, ""),

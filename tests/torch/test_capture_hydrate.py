@@ -19,7 +19,7 @@ from cas import manifest
 from cas.digest import ObjectId
 from cas.objects import EntryKey, Env
 from cas.refs import branch_ref, load_commit, resolve
-from cas.store import Store
+from cas.store import ObjectStore, Store
 from cas.torch.capture import Artifact, commit_artifacts
 from cas.torch.hydrate import hydrate, hydrate_safely
 from cas.torch.kinds import path_for
@@ -34,7 +34,7 @@ def _entries(store: Store, ref: str = "main") -> list[tuple[EntryKey, Any]]:
 def _store_env(store: Store) -> Env:
     """The env the session's entries were captured under (this machine's)."""
     (env_id,) = {k.env for k, _ in _entries(store)}
-    data = store.get(env_id)
+    data = store.objects.get(env_id)
     assert data is not None
     return Env.decode(data)
 
@@ -119,7 +119,7 @@ def test_entries_of_other_envs_are_skipped_and_counted(
     with Store(captured.store) as store:
         here = _store_env(store)
         other = Env(dict(here.fields, torch_key="0" * 64, torch_version="2.99.0"))
-        store.set_ref(branch_ref("mixed"), resolve(store, "main"), expected=None)
+        store.refs.set(branch_ref("mixed"), resolve(store, "main"), expected=None)
         commit_artifacts(store, [Artifact("inductor", "fzzzzother", b"not for this torch"),
                                  Artifact("aot_autograd", "azzzzother", b"nor this")],
                          branch="mixed", message="other env", env=other)
@@ -134,19 +134,30 @@ def test_entries_of_other_envs_are_skipped_and_counted(
     assert "2 of other envs" in text
 
 
-class CorruptingStore:
-    """Fault injection: a real store whose reads of one blob come back altered."""
+class CorruptingObjects:
+    """Fault injection: a real store's objects, whose reads of one blob come back altered."""
 
-    def __init__(self, store: Store, bad: ObjectId) -> None:
-        self._store, self._bad = store, bad
+    def __init__(self, objects: ObjectStore, bad: ObjectId) -> None:
+        self._objects, self._bad = objects, bad
 
     def get(self, oid: ObjectId, **kw: Any) -> bytes | None:
-        data = self._store.get(oid, **kw)
+        data = self._objects.get(oid, **kw)
         return data[:-1] + bytes([data[-1] ^ 1]) if oid == self._bad and data else data
 
     def iter_blob(self, oid: ObjectId) -> Iterator[bytes]:
-        for i, chunk in enumerate(self._store.iter_blob(oid)):
+        for i, chunk in enumerate(self._objects.iter_blob(oid)):
             yield chunk[:-1] + bytes([chunk[-1] ^ 1]) if oid == self._bad and i == 0 else chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objects, name)
+
+
+class CorruptingStore:
+    """A real store whose ``objects`` are :class:`CorruptingObjects`."""
+
+    def __init__(self, store: Store, bad: ObjectId) -> None:
+        self._store = store
+        self.objects = CorruptingObjects(store.objects, bad)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -164,7 +175,7 @@ def test_corrupt_blob_is_skipped_with_a_warning(session_store: Store, tmp_path: 
                       pch_dir=tmp_path / "pch")
     assert res.corrupt == 1 and res.written == len(entries) - 1
     assert any("corrupt" in str(w.message) for w in caught)
-    content = session_store.get(bad.blob)
+    content = session_store.objects.get(bad.blob)
     assert content is not None
     # the corrupt variant's file is absent (other guard variants of the key may be written)
     assert not (tmp_path / path_for(kind, bad_key.key, content)).exists()

@@ -57,16 +57,16 @@ def test_grammar_admits_torch_keys_and_refuses_paths(kind: str) -> None:
 
 def _env(store: Store) -> Env:
     env = Env({"torch_version": "test", "device": "cpu"})
-    store.put_object(env)
+    store.objects.put_object(env)
     return env
 
 
 def test_commit_refuses_a_key_breaking_its_grammar(store: Store) -> None:
     env = _env(store)
-    blob = store.put(b"\x7fELF not really")
+    blob = store.objects.put(b"\x7fELF not really")
     with pytest.raises(BadEntryKey):
         commit_changes(store, "main", {EntryKey(env.id, "cpp_kernel", "ab/../../../evil.so", "x"): Entry(blob, 15)}, "m")
-    assert store.get_ref("refs/heads/main") is None
+    assert store.refs.get("refs/heads/main") is None
 
 
 def _commit_raw(store: Store, entries: dict[EntryKey, Entry]) -> None:
@@ -76,9 +76,9 @@ def _commit_raw(store: Store, entries: dict[EntryKey, Entry]) -> None:
         ([k.env.raw, k.kind, k.key, k.variant, e.blob.raw, e.size, None, {}] for k, e in entries.items()),
         key=lambda r: manifest.key_hash(EntryKey(ObjectId(r[0]), r[1], r[2], r[3])),
     )
-    root = store.put(ManifestNode.encode_leaf(0, rows), ObjType.NODE)
-    commit = store.put_object(Commit(root, (), "attacker", 1, "evil"))
-    store.set_ref("refs/heads/main", commit, expected=None)
+    root = store.objects.put(ManifestNode.encode_leaf(0, rows), ObjType.NODE)
+    commit = store.objects.put_object(Commit(root, (), "attacker", 1, "evil"))
+    store.refs.set("refs/heads/main", commit, expected=None)
 
 
 def test_hydrate_writes_nothing_outside_and_counts_bad_keys(store: Store, tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_hydrate_writes_nothing_outside_and_counts_bad_keys(store: Store, tmp_pa
     outside = tmp_path / "victim"
     outside.mkdir()
     cache, pch = tmp_path / "a" / "b" / "cache", tmp_path / "a" / "b" / "pch"
-    blob = store.put(b"\x7fELF payload")
+    blob = store.objects.put(b"\x7fELF payload")
     entries = {}
     for kind, keys in EVIL.items():
         variant = cpu if kind in kinds.CPU_BOUND_KINDS else ""
@@ -114,7 +114,7 @@ def test_a_symlink_inside_the_cache_dir_does_not_lead_out(store: Store, tmp_path
     outside = tmp_path / "victim"
     outside.mkdir()
     (cache / "cx").symlink_to(outside)
-    blob = store.put(b"\x7fELF payload")
+    blob = store.objects.put(b"\x7fELF payload")
     cpu = f"cpu-{cpu_fingerprint()}"
     commit_changes(store, "main", {EntryKey(env.id, "cpp_kernel", GOOD["cpp_kernel"], cpu): Entry(blob, 12)}, "m")
     with pytest.raises(BadEntryKey, match="outside"):
@@ -160,11 +160,11 @@ def test_cas_hydrate_writes_records_only_into_their_own_files(torch_env: Any, tm
     assert good is not None
     evil = _evil_records(good, gemm, victim, fx_rel)
     with Store.init(tmp_path / "store") as store:
-        store.put_object(env)
-        changes = {EntryKey(env.id, "inductor", fx_key, ""): Entry(store.put(fx_bytes), len(fx_bytes))}
+        store.objects.put_object(env)
+        changes = {EntryKey(env.id, "inductor", fx_key, ""): Entry(store.objects.put(fx_bytes), len(fx_bytes))}
         for rec in [good, *evil]:
             blob = rec.to_bytes()
-            changes[EntryKey(env.id, tuning.KIND, rec.key, cls)] = Entry(store.put(blob), len(blob), None,
+            changes[EntryKey(env.id, tuning.KIND, rec.key, cls)] = Entry(store.objects.put(blob), len(blob), None,
                                                                           tuning.entry_meta(rec))
         commit_changes(store, "main", changes, "a peer's records")
 

@@ -30,8 +30,8 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     other = Env({**here.fields, "torch_key": "0" * 64, "threads": "64"})
     path = tmp_path_factory.mktemp("coverage-env") / "store"
     with Store.init(path) as store:
-        here_id, other_id = store.put_object(here), store.put_object(other)
-        e = Entry(store.put(b"graph"), 5, None, {})
+        here_id, other_id = store.objects.put_object(here), store.objects.put_object(other)
+        e = Entry(store.objects.put(b"graph"), 5, None, {})
         warm = commit_changes(store, "main", {EntryKey(here_id, "inductor", SHARED, "s0"): e,
                                               EntryKey(here_id, "inductor", SHARED, "s1"): e,
                                               EntryKey(here_id, "aot_autograd", "aot" + SHARED): e}, "here")

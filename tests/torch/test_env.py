@@ -52,7 +52,7 @@ def test_thread_count_and_cache_key_tag_change_the_env(torch_mod) -> None:  # ty
 def test_ensure_env_stores_the_env_once(torch_mod, store: Store) -> None:  # type: ignore[no-untyped-def]
     oid = ensure_env(store)
     assert ensure_env(store) == oid == current_env().id
-    data = store.get(oid)
+    data = store.objects.get(oid)
     assert data is not None and Env.decode(data) == current_env()
 
 

@@ -28,9 +28,9 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     other = Env({**here.fields, "torch_key": "0" * 64, "threads": "64"})
     path = tmp_path_factory.mktemp("explain") / "store"
     with Store.init(path) as store:
-        store.put_object(here)
-        store.put_object(other)
-        blob = store.put(b"graph")
+        store.objects.put_object(here)
+        store.objects.put_object(other)
+        blob = store.objects.put(b"graph")
         e = Entry(blob, 5, None, {})
         changes = {
             EntryKey(here.id, "inductor", HERE_KEY): e,

@@ -44,7 +44,7 @@ def test_cold_run_records_what_torch_compiled_at_exit(rec: Recorded) -> None:
         # What the remote caches never carry, from the cache dir: the C++ kernels.
         assert len(by_kind["cpp_kernel"]) >= 2
         for k, e in [x for xs in by_kind.values() for x in xs]:
-            assert ObjectId.of(store.get(e.blob)) == e.blob
+            assert ObjectId.of(store.objects.get(e.blob)) == e.blob
             assert k.env.hex == commit.metadata["env"]
 
 
@@ -186,9 +186,9 @@ def test_a_session_serves_what_it_records_only_when_it_records_into_the_ref_it_r
     key, new = "pt2:fx-graph-v1::fpinned:c1", "pt2:fx-graph-v1::fnew:c1"
     with Store.init(tmp_path / "store") as store:
         env = current_env()
-        store.put_object(env)
+        store.objects.put_object(env)
         pinned = EntryKey(env.id, "inductor", "fpinned", "")
-        oid = commit_changes(store, "main", {pinned: Entry(store.put(b"pinned"), 6)}, "seed")
+        oid = commit_changes(store, "main", {pinned: Entry(store.objects.put(b"pinned"), 6)}, "seed")
         create_tag(store, "release/1.0", oid)
         # (ref read, branch recorded into, what a get of the pinned key and of a new key serve)
         cases = [("release/1.0", "mine", b"pinned", None), ("main", "other", b"pinned", None),

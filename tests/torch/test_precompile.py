@@ -115,7 +115,7 @@ def test_a_unit_recorded_under_another_torch_never_reaches_torch(recorded: tuple
     with Store(copy) as s:  # the units as another torch build recorded them: its env differs
         changes: dict[EntryKey, Entry | None] = {}
         for k, e in _units(s):
-            other = Env({**Env.decode(s.get(k.env)).fields, "torch_key": "0" * 64, "torch_version": "2.99.0"})
+            other = Env({**Env.decode(s.objects.get(k.env)).fields, "torch_key": "0" * 64, "torch_version": "2.99.0"})
             changes[k] = None
             changes[dataclasses.replace(k, env=ensure_env(s, other))] = e
         commit_changes(s, "main", changes, "units of torch 2.99.0")
@@ -130,10 +130,10 @@ def test_a_unit_that_says_another_torch_made_it_is_refused(recorded: tuple[Path,
     with Store(copy) as s:  # filed under this env (as an import of a foreign container would be)
         changes: dict[EntryKey, Entry | None] = {}
         for k, e in _units(s):
-            unit = pickle.loads(s.get(e.blob))  # our own recording, in the test process
+            unit = pickle.loads(s.objects.get(e.blob))  # our own recording, in the test process
             unit.dynamo.system_info = dataclasses.replace(unit.dynamo.system_info, torch_version="2.99.0")
             data = pickle.dumps(unit)
-            changes[k] = dataclasses.replace(e, blob=s.put(data), size=len(data))
+            changes[k] = dataclasses.replace(e, blob=s.objects.put(data), size=len(data))
         commit_changes(s, "main", changes, "a unit of torch 2.99.0")
     proc, out = _run(copy, program, 4, "--ref", "main")
     assert out["traced"] == 1 and out["fx_hit"] == 1

@@ -108,7 +108,7 @@ def _recorded_kinds(path: Path) -> set[str]:
 
     def landed() -> set[str] | None:
         with Store(path) as s:
-            if s.get_ref("refs/heads/main") is None:
+            if s.refs.get("refs/heads/main") is None:
                 return None
             commit = load_commit(s, resolve(s, "main"))
             assert commit.metadata["token"] == "ci-writer"

@@ -70,8 +70,8 @@ def test_enable_on_a_refused_ref_serves_nothing_with_one_warning(store: Store) -
     from cas.torch.warn import CasWarning, forget
 
     forget()
-    env = store.put_object(Env({"torch_key": "t"}))
-    entry = Entry(store.put(b"fa"), 2, None, {})
+    env = store.objects.put_object(Env({"torch_key": "t"}))
+    entry = Entry(store.objects.put(b"fa"), 2, None, {})
     commit_changes(store, "main", {EntryKey(env, "inductor", "fa"): entry}, "fa", {"remote": "team"})
     with pytest.warns(CasWarning, match="untrusted remote") as caught:
         session = enable(store, ref="main", hydrate=True)
