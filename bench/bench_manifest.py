@@ -164,7 +164,7 @@ def test_build_baseline_put_nodes(benchmark, trees, tmp_path, n: int) -> None:  
     benchmark.group = f"build n={n}"
     nodes = [(ObjType.NODE, t.store.objects.get(oid)) for oid in m.walk(t.store, t.root)]
     stores = iter(Store.init(tmp_path / f"raw{i}", durable=False) for i in itertools.count())
-    benchmark.pedantic(lambda: next(stores).write(nodes), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: next(stores).objects.write(nodes), rounds=3, iterations=1)
     benchmark.extra_info["nodes"] = len(nodes)
 
 
