@@ -36,6 +36,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from servers import Served  # noqa: E402
+from synth import KERNEL_TEXT  # noqa: E402
 
 from cas import history, refs  # noqa: E402
 from cas.digest import ObjectId  # noqa: E402
@@ -49,10 +50,7 @@ MIB = int(os.environ.get("CAS_BENCH_LARGE_MIB", "64"))
 GOAL = 0.5
 TAG = "refs/tags/release/large"
 KERNEL = 8 << 20
-_TEXT = b"".join(
-    b"    tmp%d = tl.load(in_ptr0 + (x0 + %d), xmask, eviction_policy='evict_last')\n" % (i, i * 7)
-    for i in range(20_000)
-)
+_TEXT = KERNEL_TEXT
 
 
 def artifacts(total: int, seed: int = 1) -> list[bytes]:

@@ -42,6 +42,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed, Served, free_port  # noqa: E402
+from synth import KERNEL_TEXT  # noqa: E402
 
 from cas import history  # noqa: E402
 from cas.objects import Entry, EntryKey, Env  # noqa: E402
@@ -53,10 +54,7 @@ from cas.sync import transfer  # noqa: E402
 
 SCALE = float(os.environ.get("CAS_BENCH_SCALE", "0.1"))
 MAIN = "refs/heads/main"
-_TEXT = b"".join(
-    b"    tmp%d = tl.load(in_ptr0 + (x0 + %d), xmask, eviction_policy='evict_last')\n" % (i, i * 7)
-    for i in range(20_000)
-)
+_TEXT = KERNEL_TEXT
 
 RAW_SERVER = """
 import os, sys, uvicorn
