@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,9 +20,12 @@ from cas.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 #: The installed console script, as a user runs it.
 CAS_EXE = str(Path(sys.executable).parent / "cas")
-# What cas computes once per torch install goes to a dir of this test run (each worker its
-# own), never the user's ~/.cache; tests that stand for a new machine give it its own.
-os.environ.setdefault("CAS_TORCH_ENV_CACHE", tempfile.mkdtemp(prefix="cas-test-env-cache-"))
+# What cas computes once per torch install goes to a dir of this test run (made by the
+# first process of the run, inherited by xdist's workers, removed when that process
+# exits), never the user's ~/.cache; tests that stand for a new machine give it its own.
+if "CAS_TORCH_ENV_CACHE" not in os.environ:
+    os.environ["CAS_TORCH_ENV_CACHE"] = tempfile.mkdtemp(prefix="cas-test-env-cache-")
+    atexit.register(shutil.rmtree, os.environ["CAS_TORCH_ENV_CACHE"], ignore_errors=True)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
