@@ -521,14 +521,18 @@ def decode(
     (:func:`decode_all`).
     """
     for f in frames(stream, max_object=max_object, want=want, expect=expect, source=source):
-        data = f.data()
-        # the frames as sent, verified with the content: a receiving store keeps them as
-        # they are (cas.ingest.records) instead of compressing the bytes again
-        parts = None if f.packed is not None else _chunk_frames(f)
-        if f.packed is not None or parts:
-            yield Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1, checked=True)
-        else:
-            yield Checked((f.oid, f.otype, data))
+        yield _received(f)
+
+
+def _received(f: Frame) -> WireObject:
+    """The verified object of frame ``f``, with the zstd frames it came in: a receiving
+    store keeps them as they are (cas.ingest.records) instead of compressing the bytes
+    again."""
+    data = f.data()
+    parts = None if f.packed is not None else _chunk_frames(f)
+    if f.packed is not None or parts:
+        return Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1, checked=True)
+    return Checked((f.oid, f.otype, data))
 
 
 def _chunk_frames(f: Frame) -> list[memoryview] | None:
@@ -646,6 +650,8 @@ def decode_frame(
 
     Its header is checked first (:func:`check_expected` with ``types``): a frame of
     another type, or a structured one over MAX_STRUCTURED, is never decompressed.
+    Returned as :func:`decode` yields it: with the zstd frame it came in (an S3 fetch
+    stores that frame as it is, instead of compressing the bytes again).
     """
     if len(frame) < _FRAME.size:
         raise MalformedPack("pack frame is truncated (in frame header)")
@@ -660,4 +666,4 @@ def decode_frame(
         raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
     check_expected(ObjectId(raw_id), otype, raw_size, types, source)
     f = Frame(ObjectId(raw_id), otype, raw_size, bytes(frame[_FRAME.size :]), bool(flags & FLAG_ZSTD))
-    return Checked((f.oid, f.otype, f.data()))
+    return _received(f)
