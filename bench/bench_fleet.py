@@ -68,6 +68,7 @@ from synth import KERNEL_TEXT  # noqa: E402
 from cas import history, refs  # noqa: E402
 from cas.digest import ObjectId  # noqa: E402
 from cas.objects import Entry, EntryKey, Env  # noqa: E402
+from cas.remote.http import CONNECTIONS  # noqa: E402
 from cas.remote.s3 import S3Remote  # noqa: E402
 from cas.store import Store  # noqa: E402
 from cas.sync import transfer  # noqa: E402
@@ -338,10 +339,11 @@ def serve_fleets(tmp: Path, ns: list[int], total: int, serve_args: tuple[str, ..
     def prepare(store: Store) -> None:
         built["bytes"], built["arts"] = build_pin(store, total)
 
-    # On loopback every machine is one peer (127.0.0.1), and a clone holds up to three
-    # connections: the default per-peer cap (100) would answer 503 to a fleet of more
-    # than ~33, as it does to a fleet behind one NAT address (docs/server.md, "A fleet").
-    per_peer = ("--max-connections-per-peer", str(max(100, 4 * max(ns))))
+    # On loopback every machine is one peer (127.0.0.1), and a clone holds at most
+    # http.CONNECTIONS (3) connections: the default per-peer cap (100) would answer 503
+    # to a fleet of more than 33, as it does to a fleet behind one NAT address; the cap
+    # is raised as docs/server.md ("A fleet") tells an operator to.
+    per_peer = ("--max-connections-per-peer", str(max(100, CONNECTIONS * max(ns))))
     served = Served(tmp / "serve", *per_peer, *serve_args, prepare=prepare)
     names = write_parts(built.pop("arts"), tmp / "raw-files")
     port = free_port()
@@ -441,8 +443,8 @@ def _check(rows: list[dict[str, Any]], goal: float, shortfall: str) -> None:
 
 
 @pytest.mark.parametrize("target, goal, shortfall", [
-    ("serve", 0.6, "0.40-0.76x in the full runs; the client's time is in fetch round trips, two blob "
-                   "fetches in flight and its durable commits (docs/benchmarks.md)"),
+    ("serve", 0.6, "0.80-0.81x at N = 8 with a 64 MiB pin, 0.66x at N = 32, where a clone costs 1.3x "
+                   "the CPU of a raw GET and clients and server share 2 cores (docs/benchmarks.md)"),
     ("s3", 0.8, "met at N = 8 and 32 (0.93-0.99x), not at N = 4 (0.6x: the fixed cost of a clone "
                 "weighs more) nor 64 (0.76x)"),
 ], ids=["serve", "s3"])

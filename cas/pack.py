@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 import blake3
 import zstandard
@@ -121,6 +121,18 @@ class Framed(tuple[ObjectId, ObjType, bytes]):
         return self
 
 
+class Sized(NamedTuple):
+    """An object to send as the zstd frame(s) a store keeps it in, its bytes never read:
+    a frame header needs only their length (:func:`from_store_frames`, what `cas serve`
+    answers a fetch with). Only :func:`encode` takes one; the receiver decompresses and
+    verifies the frames as any others."""
+
+    oid: ObjectId
+    otype: ObjType
+    raw_size: int
+    frame: bytes
+
+
 def is_checked(obj: WireObject) -> bool:
     """Whether :func:`decode` hashed ``obj``'s bytes against its id already (so that a
     fetch hashes every received byte once: cas.ingest.verify_objects skips it)."""
@@ -133,6 +145,12 @@ class _StoreReader(Protocol):
     ) -> Mapping[ObjectId, tuple[ObjType, bytes, bytes | None]]: ...
 
     def chunk_ids(self, oid: ObjectId) -> list[ObjectId]: ...
+
+
+class _FrameReader(_StoreReader, Protocol):
+    def stored_frames(
+        self, oids: Iterable[ObjectId], *, multi: bool
+    ) -> Mapping[ObjectId, tuple[ObjType, int, bytes]]: ...
 
 
 def from_store(objects: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[WireObject | None]:
@@ -157,7 +175,26 @@ def from_store(objects: _StoreReader, oids: Sequence[ObjectId]) -> Iterator[Wire
             yield oid, otype, data
 
 
-def encode(objects: Iterable[WireObject], *, level: int | None = 3, multi_frame: bool = False) -> Iterator[bytes]:
+def from_store_frames(
+    objects: _FrameReader, oids: Sequence[ObjectId], *, multi_frame: bool
+) -> Iterator[WireObject | Sized | None]:
+    """:func:`from_store` for a pack to be encoded: what the store keeps as zstd frames
+    (a chunked blob's chunk frames with ``multi_frame``) comes as :class:`Sized`,
+    without decompressing it to learn its length; the rest as from_store gives it."""
+    stored = objects.stored_frames(oids, multi=multi_frame)
+    rest = [o for o in oids if o not in stored]
+    others = dict(zip(rest, from_store(objects, rest), strict=True)) if rest else {}
+    for oid in oids:
+        if oid in stored:
+            otype, size, frame = stored[oid]
+            yield Sized(oid, otype, size, frame)
+        else:
+            yield others[oid]
+
+
+def encode(
+    objects: Iterable[WireObject | Sized], *, level: int | None = 3, multi_frame: bool = False
+) -> Iterator[bytes]:
     """Yield the bytes of one pack holding ``objects``, frame by frame.
 
     ``level=None`` sends every payload raw (fast links, where zstd costs more CPU time
@@ -172,15 +209,20 @@ def encode(objects: Iterable[WireObject], *, level: int | None = 3, multi_frame:
     h.update(head)
     yield head
     for obj in objects:
-        oid, otype, data = obj
-        flags, payload = 0, data
-        if type(obj) is Framed and (obj.frames == 1 or multi_frame):
+        if isinstance(obj, Sized):
+            oid, otype, size = obj.oid, obj.otype, obj.raw_size
             flags, payload = FLAG_ZSTD, obj.frame
-        elif zc is not None and len(data) >= COMPRESS_MIN:
-            packed = zc.compress(data)
-            if len(packed) < len(data) * 0.9:
-                flags, payload = FLAG_ZSTD, packed
-        frame = _FRAME.pack(int(otype), flags, oid.raw, len(data), len(payload))
+        else:
+            oid, otype, data = obj
+            size = len(data)
+            flags, payload = 0, data
+            if type(obj) is Framed and (obj.frames == 1 or multi_frame):
+                flags, payload = FLAG_ZSTD, obj.frame
+            elif zc is not None and size >= COMPRESS_MIN:
+                packed = zc.compress(data)
+                if len(packed) < size * 0.9:
+                    flags, payload = FLAG_ZSTD, packed
+        frame = _FRAME.pack(int(otype), flags, oid.raw, size, len(payload))
         h.update(frame)
         h.update(payload)
         count += 1
@@ -479,14 +521,18 @@ def decode(
     (:func:`decode_all`).
     """
     for f in frames(stream, max_object=max_object, want=want, expect=expect, source=source):
-        data = f.data()
-        # the frames as sent, verified with the content: a receiving store keeps them as
-        # they are (cas.ingest.records) instead of compressing the bytes again
-        parts = None if f.packed is not None else _chunk_frames(f)
-        if f.packed is not None or parts:
-            yield Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1, checked=True)
-        else:
-            yield Checked((f.oid, f.otype, data))
+        yield _received(f)
+
+
+def _received(f: Frame) -> WireObject:
+    """The verified object of frame ``f``, with the zstd frames it came in: a receiving
+    store keeps them as they are (cas.ingest.records) instead of compressing the bytes
+    again."""
+    data = f.data()
+    parts = None if f.packed is not None else _chunk_frames(f)
+    if f.packed is not None or parts:
+        return Framed(f.oid, f.otype, data, f.payload, len(parts) if parts else 1, checked=True)
+    return Checked((f.oid, f.otype, data))
 
 
 def _chunk_frames(f: Frame) -> list[memoryview] | None:
@@ -604,6 +650,8 @@ def decode_frame(
 
     Its header is checked first (:func:`check_expected` with ``types``): a frame of
     another type, or a structured one over MAX_STRUCTURED, is never decompressed.
+    Returned as :func:`decode` yields it: with the zstd frame it came in (an S3 fetch
+    stores that frame as it is, instead of compressing the bytes again).
     """
     if len(frame) < _FRAME.size:
         raise MalformedPack("pack frame is truncated (in frame header)")
@@ -618,4 +666,4 @@ def decode_frame(
         raise MalformedPack(f"unknown object type {otype_code} in pack") from exc
     check_expected(ObjectId(raw_id), otype, raw_size, types, source)
     f = Frame(ObjectId(raw_id), otype, raw_size, bytes(frame[_FRAME.size :]), bool(flags & FLAG_ZSTD))
-    return Checked((f.oid, f.otype, f.data()))
+    return _received(f)

@@ -92,3 +92,25 @@ def test_frames_of_another_size_are_stored_by_compressing_the_chunks(tmp_path: P
         ingest.receive(store, sent(data, frames))
         assert store.objects.get(ObjectId.of(data), verify=True) == data
         assert len(store.objects.chunk_ids(ObjectId.of(data))) == 3
+
+
+def test_a_fetch_answer_sends_stored_frames_as_they_are(tmp_path: Path) -> None:
+    """pack.from_store_frames (what `cas serve` answers a fetch with) sends each object
+    the store keeps compressed as its stored frame(s), a chunked blob's chunk frames to a
+    reader of several frames, plain ones as they are; decoded, every object is its own
+    bytes, verified, and the pack is the one from_store would have made."""
+    big = blob()
+    small = blob(300_000)
+    plain = random.Random(3).randbytes(5000)  # random: stored as it is
+    with Store.init(tmp_path / "s") as store:
+        ids = store.objects.write([(ObjType.BLOB, big), (ObjType.BLOB, small), (ObjType.BLOB, plain)])
+        for multi in (True, False):
+            stored = store.objects.stored_frames(ids, multi=multi)
+            assert set(stored) == ({ids[0], ids[1]} if multi else {ids[1]})
+            assert stored[ids[1]] == (ObjType.BLOB, len(small), store.objects.get_many_frames([ids[1]])[ids[1]][2])
+            wire = pack.encode_bytes(pack.from_store_frames(store.objects, ids, multi_frame=multi), multi_frame=multi)
+            old = pack.encode_bytes(pack.from_store(store.objects, ids), multi_frame=multi)  # type: ignore[arg-type]
+            assert wire == old
+            got = pack.decode_all(io.BytesIO(wire))
+            assert [(o[0], bytes(o[2])) for o in got] == list(zip(ids, [big, small, plain], strict=True))
+        assert store.objects.stored_frames([ids[0]], multi=True)[ids[0]][2] == b"".join(stored_frames(store, ids[0]))  # type: ignore[arg-type]

@@ -228,3 +228,20 @@ def test_what_decode_verified_is_not_hashed_again_and_nothing_else_is_trusted() 
         assert not pack.is_checked(bad)
         with pytest.raises(CorruptObject, match="corrupt"):
             ingest.verify_objects([bad])
+
+
+def test_decode_frame_keeps_the_zstd_frame_it_read() -> None:
+    """An S3 fetch reads one frame at a time (decode_frame): each object comes verified
+    and with the zstd frame it was read from, which the fetch stores as it is
+    (ingest.records) instead of compressing the bytes again."""
+    from cas import ingest
+
+    data = b"    tmp0 = tl.load(in_ptr0 + (x0), xmask)\n" * 4000
+    oid = ObjectId.of(data)
+    packed = pack.encode_bytes([(oid, ObjType.BLOB, data)], level=3)
+    ((_, _, off, n),) = pack.frame_index(packed)
+    obj = pack.decode_frame(packed[off : off + n])
+    assert type(obj) is pack.Framed and pack.is_checked(obj) and bytes(obj[2]) == data
+    assert obj.frame == packed[off + n - len(obj.frame) : off + n]  # the payload as read
+    ((rid, rtype, record),) = ingest.records([obj])
+    assert (rid, rtype) == (oid, ObjType.BLOB) and record.endswith(obj.frame)

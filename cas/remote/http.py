@@ -45,6 +45,10 @@ DEADLINE = 600.0
 SMALL_DEADLINE = 60.0
 #: Objects per fetch request: bounds what one dropped connection costs to redo.
 FETCH_BATCH = 4_096
+#: Connections one HttpRemote opens to its server at most (its pool; a request past them
+#: waits for one to free): what a fetch or push keeps in flight (cas.sync.walk.PARALLEL),
+#: so a clone counts at most this many against the server's per-peer cap (docs/server.md).
+CONNECTIONS = 3
 #: Request header naming the zstd level the client wants for fetched packs.
 LEVEL_HEADER = "X-Cas-Pack-Level"
 #: Request header saying this client reads a blob sent as several zstd frames (a
@@ -136,6 +140,7 @@ class HttpRemote:
             headers=headers,
             verify=tls,
             timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
         )
         #: Requests made and bytes sent/received in bodies, for tests and summaries.
         self.requests = 0

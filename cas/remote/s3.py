@@ -30,9 +30,11 @@ from __future__ import annotations
 import json
 import random
 import struct
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,8 @@ _IDX_ENTRY = struct.Struct("<32sBQQ")  # id, type, frame offset, frame length
 SPAN_GAP = 1 << 20
 SPAN_MAX = 64 << 20
 _CAS_RETRIES = 50
+#: Index GETs in flight at once when a fetch learns new packs (boto3 pools 10 connections).
+INDEX_READS = 8
 #: send_pack re-lists the indexes only when its view is older than this (seconds).
 REFRESH_AGE = 10.0
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
@@ -173,6 +177,7 @@ class S3Remote:
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._count = threading.Lock()
 
     def __repr__(self) -> str:
         return f"S3Remote({self.url!r})"
@@ -180,7 +185,8 @@ class S3Remote:
     # -- plumbing ----------------------------------------------------------------------
 
     def _call(self, op: str, **kw: Any) -> Any:
-        self.requests += 1
+        with self._count:  # index reads run on several threads (_refresh)
+            self.requests += 1
         try:
             return getattr(self._s3, op)(**kw)
         except botocore.exceptions.ClientError as exc:
@@ -226,7 +232,8 @@ class S3Remote:
             if int(got.get("ContentLength") or 0) > limit:
                 raise bounded.too_large(self.url, what, limit)
             body = bounded.read(iter(lambda: got["Body"].read(1 << 20), b""), limit, url=self.url, what=what)
-            self.bytes_received += len(body)
+            with self._count:
+                self.bytes_received += len(body)
             return body, str(got.get("ETag", ""))
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise TransientRemoteError(f"{self.url}: read of {key} cut: {exc}") from exc
@@ -238,8 +245,15 @@ class S3Remote:
     # -- the pack index ------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Learn every pack indexed on the remote since the last look."""
+        """Learn every pack indexed on the remote since the last look.
+
+        The new indexes are read INDEX_READS at a time: a new machine's first fetch
+        reads one per pack ever pushed, and read one after the other they were most of
+        a small clone's requests in sequence (docs/benchmarks.md, "A fleet"). They are
+        added in listing order, so the first pack listed still names an object held
+        twice."""
         self._refreshed = time.monotonic()
+        new: list[str] = []
         token: str | None = None
         while True:
             kw = {"ContinuationToken": token} if token else {}
@@ -247,29 +261,37 @@ class S3Remote:
                 "list_objects_v2", Bucket=self.bucket, Prefix=self.root + "packs/", **kw
             )
             if page is None:
-                return
+                break
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
                 if name.endswith(".idx") and name[:-4] not in self._packs:
-                    self._load_index(name[:-4])
+                    new.append(name[:-4])
             if not page.get("IsTruncated"):
-                return
+                break
             token = page.get("NextContinuationToken")
+        if len(new) > 1:
+            with ThreadPoolExecutor(INDEX_READS) as pool:
+                read = list(pool.map(self._index_bytes, new))
+        else:
+            read = [self._index_bytes(p) for p in new]
+        for pack_id, data in zip(new, read, strict=True):
+            if data is not None:
+                self._add_index(pack_id, decode_index(data, pack_id))
 
-    def _load_index(self, pack_id: str) -> None:
+    def _index_bytes(self, pack_id: str) -> bytes | None:
+        """The index of ``pack_id``, from the cache dir or the bucket (None: gone)."""
         cached = self._cache / f"{pack_id}.idx" if self._cache else None
-        data = cached.read_bytes() if cached and cached.exists() else None
-        if data is None:
-            got = self._get(f"packs/{pack_id}.idx", bounded.MAX_INDEX)
-            if got is None:
-                return
-            data = got[0]
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                tmp.replace(cached)
-        self._add_index(pack_id, decode_index(data, pack_id))
+        if cached and cached.exists():
+            return cached.read_bytes()
+        got = self._get(f"packs/{pack_id}.idx", bounded.MAX_INDEX)
+        if got is None:
+            return None
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{threading.get_ident()}.tmp")
+            tmp.write_bytes(got[0])
+            tmp.replace(cached)
+        return got[0]
 
     def _add_index(self, pack_id: str, frames: list[tuple[ObjectId, ObjType, int, int]]) -> None:
         for oid, otype, off, n in frames:

@@ -236,12 +236,12 @@ def _pack_stream(
     the store handle is looked up per batch rather than captured once.
     """
 
-    def objects() -> Iterator[pack.WireObject]:
+    def objects() -> Iterator[pack.WireObject | pack.Sized]:
         for i in range(0, len(ids), 64):
             for step in _read_steps(stores.get(), ids[i : i + 64]):
                 store = stores.get()
                 sent = []
-                for obj in pack.from_store(store.objects, step):
+                for obj in pack.from_store_frames(store.objects, step, multi_frame=multi_frame):
                     if obj is not None:
                         if obj[1] is ObjType.BLOB:
                             sent.append(obj[0])

@@ -62,7 +62,13 @@ def _listen(host: str, port: int, flag: str) -> socket.socket:
     bad address, a port out of range)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+        # asyncio turns Nagle off on an accepted connection only if its socket says proto
+        # IPPROTO_TCP, and an accepted socket says what the listening one does: 0, from
+        # create_server. With Nagle on, an answer written in two pieces (head, then body)
+        # waited for the client's delayed ACK: 44 ms per request on loopback, a fifth of a
+        # 64 MiB fetch (docs/benchmarks.md, "Large pins").
+        return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=sock.detach())
     except (OSError, OverflowError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UsageError(

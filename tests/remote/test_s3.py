@@ -96,6 +96,26 @@ def test_index_cache_on_disk_saves_requests(seaweed: Seaweed, s3_url: str, tmp_p
         r.close()
 
 
+def test_a_new_client_learns_many_packs_at_once(seaweed: Seaweed, s3_url: str, tmp_path: Path) -> None:
+    """A first fetch reads every index (several at a time, cas.remote.s3.INDEX_READS):
+    each object of each pack is found and fetched whole; one GET per index, and the
+    on-disk cache written by those readers serves the next client."""
+    objs = [blob(f"p{i}".encode() * 200) for i in range(24)]
+    w = make(seaweed, s3_url)
+    for i in range(0, len(objs), 2):
+        w.send_pack(objs[i : i + 2])  # 12 packs
+    a = make(seaweed, s3_url, cache_dir=tmp_path / "idx")
+    got = a.fetch(ids(objs))
+    assert [(o[0], bytes(o[2])) for o in got] == [(o[0], o[2]) for o in objs]
+    assert a.requests == 1 + 12 + 12  # LIST, index GETs, one ranged GET per pack
+    assert len(list((tmp_path / "idx").glob("*.idx"))) == 12
+    assert not list((tmp_path / "idx").glob("*.tmp"))
+    b = make(seaweed, s3_url, cache_dir=tmp_path / "idx")
+    assert b.missing(ids(objs)) == [] and b.requests == 1
+    for r in (w, a, b):
+        r.close()
+
+
 def test_racing_ref_writers_on_conditional_puts(seaweed: Seaweed, s3_url: str) -> None:
     """Same ref: exactly one CAS lands. Different refs: all land (retries absorb races)."""
     base = commit_objects("base")
