@@ -23,10 +23,13 @@ import os
 import re
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cas.torch import wrapped
 
 __all__ = [
     "SUPPORTED",
@@ -648,6 +651,10 @@ def refused_units() -> list[str]:
 # -- precompiled units torch cannot install or record ----------------------------------------
 
 _PACKAGE = "torch._dynamo.package"
+_GUARDS = "torch._dynamo.guards"
+_OUTPUT_GRAPH = "torch._dynamo.output_graph"
+#: What torch's guard-state pickler writes for a function its name does not lead back to.
+_FQN_MISMATCH = ("fqn mismatch",)
 #: torch logs here when a unit's file cannot be read or unpickled (``DynamoCache.load``).
 _PACKAGE_LOAD_FAILED = "Failed to load package from path"
 #: Longest reason kept for the warmth report (a reason may quote torch's repr of a value).
@@ -697,12 +704,29 @@ def _refusing(method: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
+def _globals_module(package: Any) -> None:
+    """Name, as the module of a fresh package's function, the module whose dict is its
+    ``__globals__``. torch (2.13, 2.14.1) takes ``fn.__module__``, which
+    ``functools.wraps`` copies from the wrapped function: for a decorated ``forward``
+    (transformers' ``can_return_tuple``) the unit would then read the globals its guards
+    and compiled code need from the wrong module, and every guard fails on load
+    (``KeyError on G[...]``)."""
+    fn = package._innermost_fn
+    entry = package._codes.get(getattr(fn, "__code__", None))
+    name = getattr(fn, "__globals__", {}).get("__name__")
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    if entry is not None and module is not None and vars(module) is fn.__globals__:
+        entry.python_module = name
+
+
 def _initialize_refusing(method: Callable[..., Any]) -> Callable[..., Any]:
     refusing = _refusing(method)
 
     def initialize(self: Any, fn: Any, dynamo: Any = None, *args: Any, **kwargs: Any) -> Any:
         if dynamo is None:  # a fresh package, nothing loaded: torch's own path
-            return method(self, fn, dynamo, *args, **kwargs)
+            method(self, fn, dynamo, *args, **kwargs)
+            _globals_module(self)
+            return None
         return refusing(self, fn, dynamo, *args, **kwargs)
     return initialize
 
@@ -752,6 +776,44 @@ def _record_package_guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     return record_package
 
 
+def _naming_wrapped(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``GuardsStatePickler.reducer_override``, writing a ``functools.wraps``-decorated
+    function's original by name (:mod:`cas.torch.wrapped`) where torch would write
+    ``_Missing`` and so make the unit uninstallable."""
+    missing = sys.modules[_GUARDS]._Missing
+
+    def reducer_override(self: Any, obj: Any) -> Any:
+        reduced = method(self, obj)
+        if isinstance(reduced, tuple) and len(reduced) == 2 and reduced[0] is missing \
+                and reduced[1] == _FQN_MISMATCH:
+            path = wrapped.wrapped_path(obj)
+            if path is not None:
+                return wrapped.unwrapped, path
+        return reduced
+    return reducer_override
+
+
+def _globals_recorded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``OutputGraph.install_global_by_id``, telling the unit being recorded about the
+    global: dynamo's bytecode loads a module it needs under a name made of the module's
+    id (``___module_collections_<id>_c0``, ``codegen.create_load_python_module``), which
+    torch installs in the recording process only (2.13, 2.14.1), so a loaded unit would
+    end the program with a ``NameError``. A module is recorded as an import, installed
+    again by name on load; any other value (a dict, a weakref, a stream) has no name a
+    new process could find, so that unit is not recorded."""
+    def install_global_by_id(self: Any, prefix: str, value: Any) -> str:
+        name: str = method(self, prefix, value)
+        package = getattr(self, "package", None)
+        if package is None:
+            return name
+        if isinstance(value, types.ModuleType) and sys.modules.get(value.__name__) is value:
+            package.add_import_source(name, value.__name__)
+        else:
+            _unrecordable(package, RuntimeError(f"its code reads a global torch does not save ({prefix})"))
+        return name
+    return install_global_by_id
+
+
 def guard_units() -> None:
     """Make dynamo's precompiled units safe to load and to record, once per process: a
     unit torch cannot install is refused (:class:`UnitNotInstalled`, reason kept for
@@ -763,13 +825,19 @@ def guard_units() -> None:
     if getattr(cls, "_cas_guarded", False):
         return
     # Every method looked up before any is replaced: a torch that lacks one is left as is.
-    wrapped = {"install": _refusing(cls.install), "initialize": _initialize_refusing(cls.initialize),
+    methods = {"install": _refusing(cls.install), "initialize": _initialize_refusing(cls.initialize),
                "code_context": _code_context_recording(cls.code_context)}
-    wrapped.update({name: _recording(getattr(cls, name)) for name in _RECORDING})
+    methods.update({name: _recording(getattr(cls, name)) for name in _RECORDING})
     record = _record_package_guarded(package.DynamoStore.record_package)
-    for name, method in wrapped.items():
+    pickler = importlib.import_module(_GUARDS).GuardsStatePickler
+    reducer = _naming_wrapped(pickler.reducer_override)
+    output_graph = importlib.import_module(_OUTPUT_GRAPH).OutputGraph
+    install_global = _globals_recorded(output_graph.install_global_by_id)
+    for name, method in methods.items():
         setattr(cls, name, method)
     package.DynamoStore.record_package = record
+    pickler.reducer_override = reducer
+    output_graph.install_global_by_id = install_global
     cls._cas_guarded = True
     log = logging.getLogger(_PACKAGE)
     if _refused not in log.handlers:

@@ -1,6 +1,7 @@
 """A program that knows nothing of cas: compile a small model, call it once, print what
 dynamo did (``PRE {json}``). Its model lives in ``pmodel.py`` beside it, so a test can
-change the model's source. Argument: the batch size. ``PRE_FAULT`` injects a fault into
+change the model's source; ``PRE_MODEL=decorated`` takes pdecorated.py's instead (a
+``forward`` decorated with ``functools.wraps``). Argument: the batch size. ``PRE_FAULT`` injects a fault into
 torch (tests only): ``install`` makes a loaded unit's guards fail to rebuild (as a
 ``_Missing`` value does), ``record`` makes recording the unit fail while dynamo traces."""
 
@@ -14,7 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pmodel import Net  # noqa: E402  (beside this file, wherever a test copied it)
+if os.environ.get("PRE_MODEL") == "decorated":
+    from pdecorated import Net  # noqa: E402  (beside this file, wherever a test copied it)
+else:
+    from pmodel import Net  # type: ignore[assignment]  # noqa: E402
 
 
 def _inject(fault: str) -> None:
@@ -35,7 +39,10 @@ model = Net().eval()
 compiled = torch.compile(model)
 x = torch.randn(int(sys.argv[1]), 16)
 with torch.no_grad():
-    equal = torch.allclose(compiled(x), model(x), atol=1e-5)
+    got, expected = compiled(x), model(x)
+    if isinstance(got, dict):  # pdecorated's forward returns {"y": ...}
+        got, expected = got["y"], expected["y"]
+    equal = torch.allclose(got, expected, atol=1e-5)
 from torch._dynamo.utils import counters  # noqa: E402
 
 print("PRE " + json.dumps({"equal": equal, "traced": int(counters["frames"]["total"]),

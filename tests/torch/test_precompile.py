@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def _program(dst: Path) -> Path:
     dst.mkdir(parents=True)
-    for name in ("precompile_program.py", "precompile_door.py", "pmodel.py"):
+    for name in ("precompile_program.py", "precompile_door.py", "pmodel.py", "pdecorated.py", "pdeco.py"):
         shutil.copy(HERE / name, dst / name)
     return dst / "precompile_program.py"
 
@@ -194,3 +194,44 @@ def test_every_front_door_records_a_unit_a_new_machine_loads(door: str, tmp_path
     loaded, out = _run(store, program, 4, "--ref", "main")
     assert out["traced"] == 0 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
     assert _summary(loaded) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
+
+
+def test_a_forward_decorated_with_functools_wraps_loads_on_a_new_machine(tmp_path: Path) -> None:
+    # As transformers decorates GPT-2's forward. Without cas's fixes torch files the unit
+    # under the wrapped function's module and drops a module global its bytecode loads by
+    # id: the loaded unit ends the program with a NameError (docs/torch.md).
+    store, program = tmp_path / "store", _program(tmp_path / "program")
+    _, out = _run(store, program, 4, "--record", "main", PRE_MODEL="decorated")
+    assert out["traced"] == 1
+    proc, out = _run(store, program, 4, "--ref", "main", PRE_MODEL="decorated")
+    assert out["traced"] == 0
+    assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
+
+
+WRAPPED_GUARD_VALUE = '''
+import io, pickle, sys
+sys.path.insert(0, sys.argv[1])
+import torch._dynamo.guards as guards
+import pdecorated
+from cas.torch import _compat
+if sys.argv[2] == "cas":
+    _compat.guard_units()
+inner = pdecorated.Block.forward.__wrapped__  # the original, one decorator down
+buf = io.BytesIO()
+guards.GuardsStatePickler({}, {}, {}, buf).dump(inner)
+back = pickle.loads(buf.getvalue())
+print("SAME" if back is inner else repr(back))
+'''
+
+
+@pytest.mark.parametrize("pickler", ["torch", "cas"])
+def test_a_decorated_function_in_a_guard_is_pickled_as_the_same_function(pickler: str, tmp_path: Path) -> None:
+    # The GPT-2 `_Missing`: its guards reach decorated functions through their wrappers'
+    # closures; torch's pickler finds the wrapper under the original's name and writes
+    # `_Missing("fqn mismatch")`, which no process can install. cas writes the name and
+    # the `__wrapped__` steps, read back as the loading process's own function.
+    program = _program(tmp_path / "program")
+    proc = subprocess.run([sys.executable, "-c", WRAPPED_GUARD_VALUE, str(program.parent), pickler],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == ("SAME" if pickler == "cas" else "_Missing(fqn mismatch)")
