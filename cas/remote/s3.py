@@ -269,12 +269,17 @@ class S3Remote:
             if not page.get("IsTruncated"):
                 break
             token = page.get("NextContinuationToken")
-        if len(new) > 1:
-            with ThreadPoolExecutor(INDEX_READS) as pool:
-                read = list(pool.map(self._index_bytes, new))
-        else:
-            read = [self._index_bytes(p) for p in new]
-        for pack_id, data in zip(new, read, strict=True):
+        if len(new) <= 1:
+            self._add_indexes(new, [self._index_bytes(p) for p in new])
+            return
+        with ThreadPoolExecutor(INDEX_READS) as pool:
+            # in windows: at most INDEX_READS indexes (each within MAX_INDEX) held undecoded
+            for i in range(0, len(new), INDEX_READS):
+                window = new[i : i + INDEX_READS]
+                self._add_indexes(window, list(pool.map(self._index_bytes, window)))
+
+    def _add_indexes(self, pack_ids: list[str], read: list[bytes | None]) -> None:
+        for pack_id, data in zip(pack_ids, read, strict=True):
             if data is not None:
                 self._add_index(pack_id, decode_index(data, pack_id))
 

@@ -17,6 +17,7 @@ from cas.remote.faults import CountingRemote, FaultyRemote
 from cas.remote.local import LocalRemote
 from cas.remote.retry import RetryingRemote
 from cas.store import Store
+from cas.sync.walk import PARALLEL
 
 from .helpers import ENV_A, add, assert_complete, entries_of, new_store, remote_at
 
@@ -84,12 +85,16 @@ def main_root(store: Store) -> ObjectId:
 def test_cut_push_resumes_without_resending(tmp_path: Path) -> None:
     local = new_store(tmp_path / "local")
     remote = remote_at(tmp_path / "remote")
-    add(local, "big", 24, size=1 << 20, random_bytes=True)  # ~3 packs of 8 MiB
+    # More packs of 8 MiB than a push keeps in flight (PARALLEL), so that the cut falls
+    # among them: the fault counts packs as they finish, and the first PARALLEL start
+    # together, before any has finished.
+    n = 8 * (PARALLEL + 2)
+    add(local, "big", n, size=1 << 20, random_bytes=True)
     faulty = FaultyRemote(remote, drop_after_packs=1)
     with pytest.raises(TransientRemoteError, match="dropped"):
         sync.push(local, faulty, MAIN)
     arrived = _ids(remote.store)
-    assert 0 < len(arrived) < 24 and "refs/heads/main" not in remote.list_refs()
+    assert 0 < len(arrived) < n and "refs/heads/main" not in remote.list_refs()
     counting = CountingRemote(remote)
     sync.push(local, counting, MAIN)
     assert not arrived & set(counting.sent_ids)  # nothing that arrived is sent again

@@ -3,10 +3,15 @@ first call skips tracing where the unit's guards pass; anything else traces, nev
 stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompiled start").
 
 One recording process (``cas run --precompile --record``), then new machines (``cas run
---precompile --ref``: a
-fresh torch cache dir each): the unit is loaded; a changed input shape, a changed model
-source, another env and an untrusted remote each trace instead, and every output equals
-eager's."""
+--precompile --ref``: a fresh torch cache dir each): the unit is loaded; a changed input
+shape, a changed model source, another env and an untrusted remote each trace instead, and
+every output equals eager's.
+
+The other recording processes (a fault while recording, each front door) start from the
+first one's C++ kernels (:func:`torchkit.seed_kernels`: code only, no FX, AOT or dynamo
+entries), so they trace, compile and record as on an empty cache dir without waiting on
+g++ for the ISA probe and the model's kernel; the new machines that load what they
+recorded start empty."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from livekit import Proc, base_env, cas
+from torchkit import seed_kernels
 
 from cas import manifest
 from cas.history import commit_changes
@@ -53,15 +59,22 @@ def _summary(proc: Proc) -> str:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The module's one cold recording: its store, its program, and its torch cache dir
+    (kept with ``--cache-dir``, for the later recording processes' C++ kernels)."""
     base = tmp_path_factory.mktemp("precompile")
-    store, program = base / "store", _program(base / "program")
-    proc, out = _run(store, program, 4, "--record", "main")
+    store, program, cache = base / "store", _program(base / "program"), base / "cache"
+    proc, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(cache))
     assert out["traced"] == 1
     with Store(store) as s:
         kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
     assert "precompile" in kinds, proc.stderr[-3000:]
-    return store, program
+    return store, program, cache
+
+
+@pytest.fixture(scope="module")
+def recorded(recording: tuple[Path, Path, Path]) -> tuple[Path, Path]:
+    return recording[0], recording[1]
 
 
 def test_a_new_machine_loads_the_unit_and_skips_tracing(recorded: tuple[Path, Path]) -> None:
@@ -164,9 +177,12 @@ def test_a_unit_torch_cannot_install_is_refused_and_the_program_runs(recorded: t
         in proc.stderr
 
 
-def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(tmp_path: Path) -> None:
+def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(
+    recording: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     store, program = tmp_path / "store", _program(tmp_path / "program")
-    proc, out = _run(store, program, 4, "--record", "main", PRE_FAULT="record")
+    cache = seed_kernels(recording[2], tmp_path / "cache")  # code only: FX and dynamo miss
+    proc, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(cache), PRE_FAULT="record")
     assert out["traced"] == 1
     assert "precompiled unit not recorded (TypeError: injected fault: '_Missing' object in record)" in proc.stderr
     with Store(store) as s:
@@ -175,9 +191,12 @@ def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(tmp
 
 
 @pytest.mark.parametrize("door", ["enable", "backend", "capture"])
-def test_every_front_door_records_a_unit_a_new_machine_loads(door: str, tmp_path: Path) -> None:
+def test_every_front_door_records_a_unit_a_new_machine_loads(
+    door: str, recording: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     store, program = tmp_path / "store", _program(tmp_path / "program")
-    cache = tmp_path / "cache"  # this machine's torch cache dir, empty
+    # This machine's torch cache dir: the first recording's C++ kernels, and nothing else.
+    cache = seed_kernels(recording[2], tmp_path / "cache")
     env = base_env(TORCHINDUCTOR_CACHE_DIR=str(cache), CAS_DIR=str(store))
     if door != "enable":  # the process turned caching precompile on itself
         env["TORCH_CACHING_PRECOMPILE"] = "1"
