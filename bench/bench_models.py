@@ -1,26 +1,31 @@
-"""Models nobody here wrote, on a new machine: GPT-2 and BERT from ``transformers``.
+"""Models nobody here wrote, on a new machine, with dynamo's precompiled units: GPT-2
+(inference, and one training step), BERT with a dynamic batch and a ResNet (a vision
+model, another family: convolutions, batch norm, pooling), all from ``transformers``.
 
-Both are built from small configs with random weights (no download): GPT-2 (2 layers,
-width 64) with one training step (forward, loss, backward); BERT (2 layers, width 64)
-in inference with dynamic batch sizes (batch 4, then 8 and 16 on the same graph).
-Needs the ``bench`` extra (``pip install -e '.[bench]'``); never a runtime dependency.
+Each is built from a small config with random weights (no download) and dropout off, so
+eager and compiled compute the same function. Needs the ``bench`` extra (``pip install
+-e '.[bench]'``); never a runtime dependency.
 
-Three ways per model, each the first compiled call in a fresh process:
+Ways per model, each the compile and first step in a fresh process (``torch.compile``
+through the step's last output: a unit is loaded at the ``torch.compile`` call):
 
-- **cold**: a new machine (empty torch cache dir, empty ``TMPDIR``), under
-  ``cas run --record main`` (which records it into store A);
-- **torch warm local**: machine A again, plain python, torch's own warm caches;
-- **cas new machine**: store A pushed to a ``cas serve`` on loopback, ``cas clone
-  --env current --trusted`` into store B, then ``cas run --ref main`` on a new machine.
+- **cold**: plain python on a new machine (empty torch cache dir, empty ``TMPDIR``);
+- **torch warm local**: plain python again on that machine, torch's own warm caches;
+- **cas record**: ``cas run --precompile --record main`` on another new machine (store A);
+- **cas new machine**: store A pushed to a ``cas serve`` on loopback, ``cas clone --env
+  current --trusted`` into store B, then ``cas run --precompile --ref main`` on a new
+  machine (empty cache dir and ``TMPDIR``).
 
-Reports times, torch's FX/AOT hits, the C++ builds torch did (cas run's warmth report)
-and the bytes the clone moved (and how many of them were precompiled headers).
+Every step's outputs (logits; for training the loss and every gradient) are checked
+against eager in the same process; a difference ends the run. Each process also reports
+torch's per-phase times (``torch._dynamo.utils.compilation_time_metrics``, what
+``dynamo_timed`` measured) and a few timers of our own around torch's loading functions
+(the unit's unpickle, the precompiled-header check, the ISA probe, ``.so`` loads).
 
-    .venv/bin/python bench/bench_models.py [--models gpt2 bert] [--reps 3]
+    .venv/bin/python bench/bench_models.py [--models gpt2 gpt2-train bert resnet] [--reps 3]
 
 With ``--reps N`` the warm ways run N rounds, alternating, and the table gives each way's
-median; cold runs once. A fourth way, plain python again on the machine cas hydrated,
-tells cas's cost inside the process apart from what the hydrated cache lacks.
+median; the cold ways run once.
 """
 
 from __future__ import annotations
@@ -34,65 +39,147 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 CAS = str(Path(sys.executable).parent / "cas")
-WAYS = ("cold", "torch warm local", "cas new machine")
-#: Not a goal: plain python again on the machine ``cas run`` just hydrated. Against "cas
-#: new machine" it isolates what cas costs inside the process (hooks, live backend, the
-#: header written in the background); against "torch warm local", what the hydrated
-#: cache lacks.
-HYDRATED = "torch warm, hydrated by cas"
+MODELS = ("gpt2", "gpt2-train", "bert", "resnet")
+COLD, WARM, RECORD, NEW = "cold", "torch warm local", "cas record", "cas new machine"
+#: The phases the table shows: (column, torch's ``dynamo_timed`` names or our own timers, summed).
+PHASES = (
+    ("tracing", ("bytecode_tracing",)),
+    ("guards", ("build_guards", "precompile_load_guards", "precompile_build_guards")),
+    ("unit read", ("unit_read",)),
+    ("AOT load", ("after_deserialization", "AOTAutogradCache.inductor_load")),
+    ("module load", ("PyCodeCache.load_by_key_path",)),
+)
+#: Our own timers inside module load (point 4 of issue 17): the functions torch calls on
+#: every warm start before a C++ kernel runs.
+LOAD_PARTS = ("header_check", "isa_probe", "so_load")
+#: Tolerance of the eager check: inductor reorders float sums.
+ATOL = RTOL = 1e-4
+
+
+def _no_grad(fn: Callable[[], list[Any]]) -> list[Any]:
+    import torch
+
+    with torch.no_grad():
+        return fn()
+
+
+def _build(model: str) -> tuple[Any, Callable[[Any], list[Any]], dict[str, Any]]:
+    """``model``'s module, one step (``step(fn)`` calls ``fn`` as the model and returns
+    every output to check) and the ``torch.compile`` options."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    if model.startswith("gpt2"):
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        net = transformers.GPT2LMHeadModel(cfg)
+        ids = torch.randint(0, 512, (2, 32))
+        if model == "gpt2":
+            net.eval()
+            return net, lambda f: _no_grad(lambda: [f(input_ids=ids).logits]), {}
+
+        def train_step(f: Any) -> list[Any]:  # forward, loss, backward: the loss and every grad
+            net.zero_grad(set_to_none=True)
+            loss = f(input_ids=ids, labels=ids).loss
+            loss.backward()
+            return [loss.detach(), *(p.grad.clone() for p in net.parameters() if p.grad is not None)]
+        return net, train_step, {}
+    if model == "bert":
+        cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=128, vocab_size=512, max_position_embeddings=64)
+        net = transformers.BertModel(cfg).eval()
+        batches = [torch.randint(0, 512, (b, 32)) for b in (4, 8, 16)]  # one dynamic graph serves all
+        return net, lambda f: _no_grad(lambda: [f(input_ids=x).last_hidden_state for x in batches]), \
+            {"dynamic": True}
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                    num_labels=10)
+    net = transformers.ResNetForImageClassification(cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    return net, lambda f: _no_grad(lambda: [f(pixel_values=images).logits]), {}
+
+
+class _Timers:
+    """Seconds spent in a few of torch's functions, wrapped in this process only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, owner: Any, name: str, label: str, classmethod_: bool = False) -> None:
+        raw = owner.__dict__[name].__func__ if classmethod_ else getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return raw(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+        setattr(owner, name, classmethod(timed) if classmethod_ else timed)
+
+
+def _timers() -> _Timers:
+    from torch._dynamo import package
+    from torch._inductor import codecache, cpu_vec_isa
+
+    t = _Timers()
+    t.wrap(package.DynamoCache, "load", "unit_read")
+    t.wrap(codecache, "_precompile_header", "header_check")
+    for owner in (codecache, cpu_vec_isa):
+        t.wrap(owner, "pick_vec_isa", "isa_probe")
+    t.wrap(codecache.CppPythonBindingsCodeCache, "_load_library_inner", "so_load", classmethod_=True)
+    _time_subprocesses(t)
+    return t
+
+
+def _time_subprocesses(t: _Timers) -> None:
+    """Seconds in each program torch runs (``g++ -E``/``-v``, ``openssl``, the ISA probe's
+    python), as ``run:<program>``: ``subprocess.run`` is what ``check_output`` calls."""
+    import subprocess as sp
+
+    raw = sp.run
+
+    def run(args: Any, *a: Any, **kw: Any) -> Any:
+        argv = [args] if isinstance(args, str) else list(args)
+        label = "run:" + Path(str(argv[0]).split()[0]).name if argv else "run:?"
+        start = time.perf_counter()
+        try:
+            return raw(args, *a, **kw)
+        finally:
+            t.seconds[label] = t.seconds.get(label, 0.0) + time.perf_counter() - start
+    sp.run = run  # type: ignore[assignment]
 
 
 def child(model: str) -> None:
-    """One first compiled call of ``model``, in this fresh process."""
+    """The compile and first step of ``model`` in this fresh process, checked against eager."""
     import warnings
 
     warnings.filterwarnings("ignore")
     import torch
-    import transformers
+    from torch._dynamo.utils import compilation_time_metrics, counters
 
+    from cas.torch import _compat
     from cas.torch.demo import cache_counters
 
-    torch.manual_seed(0)
-    if model == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=512, n_positions=64)
-        net = transformers.GPT2LMHeadModel(cfg)
-        ids = torch.randint(0, 512, (2, 32))
-        compiled = torch.compile(net)
-        start = time.perf_counter()
-        compiled(input_ids=ids, labels=ids).loss.backward()  # one training step
-        first = time.perf_counter() - start
-    else:
-        cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=128, vocab_size=512, max_position_embeddings=64)
-        net = transformers.BertModel(cfg).eval()
-        compiled = torch.compile(net, dynamic=True)
-        start = time.perf_counter()
-        with torch.no_grad():
-            compiled(input_ids=torch.randint(0, 512, (4, 32)))
-            first = time.perf_counter() - start
-            for batch in (8, 16):  # dynamic batch sizes: the same graph serves them
-                compiled(input_ids=torch.randint(0, 512, (batch, 32)))
-    print("BENCH " + json.dumps({"first_call_s": first, "counters": cache_counters(), **_diagnosis()}),
-          flush=True)
-
-
-def _diagnosis() -> dict[str, Any]:
-    """Every torch counter and torch's own per-phase compile times: what to compare when a
-    warm start is slower than torch's own warm cache (docs/benchmarks.md)."""
-    from torch._dynamo import utils
-
-    counters = utils.counters
-    phases: dict[str, float] = {}
-    try:  # what dynamo_timed measured, per phase (torch's private table; absent: no phases)
-        for name, values in utils.compilation_time_metrics.items():
-            phases[name] = round(sum(values), 3)
-    except Exception:
-        pass
-    return {"all_counters": {k: dict(v) for k, v in counters.items() if v}, "phases_s": phases}
+    net, step, opts = _build(model)
+    expected = step(net)
+    timers = _timers()
+    start = time.perf_counter()
+    got = step(torch.compile(net, **opts))
+    first = time.perf_counter() - start
+    diff = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+    if not all(torch.allclose(a, b, atol=ATOL, rtol=RTOL) for a, b in zip(got, expected, strict=True)):
+        raise SystemExit(f"{model}: compiled output differs from eager (max abs diff {diff:.2e})")
+    phases = {k: round(sum(v), 3) for k, v in compilation_time_metrics.items()}
+    phases.update({k: round(v, 3) for k, v in timers.seconds.items()})
+    print("BENCH " + json.dumps({"first_call_s": first, "max_diff": diff, "counters": cache_counters(),
+                                 "frames": dict(counters["frames"]), "phases_s": phases,
+                                 "unrecorded": _compat.unrecorded_units()}), flush=True)
 
 
 def _machine(root: Path) -> dict[str, str]:
@@ -106,7 +193,7 @@ def _machine(root: Path) -> dict[str, str]:
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:6]} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{cmd[:6]} failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
@@ -119,9 +206,11 @@ def _measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
             out.update(json.loads(line[6:]))
     summary = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
     if summary:
-        rebuilds = summary[-1].get("warmth", {}).get("rebuilds", [])
+        warmth = summary[-1].get("warmth") or {}
+        rebuilds = warmth.get("rebuilds", [])
         out["cxx_builds"] = sum(int(r["count"]) for r in rebuilds if str(r["kind"]).startswith("cpp"))
-        out["fully_warm"] = summary[-1].get("warmth", {}).get("fully_warm")
+        out["precompile"] = summary[-1].get("precompile")
+        out["refused"] = [r["what"] for r in rebuilds if r["kind"] == "precompile"]
     return out
 
 
@@ -142,103 +231,103 @@ def _serve(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("cas serve did not start")
 
 
-def _header_bytes(store: Path) -> tuple[int, int]:
-    """The precompiled headers of ``main``: raw bytes, and bytes as stored (what they
-    cost on the wire, sent as their stored frames)."""
-    from cas import manifest
-    from cas.refs import load_commit, resolve
-    from cas.store import Store
-
-    with Store(store) as s:
-        root = load_commit(s, resolve(s, "main")).manifest
-        raw = stored = 0
-        for k, e in manifest.entries(s, root):
-            if k.kind == "cpp_pch":
-                raw += e.size
-                for part in s.objects.chunk_ids(e.blob) or [e.blob]:
-                    rec = s.objects.record(part)
-                    stored += rec.stored_size if rec is not None else 0
-        return raw, stored
-
-
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median first call, every first call kept in ``runs_s``."""
+    """The run with the median first step, every first step kept in ``runs_s``."""
     ordered = sorted(runs, key=lambda r: float(r["first_call_s"]))
     return {**ordered[(len(ordered) - 1) // 2], "runs_s": [round(r["first_call_s"], 2) for r in runs]}
 
 
-def run(models: list[str], work: Path, reps: int = 1) -> dict[str, Any]:
-    store_a = work / "store-a"
-    me = [sys.executable, __file__, "--child", "--model"]
-    out: dict[str, Any] = {m: {} for m in models}
-    for m in models:
-        print(f"{m}: cold (cas run --record) ...", file=sys.stderr)
-        out[m]["cold"] = _measure([CAS, "--store", str(store_a), "--json", "run", "--record", "main", "--",
-                                   *me, m], _machine(work / f"a-{m}"))
-        print(f"{m}: torch warm local ...", file=sys.stderr)
-        out[m]["torch warm local"] = _measure([*me, m], _machine(work / f"a-{m}"))
+def _clone(work: Path) -> dict[str, Any]:
+    """Store A to a ``cas serve``, cloned from there into store B (the new machine's)."""
     server, url = _serve(work / "server")
     try:
-        pushed = json.loads(_run([CAS, "--store", str(store_a), "--json", "push", url, "main"]).stdout)
+        pushed = json.loads(_run([CAS, "--store", str(work / "store-a"), "--json", "push", url, "main"]).stdout)
         cloned = json.loads(_run([CAS, "--json", "clone", url, str(work / "store-b"), "--env", "current",
                                   "--trusted"]).stdout)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    # The warm ways alternate, rep by rep, so load from elsewhere hits them alike.
-    warm: dict[str, dict[str, list[dict[str, Any]]]] = {m: {w: [] for w in (*WAYS[1:], HYDRATED)} for m in models}
-    for rep in range(reps):
+    return {"push_wire": pushed.get("wire_bytes"), "clone_wire": cloned.get("wire_bytes") or cloned.get("bytes"),
+            "clone_raw": cloned.get("bytes")}
+
+
+def run(models: list[str], work: Path, reps: int = 1) -> dict[str, Any]:
+    me = [sys.executable, __file__, "--child", "--model"]
+    record = [CAS, "--store", str(work / "store-a"), "--json", "run", "--precompile", "--record", "main", "--"]
+    load = [CAS, "--store", str(work / "store-b"), "--json", "run", "--precompile", "--ref", "main", "--"]
+    out: dict[str, Any] = {m: {} for m in models}
+    for m in models:
+        print(f"{m}: cold, then cas record ...", file=sys.stderr)
+        out[m][COLD] = _measure([*me, m], _machine(work / f"w-{m}"))
+        out[m][RECORD] = _measure([*record, *me, m], _machine(work / f"a-{m}"))
+    out["bytes"] = _clone(work)
+    warm: dict[str, dict[str, list[dict[str, Any]]]] = {m: {WARM: [], NEW: []} for m in models}
+    for rep in range(reps):  # the warm ways alternate, so load from elsewhere hits them alike
         for m in models:
             print(f"{m}: warm ways, round {rep + 1} of {reps} ...", file=sys.stderr)
-            if rep:
-                warm[m]["torch warm local"].append(_measure([*me, m], _machine(work / f"a-{m}")))
-            else:
-                warm[m]["torch warm local"].append(out[m]["torch warm local"])
-            b = _machine(work / f"b-{m}-{rep}")
-            warm[m]["cas new machine"].append(_measure([CAS, "--store", str(work / "store-b"), "--json", "run",
-                                                        "--ref", "main", "--", *me, m], b))
-            warm[m][HYDRATED].append(_measure([*me, m], b))
+            warm[m][WARM].append(_measure([*me, m], _machine(work / f"w-{m}")))
+            warm[m][NEW].append(_measure([*load, *me, m], _machine(work / f"b-{m}-{rep}")))
     for m in models:
         out[m].update({w: _median_run(runs) for w, runs in warm[m].items()})
-    headers_raw, headers_stored = _header_bytes(work / "store-b")
-    out["bytes"] = {"push_wire": pushed.get("wire_bytes"), "clone_wire": cloned.get("wire_bytes") or cloned.get("bytes"),
-                    "clone_raw": cloned.get("bytes"), "headers_raw": headers_raw, "headers_stored": headers_stored}
     return out
 
 
+def _phase(run_: dict[str, Any], column: str, names: tuple[str, ...]) -> float:
+    """``names`` summed; for the AOT load, the outer of two nested timers (a unit's
+    ``after_deserialization`` contains ``AOTAutogradCache.inductor_load``)."""
+    values = [float(run_.get("phases_s", {}).get(n, 0.0)) for n in names]
+    return max(values) if column == "AOT load" else sum(values)
+
+
+def _programs(run_: dict[str, Any]) -> str:
+    """Seconds in each program torch ran, largest first (``run:<program>`` timers)."""
+    runs = sorted(((k[4:], v) for k, v in run_.get("phases_s", {}).items() if k.startswith("run:")),
+                  key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in runs) or "none"
+
+
 def table(out: dict[str, Any]) -> str:
-    lines = ["| model | " + " | ".join(WAYS) + f" | cas / cold | cas / warm local | cas C++ builds | cas FX/AOT | {HYDRATED} |",
-             "|---|" + "---|" * (len(WAYS) + 5)]
+    lines = [f"| model | {COLD} | {WARM} | {NEW} | cas / cold | cas / warm local | unit | cas C++ builds |"
+             " max diff vs eager |", "|---|" + "---|" * 8]
     for m, ways in out.items():
         if m == "bytes":
             continue
-        first = {w: ways[w]["first_call_s"] for w in WAYS}
-        cas = ways["cas new machine"]
-        ind, aot = cas["counters"].get("inductor", {}), cas["counters"].get("aot_autograd", {})
-        hits = (f"{ind.get('fxgraph_cache_hit', 0)}/{ind.get('fxgraph_cache_miss', 0)}, "
-                f"{aot.get('autograd_cache_hit', 0)}/{aot.get('autograd_cache_miss', 0)} (hit/miss)")
-        lines.append(f"| {m} | " + " | ".join(f"{first[w]:.2f} s" for w in WAYS)
-                     + f" | {first['cas new machine'] / first['cold']:.2f}× | "
-                     f"{first['cas new machine'] / first['torch warm local']:.2f}× | {cas.get('cxx_builds')} | {hits} | "
-                     f"{ways[HYDRATED]['first_call_s']:.2f} s |")
-        if len(ways["cas new machine"].get("runs_s", [])) > 1:
-            lines.append(f"| {m}, every run | {ways['cold']['first_call_s']:.2f} | "
-                         + " | ".join(", ".join(f"{x:.2f}" for x in ways[w]["runs_s"]) for w in WAYS[1:])
-                         + " | | | | | " + ", ".join(f"{x:.2f}" for x in ways[HYDRATED]["runs_s"]) + " |")
+        first = {w: ways[w]["first_call_s"] for w in (COLD, WARM, NEW)}
+        cas = ways[NEW]
+        pre = cas.get("precompile") or {}
+        unit = f"{pre.get('loaded', 0)} loaded, {pre.get('traced', 0)} traced" + \
+            "".join(f"; {r}" for r in cas.get("refused", [])) + \
+            "".join(f"; not recorded: {r[:90]}" for r in ways[RECORD].get("unrecorded", []))
+        diff = max(ways[w].get("max_diff", 0.0) for w in (COLD, WARM, NEW))
+        lines.append(f"| {m} | {first[COLD]:.2f} s | {first[WARM]:.2f} s | {first[NEW]:.2f} s | "
+                     f"{first[NEW] / first[COLD]:.2f}× | {first[NEW] / first[WARM]:.2f}× | {unit} | "
+                     f"{cas.get('cxx_builds')} | {diff:.1e} |")
+    lines += ["", "Per phase (seconds inside the measured compile and first step; torch's `dynamo_timed` "
+              "names, and our timers around the unit read and the C++ module loading):", "",
+              "| model | way | first step | " + " | ".join(p for p, _ in PHASES) + " | "
+              + " | ".join(LOAD_PARTS) + " | programs run | runs |",
+              "|---|---|---|" + "---|" * (len(PHASES) + len(LOAD_PARTS) + 2)]
+    for m, ways in out.items():
+        if m == "bytes":
+            continue
+        for w in (COLD, WARM, NEW):
+            r = ways[w]
+            lines.append(f"| {m} | {w} | {r['first_call_s']:.2f} | "
+                         + " | ".join(f"{_phase(r, c, names):.2f}" for c, names in PHASES) + " | "
+                         + " | ".join(f"{_phase(r, n, (n,)):.2f}" for n in LOAD_PARTS) + " | "
+                         + _programs(r) + " | "
+                         + ", ".join(f"{x:.2f}" for x in r.get("runs_s", [r["first_call_s"]])) + " |")
     b = out["bytes"]
-    lines.append(f"\nclone moved {b['clone_wire'] / 1e6:.1f} MB on the wire ({b['clone_raw'] / 1e6:.1f} MB raw), "
-                 f"of which precompiled headers {b.get('headers_stored', 0) / 1e6:.1f} MB "
-                 f"({b['headers_raw'] / 1e6:.1f} MB raw); without headers a new machine pulls "
-                 f"{(b['clone_wire'] - b.get('headers_stored', 0)) / 1e6:.1f} MB "
-                 f"({(b['clone_raw'] - b['headers_raw']) / 1e6:.1f} MB raw); the push sent {b['push_wire'] / 1e6:.1f} MB")
+    lines.append(f"\nclone moved {b['clone_wire'] / 1e6:.1f} MB on the wire ({b['clone_raw'] / 1e6:.1f} MB raw); "
+                 f"the push sent {b['push_wire'] / 1e6:.1f} MB")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--model", default="gpt2")
-    p.add_argument("--models", nargs="+", default=["gpt2", "bert"])
+    p.add_argument("--model", default="gpt2", choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--reps", type=int, default=1, help="rounds of the warm ways (medians reported)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args()
