@@ -52,9 +52,16 @@ def torch_env(tmp_path_factory: pytest.TempPathFactory) -> TorchEnv:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def live_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The TMPDIR of livekit's processes: one per session, not the user's."""
-    livekit.TMPDIR = tmp_path_factory.mktemp("live-tmp")
+def live_tmpdir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The TMPDIR of livekit's processes: one per test run, not the user's. Under xdist
+    the workers share it (the dir above each worker's base temp dir is the run's): it
+    holds what torch builds the same for any of these processes, its precompiled header
+    above all (~10 s of g++), which torch builds under a file lock of its own, so two
+    workers' processes build it once. No test counts that header or starts a new machine
+    in this dir (those get an empty TMPDIR of their own)."""
+    base = tmp_path_factory.getbasetemp()
+    livekit.TMPDIR = (base if worker_id == "master" else base.parent) / "live-tmp"
+    livekit.TMPDIR.mkdir(exist_ok=True)
     return livekit.TMPDIR
 
 

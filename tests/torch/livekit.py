@@ -7,8 +7,9 @@ and its flush recorded. Tests that write copy that store first. Two more runs ar
 (``cas run`` of a program that also flushes explicitly) and ``checks`` (seven independent
 runs in one process, so they pay for one import of torch, not seven).
 
-Every process gets the session's own ``TMPDIR`` (set by tests/torch/conftest.py), which
-holds torch's default dir and so its precompiled header, never the user's.
+Every process gets the test run's own ``TMPDIR`` (set by tests/torch/conftest.py, shared
+by the xdist workers), which holds torch's default dir and so its precompiled header,
+never the user's.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Proc:
         return int(self.out["counters"].get(group, {}).get(name, 0))
 
 
-#: The session's TMPDIR for torch processes (torch's default dir: precompiled headers).
+#: The test run's TMPDIR for torch processes (torch's default dir: precompiled headers).
 TMPDIR: Path | None = None
 
 
