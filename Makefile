@@ -22,7 +22,11 @@ demo: $(STAMP)
 system:
 	bash tests/setup_system.sh
 
+# The suite starts hundreds of cas processes, servers and torch programs: cas's own modules
+# are byte-compiled once here (as pip does for installed packages), so that each process
+# reads them compiled even where PYTHONDONTWRITEBYTECODE keeps Python from writing them.
 test: $(STAMP) system
+	$(PY) -m compileall -q cas cli tests bench >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15 -rfE tests
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check cas cli tests bench
