@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cas import history, refs
+from cas.digest import ObjectId
 from cas.errors import (
     AmbiguousId,
     BadRefName,
@@ -52,19 +53,20 @@ def test_branch_resolution_and_ancestry_suffixes(store: Store) -> None:
 
 
 def test_ambiguous_prefix_is_reported(store: Store) -> None:
-    # 300 blobs make a shared 4-hex-digit... not guaranteed; search for a real collision.
-    ids = [store.objects.put(str(i).encode()) for i in range(5000)]
-    seen: dict[str, object] = {}
-    prefix = None
-    for oid in ids:
-        p = oid.hex[:4]
+    # Two blobs whose ids share their first 4 hex digits (found by hashing, ~300 tries),
+    # both stored: the prefix names two objects.
+    seen: dict[str, bytes] = {}
+    for i in range(5000):
+        data = str(i).encode()
+        p = ObjectId.of(data).hex[:4]
         if p in seen:
-            prefix = p
             break
-        seen[p] = oid
-    assert prefix is not None
+        seen[p] = data
+    else:
+        raise AssertionError("no 4-digit collision in 5000 ids")
+    assert store.objects.put(seen[p]).hex[:4] == store.objects.put(data).hex[:4] == p
     with pytest.raises(AmbiguousId):
-        refs.resolve_object(store, prefix)
+        refs.resolve_object(store, p)
 
 
 def test_cas_update_refuses_stale_expectation(store: Store) -> None:
