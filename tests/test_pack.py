@@ -199,7 +199,10 @@ def test_a_payload_of_many_frames_or_tiny_blocks_is_refused_before_it_is_walked(
 
     head = zstandard.ZstdCompressor(level=1, write_checksum=False).compress(data)
     header = head[: zstandard.frame_header_size(head)]
-    blocks = b"".join(struct.pack("<I", (1 << 3) | (i == len(data) - 1))[:3] + b"\0" for i in range(len(data)))
+    def block(last: bool) -> bytes:  # a raw block of one byte (3-byte header, then the byte)
+        return struct.pack("<I", (1 << 3) | last)[:3] + b"\0"
+
+    blocks = block(False) * (len(data) - 1) + block(True)
     tiny = _one_frame_pack(oid, ObjType.BLOB, len(data), header + blocks)
     with pytest.raises(MalformedPack, match="bad compressed payload") as refused:
         pack.decode_all(io.BytesIO(tiny))
