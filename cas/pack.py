@@ -19,7 +19,7 @@ import io
 import struct
 import threading
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol, TypeVar
 
 import blake3
 import zstandard
@@ -254,21 +254,29 @@ def encode(
     yield _TRAILER.pack(END, count, h.digest())
 
 
-def encode_bytes(objects: Iterable[WireObject], *, level: int | None = 3, multi_frame: bool = False) -> bytes:
+def encode_bytes(objects: Iterable[WireObject | Sized], *, level: int | None = 3, multi_frame: bool = False) -> bytes:
     return b"".join(encode(objects, level=level, multi_frame=multi_frame))
 
 
-def batches(objects: Iterable[WireObject], max_bytes: int = PACK_BYTES) -> Iterator[list[WireObject]]:
+Sendable = TypeVar("Sendable", WireObject, "WireObject | Sized")
+
+
+def raw_size(obj: WireObject | Sized) -> int:
+    """The raw (uncompressed) size of an object to send, without reading its bytes."""
+    return obj.raw_size if type(obj) is Sized else len(obj[2])  # type: ignore[union-attr,arg-type]
+
+
+def batches(objects: Iterable[Sendable], max_bytes: int = PACK_BYTES) -> Iterator[list[Sendable]]:
     """Split a stream of objects into lists of about ``max_bytes`` raw bytes each.
 
     An object of half ``max_bytes`` or more travels alone in its own pack, so a pack
     never holds more than about ``max_bytes`` and a cut transfer loses at most one
     large object's progress.
     """
-    batch: list[WireObject] = []
+    batch: list[Sendable] = []
     size = 0
     for obj in objects:
-        n = len(obj[2]) + 64
+        n = raw_size(obj) + 64
         if n >= max_bytes // 2:
             if batch:
                 yield batch

@@ -314,7 +314,10 @@ class HttpRemote:
             out.extend(got)
         return out
 
-    def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
+    #: send_pack takes pack.Sized objects too (cas.remote.base.FrameSender).
+    takes_stored_frames = True
+
+    def send_pack(self, objects: Iterable[WireObject | pack.Sized], progress: Progress | None = None) -> int:
         sent = 0
         count = 0
         for batch in pack.batches(objects):
