@@ -82,7 +82,7 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
     seen: dict[ObjectId, ObjType] = {}
     out = Verified([], [], [])
     unpacked = 0
-    for f in pack.frames(io.BytesIO(data), max_object=min(pack.MAX_OBJECT, max_unpacked)):
+    for f in pack.frames(_PackView(data), max_object=min(pack.MAX_OBJECT, max_unpacked)):  # type: ignore[arg-type]
         out.count += 1
         unpacked += f.raw_size
         if unpacked > max_unpacked:
@@ -108,6 +108,27 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
             out.records.append((f.oid, f.otype, rc.encode(f.otype, f.data(), fast=True)))
         seen[f.oid] = f.otype
     return out
+
+
+class _PackView(io.RawIOBase):
+    """A pack held in memory, read as views of it: a payload goes on to its record
+    (which copies it once, cas.store.records) without a copy of its own; reads under
+    VIEW_MIN bytes (frame headers, small objects) come as bytes."""
+
+    VIEW_MIN = 4096
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes | memoryview:  # type: ignore[override]
+        end = len(self._view) if n < 0 else min(len(self._view), self._pos + n)
+        part = self._view[self._pos : end]
+        self._pos = end
+        return part if len(part) >= self.VIEW_MIN else part.tobytes()
 
 
 def _framed_chunks(f: pack.Frame) -> list[rc.Encoded] | None:

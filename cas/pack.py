@@ -306,7 +306,8 @@ class _Reader:
                 raise MalformedPack(f"pack is truncated (in {what})")
             parts.append(chunk)
             left -= len(chunk)
-        data = b"".join(parts)
+        # one part (what every reader here gives) is handed on as it is: a view stays one
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         if hashed:
             self.hash.update(data)
         return data
