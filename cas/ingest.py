@@ -31,9 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import blake3
-import zstandard
-
 from cas import pack, validate
 from cas.codec import STRUCTURED, ObjType
 from cas.digest import ObjectId, verify_id
@@ -85,7 +82,7 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
     seen: dict[ObjectId, ObjType] = {}
     out = Verified([], [], [])
     unpacked = 0
-    for f in pack.frames(io.BytesIO(data), max_object=min(pack.MAX_OBJECT, max_unpacked)):
+    for f in pack.frames(_PackView(data), max_object=min(pack.MAX_OBJECT, max_unpacked)):  # type: ignore[arg-type]
         out.count += 1
         unpacked += f.raw_size
         if unpacked > max_unpacked:
@@ -113,27 +110,38 @@ def verify(data: bytes, *, max_unpacked: int = MAX_UNPACKED, encode: bool = True
     return out
 
 
+class _PackView(io.RawIOBase):
+    """A pack held in memory, read as views of it: a payload goes on to its record
+    (which copies it once, cas.store.records) without a copy of its own; reads under
+    VIEW_MIN bytes (frame headers, small objects) come as bytes."""
+
+    VIEW_MIN = 4096
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes | memoryview:  # type: ignore[override]
+        end = len(self._view) if n < 0 else min(len(self._view), self._pos + n)
+        part = self._view[self._pos : end]
+        self._pos = end
+        return part if len(part) >= self.VIEW_MIN else part.tobytes()
+
+
 def _framed_chunks(f: pack.Frame) -> list[rc.Encoded] | None:
     """The records of a large blob sent as its chunks' frames (pack.chunk_split), each
-    frame decompressed once, in bounded steps, to hash it both as a chunk and as part of
-    the blob, and kept as it is: nothing is compressed again. None when the frames are
-    not chunk frames (the caller then verifies and re-chunks the blob)."""
+    frame decompressed once, in one call, to hash it both as a chunk and as part of the
+    blob (pack.checked_chunks), and kept as it is: nothing is compressed again. None
+    when the frames are not chunk frames (the caller then verifies and re-chunks the
+    blob)."""
     frames = pack.chunk_split(f.payload, f.raw_size, CHUNK_SIZE) if f.compressed else None
     if frames is None:
         return None
-    whole = blake3.blake3()
-    out: list[rc.Encoded] = []
-    refs = []
-    for frame in frames:
-        size = zstandard.frame_content_size(frame)
-        chunk = b"".join(pack.inflate(frame, size, what=f"blob {f.oid.short()}"))
-        whole.update(chunk)
-        cid = ObjectId.of(chunk)
-        refs.append(rc.CHUNK_REF.pack(cid.raw, size))
-        out.append((cid, ObjType.CHUNK, rc.frame_record(ObjType.CHUNK, size, bytes(frame))))
-    verify_id(f.oid, ObjectId(whole.digest()), source="a pack")
-    out.append((f.oid, ObjType.BLOB, rc.chunked_record(f.raw_size, refs)))
-    return out
+    chunks, _ = pack.checked_chunks(f, frames, keep=False)
+    return rc.framed_chunks(f.oid, f.raw_size, chunks)
 
 
 def records(objs: Iterable[pack.WireObject]) -> list[rc.Encoded]:
@@ -146,6 +154,9 @@ def records(objs: Iterable[pack.WireObject]) -> list[rc.Encoded]:
     for obj in objs:
         oid, otype, data = obj
         sent = obj.frame if isinstance(obj, pack.Framed) else None
+        if isinstance(obj, pack.Framed) and obj.chunks:  # hashed by pack.decode as they came
+            out.extend(rc.framed_chunks(oid, len(data), obj.chunks))
+            continue
         if otype == ObjType.BLOB and len(data) > CHUNK_THRESHOLD:
             frames = None if sent is None else pack.chunk_split(sent, len(data), CHUNK_SIZE)
             out.extend(rc.chunked(rc.split(data), oid, frames))

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from servers import Served
 
-from cas import ingest, pack
+from cas import history, ingest, pack
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError
+from cas.fsck import fsck
+from cas.objects import Entry, EntryKey, Env
+from cas.remote.http import HttpRemote
+from cas.remote.retry import RetryingRemote
 from cas.store import CHUNK_SIZE, Store
+from cas.sync import transfer
 
 LINE = b"    tmp%d = tl.load(in_ptr0 + (x0 + %d), xmask)\n"
 
@@ -114,3 +120,28 @@ def test_a_fetch_answer_sends_stored_frames_as_they_are(tmp_path: Path) -> None:
             got = pack.decode_all(io.BytesIO(wire))
             assert [(o[0], bytes(o[2])) for o in got] == list(zip(ids, [big, small, plain], strict=True))
         assert store.objects.stored_frames([ids[0]], multi=True)[ids[0]][2] == b"".join(stored_frames(store, ids[0]))  # type: ignore[arg-type]
+
+
+def test_a_push_sends_stored_frames_as_they_are_through_a_retrying_remote(tmp_path: Path, served: Served) -> None:
+    """A push to `cas serve` reads what the store keeps compressed as its stored frames
+    (pack.Sized: nothing is decompressed to be sent, cas.remote.base.FrameSender), also
+    behind RetryingRemote as `cas push` opens it: the server keeps the same frames,
+    a chunked blob's chunk frames included, and every object is intact there."""
+    big, small = blob(), blob(300_000)
+    plain = random.Random(5).randbytes(5000)
+    remote = RetryingRemote(HttpRemote(served.url, token=served.write_token))
+    assert remote.takes_stored_frames
+    with Store.init(tmp_path / "s") as store:
+        ids = store.objects.write([(ObjType.BLOB, big), (ObjType.BLOB, small), (ObjType.BLOB, plain)])
+        env = store.objects.put_object(Env({"device": "cpu"}))
+        sizes = [len(big), len(small), len(plain)]
+        entries = {EntryKey(env, "inductor", f"k{i}"): Entry(oid, n) for i, (oid, n) in enumerate(zip(ids, sizes, strict=True))}
+        tip = history.commit_changes(store, "main", entries, "m")  # type: ignore[arg-type]
+        transfer.push(store, remote, [("refs/heads/main", "refs/heads/main")])
+        remote.close()
+        with Store(served.store_path) as there:
+            assert there.refs.get("refs/heads/main") == tip
+            assert stored_frames(there, ids[0]) == stored_frames(store, ids[0])
+            assert there.objects.get_many_frames([ids[1]]) == store.objects.get_many_frames([ids[1]])
+            assert [there.objects.get(o, verify=True) for o in ids] == [big, small, plain]
+            assert fsck(there).ok

@@ -7,6 +7,8 @@ import os
 import struct
 
 import pytest
+import zstandard
+from bombs import raw_pack, rle_frame, zeros_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -248,3 +250,25 @@ def test_decode_frame_keeps_the_zstd_frame_it_read() -> None:
     assert obj.frame == packed[off + n - len(obj.frame) : off + n]  # the payload as read
     ((rid, rtype, record),) = ingest.records([obj])
     assert (rid, rtype) == (oid, ObjType.BLOB) and record.endswith(obj.frame)
+
+
+@pytest.mark.parametrize("content", [2 << 20, (1 << 20) - 1])
+def test_a_frame_lying_about_its_content_size_is_refused_in_one_call(content: int) -> None:
+    # The header and the pack frame both say 1 MiB: the frame is decompressed in one
+    # call (pack.inflate_frame) into a buffer of that size, and zstd refuses the rest.
+    claimed = 1 << 20
+    payload = rle_frame(content, content_size=claimed)
+    assert pack.one_frame(payload, claimed)
+    data = raw_pack([(zeros_id(claimed), ObjType.BLOB, claimed, payload)])
+    with pytest.raises(MalformedPack, match="bad compressed payload"):
+        pack.decode_all(io.BytesIO(data))
+
+
+def test_bytes_after_a_single_frame_are_refused_not_ignored() -> None:
+    content = b"kernel text " * 1000
+    frame = zstandard.compress(content)
+    for payload in (frame + b"junk", frame + frame):
+        assert not pack.one_frame(payload, len(content))
+        data = raw_pack([(ObjectId.of(content), ObjType.BLOB, len(content), payload)])
+        with pytest.raises(MalformedPack):
+            pack.decode_all(io.BytesIO(data))

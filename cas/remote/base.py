@@ -41,13 +41,13 @@ from typing import Protocol, runtime_checkable
 
 from cas.codec import ObjType
 from cas.digest import ObjectId
-from cas.pack import Expect
+from cas.pack import Expect, Sized
 
 #: One object on the wire: its id, type and raw (uncompressed) bytes.
 WireObject = tuple[ObjectId, ObjType, bytes]
 Progress = Callable[[int, int], None]  # (objects done, bytes done)
 
-__all__ = ["Expect", "Progress", "RawPackSender", "Remote", "WireObject"]
+__all__ = ["Expect", "FrameSender", "Progress", "RawPackSender", "Remote", "WireObject"]
 
 
 @runtime_checkable
@@ -95,3 +95,19 @@ class RawPackSender(Protocol):
     """
 
     def send_pack_bytes(self, data: bytes) -> int: ...
+
+
+class FrameSender(Protocol):
+    """Optional extension: a remote whose ``send_pack`` also takes
+    :class:`cas.pack.Sized` objects (the zstd frames a store holds, sent as they are,
+    their bytes never decompressed) says so with ``takes_stored_frames``; a pusher then
+    reads what it sends with :func:`cas.pack.from_store_frames`. ``multi_frame`` (asked
+    only when a blob over 4 MiB is to go) says whether a chunked blob may go as its
+    chunks' frames. HttpRemote is one; RetryingRemote forwards its inner remote's."""
+
+    takes_stored_frames: bool
+
+    @property
+    def multi_frame(self) -> bool: ...
+
+    def send_pack(self, objects: Iterable[WireObject | Sized], progress: Progress | None = None) -> int: ...

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from cas.digest import ObjectId
 from cas.errors import RefConflict, TransientRemoteError
+from cas.pack import Sized
 from cas.remote.base import Expect, Progress, Remote, WireObject
 
 T = TypeVar("T")
@@ -74,12 +75,22 @@ class RetryingRemote:
     ) -> list[WireObject]:
         return self._call(lambda: self.inner.fetch(oids, progress, expect))
 
-    def send_pack(self, objects: Iterable[WireObject], progress: Progress | None = None) -> int:
+    @property
+    def takes_stored_frames(self) -> bool:
+        """What the inner remote says (cas.remote.base.FrameSender)."""
+        return getattr(self.inner, "takes_stored_frames", False) is True
+
+    @property
+    def multi_frame(self) -> bool:
+        return getattr(self.inner, "multi_frame", False) is True
+
+    def send_pack(self, objects: Iterable[WireObject | Sized], progress: Progress | None = None) -> int:
         todo = list(objects)
         sent = 0
         for attempt in range(self.attempts):
             try:
-                return sent + self.inner.send_pack(todo, progress)
+                # Sized objects come only where the inner remote takes them (takes_stored_frames)
+                return sent + self.inner.send_pack(todo, progress)  # type: ignore[arg-type]
             except TransientRemoteError:
                 if attempt + 1 >= self.attempts:
                     raise

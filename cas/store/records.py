@@ -116,7 +116,7 @@ def encode(
     return b"".join((HEAD.pack(otype, flags, n), payload))
 
 
-def frame_record(otype: ObjType, raw_size: int, frame: bytes) -> bytes:
+def frame_record(otype: ObjType, raw_size: int, frame: bytes | memoryview) -> bytes:
     """A record holding ``frame`` as it is: a zstd frame that the caller has checked
     decompresses to exactly ``raw_size`` bytes (cas.pack.Frame.verify), so the bytes
     need never be held whole."""
@@ -151,6 +151,19 @@ def chunked(
         packed = None if frames is None else bytes(frames[i])
         yield cid, ObjType.CHUNK, encode(ObjType.CHUNK, chunk, packed=packed)
     yield oid or whole.digest(), ObjType.BLOB, chunked_record(size, refs)  # type: ignore[union-attr]
+
+
+def framed_chunks(oid: ObjectId, size: int, chunks: Iterable[tuple[ObjectId, int, bytes | memoryview]]) -> list[Encoded]:
+    """The records of a blob of ``size`` bytes under ``oid`` whose ``chunks`` (each its
+    id, size and zstd frame, all checked by the caller: cas.pack.checked_chunks) are
+    kept as they came: the chunks' records holding their frames, then the blob's."""
+    out: list[Encoded] = []
+    refs = []
+    for cid, n, frame in chunks:
+        refs.append(CHUNK_REF.pack(cid.raw, n))
+        out.append((cid, ObjType.CHUNK, frame_record(ObjType.CHUNK, n, frame)))
+    out.append((oid, ObjType.BLOB, chunked_record(size, refs)))
+    return out
 
 
 def split(data: bytes | memoryview) -> Iterator[memoryview]:

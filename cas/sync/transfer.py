@@ -10,7 +10,8 @@ fetched branch (cas.sync.merge); clone fills an empty store.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import cast
 
 from cas import pack, provenance, remotes_config
 from cas.config import identity
@@ -28,7 +29,7 @@ from cas.errors import (
 )
 from cas.history import is_ancestor
 from cas.refs import DEFAULT_BRANCH, HEADS, REMOTES, TAGS, branch_ref, check_any, check_name
-from cas.remote.base import Remote, WireObject
+from cas.remote.base import FrameSender, Remote, WireObject
 from cas.revocations import REF as REVOCATIONS
 from cas.store import Store
 from cas.sync import negotiate
@@ -152,16 +153,36 @@ def _publish(remote: Remote, update: RefUpdate) -> None:
         ) from exc
 
 
-def _read_objects(store: Store, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
+def _read_objects(
+    store: Store, ids: Sequence[ObjectId], frames: Callable[[Sequence[ObjectId]], bool | None]
+) -> Iterator[WireObject | pack.Sized]:
     """The objects to push; those stored compressed carry their zstd frames (pack.Framed,
     a chunked blob its chunks' frames), which travel as they are, so no side compresses
-    them again."""
+    them again. Where the remote takes stored frames (``frames(group)`` is not None:
+    whether a chunked blob may go as its chunks' frames), those come as pack.Sized,
+    never decompressed here either."""
     for i in range(0, len(ids), READ_GROUP):
         group = ids[i : i + READ_GROUP]
-        for oid, obj in zip(group, pack.from_store(store.objects, group), strict=True):
+        multi = frames(group)
+        objs = (
+            pack.from_store(store.objects, group)
+            if multi is None
+            else pack.from_store_frames(store.objects, group, multi_frame=multi)
+        )
+        for oid, obj in zip(group, objs, strict=True):
             if obj is None:
                 raise CorruptObject(f"object {oid.short()} vanished from the store during a push")
             yield obj
+
+
+def _stored_frames(remote: Remote, sizes: Mapping[ObjectId, int]) -> Callable[[Sequence[ObjectId]], bool | None]:
+    """For a group of ids: None where ``remote`` takes no pack.Sized (cas.remote.base.
+    FrameSender), else whether it takes a chunked blob as its chunks' frames, asked (its
+    health, once) only for a group holding a blob over pack.MULTI_FRAME_MIN."""
+    if getattr(remote, "takes_stored_frames", False) is not True:
+        return lambda _group: None
+    sender = cast(FrameSender, remote)
+    return lambda group: any(sizes.get(o, 0) > pack.MULTI_FRAME_MIN for o in group) and sender.multi_frame
 
 
 def _send(
@@ -177,10 +198,10 @@ def _send(
         return
     total = sum(sizes.get(oid, 0) for oid in ids)  # blobs dominate; others count 0
 
-    def sent(batch: list[WireObject], wire: int) -> None:
+    def sent(batch: list[WireObject | pack.Sized], wire: int) -> None:
         stats.wire_bytes += wire
         stats.objects += len(batch)
-        stats.bytes += sum(len(o[2]) for o in batch)
+        stats.bytes += sum(map(pack.raw_size, batch))
         if progress:
             progress("send", stats.objects, stats.bytes, len(ids), total)
 
@@ -190,8 +211,10 @@ def _send(
     # PARALLEL at a time (hashing and zstd release the GIL); nodes, commits and tags
     # follow one pack at a time, in closure order, as the remote checks each pack.
     cut = next((i for i, oid in enumerate(ids) if oid not in leaves), len(ids))
-    pipelined(pack.batches(_read_objects(store, ids[:cut])), remote.send_pack, sent, PARALLEL)
-    pipelined(pack.batches(_read_objects(store, ids[cut:])), remote.send_pack, sent, 1)
+    frames = _stored_frames(remote, sizes)
+    send = cast(FrameSender, remote).send_pack  # pack.Sized only where it takes them
+    pipelined(pack.batches(_read_objects(store, ids[:cut], frames)), send, sent, PARALLEL)
+    pipelined(pack.batches(_read_objects(store, ids[cut:], frames)), send, sent, 1)
 
 
 # -- fetch -----------------------------------------------------------------------------

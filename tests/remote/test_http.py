@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import Served
 
 from cas.digest import ObjectId
 from cas.errors import AuthError, Forbidden, RefConflict, TransientRemoteError, UsageError
 from cas.remote import open_remote
-from cas.remote.http import HttpRemote
+from cas.remote.http import HttpRemote, _StreamReader
 
 from .contract import RemoteContract, blob, commit_objects, ids
 
@@ -273,3 +276,22 @@ def test_concurrent_uploads_and_fetches_all_land_intact(shared_served: Served) -
     r = HttpRemote(shared_served.url, token=shared_served.read_token)
     assert r.missing([o[0] for g in groups for o in g]) == []
     r.close()
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    body=st.binary(max_size=3000),
+    cuts=st.lists(st.integers(0, 3000), max_size=12),
+    reads=st.lists(st.integers(-1, 700), max_size=30),
+)
+def test_the_fetch_stream_reader_gives_the_bytes_in_order_however_they_are_cut(
+    body: bytes, cuts: list[int], reads: list[int]
+) -> None:
+    # The answer to a fetch arrives in chunks of any size; a pack decoder reads it in
+    # pieces of any size: what it reads is the body, in order, and nothing more.
+    edges = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
+    reader = _StreamReader(iter([body[a:b] for a, b in itertools.pairwise(edges)]))
+    got = b"".join(reader.read(n) for n in reads) + reader.read()
+    assert got == body
+    assert reader.consumed == len(body)
+    assert reader.read(5) == b""
