@@ -384,7 +384,8 @@ class LiveCache:
         """Commit what torch compiled since the last flush to ``branch``.
 
         Records the buffered remote-cache puts plus the new side files of the cache dir
-        (entries the branch already holds are left as they are). Returns the commit id,
+        (entries the branch already holds are left as they are, but for a precompiled
+        unit merged with this process's, :meth:`_merged_unit`). Returns the commit id,
         or None when there was nothing new, no branch, or when called from a forked
         child. Never raises: on a store error the entries stay buffered, one warning.
         """
