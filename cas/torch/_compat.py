@@ -765,6 +765,56 @@ def _code_context_recording(method: Callable[..., Any]) -> Callable[..., Any]:
     return code_context
 
 
+def _accessor_path(code: types.CodeType) -> tuple[str, str, str] | None:
+    """(module, class qualname, attribute path) that lead from the module to ``code`` when
+    ``code`` is the getter, setter or deleter of a ``property`` (or the function of a
+    ``functools.cached_property``) on a class, else None. torch's ``_get_code_source``
+    (2.13, 2.14.1) walks ``co_qualname`` with ``getattr`` and stops at the property
+    object, which is not a function, so it finds no path; torch's ``_lookup_code`` walks
+    this one back (``getattr`` of each part, from ``sys.modules[module]``), which is
+    checked here before it is returned: the path leads to this very code or is not used."""
+    import inspect
+
+    module = inspect.getmodule(code)
+    *owner_parts, attr = code.co_qualname.split(".")
+    if module is None or not owner_parts or "<locals>" in owner_parts:
+        return None
+    owner: Any = module
+    for part in owner_parts:
+        owner = getattr(owner, part, None)
+    if not inspect.isclass(owner):
+        return None
+    accessor = inspect.getattr_static(owner, attr, None)
+    for field in ("fget", "fset", "fdel", "func"):
+        if getattr(getattr(accessor, field, None), "__code__", None) is code:
+            path = f"{attr}.{field}.__code__"
+            return (module.__name__, ".".join(owner_parts), path) if _walk(owner, path) is code else None
+    return None
+
+
+def _walk(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _accessors_filed(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``CompilePackage._add_user_function``, filing a frame dynamo compiled on its own
+    that is a property's getter (transformers' ``PreTrainedModel.loss_function``, called
+    after a graph break in a training step) by the path :func:`_accessor_path` finds,
+    where torch finds none and the unit would not be recorded."""
+    def add_user_function(self: Any, code: types.CodeType) -> None:
+        try:
+            method(self, code)
+        except Exception:
+            found = _accessor_path(code)
+            if found is None:
+                raise
+            module, owner, path = found
+            self._add_function(code, module, function_name=owner, code_source=path)
+    return add_user_function
+
+
 def _record_package_guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     def record_package(self: Any, package: Any) -> None:
         if getattr(package, "_cas_unrecordable", None) is not None:
@@ -814,6 +864,80 @@ def _globals_recorded(method: Callable[..., Any]) -> Callable[..., Any]:
     return install_global_by_id
 
 
+#: Most guarded codes a merged unit keeps per compiled code: dynamo's default
+#: ``recompile_limit``, past which torch itself stops compiling a frame again.
+MERGED_GUARDED_MAX = 8
+
+
+def merge_units(kept: bytes, new: bytes) -> bytes | None:
+    """One unit holding what both precompiled units of one function hold (torch's
+    ``PrecompileCacheEntry`` pickles, the same source id), or None when there is nothing
+    to merge: made by other systems or for another device, another source of a function
+    they share, nothing in ``new`` that ``kept`` lacks, or more than
+    :data:`MERGED_GUARDED_MAX` guarded codes for one code.
+
+    Two programs calling one function differently (GPT-2's ``forward`` for inference and
+    for a training step) record two units under one source id, and torch reads one file
+    per source id. Merged, each compiled code keeps both programs' guarded codes in order
+    (``kept``'s first), as dynamo keeps the recompiles of one process, and torch's guards
+    pick the one that holds at each call. Resume functions and backends carry names unique
+    to their process (:func:`start_precompile`), so both sets are installed side by side.
+    Both pickles are unpickled: call only on units the trust policy lets reach torch."""
+    import pickle
+
+    importlib.import_module(_PACKAGE)
+    into, add = pickle.loads(kept), pickle.loads(new)  # noqa: S301  (units torch itself would load)
+    a, b = into.dynamo, add.dynamo
+    if (a.system_info, a.device_type, a.fn_name, a.fn_first_lineno) != \
+            (b.system_info, b.device_type, b.fn_name, b.fn_first_lineno):
+        return None
+    if not _same_sources(a.source_info.inlined_sources, b.source_info.inlined_sources):
+        return None
+    if a.codes[0].python_code != b.codes[0].python_code:
+        return None
+    added = 0
+    for i, code in enumerate(b.codes):
+        mine = a.codes[0] if i == 0 else _same_code(a.codes[1:], code)
+        if mine is None:
+            a.codes.append(code)
+            added += 1
+        elif mine.bypassed or code.bypassed:
+            return None
+        else:
+            added += _merge_code(mine, code)
+    if added == 0 or any(len(c.guarded_codes) > MERGED_GUARDED_MAX for c in a.codes):
+        return None
+    a.source_info.inlined_sources |= b.source_info.inlined_sources
+    into.backends.update(add.backends)
+    return pickle.dumps(into)
+
+
+def _same_code(codes: list[Any], code: Any) -> Any:
+    """The entry of ``codes`` for the same code as ``code`` (a resume function both
+    programs made has one entry with both names, as torch files it in one process)."""
+    same = (code.python_module, code.code_source, code.install_to_global, code.python_code)
+    return next((c for c in codes if (c.python_module, c.code_source, c.install_to_global, c.python_code) == same),
+                None)
+
+
+def _same_sources(a: set[Any], b: set[Any]) -> bool:
+    """Whether no lines both units hashed differ (the same module lines, another checksum)."""
+    lines = {(s.module, s.firstlineno, s.lastlineno): s.checksum for s in a}
+    return all(lines.get((s.module, s.firstlineno, s.lastlineno), s.checksum) == s.checksum for s in b)
+
+
+def _merge_code(mine: Any, other: Any) -> int:
+    """Add ``other``'s guarded codes and names that ``mine`` lacks; how many were added."""
+    have = {g.guards_state for g in mine.guarded_codes}
+    new = [g for g in other.guarded_codes if g.guards_state not in have]
+    names = [n for n in other.function_names if n not in mine.function_names]
+    mine.guarded_codes.extend(new)
+    mine.function_names.extend(names)
+    mine.import_sources.update(other.import_sources)
+    mine.backend_ids.extend(x for x in other.backend_ids if x not in mine.backend_ids)
+    return len(new) + len(names)
+
+
 def guard_units() -> None:
     """Make dynamo's precompiled units safe to load and to record, once per process: a
     unit torch cannot install is refused (:class:`UnitNotInstalled`, reason kept for
@@ -826,7 +950,8 @@ def guard_units() -> None:
         return
     # Every method looked up before any is replaced: a torch that lacks one is left as is.
     methods = {"install": _refusing(cls.install), "initialize": _initialize_refusing(cls.initialize),
-               "code_context": _code_context_recording(cls.code_context)}
+               "code_context": _code_context_recording(cls.code_context),
+               "_add_user_function": _accessors_filed(cls._add_user_function)}
     methods.update({name: _recording(getattr(cls, name)) for name in _RECORDING})
     record = _record_package_guarded(package.DynamoStore.record_package)
     pickler = importlib.import_module(_GUARDS).GuardsStatePickler

@@ -329,11 +329,31 @@ class LiveCache:
             ek, guards = entry_key(self.env_id, art.kind, art.key, art.content, cpu)
             if ek in out or ek in self._pending:
                 continue
-            if root is not None and manifest.lookup(self.store, root, ek) is not None:
-                continue
-            entry = Entry(ObjectId.of(art.content), len(art.content), guards, {"producer": "live"})
-            out[ek] = _Pending(entry, art.content)
+            content: bytes | None = art.content
+            kept = manifest.lookup(self.store, root, ek) if root is not None else None
+            if kept is not None:
+                content = self._merged_unit(ek, kept, art.content) if ek.kind == "precompile" else None
+            if content is not None:
+                entry = Entry(ObjectId.of(content), len(content), guards, {"producer": "live"})
+                out[ek] = _Pending(entry, content)
         return out
+
+    def _merged_unit(self, ek: EntryKey, kept: Entry, unit: bytes) -> bytes | None:
+        """The branch's precompiled unit for ``ek`` merged with ``unit``, this process's
+        for the same function (:func:`cas.torch._compat.merge_units`: another program
+        calling it differently keeps its guarded codes too), or None to keep the branch's
+        as it is: nothing new, or a branch the trust policy keeps from torch (the unit is
+        code, unpickled to merge)."""
+        from cas.trust import check_ref_allowed
+
+        assert self.branch is not None
+        try:
+            check_ref_allowed(self.store, branch_ref(self.branch))
+            return _compat.merge_units(blobs.read(self.store, ek, kept), unit)
+        except Exception as exc:
+            warn_once("precompile-merge", f"precompiled unit not merged with the branch's ({exc}); "
+                                          "the branch's is kept")
+            return None
 
     def _side_files(self) -> list[Found]:
         if self.cache_dir is None:
@@ -364,7 +384,8 @@ class LiveCache:
         """Commit what torch compiled since the last flush to ``branch``.
 
         Records the buffered remote-cache puts plus the new side files of the cache dir
-        (entries the branch already holds are left as they are). Returns the commit id,
+        (entries the branch already holds are left as they are, but for a precompiled
+        unit merged with this process's, :meth:`_merged_unit`). Returns the commit id,
         or None when there was nothing new, no branch, or when called from a forked
         child. Never raises: on a store error the entries stay buffered, one warning.
         """

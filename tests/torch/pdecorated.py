@@ -1,9 +1,19 @@
-"""A model whose ``forward`` is decorated twice, as transformers decorates GPT-2's."""
+"""A model as transformers writes GPT-2's: ``forward`` decorated twice, and the loss
+taken through a property getter that breaks the graph (``PreTrainedModel.loss_function``
+logs a warning), so dynamo compiles the getter as a frame of its own."""
 
 from __future__ import annotations
 
 import torch
 from pdeco import as_dict, checked
+
+
+def mean_square(y: torch.Tensor) -> torch.Tensor:
+    return (y * y).mean()
+
+
+def mean_abs(y: torch.Tensor) -> torch.Tensor:  # what a test edits the getter to return
+    return y.abs().mean()
 
 
 class Block(torch.nn.Module):
@@ -23,7 +33,13 @@ class Net(torch.nn.Module):
         self.block = Block()
         self.b = torch.nn.Linear(32, 8)
 
+    @property
+    def loss_function(self) -> object:
+        torch._dynamo.graph_break()  # as transformers' logger.warning_once
+        return mean_square
+
     @as_dict
     @checked
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.block(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.b(self.block(x))
+        return y, self.loss_function(y)

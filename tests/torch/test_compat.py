@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -170,3 +171,43 @@ def test_docs_compat_lists_every_hook_the_probe_covers() -> None:
               if line.startswith("| `torch.")}
     assert listed == {h.name: h.feature + (" (Triton builds only)" if h.needs_triton else "")
                       for h in _compat.HOOKS}
+
+
+class _Accessors:
+    @property
+    def value(self) -> int:
+        return 1
+
+    @value.setter
+    def value(self, v: int) -> None:
+        pass
+
+    @functools.cached_property
+    def cached(self) -> int:
+        return 2
+
+    def plain(self) -> int:
+        return 3
+
+
+@pytest.mark.parametrize("code, path", [
+    (_Accessors.value.fget.__code__, "value.fget.__code__"),  # type: ignore[attr-defined]
+    (_Accessors.value.fset.__code__, "value.fset.__code__"),  # type: ignore[attr-defined]
+    (_Accessors.cached.func.__code__, "cached.func.__code__"),
+])
+def test_a_property_getter_is_filed_by_a_path_torch_walks_back(code: Any, path: str) -> None:
+    # torch's own _get_code_source finds no path to such code (transformers'
+    # PreTrainedModel.loss_function); the path cas files is the one torch's _lookup_code
+    # follows in a loading process, to this very code.
+    from torch._dynamo.package import _lookup_code
+
+    found = _compat._accessor_path(code)
+    assert found == (__name__, "_Accessors", path)
+    module, owner, code_source = found
+    entry = SimpleNamespace(python_module=module, function_names=[owner], code_source=code_source)
+    assert _lookup_code(entry) is code
+
+
+def test_a_function_that_is_no_accessor_gets_no_path() -> None:
+    assert _compat._accessor_path(_Accessors.plain.__code__) is None
+    assert _compat._accessor_path(_fake_torch.__code__) is None

@@ -215,16 +215,60 @@ def test_every_front_door_records_a_unit_a_new_machine_loads(
     assert _summary(loaded) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
 
 
-def test_a_forward_decorated_with_functools_wraps_loads_on_a_new_machine(tmp_path: Path) -> None:
-    # As transformers decorates GPT-2's forward. Without cas's fixes torch files the unit
-    # under the wrapped function's module and drops a module global its bytecode loads by
-    # id: the loaded unit ends the program with a NameError (docs/torch.md).
-    store, program = tmp_path / "store", _program(tmp_path / "program")
+@pytest.fixture(scope="module")
+def decorated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store recorded by two programs calling pdecorated.py's model (``PRE_MODEL=
+    decorated``): a training step, then inference under ``no_grad``. Both compile the
+    same ``forward``, so both units have one source id: the branch keeps one unit
+    holding the guarded codes of both."""
+    store, program = tmp_path_factory.mktemp("decorated") / "store", _program(tmp_path_factory.mktemp("p") / "p")
     _, out = _run(store, program, 4, "--record", "main", PRE_MODEL="decorated")
-    assert out["traced"] == 1
-    proc, out = _run(store, program, 4, "--ref", "main", PRE_MODEL="decorated")
-    assert out["traced"] == 0
+    # The getter breaks the graph: forward, the getter and their resume functions are traced.
+    assert out["traced"] > 1
+    _, out = _run(store, program, 4, "--record", "main", PRE_MODEL="decorated", PRE_STEP="infer")
+    assert out["traced"] > 1  # the training step's guards fail under no_grad
+    with Store(store) as s:
+        assert len(_units(s)) == 1
+    return store
+
+
+@pytest.mark.parametrize("step", ["train", "infer"])
+def test_a_decorated_forward_loads_on_a_new_machine_for_each_program(decorated: Path, step: str,
+                                                                     tmp_path: Path) -> None:
+    # As transformers writes GPT-2: its forward decorated with functools.wraps, its loss
+    # taken through a property getter that breaks the graph. Without cas's fixes torch
+    # files the unit under the wrapped function's module and drops a module global its
+    # bytecode loads by id (the loaded unit ends the program with a NameError), it finds
+    # no name for the getter's frame (no unit is recorded), and the branch keeps the
+    # first program's unit only, whose guards fail for the other (docs/torch.md).
+    program = _program(tmp_path / "program")
+    proc, out = _run(decorated, program, 4, "--ref", "main", PRE_MODEL="decorated", PRE_STEP=step)
+    assert out["traced"] == 0  # and the output (for training, the loss and every grad) equals eager's
     assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
+
+
+def test_a_merge_that_adds_nothing_or_mixes_sources_keeps_the_branchs_unit(decorated: Path) -> None:
+    from cas.torch._compat import merge_units
+
+    with Store(decorated) as s:
+        ((_, e),) = _units(s)
+        unit = s.objects.get(e.blob)
+    assert merge_units(unit, unit) is None  # nothing new: a process that loaded it and traced nothing
+    stale = pickle.loads(unit)  # our own recording, in the test process
+    stale.dynamo.source_info.inlined_sources = {dataclasses.replace(x, checksum="0" * 64)
+                                                for x in stale.dynamo.source_info.inlined_sources}
+    assert merge_units(unit, pickle.dumps(stale)) is None  # made from other source lines
+
+
+def test_a_changed_property_getter_is_refused_with_its_reason(decorated: Path, tmp_path: Path) -> None:
+    program = _program(tmp_path / "program")
+    model = program.parent / "pdecorated.py"
+    # The getter's body only: were the unit's code for it run, the loss would differ from eager's.
+    model.write_text(model.read_text().replace("return mean_square", "return mean_abs"))
+    proc, out = _run(decorated, program, 4, "--ref", "main", PRE_MODEL="decorated")
+    assert out["traced"] > 0
+    assert _summary(proc).startswith("cas run: precompiled start: 0 unit(s) loaded")
+    assert "precompiled unit not used (Source code changes detected for pdecorated" in proc.stderr
 
 
 WRAPPED_GUARD_VALUE = '''
