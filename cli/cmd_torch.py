@@ -54,7 +54,7 @@ def _kinds_table(title: str, by_kind: dict[str, int]) -> Table:
 @pass_ctx
 def capture(ctx: Context, cache_dir: Path | None, message: str, branch: str) -> None:
     """Store every artifact in a torch cache dir and commit it on BRANCH."""
-    _require_torch()
+    _require_torch(load=False)  # files only: torch is imported only to fill the env cache
     from cas.torch.capture import capture as do_capture
 
     if cache_dir is not None and not cache_dir.is_dir():

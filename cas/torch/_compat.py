@@ -290,10 +290,11 @@ def save_cache_artifacts() -> bytes | None:
 
 
 def dist_rank() -> tuple[int, int]:
-    """(rank, world size) of this process in torch.distributed; (0, 1) outside it."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size) of this process in torch.distributed; (0, 1) outside it (a
+    process that never imported torch.distributed is in no process group: nothing is
+    imported to say so)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

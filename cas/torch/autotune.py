@@ -71,12 +71,13 @@ __all__ = [
 @functools.cache
 def device_class() -> str:
     """The class of device results are valid for: ``cpu-<fingerprint>`` or
-    ``cuda-<name>-sm<major><minor>`` (the variant of every record measured here)."""
-    cuda = _compat.cuda_device()
-    if cuda is not None:
-        gpu, major, minor = cuda
-        name = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-        return f"cuda-{name}-sm{major}{minor}"
+    ``cuda-<name>-sm<major><minor>`` (the variant of every record measured here). From
+    this process's env (torch's own answers, or the per-install cache of them where torch
+    is not imported: ``cas capture`` reads a cache dir without importing torch)."""
+    env = current_env().fields
+    if env.get("device") == "cuda":
+        name = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
+        return f"cuda-{name}-sm{env['gpu_capability'].replace('.', '')}"
     return f"cpu-{cpu_fingerprint()}"
 
 
@@ -96,7 +97,7 @@ def provenance(method: str = "") -> dict[str, Any]:
     env = current_env().fields
     rank, world = _compat.dist_rank()
     prov: dict[str, Any] = {
-        "torch": _compat.torch_version(),
+        "torch": env["torch_version"],
         "triton": env.get("triton", ""),
         "host": platform.node(),
         "time": round(time.time(), 3),

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from cas.refs import load_commit, resolve
+from cas.store import Store
+from cas.torch.autotune import records_in
+
+DATA = Path(__file__).parent.parent / "data" / "autotune"
 
 PROBE = (
     "import json, sys\n"
@@ -37,3 +44,44 @@ def test_the_env_is_the_same_with_and_without_importing_torch(tmp_path: Path) ->
     assert second["torch_imported"] is False and second["env"] == first["env"]
     third = _probe(cache, "torch")  # a compiling process: torch's own fields, cached torch_key
     assert third["env"] == first["env"]
+
+
+CAPTURE = (
+    "import sys\n"
+    "if sys.argv[1] == 'torch':\n"
+    "    import torch\n"
+    "from cas_cli.main import main\n"
+    "sys.argv = ['cas', *sys.argv[2:]]\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    print('TORCH-IMPORTED', 'torch' in sys.modules)\n"
+)
+
+
+def _capture(env_cache: Path, store: Path, cache_dir: Path, mode: str) -> tuple[bool, dict[str, str]]:
+    """``cas capture`` of ``cache_dir`` into a new store (``mode`` 'torch': torch imported
+    first, as a compiling process has it): whether torch was imported, and the autotune
+    records committed (key -> blob)."""
+    Store.init(store).close()
+    env = dict(os.environ, CAS_TORCH_ENV_CACHE=str(env_cache))
+    proc = subprocess.run([sys.executable, "-c", CAPTURE, mode, "--store", str(store), "capture",
+                           "--cache-dir", str(cache_dir), "-m", "tuned"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Store(store) as s:
+        records = records_in(s, load_commit(s, resolve(s, "main")).manifest)
+        return proc.stdout.split()[-1] == "True", {k.key: e.blob.hex for k, e in records.items()}
+
+
+def test_cas_capture_reads_a_cache_dir_without_importing_torch(tmp_path: Path) -> None:
+    env_cache = tmp_path / "env-cache"
+    _probe(env_cache, "bare")  # the first process on this machine fills the env cache
+    cache_dir = tmp_path / "torch-cache"
+    (cache_dir / "cache").mkdir(parents=True)
+    shutil.copy(DATA / "cpu-timing-file.json", cache_dir / "cache" / "44136fa355b3678a")
+    imported, bare = _capture(env_cache, tmp_path / "bare", cache_dir, "bare")
+    assert imported is False and len(bare) == 3  # three GEMM shapes timed in that file
+    imported, with_torch = _capture(env_cache, tmp_path / "torch", cache_dir, "torch")
+    assert imported is True
+    assert with_torch == bare  # the same device class, provenance and records either way
