@@ -116,7 +116,7 @@ def _warmth_lines(warmth: dict[str, Any]) -> list[str]:
 @pass_ctx
 def import_megacache(ctx: Context, file: Path, message: str | None, branch: str) -> None:
     """Split a torch.compiler.save_cache_artifacts() file into entries and commit them."""
-    _require_torch()
+    _require_torch(load=False)  # cas.torch.megacache: no torch needed
     from cas.torch.capture import import_megacache as do_import
 
     res = do_import(ctx.store, file.read_bytes(), branch=branch,
@@ -137,7 +137,7 @@ def import_megacache(ctx: Context, file: Path, message: str | None, branch: str)
 def export_megacache(ctx: Context, ref: str, output: Path) -> None:
     """Write the entries of REF for this environment as a Mega-Cache file that
     torch.compiler.load_cache_artifacts() accepts."""
-    _require_torch()
+    _require_torch(load=False)  # cas.torch.megacache: no torch needed
     from cas.torch.capture import export_megacache as do_export
 
     data, counts = do_export(ctx.store, ref)
