@@ -107,9 +107,9 @@ def record_cmd(ctx: Context, cache_dir: Path | None, branch: str) -> None:
     """Commit the autotune results in a torch cache dir as records on BRANCH."""
     from cas_cli.cmd_torch import _require_torch
 
-    if cache_dir is not None and not cache_dir.is_dir():  # said before torch takes seconds to load
+    if cache_dir is not None and not cache_dir.is_dir():
         raise UsageError(f"no such cache dir: {cache_dir}")
-    _require_torch()
+    _require_torch(load=False)  # files and the env only (torch is imported to fill the env cache)
     from cas.torch.autotune import record
 
     res = record(ctx.store, cache_dir, branch=branch)

@@ -59,14 +59,13 @@ CAPTURE = (
 )
 
 
-def _capture(env_cache: Path, store: Path, cache_dir: Path, mode: str) -> tuple[bool, dict[str, str]]:
-    """``cas capture`` of ``cache_dir`` into a new store (``mode`` 'torch': torch imported
+def _records(env_cache: Path, store: Path, mode: str, *command: str) -> tuple[bool, dict[str, str]]:
+    """Run the command line ``command`` on a new store (``mode`` 'torch': torch imported
     first, as a compiling process has it): whether torch was imported, and the autotune
     records committed (key -> blob)."""
     Store.init(store).close()
     env = dict(os.environ, CAS_TORCH_ENV_CACHE=str(env_cache))
-    proc = subprocess.run([sys.executable, "-c", CAPTURE, mode, "--store", str(store), "capture",
-                           "--cache-dir", str(cache_dir), "-m", "tuned"],
+    proc = subprocess.run([sys.executable, "-c", CAPTURE, mode, "--store", str(store), *command],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Store(store) as s:
@@ -80,8 +79,11 @@ def test_cas_capture_reads_a_cache_dir_without_importing_torch(tmp_path: Path) -
     cache_dir = tmp_path / "torch-cache"
     (cache_dir / "cache").mkdir(parents=True)
     shutil.copy(DATA / "cpu-timing-file.json", cache_dir / "cache" / "44136fa355b3678a")
-    imported, bare = _capture(env_cache, tmp_path / "bare", cache_dir, "bare")
+    capture = ("capture", "--cache-dir", str(cache_dir), "-m", "tuned")
+    imported, bare = _records(env_cache, tmp_path / "bare", "bare", *capture)
     assert imported is False and len(bare) == 3  # three GEMM shapes timed in that file
-    imported, with_torch = _capture(env_cache, tmp_path / "torch", cache_dir, "torch")
+    imported, with_torch = _records(env_cache, tmp_path / "torch", "torch", *capture)
     assert imported is True
     assert with_torch == bare  # the same device class, provenance and records either way
+    record = ("autotune", "record", "--cache-dir", str(cache_dir))
+    assert _records(env_cache, tmp_path / "record", "bare", *record) == (False, bare)
