@@ -147,17 +147,34 @@ def limited_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]
 __all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol", "limited_protocol"]
 
 
+#: Body chunks under this size are gathered into one buffer as they arrive (read_body).
+_GATHER_BELOW = 64 * 1024
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """A request's body, refused (RequestTooLarge: 413) as soon as it passes ``limit``
     bytes, from its Content-Length before anything is read when it declares one."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request of {declared} bytes exceeds the server limit of {limit}")
-    parts = []
+    parts: list[bytes] = []
+    small = bytearray()  # a run of small chunks, gathered as they come (below)
     size = 0
     async for chunk in request.stream():
-        parts.append(chunk)
         size += len(chunk)
         if size > limit:
             raise RequestTooLarge(f"request exceeds the server limit of {limit} bytes")
-    return b"".join(parts)  # one copy (a bytearray grown chunk by chunk, then copied, made three)
+        # A peer that trickles its body arrives as many tiny chunks: kept one object each,
+        # they would cost ~40 bytes of Python per byte. Small ones are gathered in place,
+        # so a body costs about its size however it is cut; large ones are kept as they
+        # are and joined once (one copy).
+        if len(chunk) < _GATHER_BELOW:
+            small += chunk
+            continue
+        if small:
+            parts.append(bytes(small))
+            small.clear()
+        parts.append(chunk)
+    if small:
+        parts.append(bytes(small))
+    return b"".join(parts)

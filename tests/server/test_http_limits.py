@@ -4,6 +4,8 @@ secrets in query parameters never reach the log."""
 
 from __future__ import annotations
 
+import http.client
+import os
 import socket
 import time
 import uuid
@@ -57,6 +59,24 @@ def test_an_endless_header_is_cut_off_in_bounded_memory(small: Served) -> None:
     assert sent < 64 << 20
     assert peak_rss(small.server.proc.pid) < LIMIT + HEADROOM
     assert httpx.get(f"{small.url}/v1/health").status_code == 200  # still serving
+
+
+def test_a_body_cut_into_tiny_and_large_pieces_is_read_whole(small: Served) -> None:
+    # A request body arrives as the peer cut it: tiny chunks (a trickle) are gathered as
+    # they come, large ones kept as they are; either way the server reads the same bytes.
+    ids = os.urandom(32 * 4000)  # ids nobody stored: /v1/missing answers all of them
+    pieces = [ids[i : i + 3] for i in range(0, 3000, 3)] + [ids[3000:80_000]]
+    pieces += [ids[i : i + 7] for i in range(80_000, len(ids), 7)]
+    u = urlsplit(small.url)
+    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=60)
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each piece its own segment
+    conn.request("POST", "/v1/missing", body=iter(pieces), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {small.read_token}"})
+    answer = conn.getresponse()
+    assert answer.status == 200 and answer.read() == ids
+    conn.close()
 
 
 def test_a_normal_request_with_headers_is_served(small: Served) -> None:
