@@ -58,6 +58,10 @@ LEVEL_HEADER = "X-Cas-Pack-Level"
 FRAMES_HEADER = "X-Cas-Pack-Frames"
 
 
+#: Answer chunks under this size are gathered into one buffer (:class:`_StreamReader`).
+GATHER_BELOW = 4096
+
+
 class _StreamReader(io.RawIOBase):
     """A file-like view of an httpx byte stream, for :func:`cas.pack.decode`.
 
@@ -70,7 +74,10 @@ class _StreamReader(io.RawIOBase):
         self._chunks = chunks
         self._parts: deque[bytes] = deque()  # unread chunks, the first from self._pos on
         self._pos = 0
-        self._held = 0  # unread bytes in self._parts
+        self._held = 0  # unread bytes in self._parts and self._small
+        # Chunks under GATHER_BELOW bytes, gathered as they come: a server that trickles
+        # its answer would otherwise cost ~40 bytes of Python objects per byte it sends.
+        self._small = bytearray()
         self.consumed = 0
 
     def readable(self) -> bool:
@@ -81,11 +88,25 @@ class _StreamReader(io.RawIOBase):
             nxt = next(self._chunks, None)
             if nxt is None:
                 break
-            self._parts.append(nxt)
             self._held += len(nxt)
+            if len(nxt) < GATHER_BELOW:  # a trickle's piece: gathered, not kept as an object
+                self._small += nxt
+                if len(self._small) < GATHER_BELOW:
+                    continue
+                nxt = bytes(self._small)
+                self._small.clear()
+            else:
+                self._gathered()
+            self._parts.append(nxt)
+        self._gathered()
         out = self._take(self._held if n < 0 else min(n, self._held))
         self.consumed += len(out)
         return out
+
+    def _gathered(self) -> None:
+        if self._small:
+            self._parts.append(bytes(self._small))
+            self._small.clear()
 
     def _take(self, n: int) -> bytes:
         pieces: list[bytes | memoryview] = []

@@ -147,8 +147,9 @@ def limited_protocol(limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]
 __all__ = ["MAX_HEAD", "MAX_HEADERS", "LimitedHttpToolsProtocol", "limited_protocol"]
 
 
-#: Body chunks under this size are gathered into one buffer as they arrive (read_body).
-_GATHER_BELOW = 64 * 1024
+#: Body chunks under this size are gathered into one buffer as they arrive (read_body):
+#: a trickle's pieces, not the 16-64 KiB reads of a peer that sends at speed.
+_GATHER_BELOW = 4096
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -280,15 +280,16 @@ def test_concurrent_uploads_and_fetches_all_land_intact(shared_served: Served) -
 
 @settings(max_examples=200, derandomize=True, deadline=None)
 @given(
-    body=st.binary(max_size=3000),
-    cuts=st.lists(st.integers(0, 3000), max_size=12),
-    reads=st.lists(st.integers(-1, 700), max_size=30),
+    body=st.binary(max_size=12_000),  # chunks below and above GATHER_BELOW (4 KiB)
+    cuts=st.lists(st.integers(0, 12_000), max_size=12),
+    reads=st.lists(st.integers(-1, 3000), max_size=30),
 )
 def test_the_fetch_stream_reader_gives_the_bytes_in_order_however_they_are_cut(
     body: bytes, cuts: list[int], reads: list[int]
 ) -> None:
-    # The answer to a fetch arrives in chunks of any size; a pack decoder reads it in
-    # pieces of any size: what it reads is the body, in order, and nothing more.
+    # The answer to a fetch arrives in chunks of any size (small ones gathered as they
+    # come); a pack decoder reads it in pieces of any size: what it reads is the body, in
+    # order, and nothing more.
     edges = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
     reader = _StreamReader(iter([body[a:b] for a, b in itertools.pairwise(edges)]))
     got = b"".join(reader.read(n) for n in reads) + reader.read()
