@@ -10,10 +10,11 @@ does (the recorded batch, then a changed one; a training step, then inference): 
 process pays an import of torch and inductor (~6 CPU-s) whatever it proves.
 
 The other recording processes (a fault while recording, each front door, the decorated
-model's two programs) start from the first one's C++ kernels (:func:`torchkit.seed_kernels`:
-code only, no FX, AOT or dynamo entries), so they trace, compile and record as on an
-empty cache dir without waiting on g++ for the ISA probe and the model's kernel; the new
-machines that load what they recorded start empty."""
+model's two programs), and the two new machines that get nothing from the store (another
+env, an untrusted remote), start from the first one's C++ kernels
+(:func:`torchkit.seed_kernels`: code only, no FX, AOT or dynamo entries), so they trace,
+compile and record as on an empty cache dir without waiting on g++ for the ISA probe and
+the model's kernel; the new machines that load from the store start empty."""
 
 from __future__ import annotations
 
@@ -108,10 +109,14 @@ def test_a_changed_model_source_is_refused_with_its_reason(recorded: tuple[Path,
     assert "precompiled unit not used (Source code changes detected for pmodel" in proc.stderr
 
 
-def test_another_env_never_gets_the_unit(recorded: tuple[Path, Path]) -> None:
-    store, program = recorded
+def test_another_env_never_gets_the_unit(recording: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    store, program, kernels = recording
+    # Nothing of the store is for this env, so it compiles everything: it starts from the
+    # recording's C++ kernels (code only), as the recording processes do.
+    cache = seed_kernels(kernels, tmp_path / "cache")
     # The key tag is part of the env, as the torch and Python versions and the device are.
-    proc, out = _run(store, program, 4, "--ref", "main", TORCH_COMPILE_CACHE_KEY_TAG="other-build")
+    proc, out = _run(store, program, 4, "--ref", "main", "--cache-dir", str(cache),
+                     TORCH_COMPILE_CACHE_KEY_TAG="other-build")
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
 
@@ -159,13 +164,17 @@ def test_a_unit_that_says_another_torch_made_it_is_refused(recorded: tuple[Path,
             "traced") in proc.stderr
 
 
-def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, Path], tmp_path: Path) -> None:
-    store, program = recorded
+def test_a_unit_from_an_untrusted_remote_is_never_loaded(recording: tuple[Path, Path, Path],
+                                                        tmp_path: Path) -> None:
+    store, program, kernels = recording
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
     with Store(copy) as s:  # main now holds a commit pulled from remote 'team'
         commit_changes(s, "main", {}, "pulled", {"remote": "team"})
-    proc, out = _run(copy, program, 4, "--ref", "main")
+    # Nothing of the store reaches torch, so it compiles everything: it starts from this
+    # machine's own C++ kernels (the recording's, code only), never the store's.
+    cache = seed_kernels(kernels, tmp_path / "cache")
+    proc, out = _run(copy, program, 4, "--ref", "main", "--cache-dir", str(cache))
     assert "untrusted remote 'team'" in proc.stderr
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
