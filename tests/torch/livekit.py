@@ -167,6 +167,7 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Checks:
     * ``plain``: no cas (not even imported yet), on a copy of the recording run's own
       cache dir (test_live);
     * ``live``: cas without hydrate, kernels seeded (test_live);
+    * ``hydrate``: cas with hydrate, on an empty cache dir (test_live);
     * ``corrupt-dir``, ``store-file``, ``corrupt-blobs``, ``other-env``: broken stores
       and bad entries, kernels seeded (test_safety);
     * ``backend-no-store``: ``backend="cas"`` with ``CAS_DIR`` a file, last, as it sets
@@ -192,6 +193,9 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Checks:
         caches = {"plain": Path(shutil.copytree(rec.cache_dir, base / "caches" / "plain"))}
         specs: list[dict[str, Any]] = [{"name": "plain", "args": ["--mode", "both"]}]
         specs.append({"name": "live", "args": ["--store", str(rec.store), "--no-hydrate", "--mode", "both"]})
+        specs.append({"name": "hydrate", "args": ["--store", str(rec.store), "--mode", "both"]})
+        caches["hydrate"] = base / "caches" / "hydrate"  # empty: every kernel must come from the store
+        caches["hydrate"].mkdir(parents=True)
         specs += [{"name": n, "args": ["--store", str(p), "--mode", "infer"]} for n, p in stores.items()]
         specs.append({"name": "backend-no-store", "args": ["--backend", "cas", "--mode", "infer"],
                       "env": {"CAS_DIR": str(blocker), "CAS_RECORD": ""}})

@@ -7,7 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from cas.refs import load_commit, resolve
 from cas.store import Store
@@ -35,11 +38,28 @@ def _probe(cache: Path, mode: str) -> dict[str, object]:
     return out
 
 
-def test_the_env_is_the_same_with_and_without_importing_torch(tmp_path: Path) -> None:
-    cache = tmp_path / "env-cache"
+@dataclass
+class Filled:
+    """An env cache after the first process of a machine: what it printed and left there."""
+
+    cache: Path
+    first: dict[str, object]
+    files: list[str]
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    """The first process on a new machine (an empty env cache) fills it: once for this
+    module, whose tests then read it (it pays an import of torch, ~4 CPU-s)."""
+    cache = tmp_path_factory.mktemp("env") / "env-cache"
     first = _probe(cache, "bare")  # nothing cached yet: torch is imported to fill the cache
+    return Filled(cache, first, sorted(p.name.split("-")[0] for p in cache.iterdir()))
+
+
+def test_the_env_is_the_same_with_and_without_importing_torch(filled: Filled) -> None:
+    cache, first = filled.cache, filled.first
     assert first["torch_imported"] is True
-    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["env", "torch"]
+    assert filled.files == ["env", "torch"]
     second = _probe(cache, "bare")  # a `cas hydrate`-like process: no torch import at all
     assert second["torch_imported"] is False and second["env"] == first["env"]
     third = _probe(cache, "torch")  # a compiling process: torch's own fields, cached torch_key
@@ -73,9 +93,8 @@ def _records(env_cache: Path, store: Path, mode: str, *command: str) -> tuple[bo
         return proc.stdout.split()[-1] == "True", {k.key: e.blob.hex for k, e in records.items()}
 
 
-def test_cas_capture_reads_a_cache_dir_without_importing_torch(tmp_path: Path) -> None:
-    env_cache = tmp_path / "env-cache"
-    _probe(env_cache, "bare")  # the first process on this machine fills the env cache
+def test_cas_capture_reads_a_cache_dir_without_importing_torch(filled: Filled, tmp_path: Path) -> None:
+    env_cache = filled.cache  # the first process on this machine filled it
     cache_dir = tmp_path / "torch-cache"
     (cache_dir / "cache").mkdir(parents=True)
     shutil.copy(DATA / "cpu-timing-file.json", cache_dir / "cache" / "44136fa355b3678a")

@@ -5,13 +5,16 @@ stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompil
 One recording process (``cas run --precompile --record``), then new machines (``cas run
 --precompile --ref``: a fresh torch cache dir each): the unit is loaded; a changed input
 shape, a changed model source, another env and an untrusted remote each trace instead, and
-every output equals eager's.
+every output equals eager's. Where one program run proves two things, one new machine
+does (the recorded batch, then a changed one; a training step, then inference): each
+process pays an import of torch and inductor (~6 CPU-s) whatever it proves.
 
-The other recording processes (a fault while recording, each front door) start from the
-first one's C++ kernels (:func:`torchkit.seed_kernels`: code only, no FX, AOT or dynamo
-entries), so they trace, compile and record as on an empty cache dir without waiting on
-g++ for the ISA probe and the model's kernel; the new machines that load what they
-recorded start empty."""
+The other recording processes (a fault while recording, each front door, the decorated
+model's two programs), and the two new machines that get nothing from the store (another
+env, an untrusted remote), start from the first one's C++ kernels
+(:func:`torchkit.seed_kernels`: code only, no FX, AOT or dynamo entries), so they trace,
+compile and record as on an empty cache dir without waiting on g++ for the ISA probe and
+the model's kernel; the new machines that load from the store start empty."""
 
 from __future__ import annotations
 
@@ -44,7 +47,9 @@ def _program(dst: Path) -> Path:
     return dst / "precompile_program.py"
 
 
-def _run(store: Path, program: Path, batch: int, *opts: str, **env: str) -> tuple[Proc, dict]:
+def _run(store: Path, program: Path, batch: int | str, *opts: str, **env: str) -> tuple[Proc, dict]:
+    """``cas run --precompile`` of the program, with the batch size (or sizes, "4,7"): its
+    ``PRE`` line, every call's output checked against eager's."""
     proc = cas("--store", str(store), "run", "--precompile", *opts, "--", sys.executable, str(program), str(batch),
                env=base_env(**env), timeout=600)
     assert proc.rc == 0, proc.stderr[-4000:]
@@ -77,18 +82,18 @@ def recorded(recording: tuple[Path, Path, Path]) -> tuple[Path, Path]:
     return recording[0], recording[1]
 
 
-def test_a_new_machine_loads_the_unit_and_skips_tracing(recorded: tuple[Path, Path]) -> None:
+def test_a_new_machine_loads_the_unit_skips_tracing_and_traces_a_changed_input_shape(
+    recorded: tuple[Path, Path]
+) -> None:
     store, program = recorded
-    proc, out = _run(store, program, 4, "--ref", "main")
-    assert out["traced"] == 0 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
-    assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
-
-
-def test_a_changed_input_shape_fails_the_guards_and_traces(recorded: tuple[Path, Path]) -> None:
-    store, program = recorded
-    proc, out = _run(store, program, 7, "--ref", "main")
-    # The unit is installed, its guards (batch 4) fail, and dynamo traces batch 7.
-    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_hit": 1}
+    # One new machine proves both (one import of torch, not two): its program calls the
+    # model with the recorded batch (4), then with another (7).
+    proc, out = _run(store, program, "4,7", "--ref", "main")
+    recorded_shape, changed_shape = out["calls"]
+    # Batch 4: the unit is loaded and its guards pass; nothing is traced.
+    assert recorded_shape["traced"] == 0 and recorded_shape["dynamo_cache"] == {"dynamo_cache_hit": 1}
+    # Batch 7: the unit's guards (batch 4) fail, and dynamo traces batch 7.
+    assert changed_shape["traced"] == 1 and changed_shape["dynamo_cache"] == {"dynamo_cache_hit": 1}
     assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 1 frame(s) traced"
 
 
@@ -104,10 +109,14 @@ def test_a_changed_model_source_is_refused_with_its_reason(recorded: tuple[Path,
     assert "precompiled unit not used (Source code changes detected for pmodel" in proc.stderr
 
 
-def test_another_env_never_gets_the_unit(recorded: tuple[Path, Path]) -> None:
-    store, program = recorded
+def test_another_env_never_gets_the_unit(recording: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    store, program, kernels = recording
+    # Nothing of the store is for this env, so it compiles everything: it starts from the
+    # recording's C++ kernels (code only), as the recording processes do.
+    cache = seed_kernels(kernels, tmp_path / "cache")
     # The key tag is part of the env, as the torch and Python versions and the device are.
-    proc, out = _run(store, program, 4, "--ref", "main", TORCH_COMPILE_CACHE_KEY_TAG="other-build")
+    proc, out = _run(store, program, 4, "--ref", "main", "--cache-dir", str(cache),
+                     TORCH_COMPILE_CACHE_KEY_TAG="other-build")
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
 
@@ -155,13 +164,17 @@ def test_a_unit_that_says_another_torch_made_it_is_refused(recorded: tuple[Path,
             "traced") in proc.stderr
 
 
-def test_a_unit_from_an_untrusted_remote_is_never_loaded(recorded: tuple[Path, Path], tmp_path: Path) -> None:
-    store, program = recorded
+def test_a_unit_from_an_untrusted_remote_is_never_loaded(recording: tuple[Path, Path, Path],
+                                                        tmp_path: Path) -> None:
+    store, program, kernels = recording
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
     with Store(copy) as s:  # main now holds a commit pulled from remote 'team'
         commit_changes(s, "main", {}, "pulled", {"remote": "team"})
-    proc, out = _run(copy, program, 4, "--ref", "main")
+    # Nothing of the store reaches torch, so it compiles everything: it starts from this
+    # machine's own C++ kernels (the recording's, code only), never the store's.
+    cache = seed_kernels(kernels, tmp_path / "cache")
+    proc, out = _run(copy, program, 4, "--ref", "main", "--cache-dir", str(cache))
     assert "untrusted remote 'team'" in proc.stderr
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
@@ -216,34 +229,38 @@ def test_every_front_door_records_a_unit_a_new_machine_loads(
 
 
 @pytest.fixture(scope="module")
-def decorated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def decorated(recording: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store recorded by two programs calling pdecorated.py's model (``PRE_MODEL=
     decorated``): a training step, then inference under ``no_grad``. Both compile the
     same ``forward``, so both units have one source id: the branch keeps one unit
-    holding the guarded codes of both."""
-    store, program = tmp_path_factory.mktemp("decorated") / "store", _program(tmp_path_factory.mktemp("p") / "p")
-    _, out = _run(store, program, 4, "--record", "main", PRE_MODEL="decorated")
+    holding the guarded codes of both. Each starts from the first recording's C++
+    kernels (code only), as the other recording processes do."""
+    base = tmp_path_factory.mktemp("decorated")
+    store, program = base / "store", _program(base / "program")
+    train, infer = (seed_kernels(recording[2], base / f"{step}-cache") for step in ("train", "infer"))
+    _, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(train), PRE_MODEL="decorated")
     # The getter breaks the graph: forward, the getter and their resume functions are traced.
     assert out["traced"] > 1
-    _, out = _run(store, program, 4, "--record", "main", PRE_MODEL="decorated", PRE_STEP="infer")
+    _, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(infer), PRE_MODEL="decorated",
+                  PRE_STEP="infer")
     assert out["traced"] > 1  # the training step's guards fail under no_grad
     with Store(store) as s:
         assert len(_units(s)) == 1
     return store
 
 
-@pytest.mark.parametrize("step", ["train", "infer"])
-def test_a_decorated_forward_loads_on_a_new_machine_for_each_program(decorated: Path, step: str,
-                                                                     tmp_path: Path) -> None:
+def test_a_decorated_forward_loads_on_a_new_machine_for_each_program(decorated: Path, tmp_path: Path) -> None:
     # As transformers writes GPT-2: its forward decorated with functools.wraps, its loss
     # taken through a property getter that breaks the graph. Without cas's fixes torch
     # files the unit under the wrapped function's module and drops a module global its
     # bytecode loads by id (the loaded unit ends the program with a NameError), it finds
     # no name for the getter's frame (no unit is recorded), and the branch keeps the
     # first program's unit only, whose guards fail for the other (docs/torch.md).
+    # One new machine runs both programs' steps (one import of torch, not two): a
+    # training step, then inference under no_grad; each is served by the unit.
     program = _program(tmp_path / "program")
-    proc, out = _run(decorated, program, 4, "--ref", "main", PRE_MODEL="decorated", PRE_STEP=step)
-    assert out["traced"] == 0  # and the output (for training, the loss and every grad) equals eager's
+    proc, out = _run(decorated, program, 4, "--ref", "main", PRE_MODEL="decorated", PRE_STEP="both")
+    assert out["traced"] == 0  # and every output (the loss and every grad too) equals eager's
     assert _summary(proc) == "cas run: precompiled start: 1 unit(s) loaded, 0 frame(s) traced"
 
 
@@ -277,24 +294,30 @@ sys.path.insert(0, sys.argv[1])
 import torch._dynamo.guards as guards
 import pdecorated
 from cas.torch import _compat
-if sys.argv[2] == "cas":
-    _compat.guard_units()
 inner = pdecorated.Block.forward.__wrapped__  # the original, one decorator down
-buf = io.BytesIO()
-guards.GuardsStatePickler({}, {}, {}, buf).dump(inner)
-back = pickle.loads(buf.getvalue())
-print("SAME" if back is inner else repr(back))
+
+
+def round_trip():
+    buf = io.BytesIO()
+    guards.GuardsStatePickler({}, {}, {}, buf).dump(inner)
+    back = pickle.loads(buf.getvalue())
+    return "SAME" if back is inner else repr(back)
+
+
+print("torch", round_trip())  # torch's own pickler first, then with cas's fix installed
+_compat.guard_units()
+print("cas", round_trip())
 '''
 
 
-@pytest.mark.parametrize("pickler", ["torch", "cas"])
-def test_a_decorated_function_in_a_guard_is_pickled_as_the_same_function(pickler: str, tmp_path: Path) -> None:
+def test_a_decorated_function_in_a_guard_is_pickled_as_the_same_function(tmp_path: Path) -> None:
     # The GPT-2 `_Missing`: its guards reach decorated functions through their wrappers'
     # closures; torch's pickler finds the wrapper under the original's name and writes
     # `_Missing("fqn mismatch")`, which no process can install. cas writes the name and
-    # the `__wrapped__` steps, read back as the loading process's own function.
+    # the `__wrapped__` steps, read back as the loading process's own function. One
+    # process shows both (one import of torch): torch's pickler, then cas's.
     program = _program(tmp_path / "program")
-    proc = subprocess.run([sys.executable, "-c", WRAPPED_GUARD_VALUE, str(program.parent), pickler],
+    proc = subprocess.run([sys.executable, "-c", WRAPPED_GUARD_VALUE, str(program.parent)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == ("SAME" if pickler == "cas" else "_Missing(fqn mismatch)")
+    assert proc.stdout.splitlines() == ["torch _Missing(fqn mismatch)", "cas SAME"]
