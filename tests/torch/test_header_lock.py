@@ -56,9 +56,12 @@ def test_cas_run_writes_a_header_only_for_a_program_that_reaches_the_compiler(tm
         found = list((machine / "tmp").rglob(name))
         return found[0] if found else machine / "absent"
 
-    # A program that runs a while without compiling: time enough to write 9 MB, had
-    # cas started writing at `import torch`.
-    assert not run("import torch, time\ntime.sleep(5)", tmp_path / "a").exists()
+    # A program that imports torch and never compiles: cas's writer thread has not started
+    # when torch is in (alive, it would be writing; done, the header would be there), and
+    # nothing is left once the program ends.
+    idle = ("import torch, threading\n"
+            "assert not [t for t in threading.enumerate() if t.name == 'cas-hydrate'], 'writer started'\n")
+    assert not run(idle, tmp_path / "a").exists()
     # The program waits (as torch would, on the lock) for the header cas writes meanwhile.
     waits = ("import torch, torch._dynamo\n"
              "from filelock import FileLock\n"
