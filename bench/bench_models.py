@@ -25,7 +25,10 @@ torch's per-phase times (``torch._dynamo.utils.compilation_time_metrics``, what
     .venv/bin/python bench/bench_models.py [--models gpt2 gpt2-train bert resnet] [--reps 3]
 
 With ``--reps N`` the warm ways run N rounds, alternating, and the table gives each way's
-median; the cold ways run once.
+median; the cold ways run once. ``--ab-prewarm`` adds a fourth warm way: the new machine
+with ``CAS_PREWARM=0`` (torch runs its ISA probe and header check itself, when it loads
+the first kernel), for a same-run comparison; ``process`` is each process's wall time
+(interpreter start, imports and the model's build included).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from typing import Any
 CAS = str(Path(sys.executable).parent / "cas")
 MODELS = ("gpt2", "gpt2-train", "bert", "resnet")
 COLD, WARM, RECORD, NEW = "cold", "torch warm local", "cas record", "cas new machine"
+#: ``--ab-prewarm``: the new machine again with torch's C++ load checks left where torch
+#: runs them (``CAS_PREWARM=0``, cas.torch.prewarm), in the same rounds.
+NEW_LATE = "cas new machine, checks not early"
 #: The phases the table shows: (column, torch's ``dynamo_timed`` names or our own timers, summed).
 PHASES = (
     ("tracing", ("bytecode_tracing",)),
@@ -234,7 +240,8 @@ def _serve(store: Path) -> tuple[subprocess.Popen[bytes], str]:
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median first step, every first step kept in ``runs_s``."""
     ordered = sorted(runs, key=lambda r: float(r["first_call_s"]))
-    return {**ordered[(len(ordered) - 1) // 2], "runs_s": [round(r["first_call_s"], 2) for r in runs]}
+    return {**ordered[(len(ordered) - 1) // 2], "runs_s": [round(r["first_call_s"], 2) for r in runs],
+            "process_runs_s": [round(r["process_s"], 2) for r in runs]}
 
 
 def _clone(work: Path) -> dict[str, Any]:
@@ -251,7 +258,7 @@ def _clone(work: Path) -> dict[str, Any]:
             "clone_raw": cloned.get("bytes")}
 
 
-def run(models: list[str], work: Path, reps: int = 1) -> dict[str, Any]:
+def run(models: list[str], work: Path, reps: int = 1, ab_prewarm: bool = False) -> dict[str, Any]:
     me = [sys.executable, __file__, "--child", "--model"]
     record = [CAS, "--store", str(work / "store-a"), "--json", "run", "--precompile", "--record", "main", "--"]
     load = [CAS, "--store", str(work / "store-b"), "--json", "run", "--precompile", "--ref", "main", "--"]
@@ -261,12 +268,16 @@ def run(models: list[str], work: Path, reps: int = 1) -> dict[str, Any]:
         out[m][COLD] = _measure([*me, m], _machine(work / f"w-{m}"))
         out[m][RECORD] = _measure([*record, *me, m], _machine(work / f"a-{m}"))
     out["bytes"] = _clone(work)
-    warm: dict[str, dict[str, list[dict[str, Any]]]] = {m: {WARM: [], NEW: []} for m in models}
+    ways = (WARM, NEW, NEW_LATE) if ab_prewarm else (WARM, NEW)
+    warm: dict[str, dict[str, list[dict[str, Any]]]] = {m: {w: [] for w in ways} for m in models}
     for rep in range(reps):  # the warm ways alternate, so load from elsewhere hits them alike
         for m in models:
             print(f"{m}: warm ways, round {rep + 1} of {reps} ...", file=sys.stderr)
             warm[m][WARM].append(_measure([*me, m], _machine(work / f"w-{m}")))
             warm[m][NEW].append(_measure([*load, *me, m], _machine(work / f"b-{m}-{rep}")))
+            if ab_prewarm:
+                late = dict(_machine(work / f"c-{m}-{rep}"), CAS_PREWARM="0")
+                warm[m][NEW_LATE].append(_measure([*load, *me, m], late))
     for m in models:
         out[m].update({w: _median_run(runs) for w, runs in warm[m].items()})
     return out
@@ -287,8 +298,10 @@ def _programs(run_: dict[str, Any]) -> str:
 
 
 def table(out: dict[str, Any]) -> str:
+    late = any(NEW_LATE in ways for m, ways in out.items() if m != "bytes")
     lines = [f"| model | {COLD} | {WARM} | {NEW} | cas / cold | cas / warm local | unit | cas C++ builds |"
-             " max diff vs eager |", "|---|" + "---|" * 8]
+             " max diff vs eager |" + (" checks not early / warm local |" if late else ""),
+             "|---|" + "---|" * (9 if late else 8)]
     for m, ways in out.items():
         if m == "bytes":
             continue
@@ -301,22 +314,24 @@ def table(out: dict[str, Any]) -> str:
         diff = max(ways[w].get("max_diff", 0.0) for w in (COLD, WARM, NEW))
         lines.append(f"| {m} | {first[COLD]:.2f} s | {first[WARM]:.2f} s | {first[NEW]:.2f} s | "
                      f"{first[NEW] / first[COLD]:.2f}× | {first[NEW] / first[WARM]:.2f}× | {unit} | "
-                     f"{cas.get('cxx_builds')} | {diff:.1e} |")
+                     f"{cas.get('cxx_builds')} | {diff:.1e} |"
+                     + (f" {ways[NEW_LATE]['first_call_s'] / first[WARM]:.2f}× |" if NEW_LATE in ways else ""))
     lines += ["", "Per phase (seconds inside the measured compile and first step; torch's `dynamo_timed` "
               "names, and our timers around the unit read and the C++ module loading):", "",
               "| model | way | first step | " + " | ".join(p for p, _ in PHASES) + " | "
-              + " | ".join(LOAD_PARTS) + " | programs run | runs |",
-              "|---|---|---|" + "---|" * (len(PHASES) + len(LOAD_PARTS) + 2)]
+              + " | ".join(LOAD_PARTS) + " | programs run | runs | process |",
+              "|---|---|---|" + "---|" * (len(PHASES) + len(LOAD_PARTS) + 3)]
     for m, ways in out.items():
         if m == "bytes":
             continue
-        for w in (COLD, WARM, NEW):
+        for w in (w for w in (COLD, WARM, NEW, NEW_LATE) if w in ways):
             r = ways[w]
             lines.append(f"| {m} | {w} | {r['first_call_s']:.2f} | "
                          + " | ".join(f"{_phase(r, c, names):.2f}" for c, names in PHASES) + " | "
                          + " | ".join(f"{_phase(r, n, (n,)):.2f}" for n in LOAD_PARTS) + " | "
                          + _programs(r) + " | "
-                         + ", ".join(f"{x:.2f}" for x in r.get("runs_s", [r["first_call_s"]])) + " |")
+                         + ", ".join(f"{x:.2f}" for x in r.get("runs_s", [r["first_call_s"]])) + " | "
+                         + ", ".join(f"{x:.2f}" for x in r.get("process_runs_s", [r["process_s"]])) + " |")
     b = out["bytes"]
     lines.append(f"\nclone moved {b['clone_wire'] / 1e6:.1f} MB on the wire ({b['clone_raw'] / 1e6:.1f} MB raw); "
                  f"the push sent {b['push_wire'] / 1e6:.1f} MB")
@@ -329,6 +344,8 @@ def main() -> None:
     p.add_argument("--model", default="gpt2", choices=MODELS)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--reps", type=int, default=1, help="rounds of the warm ways (medians reported)")
+    p.add_argument("--ab-prewarm", action="store_true",
+                   help="also the new machine with CAS_PREWARM=0, in the same rounds")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args()
     if args.child:
@@ -336,7 +353,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="cas-bench-models-"))
     try:
-        out = run(args.models, work, args.reps)
+        out = run(args.models, work, args.reps, args.ab_prewarm)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(out))

@@ -16,6 +16,7 @@ compiles must not pay for inductor). See docs/compat.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import importlib
 import logging
@@ -57,6 +58,7 @@ _DYNAMO_CONFIG = "torch._dynamo.config"
 _DYNAMO_UTILS = "torch._dynamo.utils"
 _DYNAMO_CALLBACK = "torch._dynamo.callback"
 _CODECACHE = "torch._inductor.codecache"
+_CPU_VEC_ISA = "torch._inductor.cpu_vec_isa"
 _COMPILE_FX = "torch._inductor.compile_fx"
 INDUCTOR = "torch._inductor"
 _BYTECODE = "torch._dynamo.bytecode_transformation"
@@ -116,6 +118,7 @@ _LIVE = "live backend (serving and recording torch's remote caches)"
 _AOT = "live backend for AOTAutograd entries"
 _PRE = "precompiled start (dynamo's precompiled units)"
 _GEMM_TIMES = "when each GEMM was measured, in autotune records"
+_EARLY = "torch's C++ load checks run early (a faster warm start on CPU)"
 HOOKS: tuple[Hook, ...] = (
     Hook(_REMOTE_CACHE, "RemoteCacheBackend", _LIVE),
     Hook(_REMOTE_CACHE, "RemoteCacheBackend._get", _LIVE),
@@ -145,6 +148,16 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_DYNAMO_CONFIG, "caching_precompile", _PRE),
     Hook(_BYTECODE, "_unique_id_counter", _PRE),
     Hook(_PRECOMPILE, "PrecompileContext.save_to_dynamo_cache", _PRE),
+    *(Hook(_CPU_VEC_ISA, a, _EARLY) for a in ("valid_vec_isa_list.__wrapped__", "supported_vec_isa_list",
+                                              "x86_isa_checker", "get_isa_from_cpu_capability",
+                                              "invalid_vec_isa", "VecISA.__bool__")),
+    *(Hook(_CODECACHE, a, _EARLY) for a in ("_precompile_header", "CppCodeCache.load_async",
+                                            "CppPythonBindingsCodeCache.cpp_compile_command_flags",
+                                            "CppPythonBindingsCodeCache._get_uncompiled_header")),
+    Hook(CPP_BUILDER, "CppBuilder.get_command_line", _EARLY),
+    Hook(CPP_BUILDER, "CppTorchDeviceOptions", _EARLY),
+    *(Hook(_INDUCTOR_CONFIG, a, _EARLY) for a in ("cpp.vec_isa_ok", "cpp.simdlen", "cpp_cache_precompile_headers",
+                                                  "is_fbcode")),
 )
 
 
@@ -487,6 +500,80 @@ def gemm_system_hash() -> str:
     from torch._inductor.codecache import CacheBase
 
     return str(CacheBase.get_system()["hash"])
+
+
+# -- torch's per-process C++ load checks, run early (cas.torch.prewarm) -----------------------
+
+
+def cpp_load_checks() -> Callable[[], dict[str, Any]] | None:
+    """torch's two checks before it loads any C++ kernel on CPU, as one function a
+    background thread may run now: the ISA probe (``valid_vec_isa_list``'s body, uncached,
+    which fills each ISA's own answer cache, keyed by ``cpp.vec_isa_ok``) and the
+    precompiled-header check (``_precompile_header`` with the arguments ``load_async``
+    gives it for a kernel's Python binding, so its cache answers torch). Returns what it
+    checked (``probed``: the ISAs this CPU admits; ``isas``: those that passed; ``header``).
+    ``None`` where they would not run here exactly as torch will run them: not
+    x86 Linux, ``cpp.vec_isa_ok`` or ``cpp.simdlen`` set, fbcode, or an ISA of this CPU
+    whose answer torch caches whatever the config (the AVX-512 family's own ``__bool__``).
+
+    Imports every module the function needs now, in the calling thread (a module being
+    imported by one thread is handed half-initialised to another)."""
+    import platform
+
+    from torch._inductor import codecache, config, cpp_builder, cpu_vec_isa
+
+    if (sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64")
+            or config.cpp.vec_isa_ok is not None or config.cpp.simdlen is not None or config.is_fbcode()):
+        return None
+    flags = cpu_vec_isa.x86_isa_checker()
+    here = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+    if any(type(isa).__bool__ is not cpu_vec_isa.VecISA.__bool__ for isa in here):
+        return None
+    list_isas = cpu_vec_isa.valid_vec_isa_list.__wrapped__
+    precompile_header = codecache._precompile_header
+    bindings = codecache.CppPythonBindingsCodeCache
+
+    def run() -> dict[str, Any]:
+        if config.cpp.vec_isa_ok is not None:  # set since: torch answers by it, no probe
+            return {"probed": [], "isas": None, "header": False}
+        isas = list_isas()
+        out: dict[str, Any] = {"probed": [str(i) for i in here], "isas": [str(i) for i in isas], "header": False}
+        header = bindings._get_uncompiled_header("cpu")
+        if header is None or not config.cpp_cache_precompile_headers or config.cpp.simdlen is not None:
+            return out
+        isa = (cpu_vec_isa.get_isa_from_cpu_capability(os.getenv("ATEN_CPU_CAPABILITY"), isas,
+                                                       cpu_vec_isa.invalid_vec_isa)
+               if isas else cpu_vec_isa.invalid_vec_isa)
+        # load_async's main build for async_compile.cpp_pybinding on CPU (no kernel code,
+        # no extra flags), built in its order: functools.cache keys by keyword order too.
+        command = {**bindings.cpp_compile_command_flags, "device_type": "cpu", "extra_flags": (),
+                   "use_relative_path": config.is_fbcode(), "vec_isa": isa}
+        option = cpp_builder.CppTorchDeviceOptions(compile_only=False, min_optimize=False, **command)
+        line = cpp_builder.CppBuilder(name="o", sources="i", BuildOption=option).get_command_line()
+        precompile_header(header, line, min_optimize=False, **command)
+        out["header"] = True
+        return out
+    return run
+
+
+def wait_before_kernel_loads(wait: Callable[[], None]) -> Callable[[], None]:
+    """Have torch call ``wait()`` before each C++ kernel load (``CppCodeCache.load_async``,
+    which every C++ code cache inherits); returns a function that takes it out again."""
+    from torch._inductor.codecache import CppCodeCache
+
+    raw = CppCodeCache.__dict__["load_async"]
+    load = raw.__func__
+
+    def load_async(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        wait()
+        return load(cls, *args, **kwargs)
+    mine = classmethod(functools.wraps(load)(load_async))
+    setattr(CppCodeCache, "load_async", mine)  # noqa: B010 (a classmethod, as torch's)
+
+    def undo() -> None:
+        if CppCodeCache.__dict__.get("load_async") is mine:
+            setattr(CppCodeCache, "load_async", raw)  # noqa: B010
+    return undo
 
 
 # -- autotune --------------------------------------------------------------------------------

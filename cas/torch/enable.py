@@ -29,6 +29,8 @@ from cas.store import Store
 from cas.torch import _compat
 from cas.torch.hooks import after_import
 from cas.torch.live import LiveCache, install, uninstall
+from cas.torch.prewarm import Prewarm
+from cas.torch.prewarm import start as start_checks
 from cas.torch.warn import warn_once
 
 __all__ = ["SAME_BRANCH", "Session", "active_session", "bootstrap_from_env", "enable"]
@@ -60,6 +62,8 @@ class Session:
     installed: bool = False
     #: What the recorded commits name as their program (``cas run`` passes the script).
     program: str | None = None
+    #: torch's C++ load checks, run early (:mod:`cas.torch.prewarm`); None when not started.
+    prewarm: Prewarm | None = None
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +100,7 @@ class Session:
             "commits": [str(c) for c in self.commits],
             "pending": self.live.pending if self.live else 0,
             "env": self.live.env_id.hex if self.live else None,
+            "prewarm": dict(self.prewarm.report) if self.prewarm else None,
         }
         if self.live is not None:
             out["live"] = self.live.stats.to_dict()
@@ -236,6 +241,9 @@ def _start(
     env = current_env()
     if hydrate and session.commit is not None:
         _hydrate(session, opened, cache_dir)
+        if _serves_cpu_code(session, env.fields.get("device")):
+            # After the header writer's hook (registered by _hydrate): headers come first.
+            after_import(_compat.DYNAMO, lambda _dynamo: _start_prewarm(session))
     if live:
         meta = {"ref": session.ref, **({"program": session.program} if session.program else {})}
         session.live = LiveCache(
@@ -254,6 +262,18 @@ def _start(
         # Installed once torch imports dynamo (before its first compile), so a program
         # that never compiles never imports the dynamo/inductor stack for cas.
         after_import(_compat.DYNAMO, lambda dynamo: _install(session, dynamo))
+
+
+def _serves_cpu_code(session: Session, device: str | None) -> bool:
+    """Whether hydrate found entries of this env on a CPU (torch loads C++ kernels)."""
+    hydrated = session.hydrated or {}
+    return device == "cpu" and bool(hydrated.get("written") or hydrated.get("present"))
+
+
+def _start_prewarm(session: Session) -> None:
+    if session.closed or session.prewarm is not None:
+        return
+    session.prewarm = start_checks()  # never raises
 
 
 def _guard_units(dynamo: Any) -> None:

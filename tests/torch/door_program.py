@@ -26,9 +26,20 @@ def main() -> None:
 
         cas.torch.enable(args.enable, record="main")
     from cas.torch.demo import cache_counters, first_call
+    from cas.torch.enable import active_session
 
     seconds = first_call("mlp", small=True, backend=args.backend)
-    print("CAS-DOOR " + json.dumps({"first_call_s": seconds, "counters": cache_counters()}), flush=True)
+    session = active_session()
+    print("CAS-DOOR " + json.dumps({"first_call_s": seconds, "counters": cache_counters(),
+                                    "prewarm": session.stats()["prewarm"] if session else None,
+                                    "isa_checks": _isa_checks()}), flush=True)
+
+
+def _isa_checks() -> int:
+    """How many times torch ran an ISA's probe in this process (its per-ISA cache's misses)."""
+    from torch._inductor.cpu_vec_isa import VecISA
+
+    return int(VecISA._VecISA__bool__impl.cache_info().misses)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

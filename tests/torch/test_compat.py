@@ -50,7 +50,9 @@ def test_probe_of_a_renamed_module_names_each_of_its_hooks() -> None:
     names = [m.hook for m in _compat.probe(modules, triton=True)]
     assert names == ["torch._inductor.cpp_builder.CppBuilder.get_target_file_path",
                      "torch._inductor.cpp_builder.get_cpp_compiler",
-                     "torch._inductor.cpp_builder.get_compiler_version_info"]
+                     "torch._inductor.cpp_builder.get_compiler_version_info",
+                     "torch._inductor.cpp_builder.CppBuilder.get_command_line",
+                     "torch._inductor.cpp_builder.CppTorchDeviceOptions"]
 
 
 def test_triton_only_hooks_count_only_where_triton_is() -> None:
