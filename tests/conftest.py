@@ -37,6 +37,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[object]:
+    """pytest rewrites the asserts of every test module it collects (~2 CPU-s for this
+    suite, in each xdist worker) and keeps the result in __pycache__, unless
+    PYTHONDONTWRITEBYTECODE is set: then it rewrites them all again in every run. While
+    collecting, it may write them (and reads them back in the next run), as `make test`
+    byte-compiles cas and the tests; the tests themselves run under the user's setting."""
+    keep = sys.dont_write_bytecode
+    sys.dont_write_bytecode = False
+    try:
+        return (yield)
+    finally:
+        sys.dont_write_bytecode = keep
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Under pytest-xdist (`make test` runs two workers, ``--dist loadgroup``), torch tests
     that share a cold compile run on one worker, so that each compile happens once per
