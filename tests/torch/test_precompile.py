@@ -5,13 +5,14 @@ stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompil
 One recording process (``cas run --precompile --record``), then new machines (``cas run
 --precompile --ref``: a fresh torch cache dir each): the unit is loaded; a changed input
 shape, a changed model source, another env and an untrusted remote each trace instead, and
-every output equals eager's. Where one program run proves two things, one new machine
-does (the recorded batch, then a changed one; a training step, then inference): each
-process pays an import of torch and inductor (~6 CPU-s) whatever it proves.
+every output equals eager's. Where one program run proves two things, one process does
+(the recorded batch, then a changed one; a training step, then inference; another env
+that records into a copy of the store while recording its unit fails): each process
+pays an import of torch and inductor (~6 CPU-s) whatever it proves.
 
-The other recording processes (a fault while recording, each front door, the decorated
-model's two programs), and the two new machines that get nothing from the store (another
-env, an untrusted remote), start from the first one's C++ kernels
+The other recording processes (each front door, the decorated model's two programs,
+another env's), and the two new machines that get nothing from the store (another env,
+an untrusted remote), start from the first one's C++ kernels
 (:func:`torchkit.seed_kernels`: code only, no FX, AOT or dynamo entries), so they trace,
 compile and record as on an empty cache dir without waiting on g++ for the ISA probe and
 the model's kernel; the new machines that load from the store start empty."""
@@ -109,17 +110,6 @@ def test_a_changed_model_source_is_refused_with_its_reason(recorded: tuple[Path,
     assert "precompiled unit not used (Source code changes detected for pmodel" in proc.stderr
 
 
-def test_another_env_never_gets_the_unit(recording: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    store, program, kernels = recording
-    # Nothing of the store is for this env, so it compiles everything: it starts from the
-    # recording's C++ kernels (code only), as the recording processes do.
-    cache = seed_kernels(kernels, tmp_path / "cache")
-    # The key tag is part of the env, as the torch and Python versions and the device are.
-    proc, out = _run(store, program, 4, "--ref", "main", "--cache-dir", str(cache),
-                     TORCH_COMPILE_CACHE_KEY_TAG="other-build")
-    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
-
-
 def _units(s: Store) -> list[tuple[EntryKey, Entry]]:
     tip = load_commit(s, resolve(s, "main")).manifest
     return [(k, e) for k, e in manifest.entries(s, tip) if k.kind == "precompile"]
@@ -190,16 +180,29 @@ def test_a_unit_torch_cannot_install_is_refused_and_the_program_runs(recorded: t
         in proc.stderr
 
 
-def test_a_unit_that_fails_while_recorded_is_dropped_and_the_compile_goes_on(
+def test_another_env_never_gets_the_unit_and_a_unit_that_fails_while_recorded_is_dropped(
     recording: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    store, program = tmp_path / "store", _program(tmp_path / "program")
-    cache = seed_kernels(recording[2], tmp_path / "cache")  # code only: FX and dynamo miss
-    proc, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(cache), PRE_FAULT="record")
-    assert out["traced"] == 1
+    # One process proves both (one import of torch, not two): it runs in another env
+    # (nothing of the store is for it), so it traces and compiles everything and records
+    # it into a copy of the store, where recording its unit fails.
+    store, program, kernels = recording
+    copy = _copy(store, tmp_path / "store")
+    with Store(copy) as s:
+        envs = {k.env for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
+    # It compiles everything: it starts from the recording's C++ kernels (code only: FX
+    # and dynamo miss), as the recording processes do.
+    cache = seed_kernels(kernels, tmp_path / "cache")
+    # The key tag is part of the env, as the torch and Python versions and the device are.
+    proc, out = _run(copy, program, 4, "--ref", "main", "--record", "main", "--cache-dir", str(cache),
+                     TORCH_COMPILE_CACHE_KEY_TAG="other-build", PRE_FAULT="record")
+    assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
+    # The unit that failed while recorded is dropped, and the compile goes on: the rest of
+    # what this env compiled is recorded.
     assert "precompiled unit not recorded (TypeError: injected fault: '_Missing' object in record)" in proc.stderr
-    with Store(store) as s:
-        kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)}
+    with Store(copy) as s:
+        kinds = {k.kind for k, _ in manifest.entries(s, load_commit(s, resolve(s, "main")).manifest)
+                 if k.env not in envs}
     assert "precompile" not in kinds and "inductor" in kinds
 
 
