@@ -236,14 +236,17 @@ def decorated(recording: tuple[Path, Path, Path], tmp_path_factory: pytest.TempP
     """A store recorded by two programs calling pdecorated.py's model (``PRE_MODEL=
     decorated``): a training step, then inference under ``no_grad``. Both compile the
     same ``forward``, so both units have one source id: the branch keeps one unit
-    holding the guarded codes of both. Each starts from the first recording's C++
-    kernels (code only), as the other recording processes do."""
+    holding the guarded codes of both. The training step starts from the first
+    recording's C++ kernels (code only), as the other recording processes do; inference
+    from the training step's (code only: its FX, AOT and dynamo caches still miss), which
+    hold every kernel it builds."""
     base = tmp_path_factory.mktemp("decorated")
     store, program = base / "store", _program(base / "program")
-    train, infer = (seed_kernels(recording[2], base / f"{step}-cache") for step in ("train", "infer"))
+    train = seed_kernels(recording[2], base / "train-cache")
     _, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(train), PRE_MODEL="decorated")
     # The getter breaks the graph: forward, the getter and their resume functions are traced.
     assert out["traced"] > 1
+    infer = seed_kernels(train, base / "infer-cache")
     _, out = _run(store, program, 4, "--record", "main", "--cache-dir", str(infer), PRE_MODEL="decorated",
                   PRE_STEP="infer")
     assert out["traced"] > 1  # the training step's guards fail under no_grad
