@@ -32,7 +32,7 @@ def main() -> None:
     session = active_session()
     print("CAS-DOOR " + json.dumps({"first_call_s": seconds, "counters": cache_counters(),
                                     "prewarm": session.stats()["prewarm"] if session else None,
-                                    "isa_checks": _isa_checks()}), flush=True)
+                                    "isa_checks": _isa_checks(), "x86_isas": _x86_isas()}), flush=True)
 
 
 def _isa_checks() -> int:
@@ -40,6 +40,15 @@ def _isa_checks() -> int:
     from torch._inductor.cpu_vec_isa import VecISA
 
     return int(VecISA._VecISA__bool__impl.cache_info().misses)  # type: ignore[attr-defined]
+
+
+def _x86_isas() -> list[str]:
+    """The vector ISAs torch reads from this x86 CPU (empty elsewhere)."""
+    import platform
+
+    from torch._inductor.cpu_vec_isa import x86_isa_checker
+
+    return list(x86_isa_checker()) if platform.machine() in ("x86_64", "AMD64") else []
 
 
 if __name__ == "__main__":

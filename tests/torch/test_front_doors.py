@@ -186,9 +186,14 @@ def test_a_new_machine_compiles_nothing(machine_a: dict[str, Any], shim_env: dic
     # header include torch does in every process that loads a C++ kernel. cas ran that
     # check and the ISA probes early, in its thread (cas.torch.prewarm), and torch's own
     # calls found the answers: the include was preprocessed once, each ISA probed once.
+    # On a CPU where torch finds AVX-512 cas leaves both to torch (docs/torch.md), which
+    # still preprocesses once.
     pre = out["prewarm"]
-    assert pre["header"] is True and pre["probed"] and "error" not in pre, pre
     assert len(calls["preprocess"]) == 1, calls["preprocess"]
+    if "avx512" in out["x86_isas"]:
+        assert pre is None, pre
+        return
+    assert pre["header"] is True and pre["probed"] and "error" not in pre, pre
     assert out["isa_checks"] == len(pre["probed"]), (out["isa_checks"], pre)
 
 

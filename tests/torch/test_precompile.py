@@ -3,7 +3,7 @@ first call skips tracing where the unit's guards pass; anything else traces, nev
 stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompiled start").
 
 One recording process (``cas run --precompile --record``), then new machines (``cas run
---precompile --ref``: a fresh torch cache dir each): the unit is loaded; a changed input
+--precompile --ref``: a fresh torch cache dir and TMPDIR each): the unit is loaded; a changed input
 shape, a changed model source, another env and an untrusted remote each trace instead, and
 every output equals eager's. Where one program run proves two things, one process does
 (the recorded batch, then a changed one; a training step, then inference; another env
@@ -25,6 +25,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,11 @@ def _program(dst: Path) -> Path:
 
 def _run(store: Path, program: Path, batch: int | str, *opts: str, **env: str) -> tuple[Proc, dict]:
     """``cas run --precompile`` of the program, with the batch size (or sizes, "4,7"): its
-    ``PRE`` line, every call's output checked against eager's."""
+    ``PRE`` line, every call's output checked against eager's. A new machine (``--ref``
+    without ``--record``) gets an empty TMPDIR of its own, where torch keeps precompiled
+    headers; recording processes share the test run's."""
+    if "--ref" in opts and "--record" not in opts and "TMPDIR" not in env:
+        env["TMPDIR"] = tempfile.mkdtemp(prefix="machine-tmp-", dir=program.parent)
     proc = cas("--store", str(store), "run", "--precompile", *opts, "--", sys.executable, str(program), str(batch),
                env=base_env(**env), timeout=600)
     assert proc.rc == 0, proc.stderr[-4000:]
