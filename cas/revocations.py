@@ -279,7 +279,7 @@ def honoured(store: Store, oid: ObjectId, c: Commit) -> str | None:
     remote = origin[len("remote:"):]
     if trust.remote_trusted(store, remote):
         return None
-    return f"it came from untrusted remote {remote} and is not signed by a trusted key"
+    return f"it came from untrusted remote {trust.describe_untrusted(store, remote)[0]} and is not signed by a trusted key"
 
 
 def load(store: Store) -> RevokedSet:

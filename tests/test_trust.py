@@ -34,6 +34,24 @@ def _allowed(store_path: Path, ref: str = "main") -> bool:
         return True
 
 
+def test_a_refusal_names_the_remote_and_its_hint_is_the_way_to_trust_it(
+    tmp_path: Path, cas: Any, store_path: Path
+) -> None:
+    team = tmp_path / "team"
+    _capture(team, "fteam")
+    cas("clone", str(team), str(store_path), "--name", "team")
+    refused = cas("hydrate", "main", "--cache-dir", str(tmp_path / "cache"), ok=False)
+    error, hint = refused.stderr.strip().splitlines()
+    assert error.startswith("cas: error: main holds commit ")
+    assert error.endswith(f"from untrusted remote 'team' ({team}); its artifacts are not handed to torch")
+    # the hint's commands, as a user types them, are what trusts it
+    assert hint == (f"hint: trust the remote (cas remote remove team, then cas remote add team {team} "
+                    "--trusted) or use a tag signed by a trusted key")
+    cas("remote", "remove", "team")
+    cas("remote", "add", "team", str(team), "--trusted")
+    assert _allowed(store_path)
+
+
 def test_re_adding_a_name_as_trusted_never_trusts_what_an_untrusted_remote_sent(
     tmp_path: Path, cas: Any, store_path: Path
 ) -> None:

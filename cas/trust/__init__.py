@@ -18,7 +18,7 @@ from cas.trust.policy import (
     check_ref_allowed,
     commit_origin,
 )
-from cas.trust.remotes import remote_trusted, set_remote_trusted
+from cas.trust.remotes import describe_untrusted, remote_trusted, set_remote_trusted
 
 __all__ = [
     "AllowedCommits",
@@ -27,6 +27,7 @@ __all__ = [
     "check_object_allowed",
     "check_ref_allowed",
     "commit_origin",
+    "describe_untrusted",
     "public_key",
     "remote_trusted",
     "set_remote_trusted",

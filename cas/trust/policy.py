@@ -46,7 +46,7 @@ from cas.history import ancestors
 from cas.objects import Tag
 from cas.store import Store
 from cas.trust.keys import trusted_keys, verify
-from cas.trust.remotes import remote_trusted
+from cas.trust.remotes import describe_untrusted, remote_trusted
 
 __all__ = ["AllowedCommits", "Verdict", "check_object_allowed", "check_ref_allowed", "commit_origin"]
 
@@ -121,11 +121,11 @@ def check_object_allowed(store: Store, ref: str, oid: ObjectId) -> Verdict:
         if remote is None:
             continue
         if not remote_trusted(store, remote):
+            who, trust_it = describe_untrusted(store, remote)
             raise PolicyError(
-                f"{ref} holds commit {c.short()} from untrusted remote {remote!r}; "
+                f"{ref} holds commit {c.short()} from untrusted remote {who}; "
                 "its artifacts are not handed to torch",
-                hint=f"trust the remote (cas remote add {remote} URL --trusted) "
-                "or use a tag signed by a trusted key",
+                hint=f"trust the remote ({trust_it}) or use a tag signed by a trusted key",
                 ref=ref,
                 oid=c,
             )

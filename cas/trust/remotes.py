@@ -10,7 +10,7 @@ from __future__ import annotations
 from cas import provenance, remotes_config
 from cas.store import Store
 
-__all__ = ["remote_trusted", "set_remote_trusted"]
+__all__ = ["describe_untrusted", "remote_trusted", "set_remote_trusted"]
 
 
 def remote_trusted(store: Store, origin: str) -> bool:
@@ -31,3 +31,16 @@ def remote_trusted(store: Store, origin: str) -> bool:
 def set_remote_trusted(store: Store, name: str, trusted: bool = True) -> None:
     """Mark remote ``name`` trusted (its commits may reach torch) or not."""
     store.meta.set(f"remote.{name}.trusted", "true" if trusted else None)
+
+
+def describe_untrusted(store: Store, origin: str) -> tuple[str, str]:
+    """``(who, how to trust it)`` for a refusal of what came from ``origin``, in the
+    words a user types: the remote's name here with its URL, and the commands that trust
+    that URL (trust is kept by URL: a remote is re-added with ``--trusted``)."""
+    if not provenance.is_identity(origin):  # a bare name: an older mark or a tracking ref
+        return repr(origin), f"cas remote add {origin} URL --trusted"
+    url, _ = provenance.split_identity(origin)
+    names = [cfg.name for cfg in remotes_config.list_remotes(store) if provenance.normal_url(cfg.url) == url]
+    if not names:
+        return repr(url), f"cas remote add NAME {url} --trusted"
+    return f"{names[0]!r} ({url})", f"cas remote remove {names[0]}, then cas remote add {names[0]} {url} --trusted"
