@@ -3,7 +3,8 @@ first call skips tracing where the unit's guards pass; anything else traces, nev
 stale code, and the summary of ``cas run`` says which (docs/torch.md, "Precompiled start").
 
 One recording process (``cas run --precompile --record``), then new machines (``cas run
---precompile --ref``: a fresh torch cache dir and TMPDIR each): the unit is loaded; a changed input
+--precompile --ref``: each a store cloned from the recording's by ``cas clone``, a fresh
+torch cache dir and TMPDIR): the unit is loaded; a changed input
 shape, a changed model source, another env and an untrusted remote each trace instead, and
 every output equals eager's. Where one program run proves two things, one process does
 (the recorded batch, then a changed one; a training step, then inference; another env
@@ -49,13 +50,16 @@ def _program(dst: Path) -> Path:
     return dst / "precompile_program.py"
 
 
-def _run(store: Path, program: Path, batch: int | str, *opts: str, **env: str) -> tuple[Proc, dict]:
+def _run(store: Path, program: Path, batch: int | str, *opts: str, trusted: bool = True,
+         **env: str) -> tuple[Proc, dict]:
     """``cas run --precompile`` of the program, with the batch size (or sizes, "4,7"): its
     ``PRE`` line, every call's output checked against eager's. A new machine (``--ref``
-    without ``--record``) gets an empty TMPDIR of its own, where torch keeps precompiled
-    headers; recording processes share the test run's."""
-    if "--ref" in opts and "--record" not in opts and "TMPDIR" not in env:
-        env["TMPDIR"] = tempfile.mkdtemp(prefix="machine-tmp-", dir=program.parent)
+    without ``--record``) runs on a store of its own, cloned from ``store`` (remote
+    ``team``, trusted unless said otherwise), with an empty TMPDIR of its own, where torch
+    keeps precompiled headers; recording processes share the test run's."""
+    if "--ref" in opts and "--record" not in opts:
+        store = _clone(store, program.parent, trusted)
+        env.setdefault("TMPDIR", tempfile.mkdtemp(prefix="machine-tmp-", dir=program.parent))
     proc = cas("--store", str(store), "run", "--precompile", *opts, "--", sys.executable, str(program), str(batch),
                env=base_env(**env), timeout=600)
     assert proc.rc == 0, proc.stderr[-4000:]
@@ -63,6 +67,14 @@ def _run(store: Path, program: Path, batch: int | str, *opts: str, **env: str) -
     out = json.loads(line[4:])
     assert out["equal"] is True  # every call's output equals eager's
     return proc, out
+
+
+def _clone(store: Path, root: Path, trusted: bool) -> Path:
+    """A new machine's store: ``cas clone`` of ``store`` over the path transport."""
+    dst = Path(tempfile.mkdtemp(prefix="machine-store-", dir=root)) / "store"
+    proc = cas("clone", str(store), str(dst), "--name", "team", *(["--trusted"] if trusted else []), env=base_env())
+    assert proc.rc == 0, proc.stderr[-3000:]
+    return dst
 
 
 def _summary(proc: Proc) -> str:
@@ -162,14 +174,11 @@ def test_a_unit_that_says_another_torch_made_it_is_refused(recorded: tuple[Path,
 def test_a_unit_from_an_untrusted_remote_is_never_loaded(recording: tuple[Path, Path, Path],
                                                         tmp_path: Path) -> None:
     store, program, kernels = recording
-    copy = tmp_path / "store"
-    shutil.copytree(store, copy)
-    with Store(copy) as s:  # main now holds a commit pulled from remote 'team'
-        commit_changes(s, "main", {}, "pulled", {"remote": "team"})
-    # Nothing of the store reaches torch, so it compiles everything: it starts from this
-    # machine's own C++ kernels (the recording's, code only), never the store's.
+    # The new machine clones the store from remote 'team' without --trusted. Nothing of
+    # the store reaches torch, so it compiles everything: it starts from this machine's
+    # own C++ kernels (the recording's, code only), never the store's.
     cache = seed_kernels(kernels, tmp_path / "cache")
-    proc, out = _run(copy, program, 4, "--ref", "main", "--cache-dir", str(cache))
+    proc, out = _run(store, program, 4, "--ref", "main", "--cache-dir", str(cache), trusted=False)
     assert "untrusted remote 'team'" in proc.stderr
     assert out["traced"] == 1 and out["dynamo_cache"] == {"dynamo_cache_miss": 1}
 
