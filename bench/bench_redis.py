@@ -85,11 +85,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def throughput(port: int, op: str, size: int, clients: int) -> float:
-    """Requests per second of ``clients`` processes, from a common start to the last end."""
+def throughput(port: int, op: str, size: int, clients: int, ops: int | None = None) -> float:
+    """Requests per second of ``clients`` processes (``ops`` requests in all, OPS[size] by
+    default), from a common start to the last end."""
     ctx = mp.get_context("fork")
     start, out = ctx.Barrier(clients + 1), ctx.Queue()
-    n = OPS[size] // clients
+    n = (ops or OPS[size]) // clients
     procs = [ctx.Process(target=_client, args=(port, op, size, n, i, start, out)) for i in range(clients)]
     for p in procs:
         p.start()
