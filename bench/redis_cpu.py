@@ -42,7 +42,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from bench_redis import KEYS, cpu_seconds, key, throughput, value  # noqa: E402
+from bench_redis import KEYS, key, throughput, value  # noqa: E402
 
 from cas.objects import Env  # noqa: E402
 from cas.store import Store  # noqa: E402
@@ -97,11 +97,11 @@ class Served:
         self._log.close()
 
 
-class Echo:
-    """An asyncio server that answers each packet with a canned reply (the floor)."""
+class Child:
+    """This script serving in a child process (``--serve-echo`` or ``--serve-door``)."""
 
-    def __init__(self, size: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(size)], stdout=subprocess.PIPE)
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.pid = self.proc.pid
@@ -136,25 +136,52 @@ def serve_echo(size: int) -> None:
     asyncio.run(main())
 
 
+def serve_door(store: Path) -> None:
+    """The door alone on a bare asyncio loop (no HTTP server), with cas serve's metrics."""
+    from cas.server.metrics import Metrics
+    from cas.server.redis_door import RedisDoor, RedisOptions
+
+    async def main() -> None:
+        door = RedisDoor(store, None, RedisOptions(port=0, env=ENV.id.hex, flush_every=1))
+        door.observe = Metrics(dict).redis_observer(door.env.id.short())
+        sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+        sock = socket.socket(sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=sock.detach())
+        await door.start(sock)
+        print(door.port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 def seed(port: int, size: int) -> None:
     c = redis.Redis(host="127.0.0.1", port=port)
     for i in range(KEYS):
         c.set(key(size, i), value(size, i))
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def measure(servers: dict[str, Any], op: str, size: int, clients: int, rounds: int, ops: int) -> dict[str, Any]:
-    """Alternate rounds over ``servers``; per name: µs CPU per request, best ops/s."""
-    cpu = dict.fromkeys(servers, 0.0)
+    """Alternate rounds over ``servers``; per name: µs CPU per request (all, user,
+    system), best ops/s."""
+    cpu = {name: [0.0, 0.0] for name in servers}
     best = dict.fromkeys(servers, 0.0)
     names = list(servers)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             srv = servers[name]
-            before = cpu_seconds(srv.pid)
+            before = user_system(srv.pid)
             best[name] = max(best[name], throughput(srv.port, op, size, clients, ops))
-            cpu[name] += cpu_seconds(srv.pid) - before
+            after = user_system(srv.pid)
+            cpu[name] = [c + a - b for c, a, b in zip(cpu[name], after, before, strict=True)]
     n = rounds * (ops // clients) * clients
-    return {name: (cpu[name] / n * 1e6, best[name]) for name in names}
+    return {name: (sum(cpu[name]) / n * 1e6, cpu[name][0] / n * 1e6, cpu[name][1] / n * 1e6, best[name])
+            for name in names}
 
 
 def sockets(args: argparse.Namespace) -> None:
@@ -162,7 +189,10 @@ def sockets(args: argparse.Namespace) -> None:
     servers: dict[str, Any] = {}
     try:
         if args.echo:
-            servers["echo"] = Echo(args.size)
+            servers["echo"] = Child("--serve-echo", str(args.size))
+        if args.door_alone:
+            servers["door alone"] = Child("--serve-door", str(make_store(work / "alone")))
+            seed(servers["door alone"].port, args.size)
         for i, tree in enumerate(args.tree or [HERE.parent]):
             name = f"{i}:{tree}"
             servers[name] = Served(Path(tree).resolve(), make_store(work / f"store{i}"), work / f"serve{i}.log")
@@ -171,7 +201,7 @@ def sockets(args: argparse.Namespace) -> None:
         spy = None
         if args.py_spy:
             target = next(s for s in servers.values() if isinstance(s, Served))
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "500", "-o",
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "500", "--gil", "-o",
                                     args.py_spy, "-f", args.py_spy_format, "-p", str(target.pid)])
             time.sleep(1)
         print(f"load before: {os.getloadavg()}")
@@ -180,8 +210,9 @@ def sockets(args: argparse.Namespace) -> None:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
-        for name, (us, ops) in results.items():
-            print(f"{args.op} {args.size} B x {args.clients} clients  {name}: {us:.1f} us CPU/request, {ops:.0f} ops/s")
+        for name, (us, user, system, ops) in results.items():
+            print(f"{args.op} {args.size} B x {args.clients} clients  {name}: {us:.1f} us CPU/request "
+                  f"(user {user:.1f}, system {system:.1f}), {ops:.0f} ops/s")
     finally:
         for s in servers.values():
             s.stop()
@@ -264,14 +295,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tree", action="append", help="a checkout whose cas serves (repeat to compare)")
     p.add_argument("--echo", action="store_true", help="also measure an asyncio server that does nothing")
+    p.add_argument("--door-alone", action="store_true",
+                   help="also measure the door of this tree alone on a bare asyncio loop")
     p.add_argument("--py-spy", help="record the first tree's serving process into this file")
     p.add_argument("--py-spy-format", default="speedscope")
     p.add_argument("--inprocess", action="store_true")
     p.add_argument("--profile", action="store_true", help="with --inprocess: cProfile's top functions")
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--serve-door", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_echo is not None:
         serve_echo(args.serve_echo)
+    elif args.serve_door is not None:
+        serve_door(args.serve_door)
     elif args.inprocess:
         inprocess(args)
     else:
