@@ -168,8 +168,10 @@ class RedisDoor:
         #: Blobs served from _hot since the last tick: noted as read once a tick (a read
         #: time is an epoch second, for gc's order), not once per GET.
         self._hot_reads: set[ObjectId] = set()
-        #: The raw values of the served ref and the revocations branch at the last GET.
+        #: The raw values of the served ref and the revocations branch, read at store
+        #: generation _generation.
         self._watched: tuple[bytes | None, ...] = ()
+        self._generation = -1
         self._refresh()
         #: Accepted writes not yet committed, per token: {redis key: wire value}.
         self._pending: dict[str, dict[str, bytes]] = {}
@@ -290,12 +292,17 @@ class RedisDoor:
 
     def _check_moved(self) -> None:
         """Serve the read ref's new commit, and drop revoked values, as soon as either
-        moved: one LMDB read of both refs per GET (cas.store.refs.Refs.raw), and the
-        work only when one changed."""
+        moved. Per GET, one look at the store's generation (no transaction); when
+        something was committed since, one read of both refs; the work only when one of
+        them changed."""
         if self._ref_full is None:  # the read ref does not exist yet
             self._refresh()
             self._drop_revoked()
             return
+        generation = self.store.generation()  # before the read: a commit after it shows next GET
+        if generation == self._generation:
+            return
+        self._generation = generation
         now = self.store.refs.raw((self._ref_full, revocations.REF))
         if now == self._watched:
             return
