@@ -269,8 +269,10 @@ def inprocess(args: argparse.Namespace) -> None:
         t = time.process_time()
         if prof is not None:
             prof.enable()
+        cut = args.packet or max(map(len, packets))
         for i, p in enumerate(packets):
-            conn.data_received(p)
+            for at in range(0, len(p), cut):
+                conn.data_received(p[at:at + cut])
             if i % 512 == 511:
                 await asyncio.sleep(0)  # let a flush the batch started move on
         if prof is not None:
@@ -301,6 +303,7 @@ def main() -> None:
     p.add_argument("--py-spy-format", default="speedscope")
     p.add_argument("--inprocess", action="store_true")
     p.add_argument("--profile", action="store_true", help="with --inprocess: cProfile's top functions")
+    p.add_argument("--packet", type=int, help="with --inprocess: bytes a packet (default: a command a packet)")
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-door", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -192,7 +192,7 @@ class Parser:
         start, end = self._pos, self._pos + self._bulk
         if self._buf[end:end + 2] != b"\r\n":
             raise ProtocolError("a bulk string must end with CRLF")
-        self._args.append(bytes(self._buf[start:end]))
+        self._args.append(_copy(self._buf, start, end))
         self.examined += self._bulk + 2
         self.consumed += self._bulk + 2
         self._pos = self._scan = end + 2
@@ -228,7 +228,7 @@ class Parser:
             start, p = eol + 2, eol + 4 + n
             if n > self.max_arg or p - 2 - pos > self.max_command or buf[p - 2:p] != b"\r\n":
                 return None
-            args.append(bytes(buf[start:p - 2]))
+            args.append(_copy(buf, start, p - 2))
             left -= 1
         self.examined += p - pos
         self.consumed += p - pos
@@ -266,6 +266,13 @@ class Parser:
             self._tried_at -= self._pos
             self._pos = 0
         return None
+
+
+def _copy(buf: bytearray, start: int, end: int) -> bytes:
+    """``buf[start:end]`` as bytes, copied once (``bytes(buf[start:end])`` copies twice:
+    for a 100 KiB value, two fresh allocations the size of the value)."""
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
 
 
 def _length(line: bytes, limit: int) -> int:
