@@ -59,7 +59,8 @@ class Connection(asyncio.Protocol):
         self._mark = 0  # parser.consumed after the last command (bytes in, for metrics)
         self._paused: set[str] = set()  # "budget", "replies"
         self._last = 0.0
-        self._clock = time.monotonic  # the loop's clock, once connected
+        #: asyncio's loop clock (BaseEventLoop.time), called without the method's frame.
+        self._clock = time.monotonic
         self._timer: asyncio.TimerHandle | None = None
         self._linger = -1  # bytes still dropped after a protocol error; -1: none
 
@@ -75,7 +76,6 @@ class Connection(asyncio.Protocol):
         self._admitted = True
         self.session = Session(self.door, tr.get_extra_info("peername"))
         self._limit()
-        self._clock = asyncio.get_running_loop().time
         self._last = self._clock()
         self._arm(self.door.options.connections.idle_timeout)
 
@@ -362,25 +362,21 @@ class Session:
 
     # data -------------------------------------------------------------------------------
 
-    def _get(self, key: bytes) -> tuple[bytes | None, str]:
-        """(the value as a bulk string reply or None, the key's kind)."""
-        return self.door.get(key)
-
     def cmd_get(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        bulk, kind = self._get(args[0])
+        bulk, kind = self.door.get(args[0])
         if bulk is None:
             return self.reply.nil(), kind, "miss"
         return bulk, kind, "hit"
 
     def cmd_mget(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        got = [self._get(k) for k in args]
+        got = [self.door.get(k) for k in args]
         hits = sum(v is not None for v, _ in got)
         kind = got[0][1] if got else ""
         nil = self.reply.nil()
         return self.reply.array([v if v is not None else nil for v, _ in got]), kind, "hit" if hits else "miss"
 
     def cmd_exists(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        return self.reply.integer(sum(self._get(k)[0] is not None for k in args)), "", "ok"
+        return self.reply.integer(sum(self.door.get(k)[0] is not None for k in args)), "", "ok"
 
     def _set(self, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str]:
         if self.door.options.branch is None:
