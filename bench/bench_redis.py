@@ -13,7 +13,8 @@ Rounds alternate between the two servers so machine load hits both alike; the fa
 round of each is kept and ``ratio_of_redis_throughput`` (cas ops/s ÷ redis ops/s) goes in
 ``benchmark.extra_info``, beside ``cas_serving_cpu_us_per_op``: CPU (user + system, from
 /proc) of the serving process per request, the commit process's excluded; less
-sensitive to machine load than throughput. The goal is ≥ 0.7× (issue 20); the assertion allows for a
+sensitive to machine load than throughput (where it goes, tree against tree:
+``bench/redis_cpu.py``). The goal is ≥ 0.7× (issue 20); the assertion allows for a
 shared machine.
 Without ``redis-server`` (``tests/setup_system.sh`` installs it as root) the suite skips
 with a message saying so.

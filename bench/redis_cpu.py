@@ -13,9 +13,11 @@ spends per request does not, and it is what sets the door's ratio to redis-serve
   (py-spy is not a project dependency: ``pip install py-spy`` into the venv).
 * ``--echo``: the same clients against an asyncio server that answers every packet with
   a canned reply and does nothing else: the floor that asyncio's per-event cost sets.
-* ``--inprocess``: the door's Connection fed whole commands in this process, without
-  sockets (its transport only collects what is written): the door's own µs per command;
-  ``--profile`` prints cProfile's top functions.
+  ``--door-alone``: this tree's door on a bare asyncio loop (no HTTP server, no keeper).
+* ``--inprocess``: the door's Connection fed commands in this process, without sockets
+  (its transport only collects what is written), a command a packet or ``--packet``
+  bytes a packet: the door's own µs per command; ``--profile`` prints cProfile's top
+  functions.
 
 Run: ``.venv/bin/python bench/redis_cpu.py --op get --size 1024 --clients 8
 --tree /tmp/base --tree .`` (results: docs/benchmarks.md).
