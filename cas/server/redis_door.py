@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cas import entrykeys, refs
+from cas import entrykeys, refs, revocations
 from cas.codec import ObjType
 from cas.digest import ObjectId
 from cas.errors import CasError, UsageError
@@ -161,10 +161,17 @@ class RedisDoor:
         self._policy = AllowedCommits(self.store)
         self.reader = LiveCache(self.store, self.env, root=None, branch=None)
         #: Served values of the current commit, already BLAKE3-checked:
-        #: {key: (wire value as a RESP bulk string, blob id)}; the id so that a hit here
-        #: still counts as a read.
-        self._hot: OrderedDict[str, tuple[bytes, ObjectId]] = OrderedDict()
+        #: {key: (wire value as a RESP bulk string, blob id, key kind)}; the id so that a
+        #: hit here still counts as a read.
+        self._hot: OrderedDict[str, tuple[bytes, ObjectId, str]] = OrderedDict()
         self._hot_bytes = 0
+        #: Blobs served from _hot since the last tick: noted as read once a tick (a read
+        #: time is an epoch second, for gc's order), not once per GET.
+        self._hot_reads: set[ObjectId] = set()
+        #: The raw values of the served ref and the revocations branch, read at store
+        #: generation _generation.
+        self._watched: tuple[bytes | None, ...] = ()
+        self._generation = -1
         self._refresh()
         #: Accepted writes not yet committed, per token: {redis key: wire value}.
         self._pending: dict[str, dict[str, bytes]] = {}
@@ -248,40 +255,72 @@ class RedisDoor:
         """Whether uncommitted writes are served: only when the read ref is the write branch."""
         return self._own_ref is not None and self._ref_full == self._own_ref
 
-    def get(self, key: bytes) -> bytes | None:
-        """The value of ``key`` as a RESP bulk string (``$<n>\r\n<value>\r\n``, the same
-        in RESP2 and RESP3), or None for a miss."""
-        bulk = self._lookup(key)
+    def get(self, key: bytes) -> tuple[bytes | None, str]:
+        """(the value of ``key`` as a RESP bulk string (``$<n>\r\n<value>\r\n``, the
+        same in RESP2 and RESP3), or None for a miss; the key's kind, "" if none)."""
+        bulk, kind = self._lookup(key)
         if self.reporter is not None:
             self.reporter.lookup(self.pin, key, bulk is not None)
-        return bulk
+        return bulk, kind
 
-    def _lookup(self, key: bytes) -> bytes | None:
+    def _lookup(self, key: bytes) -> tuple[bytes | None, str]:
         text = key.decode("utf-8", "replace")
         if self._serves_writes():
             for batch in self._pending.values():
                 if text in batch:
-                    return bulk_string(batch[text])
+                    return bulk_string(batch[text]), _kind(text)
             if text in self._flushing:
-                return bulk_string(self._flushing[text])
-        self._refresh()
-        self._drop_revoked()
+                return bulk_string(self._flushing[text]), _kind(text)
+        self._check_moved()
         hot = self._hot.get(text)
         if hot is not None:
             self._hot.move_to_end(text)
-            self.store.maintenance.note_reads((hot[1],))  # in memory; written in batches
-            return hot[0]
+            self._hot_reads.add(hot[1])
+            return hot[0], hot[2]
+        kind = _kind(text)
         found = self.reader.get_entry(text)  # notes the read itself
         if found is None:
-            return None
+            return None, kind
         # Kept encoded: a hit is then written as it is, without a copy of the value.
         bulk = bulk_string(found[0])
         if len(bulk) <= HOT_BYTES // 64:
-            self._hot[text] = (bulk, found[1])
+            self._hot[text] = (bulk, found[1], kind)
             self._hot_bytes += len(bulk)
             while self._hot_bytes > HOT_BYTES:
                 self._hot_bytes -= len(self._hot.popitem(last=False)[1][0])
-        return bulk
+        return bulk, kind
+
+    def _check_moved(self) -> None:
+        """Serve the read ref's new commit, and drop revoked values, as soon as either
+        moved. Per GET, one look at the store's generation (no transaction); when
+        something was committed since, one read of both refs; the work only when one of
+        them changed."""
+        if self._ref_full is None:  # the read ref does not exist yet
+            self._refresh()
+            self._drop_revoked()
+            return
+        generation = self.store.generation()  # before the read: a commit after it shows next GET
+        if generation == self._generation:
+            return
+        self._generation = generation
+        now = self.store.refs.raw((self._ref_full, revocations.REF))
+        if now == self._watched:
+            return
+        revocations_moved = now[1:] != self._watched[1:]
+        self._watched = now
+        self._refresh()
+        self._drop_revoked()
+        if revocations_moved:
+            # Also when the reader had already seen the new revocations (a miss read them
+            # between our read and its own): a value served a moment ago may be revoked.
+            self._hot.clear()
+            self._hot_bytes = 0
+
+    def note_hot_reads(self) -> None:
+        """Note the blobs served from memory since the last call as read (gc's order)."""
+        if self._hot_reads:
+            read, self._hot_reads = self._hot_reads, set()
+            self.store.maintenance.note_reads(read)
 
     def _drop_revoked(self) -> None:
         """Forget the served values when the revocations changed (cas.revocations): a
@@ -290,18 +329,20 @@ class RedisDoor:
             self._hot.clear()
             self._hot_bytes = 0
 
-    def set(self, pairs: list[tuple[bytes, bytes]], token: str) -> str | None:
-        """Accept writes for the next batch, all or none (as ``MSET``); returns an error
-        text, or None when accepted."""
+    def set(self, pairs: list[tuple[bytes, bytes]], token: str) -> tuple[str | None, str]:
+        """Accept writes for the next batch, all or none (as ``MSET``); returns (an error
+        text, or None when accepted; the kind of the last key, "" if none)."""
         if self.commit_down:
-            return "ERR cas: the commit process is restarting; nothing was accepted, retry"
+            return "ERR cas: the commit process is restarting; nothing was accepted, retry", ""
         accepted: list[tuple[str, bytes]] = []
+        kind = ""
         for key, value in pairs:
             text = key.decode("utf-8", "replace")
             parsed = parse_backend_key(text)
             err = _refusal(text, parsed)
             if err:
-                return err
+                return err, ""
+            kind = parsed[0] if parsed else ""
             if parsed is not None:
                 accepted.append((text, value))
         # The value is decoded once, in the commit process (a malformed one is dropped and
@@ -313,9 +354,9 @@ class RedisDoor:
             batch[text] = value
             self._pending_bytes += grown
             self.budget.accept(grown)
-        if self._full():
+        if self._flush_task is None and self._full():
             self.start_flush()
-        return None
+        return None, kind
 
     def _full(self) -> bool:
         """Whether the pending writes make a batch: by count, or half the byte budget (so
@@ -410,6 +451,7 @@ class RedisDoor:
             await asyncio.sleep(min(1.0, self.options.flush_every))
             if time.monotonic() - self._last_flush >= self.options.flush_every:
                 self.start_flush()
+            self.note_hot_reads()
             if self.reporter is not None and self.reporter.due():
                 self._pool.submit(self._write_reports, self.reporter.take())
 
@@ -448,6 +490,7 @@ class RedisDoor:
         self._pool.shutdown()
         if self._writer_store is not None:
             self._writer_store.close()
+        self.note_hot_reads()
         self.store.close()
 
     def _connection(self) -> Connection:
@@ -465,6 +508,12 @@ def _refusal(key: str, parsed: tuple[str, str, str] | None) -> str | None:
         return "ERR cas: not a torch or Triton remote-cache key"
     why = entrykeys.problem(parsed[0], parsed[1])
     return f"ERR cas: {why}" if why else None
+
+
+def _kind(key: str) -> str:
+    """The kind of entry a Redis key names ("" for none), the label of its metrics."""
+    parsed = parse_backend_key(key)
+    return parsed[0] if parsed else ""
 
 
 def _envs_of(store: Store, tip: ObjectId) -> set[ObjectId]:

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cas.server.auth import Scope
 from cas.server.peers import peer_of
-from cas.server.resp import Parser, ProtocolError, Reply
-from cas.torch.wire import parse_backend_key
+from cas.server.resp import Parser, ProtocolError, Reply, get_or_set
 
 #: Most bytes one command may hold when its connection may not send values: before AUTH
 #: (AUTH and HELLO are small), and with read scope (a key is short). Past it the
@@ -60,6 +59,8 @@ class Connection(asyncio.Protocol):
         self._mark = 0  # parser.consumed after the last command (bytes in, for metrics)
         self._paused: set[str] = set()  # "budget", "replies"
         self._last = 0.0
+        #: asyncio's loop clock (BaseEventLoop.time), called without the method's frame.
+        self._clock = time.monotonic
         self._timer: asyncio.TimerHandle | None = None
         self._linger = -1  # bytes still dropped after a protocol error; -1: none
 
@@ -75,7 +76,7 @@ class Connection(asyncio.Protocol):
         self._admitted = True
         self.session = Session(self.door, tr.get_extra_info("peername"))
         self._limit()
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._clock()
         self._arm(self.door.options.connections.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,7 +96,17 @@ class Connection(asyncio.Protocol):
             return
         if self.session is None or self.session.closing:
             return
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._clock()
+        if not self._paused and self.parser.idle and len(data) <= self.parser.max_command:
+            args = get_or_set(data, self.parser.max_arg)
+            if args is not None:
+                # One whole GET or SET in one packet (how redis-py sends them): answered
+                # without the generic loop below, which would find the same command and
+                # then nothing to limit, reserve or resume (a GET or SET changes neither
+                # the scope nor the connection's state, and holds no unfinished command).
+                assert self.transport is not None
+                self.transport.write(self._run(args, len(data), "GET" if len(args) == 2 else "SET"))
+                return
         self.parser.feed(data)
         self._process()
 
@@ -215,21 +226,24 @@ class Connection(asyncio.Protocol):
         door's doing, not the client's: it does not count as silence."""
         assert self.transport is not None
         timeout = self.door.options.connections.idle_timeout
-        quiet = asyncio.get_running_loop().time() - self._last
+        quiet = self._clock() - self._last
         if quiet >= timeout and "budget" not in self._paused:
             self.transport.close()
         else:
             self._arm(max(timeout - quiet, 0.0) or timeout)
 
-    def _run(self, args: list[bytes], size: int) -> bytes:
+    def _run(self, args: list[bytes], size: int, name: str = "") -> bytes:
+        """The reply to one command (``name``: its name in upper case, when known)."""
         assert self.session is not None
         start = time.perf_counter()
-        reply, kind, outcome = self.session.run(args)
-        if self.door.observe is not None and args:
-            name = args[0].decode("ascii", "replace").upper()
-            if name not in _KNOWN:
-                name = "OTHER"  # a client cannot grow the metrics' label set
-            self.door.observe(name, kind, outcome, size, len(reply), time.perf_counter() - start)
+        if not args:
+            return b""
+        name = name or args[0].decode("ascii", "replace").upper()
+        reply, kind, outcome = self.session.run(name, args)
+        if self.door.observe is not None:
+            # Any other name counts as OTHER: a client cannot grow the metrics' label set.
+            self.door.observe(name if name in _KNOWN else "OTHER", kind, outcome, size, len(reply),
+                              time.perf_counter() - start)
         return reply
 
 
@@ -255,11 +269,9 @@ class Session:
             self.token, self.scope = "", None
         self.peer = peer
 
-    def run(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        """(reply, key kind, outcome) for one command."""
-        if not args:
-            return b"", "", "ok"
-        name = args[0].decode("ascii", "replace").upper()
+    def run(self, name: str, args: list[bytes]) -> tuple[bytes, str, str]:
+        """(reply, key kind, outcome) for one command: ``args``, named ``name`` (its first
+        argument in upper case)."""
         if self.scope is None and name not in _HANDSHAKE:
             return self.reply.error("NOAUTH Authentication required."), "", "error"
         handler = getattr(self, "cmd_" + name.lower(), None)
@@ -350,27 +362,21 @@ class Session:
 
     # data -------------------------------------------------------------------------------
 
-    def _get(self, key: bytes) -> tuple[bytes | None, str]:
-        """(the value as a bulk string reply or None, the key's kind)."""
-        parsed = parse_backend_key(key.decode("utf-8", "replace"))
-        bulk = self.door.get(key)
-        return bulk, parsed[0] if parsed else ""
-
     def cmd_get(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        bulk, kind = self._get(args[0])
+        bulk, kind = self.door.get(args[0])
         if bulk is None:
             return self.reply.nil(), kind, "miss"
         return bulk, kind, "hit"
 
     def cmd_mget(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        got = [self._get(k) for k in args]
+        got = [self.door.get(k) for k in args]
         hits = sum(v is not None for v, _ in got)
         kind = got[0][1] if got else ""
         nil = self.reply.nil()
         return self.reply.array([v if v is not None else nil for v, _ in got]), kind, "hit" if hits else "miss"
 
     def cmd_exists(self, args: list[bytes]) -> tuple[bytes, str, str]:
-        return self.reply.integer(sum(self._get(k)[0] is not None for k in args)), "", "ok"
+        return self.reply.integer(sum(self.door.get(k)[0] is not None for k in args)), "", "ok"
 
     def _set(self, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, str, str]:
         if self.door.options.branch is None:
@@ -379,11 +385,10 @@ class Session:
             return self.reply.ok(), "", "ok"
         if self.scope is not Scope.WRITE:
             return self.reply.error(f"NOPERM cas: token {self.token!r} has read scope only"), "", "error"
-        err = self.door.set(pairs, self.token)
+        err, kind = self.door.set(pairs, self.token)
         if err:
             return self.reply.error(err), "", "error"
-        parsed = parse_backend_key(pairs[-1][0].decode("utf-8", "replace"))
-        return self.reply.ok(), parsed[0] if parsed else "", "ok"
+        return self.reply.ok(), kind, "ok"
 
     def cmd_set(self, args: list[bytes]) -> tuple[bytes, str, str]:
         # Options (EX, PX, NX, KEEPTTL, ...) are accepted and ignored: entries do not expire.

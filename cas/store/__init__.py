@@ -114,6 +114,13 @@ class Store:
     def sync(self) -> None:
         self._env.sync()
 
+    def generation(self) -> int:
+        """A number that grows with every write committed to the store, by any process
+        (LMDB's last transaction id, read from its shared meta page without a
+        transaction): when it has not changed, nothing in the store has. Read it *before*
+        what it guards, so that a commit in between shows as a change next time."""
+        return self._env.generation()
+
 
 __all__ = [
     "ANY",

@@ -232,6 +232,9 @@ class Env:
     def sync(self) -> None:
         self.handle.sync(True)
 
+    def generation(self) -> int:
+        return int(self.handle.info()["last_txnid"])
+
 
 def _open(key: str, durable: bool, clock: Callable[[], float]) -> tuple[lmdb.Environment, dict[str, Any]]:
     try:

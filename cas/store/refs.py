@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from cas import codec
 from cas.codec import ObjType
@@ -41,6 +42,13 @@ class Refs:
     def get(self, name: str) -> ObjectId | None:
         value = self._env.read(lambda txn: txn.get(name.encode(), db=self._env.refs))
         return None if value is None else ObjectId(bytes(value))
+
+    def raw(self, names: tuple[str, ...]) -> tuple[bytes | None, ...]:
+        """The raw values of refs ``names`` (None: absent), read in one transaction: a
+        cheap check of whether any of them moved (the Redis door does one per GET)."""
+        db = self._env.refs
+        # Without buffers, LMDB's values are bytes already.
+        return self._env.read(lambda txn: tuple([cast(bytes | None, txn.get(n.encode(), db=db)) for n in names]))
 
     def as_dict(self, prefix: str = "refs/") -> dict[str, ObjectId]:
         start = prefix.encode()

@@ -25,7 +25,7 @@ from cas.codec import STRUCTURED, ObjType, encode
 from cas.digest import ObjectId
 from cas.errors import BadEntryKey, CasError
 from cas.objects import Commit, Env, ManifestNode, Tag
-from cas.server.resp import Parser, ProtocolError
+from cas.server.resp import Parser, ProtocolError, get_or_set
 from cas.torch.kinds import path_for  # path_for is torch-free; hydrate writes what it names
 
 #: Examples per property; CAS_FUZZ_EXAMPLES raises it for a soak (docs/robustness.md).
@@ -220,6 +220,22 @@ def test_the_resp_parser_reads_the_same_however_the_bytes_are_split(data: bytes,
 def test_the_resp_parser_gives_back_what_was_encoded(commands: list[list[bytes]]) -> None:
     got, error, _ = parse_in(b"".join(map(resp, commands)), [3], limit=1 << 20)
     assert (got, error) == (commands, None)
+
+
+GET_SET = resp([b"GET", b"pt2:fx-graph-v1::k:c1"]) + resp([b"SET", b"triton:h:f", b"a\r\nb"])
+
+
+@FUZZ
+@given(st.one_of(mutated(GET_SET), mutated(resp([b"SET", b"k", bytes(70)])), st.binary(max_size=100),
+                 args_lists.map(lambda c: b"".join(map(resp, c)))))
+def test_the_door_s_one_packet_shortcut_reads_nothing_the_parser_would_not(data: bytes) -> None:
+    # The door answers a packet that get_or_set reads without its Parser: it must take
+    # exactly one GET or SET, with the Parser's limits, or leave the packet to the Parser.
+    got = get_or_set(data, 200 // 3) if len(data) <= 200 else None  # as the door calls it
+    commands, error, _ = parse_in(data, [len(data) or 1])
+    if got is not None:
+        assert (commands, error) == ([got], None)
+        assert got[0] in (b"GET", b"SET") and len(got) == (2 if got[0] == b"GET" else 3)
 
 
 @pytest.fixture(scope="module")
