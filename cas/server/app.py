@@ -488,6 +488,7 @@ def create_app(
     if door is not None:
         door.observe = counters.redis_observer(door.env.id.short())
         door.on_drop = counters.redis_dropped
+        counters.watch_budget(door.budget)
         door.on_commit = keeper.wrote
 
     @asynccontextmanager

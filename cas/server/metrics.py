@@ -12,6 +12,8 @@ cas_received_bytes_total         door                       request bytes read
 cas_sent_bytes_total             door                       answer bytes written
 cas_lookups_total                door, kind, env, result    hits and misses (result=hit|miss)
 cas_redis_dropped_entries_total  reason                     Redis writes dropped at commit
+cas_redis_held_bytes             -                          Redis write values held (on scrape)
+cas_redis_write_waits_total      -                          Redis writers stopped to wait for room
 cas_store_used_bytes             -                          LMDB pages in use (read on scrape)
 cas_store_objects                -                          objects in the store
 cas_refs                         -                          refs in the store
@@ -35,9 +37,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Match
+
+from cas.server.redis_budget import WriteBudget
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -56,6 +60,19 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily("cas_store_used_bytes", "LMDB pages in use, in bytes", info["used_bytes"])
         yield GaugeMetricFamily("cas_store_objects", "Objects in the store", info["objects"])
         yield GaugeMetricFamily("cas_refs", "Refs in the store", info["refs"])
+
+
+class _BudgetCollector(Collector):
+    """The Redis door's write budget (cas.server.redis_budget), read when Prometheus scrapes."""
+
+    def __init__(self, budget: WriteBudget) -> None:
+        self.budget = budget
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("cas_redis_held_bytes", "Redis write values being received or not yet committed",
+                                self.budget.used)
+        yield CounterMetricFamily("cas_redis_write_waits", "Times a Redis writer stopped being read to wait for room",
+                                  self.budget.waits)
 
 
 class Metrics:
@@ -133,6 +150,10 @@ class Metrics:
         tally = RedisTally(self, env)
         self._tallies.append(tally)
         return tally.observe
+
+    def watch_budget(self, budget: WriteBudget) -> None:
+        """Report the Redis door's write budget: what it holds, how often writers waited."""
+        self.registry.register(_BudgetCollector(budget))
 
     def redis_dropped(self, reason: str) -> None:
         """A write the Redis door accepted could not be stored (``reason``: key or value)."""

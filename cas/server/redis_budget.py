@@ -12,6 +12,12 @@ connections half-way through values never wait on each other for ever.
 A command larger than the whole budget (only possible when ``--redis-max-pending`` is
 below ``--redis-max-value``) still gets through, alone: it is admitted when nothing else
 is held, so the bound is the larger of the two.
+
+A command that arrives whole in one packet (how redis-py sends a small SET) declares
+nothing before it is read: it is accepted as it is. So that such commands cannot pile up
+past the budget while commits lag (a stalled disk, a slow commit), a write connection
+also stops reading while the values held fill the budget (:meth:`full`), until a commit
+frees room: the door then holds at most the budget plus what each connection had read.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class WriteBudget:
         self.held = 0
         #: Bytes declared by unfinished commands of write-scope connections.
         self.reserved = 0
+        #: Times a connection stopped reading to wait for room (reported as a metric).
+        self.waits = 0
         self._waiting: dict[int, Callable[[], None]] = {}
 
     @property
@@ -45,6 +53,10 @@ class WriteBudget:
             self._wake()
         return True
 
+    def full(self) -> bool:
+        """Whether the values held (accepted, not yet committed) fill the budget."""
+        return self.held >= self.limit
+
     def accept(self, n: int) -> None:
         """``n`` bytes of values became pending (negative: replaced by smaller ones)."""
         self.held += n
@@ -56,6 +68,8 @@ class WriteBudget:
 
     def wait(self, key: int, wake: Callable[[], None]) -> None:
         """Call ``wake`` (once) the next time room may have been freed."""
+        if key not in self._waiting:
+            self.waits += 1
         self._waiting[key] = wake
 
     def forget(self, key: int) -> None:

@@ -106,6 +106,8 @@ class Connection(asyncio.Protocol):
                 # the scope nor the connection's state, and holds no unfinished command).
                 assert self.transport is not None
                 self.transport.write(self._run(args, len(data), "GET" if len(args) == 2 else "SET"))
+                if self.door.budget.full():  # what this SET added filled it: read no more for now
+                    self._reserve()
                 return
         self.parser.feed(data)
         self._process()
@@ -186,8 +188,9 @@ class Connection(asyncio.Protocol):
         want = self.parser.size
         if self.door.budget.reserve(self._reserved, want):
             self._reserved = want
-            self._paused.discard("budget")
-            return
+            if not self.door.budget.full():
+                self._paused.discard("budget")
+                return
         self._pause("budget")
         self.door.budget.wait(id(self), self._retry)
         self.door.start_flush()  # the commit that lands frees room and wakes us
