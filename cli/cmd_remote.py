@@ -26,24 +26,26 @@ from cas_cli.context import Context, pass_ctx
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-# rich is imported where it draws (a bar, a warning), not with the module: a clone of
-# a machine of a fleet prints one summary line and pays nothing for it (issue 20).
+# rich is imported where it draws (a bar on a terminal, a warning), not with the module:
+# a clone of a machine of a fleet prints one summary line and pays nothing for it (issue 20).
 
 #: Progress bars wait this long, so quick transfers print only their summary.
 BAR_DELAY = 1.0
 
 
 class Feedback:
-    """A :data:`cas.sync.ProgressFn` drawing rich bars once a transfer passes a second."""
+    """A :data:`cas.sync.ProgressFn` drawing rich bars on a terminal once a transfer
+    passes a second."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.start = time.monotonic()
         self.bars: Progress | None = None
         self.tasks: dict[str, Any] = {}
+        self.live = ctx.draws_live()  # no terminal: nothing would show, so nothing is drawn
 
     def __call__(self, phase: str, objects: int, done: int, total_objects: int, total: int) -> None:
-        if self.ctx.quiet or self.ctx.as_json:
+        if not self.live:
             return
         if self.bars is None:
             if time.monotonic() - self.start < BAR_DELAY:
