@@ -455,10 +455,11 @@ def _check(rows: list[dict[str, Any]], goal: float, shortfall: str) -> None:
 
 
 @pytest.mark.parametrize("target, goal, shortfall", [
-    ("serve", 0.6, "0.80-0.81x at N = 8 with a 64 MiB pin, 0.66x at N = 32, where a clone costs 1.3x "
-                   "the CPU of a raw GET and clients and server share 2 cores (docs/benchmarks.md)"),
-    ("s3", 0.8, "met at N = 8 and 32 (0.93-0.99x), not at N = 4 (0.6x: the fixed cost of a clone "
-                "weighs more) nor 64 (0.76x)"),
+    ("serve", 0.6, "met with a 64 MiB pin at N = 8, 32, 64 (0.86, 1.20, 1.09x at load 15-35; "
+                   "docs/benchmarks.md, 'One machine's CPU'), but a clone costs 1.2x the CPU of a raw "
+                   "GET and clients and server share 2 cores: a loaded machine moves the ratio"),
+    ("s3", 0.8, "met with a 64 MiB pin at N = 8, 32, 64 (0.93, 0.84, 0.85x; docs/benchmarks.md, "
+                "'One machine's CPU'), not at N = 4 before (0.6x: the fixed cost of a clone weighs more)"),
 ], ids=["serve", "s3"])
 def test_fleet(benchmark: Any, target: str, goal: float, shortfall: str) -> None:
     """``make bench``: 4 machines clone a 128 MiB pin at once from one `cas serve`, or from
