@@ -1,7 +1,8 @@
 """Remote commands: remote add|remove|list, fetch, pull, push, clone.
 
 Thin: parse, open the remote (a configured name or a URL), call cas.sync, print a
-summary. Progress bars appear only for transfers that last more than a second.
+summary. Progress bars appear only on a terminal, for transfers that last more than a
+second.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ BAR_DELAY = 1.0
 #: Objects allocated between young collections of Python's cyclic GC during a transfer
 #: (Python's default: 700). A transfer is one process that allocates hundreds of
 #: thousands of objects living to its end (httpx's and boto3's modules and S3 models,
-#: the walk's ids and rows): at 700 the collector walked them again and again, 5-10 % of
+#: the walk's ids and rows): at 700 the collector walked them again and again, 4-8 % of
 #: a `cas clone`'s CPU (bench/fleet_cpu.py; issue 20). Cycles are still collected, in
 #: larger steps, so memory stays bounded; big buffers (bytes) are not tracked by it.
 TRANSFER_GC_YOUNG = 10_000
