@@ -1,5 +1,5 @@
 """CPU seconds of one machine of a fleet: `cas clone` of bench_fleet's pin against a raw
-GET of the same bytes, one process at a time (issue 20, point 3).
+GET of the same bytes, one process (or ``--at-once P``) at a time (issue 20, point 3).
 
 On a machine whose cores the clients and the server share, a fleet's cas/raw ratio is,
 to first order, a raw GET's CPU over a clone's; CPU seconds of one process (utime +
@@ -21,11 +21,14 @@ the cases alternate under the same load:
 A machine is bench_fleet's (``new_machine``: empty store, torch cache, TMPDIR, XDG).
 Every clone's store is checked with `cas fsck` after it is measured (not counted).
 
+``--at-once P``: each round starts P machines of a case together (bench_fleet's
+``run_fleet``), as a small fleet, and reports their mean CPU.
 ``--importtime``: the 25 slowest imports (cumulative) of one clone (``python -X
 importtime``); ``--profile``: cProfile of one clone in its own process (the 30 costliest
 functions, cumulative and own time). ``--no-serve`` / ``--no-s3`` pick the targets.
 
-Run: ``.venv/bin/python bench/fleet_cpu.py --rounds 5 [--base /tmp/base] [--profile]``.
+Run: ``.venv/bin/python bench/fleet_cpu.py --rounds 5 [--base /tmp/base] [--at-once 16]
+[--profile]``. The base tree and this one are byte-compiled first (bench_fleet.compile_tree).
 """
 
 from __future__ import annotations
