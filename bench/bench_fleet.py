@@ -205,6 +205,7 @@ class Machine:
     rc: int | None = None
     err: str = ""
     cpu: float = 0.0
+    sys: float = 0.0  # of which in the kernel
 
     @property
     def store(self) -> Path:
@@ -232,6 +233,7 @@ def run_fleet(machines: list[Machine]) -> float:
         proc.returncode = os.waitstatus_to_exitcode(status)
         m.end, m.rc, m.err = time.monotonic(), proc.returncode, err.decode(errors="replace")[-500:]
         m.cpu = usage.ru_utime + usage.ru_stime
+        m.sys = usage.ru_stime
 
     waiters = []
     t0 = time.monotonic()
@@ -406,11 +408,21 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def compile_tree(*roots: Path) -> None:
+    """Bytecode for cas's own modules (``roots``: default this tree's cas/ and cli/), as
+    an installed package has it: where PYTHONDONTWRITEBYTECODE is set, an edited module
+    would otherwise be compiled from source again by every machine (+0.05-0.3 CPU-s)."""
+    top = Path(__file__).resolve().parent.parent
+    dirs = [str(r) for r in roots] or [str(top / "cas"), str(top / "cli")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, stdout=subprocess.DEVNULL)
+
+
 def run(ns: list[int] | None = None, pin_mb: float | None = None, targets: tuple[str, ...] = ("serve", "s3"),
         serve_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Every fleet size against every target; one row per (target, N, cas or raw)."""
     ns = ns or NS
     total = int((pin_mb or PIN_MB) * 2**20)
+    compile_tree()
     tmp = Path(tempfile.mkdtemp(prefix="cas-bench-fleet-"))
     rows: list[dict[str, Any]] = []
     try:
@@ -443,10 +455,12 @@ def _check(rows: list[dict[str, Any]], goal: float, shortfall: str) -> None:
 
 
 @pytest.mark.parametrize("target, goal, shortfall", [
-    ("serve", 0.6, "0.80-0.81x at N = 8 with a 64 MiB pin, 0.66x at N = 32, where a clone costs 1.3x "
-                   "the CPU of a raw GET and clients and server share 2 cores (docs/benchmarks.md)"),
-    ("s3", 0.8, "met at N = 8 and 32 (0.93-0.99x), not at N = 4 (0.6x: the fixed cost of a clone "
-                "weighs more) nor 64 (0.76x)"),
+    ("serve", 0.6, "met with a 64 MiB pin at N = 8, 32, 64 (0.86, 1.20, 1.09x at load 15-35; "
+                   "docs/benchmarks.md, 'One machine's CPU'), but a clone costs 1.2x the CPU of a raw "
+                   "GET and clients and server share 2 cores: a loaded machine moves the ratio"),
+    ("s3", 0.8, "with a 64 MiB pin met at N = 8 (0.93x), in 3 of 6 runs at N = 32 (0.36-0.89x; 4 of 5 with one sync per clone) and 1 of 4 "
+                "at N = 64 (0.45-0.85x) on a loaded 2-core machine (docs/benchmarks.md, 'One machine's "
+                "CPU'); at N = 4 before 0.6x (the fixed cost of a clone weighs more)"),
 ], ids=["serve", "s3"])
 def test_fleet(benchmark: Any, target: str, goal: float, shortfall: str) -> None:
     """``make bench``: 4 machines clone a 128 MiB pin at once from one `cas serve`, or from

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from cas.store import Store
+
+
+#: Variables with which rich takes a non-tty for a terminal (rich.console.Console.is_terminal).
+_RICH_TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE")
 
 
 class Context:
@@ -37,6 +43,20 @@ class Context:
         from rich.console import Console
 
         return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def draws_live(self) -> bool:
+        """Whether a live display on stderr (a progress bar) would show: not --quiet or
+        --json, and stderr a terminal as rich judges it. rich draws a transient bar on
+        nothing else (a pipe, a file, TERM=dumb), so where stderr is no tty and no
+        variable of rich's says otherwise, the answer comes without importing rich: a
+        machine of a fleet, its stderr a pipe or a log, never pays for rich's import and
+        its refresh thread waking ten times a second while it clones (issue 20)."""
+        if self.quiet or self.as_json:
+            return False
+        if "err" not in self.__dict__ and not any(v in os.environ for v in _RICH_TERMINAL_VARS):
+            if not sys.stderr.isatty():
+                return False
+        return self.err.is_terminal and not self.err.is_dumb_terminal
 
     @property
     def store(self) -> Store:

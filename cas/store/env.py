@@ -230,7 +230,11 @@ class Env:
         return len(pending)
 
     def sync(self) -> None:
-        self.handle.sync(True)
+        """Flush every commit to the disk (for a store opened with ``durable=False``)."""
+        try:
+            self.handle.sync(True)
+        except lmdb.Error as exc:
+            raise translate(exc, self.key) from exc
 
     def generation(self) -> int:
         return int(self.handle.info()["last_txnid"])

@@ -186,3 +186,27 @@ def test_push_all_and_tags(cli: Cli, tmp_path: Path) -> None:
         assert refs.resolve(s, "release/1.4") == tip
     err = cli(a, "push", "origin", "nosuch", code=2).stderr
     assert "no local branch or tag 'nosuch'" in err
+
+
+def test_a_clone_that_cannot_sync_its_new_store_fails_and_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
+    """A new store's commits are flushed once, before the clone says it is done
+    (docs/sync.md, "Resume"): a flush that fails (a fault, as a full or failing disk
+    gives) is one clear error, and the half-durable store is removed, not reported."""
+    a, r, b = tmp_path / "a", tmp_path / "r", tmp_path / "b"
+    cli(r, "init")
+    _commit(cli, a, tmp_path, "first")
+    cli(a, "remote", "add", "origin", str(r))
+    cli(a, "-q", "push")
+    fault = (
+        "import cas.store.env as e\n"
+        "from cas.errors import StoreFull\n"
+        "def sync(self): raise StoreFull('no space left on the disk holding the store at ' + self.key)\n"
+        "e.Env.sync = sync\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", fault + RUN, "clone", str(r), str(b)],
+                          capture_output=True, text=True, env=cli.env, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.startswith("cas: error: no space left"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not b.exists()
+    cli(tmp_path / "c", "clone", str(r))  # without the fault: cloned, and it holds the commit
+    assert "first" in cli(tmp_path / "c", "log").stdout

@@ -252,3 +252,27 @@ def test_cli_progress_bar_waits_a_second_then_draws(tmp_path: Path, monkeypatch:
     silent = cmd_remote.Feedback(ctx)
     silent("send", 1, 10, 2, 20)
     assert silent.bars is None
+
+
+def test_cli_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stderr a pipe or a file (a machine of a fleet, a CI log): rich would show nothing
+    of a transient bar there, so none is made, and no console either; FORCE_COLOR makes
+    rich take it for a terminal, and then the bar is drawn."""
+    import io
+
+    from cas_cli import cmd_remote
+    from cas_cli.main import Context
+
+    monkeypatch.setattr(cmd_remote, "BAR_DELAY", 0.0)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = Context(tmp_path, as_json=False, quiet=False)
+    piped = cmd_remote.Feedback(ctx)
+    piped("fetch", 1, 10, 2, 20)
+    assert piped.bars is None and "err" not in ctx.__dict__  # rich's console never made
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    forced = cmd_remote.Feedback(Context(tmp_path, as_json=False, quiet=False))
+    forced("fetch", 1, 10, 2, 20)
+    assert forced.bars is not None
+    forced.close()
