@@ -47,6 +47,13 @@ class ObjType(enum.IntEnum):
 STRUCTURED = frozenset({ObjType.ENV, ObjType.NODE, ObjType.COMMIT, ObjType.TAG})
 
 
+def check_int(value: Any) -> None:
+    """ValueError for an integer msgpack cannot hold (it would raise OverflowError); say
+    what is wrong in the codec's own terms. Anything else passes."""
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(f"integer {value} does not fit in 64 bits")
+
+
 def canonical(value: Any) -> Any:
     """Return ``value`` rearranged so that msgpack packs it canonically."""
     if isinstance(value, Mapping):
@@ -61,9 +68,7 @@ def canonical(value: Any) -> Any:
         return [canonical(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
-        # msgpack would raise OverflowError; say what is wrong in the codec's own terms
-        raise ValueError(f"integer {value} does not fit in 64 bits")
+    check_int(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot encode {type(value).__name__} canonically")

@@ -477,7 +477,7 @@ def test_check_finds_nothing_in_built_trees_and_names_broken_shapes(store: Store
     assert "children hold 70" in found and "belong elsewhere" in found and "holds 70 entries" in found
 
 
-def test_check_entry_refuses_what_update_could_not_store() -> None:
+def test_check_entry_refuses_what_update_could_not_store(store: Store) -> None:
     from cas.errors import BadEntryKey
 
     good = EntryKey(ENVS[0], "inductor", "fgood", "")
@@ -488,3 +488,10 @@ def test_check_entry_refuses_what_update_could_not_store() -> None:
     huge = Entry(blob, 1, None, {"time_taken_ms": 10**30})
     with pytest.raises(UsageError, match="cannot be stored"):
         m.check_entry(good, huge)
+    for meta in ({"t": -(2**63) - 1}, {"t": 2**64}, {"nested": {"t": [1, 10**30]}}, {"t": {1: 2}}):
+        with pytest.raises(UsageError):
+            m.check_entry(good, Entry(blob, 1, None, meta))
+    # What it lets through, a node can hold.
+    edge = Entry(blob, 1, None, {"a": -(2**63), "b": 2**64 - 1, "c": True, "d": 1.5, "e": None, "f": {"g": [1]}})
+    m.check_entry(good, edge)
+    assert m.lookup(store, m.build(store, {good: edge}), good) == edge

@@ -95,11 +95,14 @@ def _meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     # Fast path for the common flat map of scalars: sorting str keys by code point is
     # the same order as codec.canonical's UTF-8 byte order. canonical() took a third of
     # a build's time.
-    if all(type(k) is str and isinstance(v, _SCALARS) for k, v in meta.items()):
+    for k, v in meta.items():  # a loop, not all() over a generator: once per entry
+        if type(k) is not str or not isinstance(v, _SCALARS):
+            break
+    else:
         return dict(sorted(meta.items()))
     try:
         return canonical(dict(meta))  # type: ignore[no-any-return]
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"entry metadata cannot be stored: {exc}") from exc
 
 
