@@ -194,9 +194,10 @@ def measure(servers: dict[str, Any], op: str, size: int, clients: int, rounds: i
             srv = servers[name]
             before = (*user_system(srv.pid), children_cpu(srv.pid))
             best[name] = max(best[name], throughput(srv.port, op, size, clients, ops))
+            serving = user_system(srv.pid)  # before the wait: an idle server's ticks are not requests'
             if op == "set":
                 time.sleep(SETTLE)
-            after = (*user_system(srv.pid), children_cpu(srv.pid))
+            after = (*serving, children_cpu(srv.pid))
             cpu[name] = [c + a - b for c, a, b in zip(cpu[name], after, before, strict=True)]
     n = rounds * (ops // clients) * clients
     return {name: (sum(cpu[name][:2]) / n * 1e6, cpu[name][0] / n * 1e6, cpu[name][1] / n * 1e6,

@@ -34,6 +34,7 @@ are written once and read once; a pipe costs one copy, and the batch is one writ
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -215,6 +216,22 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
+#: Objects allocated between young collections of Python's cyclic GC in the commit
+#: process (Python's default: 700). A batch is tens of thousands of entries, each a few
+#: objects that live until its commit: at 700 the collector walked them again and again,
+#: ~20 % of the process's CPU per 1 KiB SET (14,000 SETs a batch: 55 -> 43 us in-process).
+#: The batch's objects are freed by reference counting when it is committed; cycles are
+#: still collected, in larger steps.
+COMMIT_GC_YOUNG = 100_000
+
+
+def _collect_less() -> None:
+    """Fewer cyclic-GC passes, and none over what start-up imported (``gc.freeze``)."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(COMMIT_GC_YOUNG, older, oldest)
+
+
 def main(argv: list[str]) -> int:
     """The child: answer each request frame on stdin with a reply frame on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us by closing stdin
@@ -224,6 +241,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s:     %(message)s")
     store_path, env_hex, branch = argv
     committer = _Committer(Path(store_path), env_hex, branch)
+    _collect_less()
     LOG.info("redis door commit process %d started", os.getpid())
     try:
         while (request := read_frame(requests, MAX_REQUEST)) is not None:
