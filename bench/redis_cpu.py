@@ -19,6 +19,9 @@ spends per request does not, and it is what sets the door's ratio to redis-serve
   (its transport only collects what is written), a command a packet or ``--packet``
   bytes a packet: the door's own µs per command; ``--profile`` prints cProfile's top
   functions.
+* ``--commit-batch N``: the commit process's work (``redis_commit._Committer``) on
+  batches of N SETs in this process: µs CPU per SET; ``--default-gc`` leaves Python's
+  GC thresholds as they are, ``--profile`` prints cProfile's top functions.
 
 Run: ``.venv/bin/python bench/redis_cpu.py --op get --size 1024 --clients 8
 --tree /tmp/base --tree .`` (results: docs/benchmarks.md).
@@ -310,6 +313,39 @@ def inprocess(args: argparse.Namespace) -> None:
           f"(this process, commit process excluded; {args.ops} commands)")
 
 
+def commit_batches(args: argparse.Namespace) -> None:
+    """The commit process's work in this process: batches of ``--commit-batch`` SETs of
+    bench_redis's values (new keys each, the same keys every batch, as bench_redis's
+    clients write them), committed as the commit process commits a request; the GC set
+    as the commit process sets it unless ``--default-gc``."""
+    import msgpack
+
+    from cas.server import redis_commit
+
+    store = make_store(Path(tempfile.mkdtemp(prefix="redis-cpu-")) / "store")
+    committer = redis_commit._Committer(store, ENV.id.hex, "redis/bench")
+    if not args.default_gc:
+        redis_commit._collect_less()
+    n = args.commit_batch
+    values = [value(args.size, i) for i in range(4)]
+    request = msgpack.packb([None, [["bench", [[key(args.size, KEYS + i), values[i % 4]] for i in range(n)]]]])
+    committer.run(request)  # the first batch adds the keys; the ones measured replace them
+    prof = cProfile.Profile() if args.profile else None
+    t = time.process_time()
+    if prof is not None:
+        prof.enable()
+    for _ in range(args.rounds):
+        committer.run(request)
+    if prof is not None:
+        prof.disable()
+    spent = time.process_time() - t
+    committer.store.close()
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    print(f"commit process's work, {args.size} B SETs, {n} a batch, {'default' if args.default_gc else 'its'} GC: "
+          f"{spent / (n * args.rounds) * 1e6:.1f} us CPU per SET ({args.rounds} batches)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", choices=("get", "set"), default="get")
@@ -326,6 +362,8 @@ def main() -> None:
     p.add_argument("--inprocess", action="store_true")
     p.add_argument("--profile", action="store_true", help="with --inprocess: cProfile's top functions")
     p.add_argument("--packet", type=int, help="with --inprocess: bytes a packet (default: a command a packet)")
+    p.add_argument("--commit-batch", type=int, help="the commit process's work in-process, N SETs a batch")
+    p.add_argument("--default-gc", action="store_true", help="with --commit-batch: Python's GC thresholds")
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-door", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -333,6 +371,8 @@ def main() -> None:
         serve_echo(args.serve_echo)
     elif args.serve_door is not None:
         serve_door(args.serve_door)
+    elif args.commit_batch:
+        commit_batches(args)
     elif args.inprocess:
         inprocess(args)
     else:
