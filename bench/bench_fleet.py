@@ -368,25 +368,41 @@ def serve_fleets(tmp: Path, ns: list[int], total: int, serve_args: tuple[str, ..
     return rows
 
 
+@dataclass
+class S3Pin:
+    """The pin pushed to an S3 remote, and its bytes as raw objects in another bucket."""
+
+    pin: int  # bytes
+    url: str  # the cas remote
+    raw_bucket: str
+    keys: list[str]  # the raw objects, in order
+
+
+def s3_pin(weed: Seaweed, tmp: Path, total: int) -> S3Pin:
+    """Build the pin (``build_pin``), push it to bucket cas-fleet of ``weed``, and put its
+    bytes, in PART-sized objects, into bucket raw-fleet."""
+    bucket = weed.bucket("cas-fleet")
+    url = f"s3://{bucket}/fleet"
+    with Store.init(tmp / "s3-src") as src:
+        pin, arts = build_pin(src, total)
+        remote = S3Remote(url, endpoint=weed.endpoint, region=S3_REGION, access_key=S3_KEY, secret_key=S3_SECRET)
+        transfer.push(src, remote, [("refs/heads/main", "refs/heads/main"), (f"refs/tags/{TAG}",) * 2])
+        remote.close()
+    raw_bucket = weed.bucket("raw-fleet")
+    blob = b"".join(arts)
+    keys = [f"part{i // PART:04d}" for i in range(0, len(blob), PART)]
+    for key, i in zip(keys, range(0, len(blob), PART), strict=True):
+        weed.client.put_object(Bucket=raw_bucket, Key=key, Body=blob[i : i + PART])
+    return S3Pin(pin, url, raw_bucket, keys)
+
+
 def s3_fleets(tmp: Path, ns: list[int], total: int) -> list[dict[str, Any]]:
     """cas clone from an S3 remote vs raw get_object, from one SeaweedFS."""
     rows: list[dict[str, Any]] = []
     weed = Seaweed(tmp / "seaweed")
     try:
-        bucket = weed.bucket("cas-fleet")
-        url = f"s3://{bucket}/fleet"
-        with Store.init(tmp / "s3-src") as src:
-            pin, arts = build_pin(src, total)
-            remote = S3Remote(url, endpoint=weed.endpoint, region=S3_REGION, access_key=S3_KEY,
-                              secret_key=S3_SECRET)
-            transfer.push(src, remote, [("refs/heads/main", "refs/heads/main"), (f"refs/tags/{TAG}",) * 2])
-            remote.close()
-        raw_bucket = weed.bucket("raw-fleet")
-        blob = b"".join(arts)
-        keys = [f"part{i // PART:04d}" for i in range(0, len(blob), PART)]
-        for key, i in zip(keys, range(0, len(blob), PART), strict=True):
-            weed.client.put_object(Bucket=raw_bucket, Key=key, Body=blob[i : i + PART])
-        del blob, arts
+        made = s3_pin(weed, tmp, total)
+        pin, url, raw_bucket, keys = made.pin, made.url, made.raw_bucket, made.keys
         creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": S3_REGION}
         for n in ns:
             rows.append(measure("S3: cas clone", weed.proc.pid, tmp / "fleet", n, pin,

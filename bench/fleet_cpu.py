@@ -49,9 +49,7 @@ import bench_fleet as fleet
 from bench_fleet import CAS, RAW_HTTP_CLIENT, RAW_S3_CLIENT, RAW_SERVER, new_machine
 from servers import S3_KEY, S3_REGION, S3_SECRET, Seaweed, Served, free_port
 
-from cas.remote.s3 import S3Remote
 from cas.store import Store
-from cas.sync import transfer
 
 Command = Callable[[Path], list[str]]
 
@@ -199,21 +197,8 @@ def s3_target(tmp: Path, total: int) -> Iterator[Target]:
     """The pin pushed to SeaweedFS, and its bytes as raw objects in another bucket."""
     weed = Seaweed(tmp / "seaweed")
     try:
-        bucket = weed.bucket("cas-fleet")
-        url = f"s3://{bucket}/fleet"
-        with Store.init(tmp / "s3-src") as src:
-            _, arts = fleet.build_pin(src, total)
-            remote = S3Remote(url, endpoint=weed.endpoint, region=S3_REGION, access_key=S3_KEY,
-                              secret_key=S3_SECRET)
-            transfer.push(src, remote, [("refs/heads/main", "refs/heads/main"), (f"refs/tags/{fleet.TAG}",) * 2])
-            remote.close()
-        raw_bucket = weed.bucket("raw-fleet")
-        blob = b"".join(arts)
-        keys = []
-        for i in range(0, len(blob), fleet.PART):
-            keys.append(f"part{i // fleet.PART:04d}")
-            weed.client.put_object(Bucket=raw_bucket, Key=keys[-1], Body=blob[i : i + fleet.PART])
-        del blob, arts
+        made = fleet.s3_pin(weed, tmp, total)
+        url, raw_bucket, keys = made.url, made.raw_bucket, made.keys
         creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": S3_REGION}
         yield Target(
             "S3",
