@@ -15,6 +15,7 @@ spends per request does not, and it is what sets the door's ratio to redis-serve
 * ``--echo``: the same clients against an asyncio server that answers every packet with
   a canned reply and does nothing else: the floor that asyncio's per-event cost sets.
   ``--door-alone``: this tree's door on a bare asyncio loop (no HTTP server, no keeper).
+  ``--uvloop``: both of those on uvloop instead (``pip install uvloop`` into the venv).
 * ``--inprocess``: the door's Connection fed commands in this process, without sockets
   (its transport only collects what is written), a command a packet or ``--packet``
   bytes a packet: the door's own µs per command; ``--profile`` prints cProfile's top
@@ -139,7 +140,7 @@ def serve_echo(size: int) -> None:
         print(sock.getsockname()[1], flush=True)
         await server.serve_forever()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def serve_door(store: Path) -> None:
@@ -156,7 +157,19 @@ def serve_door(store: Path) -> None:
         print(door.port, flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run_loop(main())
+
+
+def run_loop(coro: Any) -> None:
+    """``asyncio.run``, or ``uvloop.run`` when ``--uvloop`` asked for it (the echo and
+    door-alone children only; uvloop is not a project dependency: ``pip install uvloop``
+    into the venv)."""
+    if os.environ.get("REDIS_CPU_LOOP") == "uvloop":
+        import uvloop
+
+        uvloop.run(coro)
+    else:
+        asyncio.run(coro)
 
 
 def seed(port: int, size: int) -> None:
@@ -364,9 +377,12 @@ def main() -> None:
     p.add_argument("--packet", type=int, help="with --inprocess: bytes a packet (default: a command a packet)")
     p.add_argument("--commit-batch", type=int, help="the commit process's work in-process, N SETs a batch")
     p.add_argument("--default-gc", action="store_true", help="with --commit-batch: Python's GC thresholds")
+    p.add_argument("--uvloop", action="store_true", help="run --echo and --door-alone on uvloop (pip install uvloop)")
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-door", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.uvloop:
+        os.environ["REDIS_CPU_LOOP"] = "uvloop"  # read by the --serve-echo / --serve-door children
     if args.serve_echo is not None:
         serve_echo(args.serve_echo)
     elif args.serve_door is not None:
