@@ -66,6 +66,15 @@ def test_guard_variants_are_deterministic_and_distinct() -> None:
     assert kinds.guards_of(b"not a pickle") == []
 
 
+@pytest.mark.parametrize("protocol", [4, 5])  # what torch pickles its entries with
+def test_guards_are_read_only_from_a_value_that_holds_the_field_name(protocol: int) -> None:
+    # A value whose bytes do not hold the field's name is not walked (the Redis door's
+    # commit process reads every SET this way); one that does is walked as before.
+    assert kinds.guards_of(pickle.dumps(Graph("s0 <= 16", "x"), protocol=protocol)) == ["s0 <= 16"]
+    assert kinds.guards_of(pickle.dumps(Graph(None, "x"), protocol=protocol)) == [None]
+    assert kinds.guards_of(pickle.dumps({"payload": "guards"}, protocol=protocol)) == []
+
+
 def test_gemm_timings_merge_and_existing_values_win() -> None:
     old = {"system": "s", "cache": {"mm": {"k1": {"highest": {"a": 1.0}}}}}
     new = {"system": "s", "cache": {"mm": {"k1": {"highest": {"a": 9.0, "b": 2.0}}, "k2": {}},
