@@ -219,7 +219,8 @@ def _one_line(exc: BaseException) -> str:
 #: Objects allocated between young collections of Python's cyclic GC in the commit
 #: process (Python's default: 700). A batch is tens of thousands of entries, each a few
 #: objects that live until its commit: at 700 the collector walked them again and again,
-#: ~20 % of the process's CPU per 1 KiB SET (14,000 SETs a batch: 55 -> 43 us in-process).
+#: ~20 % of the process's CPU per 1 KiB SET (`bench/redis_cpu.py --commit-batch 6400`
+#: with and without ``--default-gc``: 37-42 -> 34 us per SET; docs/benchmarks.md).
 #: The batch's objects are freed by reference counting when it is committed; cycles are
 #: still collected, in larger steps.
 COMMIT_GC_YOUNG = 100_000

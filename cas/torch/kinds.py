@@ -109,7 +109,7 @@ def _field_values(content: bytes, name: str) -> list[object]:
     out: list[object] = []
     # An ASCII name is in the bytes of any pickle that holds it, whatever the protocol: a
     # value without it (most of a Redis door's SETs in the benchmark) is not walked.
-    if name.encode() not in (content if isinstance(content, (bytes, bytearray)) else bytes(content)):
+    if name.encode() not in content:
         return out
     try:
         ops = list(pickletools.genops(content))
