@@ -15,7 +15,9 @@ spends per request does not, and it is what sets the door's ratio to redis-serve
 * ``--echo``: the same clients against an asyncio server that answers every packet with
   a canned reply and does nothing else: the floor that asyncio's per-event cost sets.
   ``--door-alone``: this tree's door on a bare asyncio loop (no HTTP server, no keeper).
-  ``--uvloop``: both of those on uvloop instead (``pip install uvloop`` into the venv).
+  ``--uvloop``: both of those on uvloop instead (the loop ``cas serve`` runs by default,
+  so a tree's served door runs on it already; a tree from before uvloop was a dependency
+  runs asyncio's).
 * ``--inprocess``: the door's Connection fed commands in this process, without sockets
   (its transport only collects what is written), a command a packet or ``--packet``
   bytes a packet: the door's own µs per command; ``--profile`` prints cProfile's top
@@ -49,7 +51,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from bench_redis import KEYS, key, throughput, value  # noqa: E402
+from bench_redis import KEYS, children, key, throughput, value  # noqa: E402
 
 from cas.objects import Env  # noqa: E402
 from cas.store import Store  # noqa: E402
@@ -162,8 +164,7 @@ def serve_door(store: Path) -> None:
 
 def run_loop(coro: Any) -> None:
     """``asyncio.run``, or ``uvloop.run`` when ``--uvloop`` asked for it (the echo and
-    door-alone children only; uvloop is not a project dependency: ``pip install uvloop``
-    into the venv)."""
+    door-alone children only)."""
     if os.environ.get("REDIS_CPU_LOOP") == "uvloop":
         import uvloop
 
@@ -188,8 +189,7 @@ def user_system(pid: int) -> tuple[float, float]:
 def children_cpu(pid: int) -> float:
     """User + system CPU seconds so far of the direct children of ``pid`` (the door's
     commit process), from /proc."""
-    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir() for k in (task / "children").read_text().split()]
-    return sum(sum(user_system(k)) for k in kids if Path(f"/proc/{k}").exists())
+    return sum(sum(user_system(k)) for k in children(pid) if Path(f"/proc/{k}").exists())
 
 
 #: After a round of SETs: the door commits what it holds at its next flush (every second
@@ -209,7 +209,7 @@ def measure(servers: dict[str, Any], op: str, size: int, clients: int, rounds: i
         for name in names if r % 2 == 0 else names[::-1]:
             srv = servers[name]
             before = (*user_system(srv.pid), children_cpu(srv.pid))
-            best[name] = max(best[name], throughput(srv.port, op, size, clients, ops))
+            best[name] = max(best[name], throughput(srv.port, op, size, clients, ops).ops_per_s)
             serving = user_system(srv.pid)  # before the wait: an idle server's ticks are not requests'
             if op == "set":
                 time.sleep(SETTLE)
@@ -377,7 +377,7 @@ def main() -> None:
     p.add_argument("--packet", type=int, help="with --inprocess: bytes a packet (default: a command a packet)")
     p.add_argument("--commit-batch", type=int, help="the commit process's work in-process, N SETs a batch")
     p.add_argument("--default-gc", action="store_true", help="with --commit-batch: Python's GC thresholds")
-    p.add_argument("--uvloop", action="store_true", help="run --echo and --door-alone on uvloop (pip install uvloop)")
+    p.add_argument("--uvloop", action="store_true", help="run --echo and --door-alone on uvloop")
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--serve-door", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -130,6 +130,10 @@ def _connection_options(prefix: str, door: str, idle: int) -> Callable[[F], F]:
     help="Seconds between rounds that write noted reads and apply the store's gc budget "
          "(`cas gc --max-size N --save`).",
 )
+@click.option(
+    "--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto", show_default=True,
+    help="Event loop of both doors; auto: uvloop when installed (a dependency where it builds), else asyncio.",
+)
 @pass_ctx
 def serve(
     ctx: Context,
@@ -160,6 +164,7 @@ def serve(
     redis_max_connections_per_peer: int,
     redis_idle_timeout: int,
     gc_every: float,
+    loop: str,
 ) -> None:
     """Serve this store over HTTP(S) for `cas push` / `cas pull` (and Redis for torch)."""
     from cas.server.app import Limits
@@ -211,13 +216,14 @@ def serve(
         redis=redis,
         connections=ConnectionLimits(max_connections, max_connections_per_peer, idle_timeout),
         gc_every=gc_every,
+        loop=loop,
     )
     scheme = "https" if tls_cert else "http"
     auth = "no auth" if no_auth else f"{len(tokens or [])} token(s)"
 
-    def ready(bound: Bound) -> None:
+    def ready(bound: Bound, loop: str) -> None:
         # Printed even under --quiet/--json: with port 0 it is the only way to learn the port.
-        ctx.err.print(f"serving {path} on {scheme}://{host}:{bound.port} ({auth})")
+        ctx.err.print(f"serving {path} on {scheme}://{host}:{bound.port} ({auth}; {loop} loop)")
         if redis is not None:
             ctx.err.print(f"redis door on redis://{host}:{bound.redis_port} (reads {redis.ref}, records to {redis.branch or 'nothing'})")
 

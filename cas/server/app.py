@@ -26,6 +26,7 @@ Every error is a :class:`~cas.errors.CasError` turned into JSON
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -272,6 +273,8 @@ async def health(request: Request) -> Response:
             "pack_multi_frame": True,
             "auth": state.tokens is not None,
             "store_id": state.stores.store_id,
+            # The loop both doors run on (`cas serve --loop`): "uvloop" or "asyncio".
+            "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
             **state.limits.as_dict,
         }
     )

@@ -37,6 +37,9 @@ class ServeOptions:
     connections: ConnectionLimits = ConnectionLimits()
     #: Seconds between the budget keeper's rounds (cas.server.keeper).
     gc_every: float = DEFAULT_EVERY
+    #: The event loop both doors run on: "uvloop", "asyncio", or "auto" (uvloop when it
+    #: is installed: a dependency wherever it builds, see docs/dependencies.md).
+    loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,31 @@ def _listen(host: str, port: int, flag: str) -> socket.socket:
         ) from exc
 
 
-def _config(app: Any, options: ServeOptions) -> uvicorn.Config:
+def event_loop(wanted: str) -> str:
+    """The event loop ``cas serve`` runs on for ``--loop wanted``: "uvloop" or "asyncio".
+
+    uvloop (libuv) spends less CPU per event than asyncio's own loop; for the Redis door's
+    small requests that is most of what it spends (docs/benchmarks.md, "uvloop as the
+    default loop"). "auto" takes it when it imports, as uvicorn's own "auto" does.
+    """
+    if wanted not in ("auto", "asyncio", "uvloop"):
+        raise UsageError(f"unknown event loop {wanted!r}: auto, asyncio or uvloop")
+    if wanted == "asyncio":
+        return wanted
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        if wanted == "uvloop":
+            raise UsageError(f"--loop uvloop: uvloop cannot be imported ({exc})",
+                             hint="pip install uvloop, or use --loop asyncio") from exc
+        return "asyncio"
+    return "uvloop"
+
+
+def _config(app: Any, options: ServeOptions, loop: str) -> uvicorn.Config:
     config = uvicorn.Config(
         app,
+        loop=loop,
         host=options.host,
         port=options.port,
         ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
@@ -102,12 +127,13 @@ def serve(
     store_path: Path,
     tokens: Tokens | None,
     options: ServeOptions,
-    ready: Callable[[Bound], None] | None = None,
+    ready: Callable[[Bound, str], None] | None = None,
 ) -> None:
     """Serve the store until interrupted (blocks).
 
     The ports are bound, the TLS files checked and the store opened before ``ready`` is
-    called with the bound ports (the CLI prints "serving ..." there), so a server that
+    called with the bound ports and the event loop's name (the CLI prints "serving ..."
+    there), so a server that
     cannot start never claims it did. Port 0 (HTTP or Redis) lets the system pick a free
     port, which ``ready`` reports: no race with another process picking the same one.
     uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
@@ -115,6 +141,7 @@ def serve(
     """
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("TLS needs both --tls-cert and --tls-key")
+    loop = event_loop(options.loop)
     for p in (options.tls_cert, options.tls_key):
         if p is not None and not p.is_file():
             raise UsageError(f"TLS file not found: {p}")
@@ -128,12 +155,13 @@ def serve(
     try:
         if options.redis:
             redis_sock = _listen(options.redis.host, options.redis.port, "--redis-port")
-        config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock, options.gc_every), options)
+        config = _config(create_app(store_path, tokens, options.limits, options.redis, redis_sock, options.gc_every),
+                         options, loop)
     except BaseException:
         for bound in (sock, redis_sock):
             if bound is not None:
                 bound.close()
         raise
     if ready is not None:
-        ready(Bound(_port(sock), _port(redis_sock) if redis_sock else None))
+        ready(Bound(_port(sock), _port(redis_sock) if redis_sock else None), loop)
     uvicorn.Server(config).run(sockets=[sock])

@@ -1,16 +1,23 @@
-"""The listening socket of both doors (cas.server.run._listen): asyncio turns Nagle off
-on every connection accepted from it, so an answer written as a head and a body goes
+"""The listening socket of both doors (cas.server.run._listen): asyncio (and uvloop, the
+default loop) turn Nagle off on every connection accepted from it, so an answer written as a head and a body goes
 out at once, not after the client's delayed ACK (44 ms a request on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+
+import pytest
+import uvloop
 
 from cas.server.run import _listen
 
 
-def test_connections_accepted_from_the_listening_socket_send_without_nagle() -> None:
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_connections_accepted_from_the_listening_socket_send_without_nagle(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
     sock = _listen("127.0.0.1", 0, "--port")
     seen: list[int] = []
 
@@ -25,5 +32,9 @@ def test_connections_accepted_from_the_listening_socket_send_without_nagle() -> 
             assert await reader.read() == b""  # the server closed it: it was accepted
             writer.close()
 
-    asyncio.run(main())
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
     assert seen == [1]
