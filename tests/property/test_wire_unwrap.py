@@ -17,16 +17,14 @@ from cas.torch import wire
 
 
 def _reference(kind: str, value: bytes) -> tuple[bytes, dict[str, Any]]:
-    """unwrap of wrapped kinds before the shortcut: one json.loads, the stdlib's decode."""
+    """What unwrap read from a wrapped kind's value before the shortcut (`9c88643`): one
+    json.loads of all of it, then the standard library's strict decode of its data."""
     doc = json.loads(value)
     try:
         blob = base64.b64decode(doc["data"], validate=True)
     except (KeyError, TypeError, binascii.Error) as exc:
         raise ValueError(f"unexpected {kind} cache value") from exc
-    meta: dict[str, Any] = {}
-    if "time_taken_ms" in doc:
-        meta["time_taken_ms"] = int(doc["time_taken_ms"])
-    return blob, meta
+    return blob, {"time_taken_ms": int(doc["time_taken_ms"])} if "time_taken_ms" in doc else {}
 
 
 def _outcome(read: Any, value: bytes) -> tuple[Any, ...]:
