@@ -45,7 +45,7 @@ $(COMPAT_STAMP): pyproject.toml constraints-compat.txt
 	touch $(COMPAT_STAMP)
 
 test-compat: $(COMPAT_STAMP)
-	$(COMPAT_PY) -c 'import torch; from cas.torch import _compat; print("torch", torch.__version__); print(_compat.probe_summary())'
+	$(COMPAT_PY) -c 'from cas.torch import _compat; r = _compat.report(); print("torch", r["torch"]); print("\n".join(_compat.report_lines(r)) or "probe: every hook cas uses is there")'
 	$(COMPAT_PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=10 tests/torch
 
 bench: $(STAMP) system
