@@ -133,9 +133,9 @@ def serve(
 
     The ports are bound, the TLS files checked and the store opened before ``ready`` is
     called with the bound ports and the event loop's name (the CLI prints "serving ..."
-    there), so a server that
-    cannot start never claims it did. Port 0 (HTTP or Redis) lets the system pick a free
-    port, which ``ready`` reports: no race with another process picking the same one.
+    there), so a server that cannot start never claims it did. Port 0 (HTTP or Redis)
+    lets the system pick a free port, which ``ready`` reports: no race with another
+    process picking the same one.
     uvicorn's own access log is off: ours (cas.server.app.AccessLog) also records the
     token name and bytes sent, which is what an operator audits.
     """
