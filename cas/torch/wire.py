@@ -17,7 +17,7 @@ import binascii
 import json
 from typing import Any
 
-try:  # SIMD base64, ~35x the standard library's decode (docs/dependencies.md)
+try:  # SIMD base64, far faster than the standard library's decode (docs/dependencies.md)
     import pybase64 as _fast64
 except ImportError:  # a platform without its wheel: the same results, slower
     _fast64 = base64  # type: ignore[misc,no-redef]
